@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what the tests need (Debian packages,
+# Python clients in a virtualenv), then checks formatting and lints and runs every test.
+# Usage: scripts/test.sh            (CI runs exactly this through .ci/run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+# 1. Debian packages: MQTT reference clients and broker (tests and benchmark baseline),
+#    Prosody for the XMPP side. Installed only when missing.
+need=()
+command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
+command -v mosquitto >/dev/null && [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v prosody >/dev/null || need+=(prosody)
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  log "Installing Debian packages: ${need[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# 2. Python test clients (paho-mqtt 2.x, slixmpp) in a project-local virtualenv.
+venv=.venv
+if [ ! -x "$venv/bin/python" ]; then
+  log "Creating $venv"
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c 'import paho.mqtt, slixmpp' 2>/dev/null; then
+  log "Installing Python test clients"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
+fi
+export BRIDGE_TEST_PYTHON="$PWD/$venv/bin/python"
+
+# 3. Style and lints.
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+# 4. Every test: unit tests, integration tests with real peers, doc tests, benches compile.
+log "cargo test"
+cargo test --all-targets -- --test-threads=4
+cargo test --doc

@@ -1,0 +1,438 @@
+//! One client connection: the CONNECT handshake, then a reader (this task) and a writer task.
+//!
+//! 1. Read CONNECT within `connect_timeout`; anything else first closes the connection
+//!    [MQTT-3.1.0-1].
+//! 2. Check the client id and the credentials; refuse with the right CONNACK code.
+//! 3. Hand the session to the router, which queues CONNACK on this connection's link.
+//! 4. Reader: bytes → packets, PINGREQ answered here, the rest batched to the router; keep
+//!    alive enforced at 1.5 times the client's value [MQTT-3.1.2-24].
+//! 5. Writer: packets from the router → bytes, many packets per write.
+//!
+//! A protocol violation closes only this connection (MQTT 5: after a DISCONNECT with the
+//! reason code the specification names) and is logged with its spec clause.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, warn};
+
+use super::auth::PasswordFile;
+use super::codec::{
+    self, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, reason,
+};
+use super::config::BrokerConfig;
+use super::link::{
+    ClientLink, CloseCause, ConnId, ConnectOutcome, ConnectRequest, LinkReceiver, RouterMsg,
+    ToClient,
+};
+use super::stats::BrokerStats;
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 8 * 1024;
+/// Packets written per socket write, at most.
+const WRITE_BATCH: usize = 256;
+/// A write buffer larger than this is freed once written, so idle clients hold no memory.
+const KEEP_WRITE_BUFFER: usize = 64 * 1024;
+
+/// What every connection needs, shared.
+#[derive(Debug)]
+pub struct ConnectionContext {
+    /// Broker settings.
+    pub cfg: Arc<BrokerConfig>,
+    /// Counters.
+    pub stats: Arc<BrokerStats>,
+    /// The router's inbox.
+    pub router: mpsc::Sender<RouterMsg>,
+    /// Users, when a password file is configured.
+    pub users: Option<Arc<PasswordFile>>,
+    /// Broker shutdown.
+    pub shutdown: CancellationToken,
+    /// Tracks writer tasks for shutdown.
+    pub tracker: TaskTracker,
+}
+
+/// Why the handshake did not produce a session.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("no CONNECT within {0:?} [MQTT-3.1.4 / connect_timeout]")]
+    Timeout(Duration),
+    #[error("connection closed before CONNECT")]
+    Eof,
+    #[error("first packet was {0}, not CONNECT [MQTT-3.1.0-1]")]
+    NotConnect(&'static str),
+    #[error("invalid CONNECT: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("network error: {0}")]
+    Io(#[from] io::Error),
+    #[error("broker is shutting down")]
+    Shutdown,
+}
+
+/// Serves one accepted TCP connection until it ends.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, ctx: Arc<ConnectionContext>) {
+    let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
+    async move {
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%error, "Could not set TCP_NODELAY.");
+        }
+        let (mut rd, mut wr) = stream.into_split();
+        let mut buf = BytesMut::new();
+        let connect = match read_connect(&mut rd, &mut buf, &ctx).await {
+            Ok(connect) => connect,
+            Err(error) => {
+                log_handshake_error(&error, &ctx.stats);
+                if let HandshakeError::Decode(DecodeError::UnsupportedProtocolVersion(_)) = error {
+                    // [MQTT-3.1.2-2]: CONNACK 0x01 then close (written in 3.1.1 form).
+                    refuse(&mut wr, ProtocolVersion::V311, reason::UNSUPPORTED_PROTOCOL_VERSION)
+                        .await;
+                }
+                return;
+            }
+        };
+        let version = connect.protocol;
+        let (client_id, assigned_id) = match admit(&connect, &ctx).await {
+            Ok(id) => id,
+            Err(code) => {
+                refuse(&mut wr, version, code).await;
+                return;
+            }
+        };
+        tracing::Span::current().record("client_id", client_id.as_ref() as &str);
+        let (link, receiver) = ClientLink::new();
+        let closing = CancellationToken::new();
+        ctx.tracker.spawn(
+            write_loop(wr, receiver, version, ctx.stats.clone(), closing.clone())
+                .instrument(tracing::Span::current()),
+        );
+        let (accepted, outcome) = oneshot::channel();
+        let keep_alive = connect.keep_alive;
+        let request = ConnectRequest {
+            conn,
+            peer,
+            username: connect.username.clone(),
+            connect,
+            client_id,
+            assigned_id,
+            link: link.clone(),
+            accepted,
+        };
+        if ctx.router.send(RouterMsg::Connect(request)).await.is_err() {
+            return;
+        }
+        if outcome.await != Ok(ConnectOutcome::Accepted) {
+            return;
+        }
+        let reader = Reader { conn, version, link, ctx: ctx.clone(), closing };
+        let cause = reader.run(rd, buf, keep_alive).await;
+        // The router may be gone at shutdown; then there is nobody left to tell.
+        let _router_gone = ctx.router.send(RouterMsg::Closed { conn, cause }).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+fn log_handshake_error(error: &HandshakeError, stats: &BrokerStats) {
+    match error {
+        HandshakeError::Eof | HandshakeError::Shutdown => debug!(%error, "Connection closed."),
+        HandshakeError::Io(_) | HandshakeError::Timeout(_) => {
+            info!(%error, "Connection closed during handshake.");
+        }
+        HandshakeError::Decode(_) | HandshakeError::NotConnect(_) => {
+            BrokerStats::add(&stats.protocol_errors, 1);
+            warn!(%error, "Protocol violation; connection closed.");
+        }
+    }
+}
+
+async fn read_connect(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    ctx: &ConnectionContext,
+) -> Result<Box<Connect>, HandshakeError> {
+    let deadline = Instant::now() + ctx.cfg.connect_timeout;
+    loop {
+        // CONNECT is parsed by its own protocol level; the version given here is unused.
+        if let Some(packet) = codec::decode(buf, ProtocolVersion::V311, ctx.cfg.max_packet_size)? {
+            return match packet {
+                Packet::Connect(connect) => Ok(connect),
+                other => Err(HandshakeError::NotConnect(other.name())),
+            };
+        }
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => return Err(HandshakeError::Shutdown),
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(HandshakeError::Timeout(ctx.cfg.connect_timeout));
+            }
+            read = read_some(rd, buf, &ctx.stats) => {
+                if read? == 0 {
+                    return Err(HandshakeError::Eof);
+                }
+            }
+        }
+    }
+}
+
+/// Reads what the socket has into `buf`; 0 at EOF. The buffer is reserved only once data is
+/// there, so an idle connection holds no read buffer.
+async fn read_some(rd: &mut OwnedReadHalf, buf: &mut BytesMut, stats: &BrokerStats) -> io::Result<usize> {
+    loop {
+        rd.readable().await?;
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        match rd.try_read_buf(buf) {
+            Ok(n) => {
+                BrokerStats::add(&stats.bytes_received, n as u64);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Checks the client identifier and the credentials. Returns the client id in effect and
+/// whether the broker assigned it, or the CONNACK reason code that refuses the client.
+async fn admit(connect: &Connect, ctx: &ConnectionContext) -> Result<(ByteString, bool), u8> {
+    if connect.properties.find(|p| match p {
+        codec::Property::AuthenticationMethod(m) => Some(m.clone()),
+        _ => None,
+    })
+    .is_some()
+    {
+        info!("CONNECT asks for enhanced authentication, which is not supported.");
+        return Err(reason::BAD_AUTHENTICATION_METHOD);
+    }
+    let (client_id, assigned) = if connect.client_id.is_empty() {
+        if connect.protocol == ProtocolVersion::V311 && !connect.clean_start {
+            // [MQTT-3.1.3-8]: a zero-length id needs CleanSession=1 in 3.1.1.
+            info!("Empty client id with a persistent session refused.");
+            return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
+        }
+        (ByteString::from(format!("auto-{:016x}", rand::random::<u64>())), true)
+    } else {
+        (connect.client_id.clone(), false)
+    };
+    match (&connect.username, &ctx.users) {
+        (None, _) if !ctx.cfg.allow_anonymous => {
+            info!(%client_id, "Anonymous client refused.");
+            Err(reason::NOT_AUTHORIZED)
+        }
+        (Some(user), Some(users)) => {
+            let users = users.clone();
+            let name = user.to_string();
+            let password = connect.password.clone().unwrap_or_default();
+            // Argon2 takes milliseconds of CPU: keep it off the async workers.
+            let ok = tokio::task::spawn_blocking(move || users.verify(&name, &password))
+                .await
+                .unwrap_or(false);
+            if ok {
+                Ok((client_id, assigned))
+            } else {
+                info!(%client_id, user = %user, "Bad user name or password.");
+                Err(reason::BAD_USER_NAME_OR_PASSWORD)
+            }
+        }
+        _ => Ok((client_id, assigned)),
+    }
+}
+
+/// Sends a refusing CONNACK and closes.
+async fn refuse(wr: &mut OwnedWriteHalf, version: ProtocolVersion, code: u8) {
+    let mut out = BytesMut::new();
+    let ack = ConnAck { session_present: false, code, properties: Properties::new() };
+    codec::encode(&Packet::ConnAck(ack), version, &mut out);
+    // The client may already be gone; there is nothing more to do either way.
+    let _ignored = wr.write_all(&out).await;
+    let _ignored = wr.shutdown().await;
+}
+
+struct Reader {
+    conn: ConnId,
+    version: ProtocolVersion,
+    link: ClientLink,
+    ctx: Arc<ConnectionContext>,
+    /// Cancelled by the writer when it closes the connection (takeover, shutdown).
+    closing: CancellationToken,
+}
+
+impl Reader {
+    async fn run(self, mut rd: OwnedReadHalf, mut buf: BytesMut, keep_alive: u16) -> CloseCause {
+        // [MQTT-3.1.2-24]: one and a half times the Keep Alive without a packet closes.
+        let limit = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let idle = tokio::time::sleep(limit.unwrap_or(Duration::MAX / 4));
+        tokio::pin!(idle);
+        let mut batch = Vec::new();
+        loop {
+            let cause = self.drain(&mut buf, &mut batch);
+            if !batch.is_empty() {
+                let packets = std::mem::take(&mut batch);
+                let msg = RouterMsg::Packets { conn: self.conn, packets };
+                if self.ctx.router.send(msg).await.is_err() {
+                    return CloseCause::Abnormal;
+                }
+            }
+            if let Some(cause) = cause {
+                return cause;
+            }
+            if buf.is_empty() {
+                buf = BytesMut::new();
+            }
+            tokio::select! {
+                () = self.closing.cancelled() => return CloseCause::Abnormal,
+                () = &mut idle => {
+                    info!(keep_alive, "Keep-alive timeout; closing.");
+                    self.link.disconnect(reason::KEEP_ALIVE_TIMEOUT);
+                    return CloseCause::Abnormal;
+                }
+                read = read_some(&mut rd, &mut buf, &self.ctx.stats) => match read {
+                    Ok(0) => {
+                        debug!("Client closed the connection without DISCONNECT.");
+                        return CloseCause::Abnormal;
+                    }
+                    Ok(_) => {
+                        if let Some(limit) = limit {
+                            idle.as_mut().reset(Instant::now() + limit);
+                        }
+                    }
+                    Err(error) => {
+                        debug!(%error, "Read failed.");
+                        return CloseCause::Abnormal;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes every complete packet in `buf`; packets for the router go to `batch`. Returns
+    /// the close cause when the connection must end.
+    fn drain(&self, buf: &mut BytesMut, batch: &mut Vec<Packet>) -> Option<CloseCause> {
+        loop {
+            let packet = match codec::decode(buf, self.version, self.ctx.cfg.max_packet_size) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => return None,
+                Err(error) => return Some(self.violation(&error.to_string(), error.reason_code())),
+            };
+            match packet {
+                Packet::Publish(_)
+                | Packet::PubAck(_)
+                | Packet::PubRec(_)
+                | Packet::PubRel(_)
+                | Packet::PubComp(_)
+                | Packet::Subscribe(_)
+                | Packet::Unsubscribe(_) => {
+                    if let Packet::Publish(p) = &packet {
+                        if p.properties.topic_alias().is_some() {
+                            // CONNACK announced Topic Alias Maximum 0 [MQTT-3.3.2-9].
+                            return Some(self.violation(
+                                "Topic Alias above the maximum of 0 [MQTT-3.3.2-9]",
+                                reason::TOPIC_ALIAS_INVALID,
+                            ));
+                        }
+                    }
+                    batch.push(packet);
+                }
+                Packet::PingReq => {
+                    self.link.send(Packet::PingResp);
+                }
+                Packet::Disconnect(d) => return Some(self.client_disconnect(&d)),
+                Packet::Connect(_) => {
+                    return Some(self.violation(
+                        "second CONNECT on one connection [MQTT-3.1.0-2]",
+                        reason::PROTOCOL_ERROR,
+                    ));
+                }
+                Packet::Auth(_) => {
+                    return Some(self.violation(
+                        "AUTH without enhanced authentication [MQTT-4.12.0-1]",
+                        reason::PROTOCOL_ERROR,
+                    ));
+                }
+                Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                    return Some(self.violation(
+                        &format!("{} is a server-to-client packet", packet.name()),
+                        reason::PROTOCOL_ERROR,
+                    ));
+                }
+            }
+        }
+    }
+
+    fn client_disconnect(&self, d: &Disconnect) -> CloseCause {
+        debug!(reason = d.reason, "Client sent DISCONNECT.");
+        CloseCause::Disconnect {
+            publish_will: d.reason == reason::DISCONNECT_WITH_WILL,
+            session_expiry: d.properties.session_expiry_interval(),
+        }
+    }
+
+    fn violation(&self, what: &str, code: u8) -> CloseCause {
+        BrokerStats::add(&self.ctx.stats.protocol_errors, 1);
+        warn!(error = what, reason_code = code, "Protocol violation; connection closed.");
+        self.link.disconnect(code);
+        CloseCause::Abnormal
+    }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: LinkReceiver,
+    version: ProtocolVersion,
+    stats: Arc<BrokerStats>,
+    closing: CancellationToken,
+) {
+    let mut items = Vec::with_capacity(WRITE_BATCH);
+    let mut out = BytesMut::new();
+    loop {
+        if rx.recv_many(&mut items, WRITE_BATCH).await == 0 {
+            break;
+        }
+        let mut written = 0;
+        let mut close = false;
+        for item in items.drain(..) {
+            match item {
+                ToClient::Packet(packet) => {
+                    codec::encode(&packet, version, &mut out);
+                    written += 1;
+                }
+                ToClient::Disconnect { reason } => {
+                    if version == ProtocolVersion::V5 {
+                        let d = Disconnect { reason, properties: Properties::new() };
+                        codec::encode(&Packet::Disconnect(d), version, &mut out);
+                    }
+                    close = true;
+                    break;
+                }
+            }
+        }
+        let result = wr.write_all(&out).await;
+        BrokerStats::add(&stats.bytes_sent, out.len() as u64);
+        rx.written(written);
+        if out.capacity() > KEEP_WRITE_BUFFER {
+            out = BytesMut::new();
+        } else {
+            out.clear();
+        }
+        if let Err(error) = result {
+            debug!(%error, "Write failed.");
+            break;
+        }
+        if close {
+            break;
+        }
+    }
+    // Best effort: the peer may be gone already.
+    let _ignored = wr.shutdown().await;
+    closing.cancel();
+}

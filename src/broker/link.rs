@@ -1,0 +1,158 @@
+//! Messages between connection tasks and the router task.
+//!
+//! Connections send [`RouterMsg`] over one bounded channel (back-pressure on publishers); the
+//! router answers each connection over its own unbounded channel whose depth it bounds itself
+//! ([`ClientLink::backlog`] and the session's in-flight window), so the router never awaits a
+//! connection: the classic broker self-deadlock cannot happen.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytestring::ByteString;
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{Connect, Packet, ProtocolVersion};
+
+/// Identifies one network connection for its whole life (never reused).
+pub type ConnId = u64;
+
+/// What the router asks a connection's writer to do.
+#[derive(Debug)]
+pub enum ToClient {
+    /// Encode and send one packet.
+    Packet(Packet),
+    /// Send DISCONNECT with this reason (MQTT 5 only; 3.1.1 has no server DISCONNECT), flush,
+    /// and close the connection.
+    Disconnect {
+        /// MQTT 5 reason code.
+        reason: u8,
+    },
+}
+
+/// The router's way to reach one connected client.
+#[derive(Debug, Clone)]
+pub struct ClientLink {
+    tx: mpsc::UnboundedSender<ToClient>,
+    /// Packets handed to the writer and not yet written to the socket. The router drops QoS 0
+    /// messages for a client whose backlog is over the limit instead of letting memory grow.
+    backlog: Arc<AtomicUsize>,
+}
+
+impl ClientLink {
+    /// A link and the receiving end for the connection's writer.
+    pub fn new() -> (ClientLink, LinkReceiver) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(AtomicUsize::new(0));
+        (ClientLink { tx, backlog: backlog.clone() }, LinkReceiver { rx, backlog })
+    }
+
+    /// Hands a packet to the writer. False when the connection is gone.
+    pub fn send(&self, packet: Packet) -> bool {
+        self.backlog.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(ToClient::Packet(packet)).is_ok()
+    }
+
+    /// Asks the writer to close (with a DISCONNECT for MQTT 5 clients).
+    pub fn disconnect(&self, reason: u8) {
+        // A closed channel means the connection is already gone, which is what we want.
+        let _ignored = self.tx.send(ToClient::Disconnect { reason });
+    }
+
+    /// Packets not yet written.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
+    }
+}
+
+/// The writer's end of a [`ClientLink`].
+#[derive(Debug)]
+pub struct LinkReceiver {
+    rx: mpsc::UnboundedReceiver<ToClient>,
+    backlog: Arc<AtomicUsize>,
+}
+
+impl LinkReceiver {
+    /// Waits for at least one item and takes up to `limit`; 0 when every sender is gone.
+    pub async fn recv_many(&mut self, into: &mut Vec<ToClient>, limit: usize) -> usize {
+        self.rx.recv_many(into, limit).await
+    }
+
+    /// Marks `n` packets as written.
+    pub fn written(&self, n: usize) {
+        self.backlog.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+/// Why a connection ended, as the router needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The client sent DISCONNECT. `publish_will` is true for MQTT 5 reason 0x04.
+    Disconnect {
+        /// Publish the will anyway (MQTT 5 "Disconnect with Will Message").
+        publish_will: bool,
+        /// MQTT 5: a new Session Expiry Interval sent with DISCONNECT.
+        session_expiry: Option<u32>,
+    },
+    /// Network error, EOF without DISCONNECT, keep-alive timeout, protocol error: the will is
+    /// published.
+    Abnormal,
+}
+
+/// A CONNECT that passed decoding and authentication, on its way to the router.
+#[derive(Debug)]
+pub struct ConnectRequest {
+    /// The connection.
+    pub conn: ConnId,
+    /// Peer address, for logs.
+    pub peer: SocketAddr,
+    /// The decoded CONNECT.
+    pub connect: Box<Connect>,
+    /// Client identifier in effect (assigned by the broker when the client sent none).
+    pub client_id: ByteString,
+    /// True when the broker assigned `client_id`.
+    pub assigned_id: bool,
+    /// Authenticated user name, if any.
+    pub username: Option<ByteString>,
+    /// Where the router sends packets for this client; CONNACK is the first.
+    pub link: ClientLink,
+    /// Told once CONNACK is queued, so the reader starts reading only then.
+    pub accepted: oneshot::Sender<ConnectOutcome>,
+}
+
+impl ConnectRequest {
+    /// The protocol version of this connection.
+    pub fn version(&self) -> ProtocolVersion {
+        self.connect.protocol
+    }
+}
+
+/// The router's answer to a [`ConnectRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectOutcome {
+    /// CONNACK (success) is queued on the link.
+    Accepted,
+    /// A refusing CONNACK is queued; close after sending it.
+    Refused,
+}
+
+/// Everything a connection tells the router.
+#[derive(Debug)]
+pub enum RouterMsg {
+    /// A client completed CONNECT.
+    Connect(ConnectRequest),
+    /// Packets read from a connected client, in order.
+    Packets {
+        /// The connection.
+        conn: ConnId,
+        /// The packets.
+        packets: Vec<Packet>,
+    },
+    /// The connection ended.
+    Closed {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        cause: CloseCause,
+    },
+}

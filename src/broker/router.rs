@@ -1,0 +1,549 @@
+//! The router: one task that owns every session, the subscription trie and the retained
+//! messages, addressed by [`RouterMsg`]s from the connections.
+//!
+//! A single owner keeps session takeover, QoS state and fan-out free of locks and races. It
+//! never awaits a connection (see `link`), so a slow client cannot stall it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::codec::{
+    ConnAck, Packet, Properties, Property, ProtocolVersion, PubResponse, Publish, QoS,
+    RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, reason,
+};
+use super::config::BrokerConfig;
+use super::link::{CloseCause, ConnId, ConnectOutcome, ConnectRequest, RouterMsg};
+use super::session::{Attached, NEVER_EXPIRES, Offer, Session, SessionId, SubEntry, will_publish};
+use super::stats::BrokerStats;
+use super::topic::{parse_shared, validate_topic_filter};
+use super::trie::{RetainedTree, SubscriptionTree};
+
+/// How often detached sessions are checked for expiry.
+const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+/// Router messages handled per wake-up.
+const BATCH: usize = 128;
+
+/// One subscriber of a message being routed, after merging overlapping subscriptions.
+#[derive(Debug)]
+struct Target {
+    session: SessionId,
+    qos: QoS,
+    retain_as_published: bool,
+    subscription_ids: Vec<u32>,
+}
+
+/// The router's state.
+#[derive(Debug)]
+pub struct Router {
+    cfg: Arc<BrokerConfig>,
+    stats: Arc<BrokerStats>,
+    sessions: HashMap<SessionId, Session>,
+    by_client: HashMap<ByteString, SessionId>,
+    by_conn: HashMap<ConnId, SessionId>,
+    subs: SubscriptionTree<SessionId, SubEntry>,
+    retained: RetainedTree<Publish>,
+    next_session: SessionId,
+    /// Scratch space reused by every fan-out.
+    targets: Vec<Target>,
+    started: Instant,
+}
+
+impl Router {
+    /// An empty router.
+    pub fn new(cfg: Arc<BrokerConfig>, stats: Arc<BrokerStats>) -> Self {
+        Router {
+            cfg,
+            stats,
+            sessions: HashMap::new(),
+            by_client: HashMap::new(),
+            by_conn: HashMap::new(),
+            subs: SubscriptionTree::new(),
+            retained: RetainedTree::new(),
+            next_session: 1,
+            targets: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs until `shutdown` fires or every sender is gone; then publishes the wills of the
+    /// connected clients and disconnects them.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<RouterMsg>, shutdown: CancellationToken) {
+        let mut expiry = tokio::time::interval(EXPIRY_CHECK);
+        let sys_period = self.cfg.sys_interval.unwrap_or(Duration::from_secs(3600));
+        let mut sys = tokio::time::interval(sys_period);
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                n = rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for msg in batch.drain(..) {
+                        self.handle(msg);
+                    }
+                }
+                _ = expiry.tick() => self.expire_sessions(Instant::now()),
+                _ = sys.tick(), if self.cfg.sys_interval.is_some() => self.publish_sys(),
+            }
+        }
+        // What was already read is still handled, so acknowledged work is not lost.
+        while let Ok(msg) = rx.try_recv() {
+            self.handle(msg);
+        }
+        self.shutdown();
+    }
+
+    /// Handles one message from a connection.
+    pub fn handle(&mut self, msg: RouterMsg) {
+        match msg {
+            RouterMsg::Connect(req) => self.connect(req),
+            RouterMsg::Packets { conn, packets } => {
+                let Some(&sid) = self.by_conn.get(&conn) else { return };
+                for packet in packets {
+                    self.packet(sid, packet);
+                }
+            }
+            RouterMsg::Closed { conn, cause } => self.closed(conn, cause),
+        }
+    }
+
+    fn connect(&mut self, req: ConnectRequest) {
+        let version = req.version();
+        let ConnectRequest { conn, peer, connect, client_id, assigned_id, link, accepted, .. } =
+            req;
+        let expiry = match version {
+            ProtocolVersion::V311 if connect.clean_start => 0,
+            ProtocolVersion::V311 => NEVER_EXPIRES,
+            ProtocolVersion::V5 => connect.properties.session_expiry_interval().unwrap_or(0),
+        };
+        let now = Instant::now();
+        let mut resumed = None;
+        if let Some(&sid) = self.by_client.get(&client_id) {
+            self.take_over(sid, now);
+            if connect.clean_start {
+                self.end_session(sid);
+            } else {
+                resumed = Some(sid);
+            }
+        }
+        let session_present = resumed.is_some();
+        let sid = resumed.unwrap_or_else(|| self.new_session(client_id.clone(), expiry));
+        let receive_maximum = connect.properties.receive_maximum().unwrap_or(u16::MAX);
+        let window = usize::from(self.cfg.max_inflight.min(receive_maximum).max(1));
+        let mut properties = Properties::new();
+        if version == ProtocolVersion::V5 && assigned_id {
+            properties.push(Property::AssignedClientIdentifier(client_id.clone()));
+        }
+        let connack = ConnAck { session_present, code: reason::SUCCESS, properties };
+        if !link.send(Packet::ConnAck(connack)) {
+            // The connection died while CONNECT was on its way; keep the session as CONNECT
+            // asked, the reader reports the close.
+            debug!(%client_id, "Connection gone before CONNACK.");
+        }
+        let Some(session) = self.sessions.get_mut(&sid) else { return };
+        session.expiry = expiry;
+        session.detached_at = None;
+        session.will = connect.will;
+        session.attached = Some(Attached { conn, link, version, window });
+        self.by_conn.insert(conn, sid);
+        BrokerStats::add(&self.stats.clients_connected, 1);
+        info!(%client_id, %peer, ?version, clean_start = connect.clean_start, session_present,
+            keep_alive = connect.keep_alive, "Client connected.");
+        let _receiver_gone = accepted.send(ConnectOutcome::Accepted);
+        if session_present {
+            let again = session.resend_inflight();
+            let fresh = session.fill_window();
+            if let Some(att) = &session.attached {
+                for packet in again {
+                    att.link.send(packet);
+                }
+                for publish in fresh {
+                    att.link.send(Packet::Publish(publish));
+                }
+            }
+        }
+    }
+
+    /// Closes the current connection of a session whose client id connects again
+    /// [MQTT-3.1.4-2]; its will is published as for any server-side close.
+    fn take_over(&mut self, sid: SessionId, now: Instant) {
+        let Some(session) = self.sessions.get_mut(&sid) else { return };
+        let Some(old) = session.detach(now) else { return };
+        self.by_conn.remove(&old.conn);
+        BrokerStats::dec(&self.stats.clients_connected);
+        old.link.disconnect(reason::SESSION_TAKEN_OVER);
+        info!(client_id = %session.client_id, "Session taken over by a new connection.");
+        if let Some(will) = session.will.take() {
+            self.route(will_publish(will), Some(sid));
+        }
+    }
+
+    fn new_session(&mut self, client_id: ByteString, expiry: u32) -> SessionId {
+        let sid = self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(sid, Session::new(sid, client_id.clone(), expiry));
+        self.by_client.insert(client_id, sid);
+        sid
+    }
+
+    fn end_session(&mut self, sid: SessionId) {
+        let Some(session) = self.sessions.remove(&sid) else { return };
+        for filter in session.subscriptions.keys() {
+            self.subs.remove(filter, sid);
+        }
+        self.by_client.remove(&session.client_id);
+        if session.queued() + session.inflight() > 0 {
+            debug!(client_id = %session.client_id, queued = session.queued(),
+                inflight = session.inflight(), "Session ended with undelivered messages.");
+        }
+    }
+
+    fn closed(&mut self, conn: ConnId, cause: CloseCause) {
+        let Some(sid) = self.by_conn.remove(&conn) else { return };
+        let Some(session) = self.sessions.get_mut(&sid) else { return };
+        session.detach(Instant::now());
+        BrokerStats::dec(&self.stats.clients_connected);
+        let will = session.will.take();
+        let publish_will = match cause {
+            CloseCause::Disconnect { publish_will, session_expiry } => {
+                if let Some(expiry) = session_expiry {
+                    session.expiry = expiry;
+                }
+                publish_will
+            }
+            CloseCause::Abnormal => true,
+        };
+        info!(client_id = %session.client_id, ?cause, will = will.is_some() && publish_will,
+            "Client disconnected.");
+        let ends = session.expiry == 0;
+        if ends {
+            self.end_session(sid);
+        }
+        if let (Some(will), true) = (will, publish_will) {
+            self.route(will_publish(will), Some(sid));
+        }
+    }
+
+    fn expire_sessions(&mut self, now: Instant) {
+        let expired: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|s| s.attached.is_none() && s.expiry != NEVER_EXPIRES)
+            .filter(|s| {
+                s.detached_at.is_some_and(|at| {
+                    now.duration_since(at) >= Duration::from_secs(u64::from(s.expiry))
+                })
+            })
+            .map(|s| s.id)
+            .collect();
+        for sid in expired {
+            debug!(session = sid, "Session expired.");
+            self.end_session(sid);
+        }
+    }
+
+    fn packet(&mut self, sid: SessionId, packet: Packet) {
+        match packet {
+            Packet::Publish(publish) => self.inbound_publish(sid, publish),
+            Packet::PubAck(ack) => {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    if !s.on_puback(ack.pkid) {
+                        debug!(client_id = %s.client_id, pkid = ack.pkid, "Stray PUBACK.");
+                    }
+                }
+                self.fill_window(sid);
+            }
+            Packet::PubRec(rec) => {
+                let Some(s) = self.sessions.get_mut(&sid) else { return };
+                if rec.reason >= reason::UNSPECIFIED_ERROR {
+                    // MQTT 5: a failing PUBREC ends the exchange [MQTT-4.3.3-4 analogue].
+                    s.on_pubrec(rec.pkid);
+                    s.on_pubcomp(rec.pkid);
+                    self.fill_window(sid);
+                } else {
+                    let rel = s.on_pubrec(rec.pkid);
+                    self.send(sid, rel);
+                }
+            }
+            Packet::PubRel(rel) => {
+                let Some(s) = self.sessions.get_mut(&sid) else { return };
+                let known = s.release_qos2(rel.pkid);
+                let mut comp = PubResponse::new(rel.pkid);
+                if !known && self.version(sid) == Some(ProtocolVersion::V5) {
+                    comp.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
+                }
+                self.send(sid, Packet::PubComp(comp));
+            }
+            Packet::PubComp(comp) => {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.on_pubcomp(comp.pkid);
+                }
+                self.fill_window(sid);
+            }
+            Packet::Subscribe(sub) => self.subscribe(sid, sub),
+            Packet::Unsubscribe(unsub) => self.unsubscribe(sid, unsub),
+            // The connection handles CONNECT, PINGREQ, DISCONNECT and AUTH and never forwards
+            // server-to-client packets.
+            other => debug!(packet = other.name(), "Packet not for the router; ignored."),
+        }
+    }
+
+    fn version(&self, sid: SessionId) -> Option<ProtocolVersion> {
+        self.sessions.get(&sid)?.attached.as_ref().map(|a| a.version)
+    }
+
+    fn send(&self, sid: SessionId, packet: Packet) {
+        if let Some(att) = self.sessions.get(&sid).and_then(|s| s.attached.as_ref()) {
+            att.link.send(packet);
+        }
+    }
+
+    fn fill_window(&mut self, sid: SessionId) {
+        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let next = s.fill_window();
+        if let Some(att) = &s.attached {
+            BrokerStats::add(&self.stats.messages_sent, next.len() as u64);
+            for publish in next {
+                att.link.send(Packet::Publish(publish));
+            }
+        }
+    }
+
+    fn inbound_publish(&mut self, sid: SessionId, mut publish: Publish) {
+        BrokerStats::add(&self.stats.messages_received, 1);
+        let pkid = publish.pkid;
+        // A Topic Alias belongs to the sender's connection, never to subscribers'.
+        publish.properties.remove_where(|p| matches!(p, Property::TopicAlias(_)));
+        match publish.qos {
+            QoS::AtMostOnce => self.route(publish, Some(sid)),
+            QoS::AtLeastOnce => {
+                self.route(publish, Some(sid));
+                self.send(sid, Packet::PubAck(PubResponse::new(pkid)));
+            }
+            QoS::ExactlyOnce => {
+                let fresh = self.sessions.get_mut(&sid).is_some_and(|s| s.receive_qos2(pkid));
+                if fresh {
+                    self.route(publish, Some(sid));
+                }
+                self.send(sid, Packet::PubRec(PubResponse::new(pkid)));
+            }
+        }
+    }
+
+    /// Stores or clears the retained copy and delivers to every matching subscription.
+    pub fn route(&mut self, publish: Publish, origin: Option<SessionId>) {
+        if publish.retain {
+            if publish.payload.is_empty() {
+                self.retained.remove(&publish.topic);
+            } else {
+                self.retained.insert(&publish.topic, publish.clone());
+            }
+        }
+        let mut targets = std::mem::take(&mut self.targets);
+        targets.clear();
+        self.subs.for_each_match(&publish.topic, |_filter, sid, entry| {
+            if entry.options.no_local && Some(sid) == origin {
+                return;
+            }
+            targets.push(Target {
+                session: sid,
+                qos: entry.options.qos,
+                retain_as_published: entry.options.retain_as_published,
+                subscription_ids: entry.id.into_iter().collect(),
+            });
+        });
+        merge_overlapping(&mut targets);
+        for target in targets.drain(..) {
+            let mut copy = publish.clone();
+            copy.qos = copy.qos.min(target.qos);
+            // [MQTT-3.3.1-9]: retain is cleared for established subscriptions unless the
+            // MQTT 5 subscription asked for Retain As Published.
+            copy.retain = publish.retain && target.retain_as_published;
+            for id in target.subscription_ids {
+                copy.properties.push(Property::SubscriptionIdentifier(id));
+            }
+            self.deliver(target.session, copy);
+        }
+        self.targets = targets;
+    }
+
+    fn deliver(&mut self, sid: SessionId, publish: Publish) {
+        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let qos = publish.qos;
+        match s.offer(publish, self.cfg.max_queued) {
+            Offer::Send(p) => {
+                let Some(att) = &s.attached else { return };
+                if qos == QoS::AtMostOnce && att.link.backlog() > self.cfg.max_queued {
+                    BrokerStats::add(&self.stats.dropped_slow_client, 1);
+                    if !s.overflowing {
+                        s.overflowing = true;
+                        warn!(client_id = %s.client_id, backlog = att.link.backlog(),
+                            "Client reads too slowly; dropping QoS 0 messages to it.");
+                    }
+                    return;
+                }
+                if qos == QoS::AtMostOnce && att.link.backlog() == 0 {
+                    s.overflowing = false;
+                }
+                BrokerStats::add(&self.stats.messages_sent, 1);
+                att.link.send(Packet::Publish(p));
+            }
+            Offer::Queued | Offer::Discarded => {}
+            Offer::Overflow => {
+                BrokerStats::add(&self.stats.dropped_queue_full, 1);
+                if !s.overflowing {
+                    s.overflowing = true;
+                    warn!(client_id = %s.client_id, max_queued = self.cfg.max_queued,
+                        "Session queue full; dropping new messages for it until it drains.");
+                }
+            }
+        }
+    }
+
+    fn subscribe(&mut self, sid: SessionId, sub: Subscribe) {
+        let Some(version) = self.version(sid) else { return };
+        let sub_id = sub.properties.subscription_identifier();
+        let mut codes = Vec::with_capacity(sub.filters.len());
+        let mut retained = Vec::new();
+        for (filter, options) in sub.filters {
+            if let Err(error) = validate_topic_filter(&filter) {
+                debug!(%filter, %error, "Invalid topic filter refused.");
+                codes.push(match version {
+                    ProtocolVersion::V5 => reason::TOPIC_FILTER_INVALID,
+                    ProtocolVersion::V311 => reason::UNSPECIFIED_ERROR,
+                });
+                continue;
+            }
+            if parse_shared(&filter).is_some() {
+                codes.push(match version {
+                    ProtocolVersion::V5 => reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+                    ProtocolVersion::V311 => reason::UNSPECIFIED_ERROR,
+                });
+                continue;
+            }
+            let entry = SubEntry { options, id: sub_id };
+            let Some(s) = self.sessions.get_mut(&sid) else { return };
+            let existed = s.subscriptions.insert(filter.clone(), entry).is_some();
+            self.subs.insert(&filter, sid, entry);
+            codes.push(options.qos as u8);
+            let send_retained = match options.retain_handling {
+                RetainHandling::SendAlways => true,
+                RetainHandling::SendIfNew => !existed,
+                RetainHandling::DoNotSend => false,
+            };
+            if send_retained {
+                self.retained.for_each_match(&filter, |_topic, msg| {
+                    retained.push((msg.clone(), entry));
+                });
+            }
+        }
+        let ack = SubAck { pkid: sub.pkid, codes, properties: Properties::new() };
+        self.send(sid, Packet::SubAck(ack));
+        for (mut msg, entry) in retained {
+            // [MQTT-3.3.1-8]: retained messages sent on subscribe carry RETAIN=1.
+            msg.retain = true;
+            msg.qos = msg.qos.min(entry.options.qos);
+            if let Some(id) = entry.id {
+                msg.properties.push(Property::SubscriptionIdentifier(id));
+            }
+            self.deliver(sid, msg);
+        }
+    }
+
+    fn unsubscribe(&mut self, sid: SessionId, unsub: Unsubscribe) {
+        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let mut codes = Vec::with_capacity(unsub.filters.len());
+        for filter in &unsub.filters {
+            let existed = s.subscriptions.remove(filter).is_some();
+            self.subs.remove(filter, sid);
+            codes.push(if existed { reason::SUCCESS } else { reason::NO_SUBSCRIPTION_EXISTED });
+        }
+        let ack = UnsubAck { pkid: unsub.pkid, codes, properties: Properties::new() };
+        self.send(sid, Packet::UnsubAck(ack));
+    }
+
+    /// Publishes `$SYS/broker/...` statistics as retained messages (as Mosquitto does).
+    pub fn publish_sys(&mut self) {
+        let stats = &self.stats;
+        let values: [(&str, String); 13] = [
+            ("version", format!("xmpp-mqtt-bridge {}", env!("CARGO_PKG_VERSION"))),
+            ("uptime", format!("{} seconds", self.started.elapsed().as_secs())),
+            ("clients/connected", BrokerStats::get(&stats.clients_connected).to_string()),
+            ("clients/total", self.sessions.len().to_string()),
+            ("messages/received", BrokerStats::get(&stats.messages_received).to_string()),
+            ("messages/sent", BrokerStats::get(&stats.messages_sent).to_string()),
+            ("messages/dropped", dropped(stats).to_string()),
+            ("bytes/received", BrokerStats::get(&stats.bytes_received).to_string()),
+            ("bytes/sent", BrokerStats::get(&stats.bytes_sent).to_string()),
+            ("subscriptions/count", self.subs.len().to_string()),
+            ("retained messages/count", self.retained.len().to_string()),
+            ("connections/accepted", BrokerStats::get(&stats.connections_accepted).to_string()),
+            ("connections/refused", BrokerStats::get(&stats.connections_refused).to_string()),
+        ];
+        for (name, value) in values {
+            let publish = Publish {
+                dup: false,
+                qos: QoS::AtMostOnce,
+                retain: true,
+                topic: ByteString::from(format!("$SYS/broker/{name}")),
+                pkid: 0,
+                payload: Bytes::from(value),
+                properties: Properties::new(),
+            };
+            self.route(publish, None);
+        }
+    }
+
+    /// Server shutdown: every connected client's will is published (the server closes the
+    /// connection without a DISCONNECT from the client), then every client is disconnected.
+    fn shutdown(&mut self) {
+        let connected: Vec<SessionId> =
+            self.sessions.values().filter(|s| s.attached.is_some()).map(|s| s.id).collect();
+        info!(clients = connected.len(), "Broker shutting down; publishing wills.");
+        for &sid in &connected {
+            if let Some(will) = self.sessions.get_mut(&sid).and_then(|s| s.will.take()) {
+                self.route(will_publish(will), Some(sid));
+            }
+        }
+        for sid in connected {
+            if let Some(att) = self.sessions.get_mut(&sid).and_then(|s| s.attached.take()) {
+                att.link.disconnect(reason::SERVER_SHUTTING_DOWN);
+            }
+        }
+        self.by_conn.clear();
+    }
+}
+
+fn dropped(stats: &BrokerStats) -> u64 {
+    BrokerStats::get(&stats.dropped_queue_full) + BrokerStats::get(&stats.dropped_slow_client)
+}
+
+/// One delivery per session when several of its subscriptions match: the highest QoS, all
+/// subscription identifiers [MQTT-3.3.4-2], [MQTT-3.3.4-3].
+fn merge_overlapping(targets: &mut Vec<Target>) {
+    if targets.len() < 2 {
+        return;
+    }
+    targets.sort_unstable_by_key(|t| t.session);
+    let mut merged: Vec<Target> = Vec::with_capacity(targets.len());
+    for t in targets.drain(..) {
+        match merged.last_mut() {
+            Some(last) if last.session == t.session => {
+                last.qos = last.qos.max(t.qos);
+                last.retain_as_published |= t.retain_as_published;
+                last.subscription_ids.extend(t.subscription_ids);
+            }
+            _ => merged.push(t),
+        }
+    }
+    *targets = merged;
+}

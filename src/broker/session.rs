@@ -1,0 +1,383 @@
+//! Per-client session state, sans-IO: QoS 1/2 packet ids, the in-flight window, the queue of
+//! messages waiting for the window or for the client to come back, and incoming QoS 2 ids.
+//!
+//! Methods take packets and return what to send; the router does the sending. MQTT 3.1.1
+//! section 4.3 (QoS flows), 4.4 (redelivery with DUP on reconnect) and 4.6 (ordering).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Instant;
+
+use bytestring::ByteString;
+
+use super::codec::{LastWill, Packet, ProtocolVersion, PubResponse, Publish, QoS};
+use super::codec::{Properties, SubscriptionOptions};
+use super::link::{ClientLink, ConnId};
+
+/// Stable identity of a session, key of the subscription trie.
+pub type SessionId = u64;
+
+/// Session Expiry Interval meaning "never expires" (MQTT 5 section 3.1.2.11.2).
+pub const NEVER_EXPIRES: u32 = u32::MAX;
+
+/// One subscription of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubEntry {
+    /// Options from SUBSCRIBE.
+    pub options: SubscriptionOptions,
+    /// MQTT 5 Subscription Identifier.
+    pub id: Option<u32>,
+}
+
+/// A connected client as the session sees it.
+#[derive(Debug)]
+pub struct Attached {
+    /// The connection.
+    pub conn: ConnId,
+    /// Where packets go.
+    pub link: ClientLink,
+    /// Protocol version of this connection.
+    pub version: ProtocolVersion,
+    /// In-flight window toward this client: min(broker max_inflight, client Receive Maximum).
+    pub window: usize,
+}
+
+/// A message waiting in or behind the in-flight window.
+#[derive(Debug, Clone)]
+enum Inflight {
+    /// PUBLISH sent (QoS 1 or 2), waiting for PUBACK or PUBREC.
+    Published(Publish),
+    /// PUBREL sent, waiting for PUBCOMP.
+    Released(u16),
+}
+
+impl Inflight {
+    fn pkid(&self) -> u16 {
+        match self {
+            Inflight::Published(p) => p.pkid,
+            Inflight::Released(id) => *id,
+        }
+    }
+}
+
+/// What happened to a message offered to a session.
+#[derive(Debug)]
+pub enum Offer {
+    /// Send this now (QoS 0 as is, QoS 1/2 with its packet id and in flight).
+    Send(Publish),
+    /// Kept in the queue.
+    Queued,
+    /// The queue is full: the message was dropped.
+    Overflow,
+    /// Not kept: QoS 0 for a client that is not connected.
+    Discarded,
+}
+
+/// The state of one client session.
+#[derive(Debug)]
+pub struct Session {
+    /// Stable id (trie key).
+    pub id: SessionId,
+    /// MQTT Client Identifier.
+    pub client_id: ByteString,
+    /// The connection, while the client is connected.
+    pub attached: Option<Attached>,
+    /// Seconds the session outlives its connection; 0 ends it with the connection.
+    pub expiry: u32,
+    /// When the client went away (for expiry).
+    pub detached_at: Option<Instant>,
+    /// The will of the current connection.
+    pub will: Option<LastWill>,
+    /// Subscriptions by filter, mirrored in the router's trie.
+    pub subscriptions: HashMap<ByteString, SubEntry>,
+    inflight: VecDeque<Inflight>,
+    queue: VecDeque<Publish>,
+    next_pkid: u16,
+    /// Incoming QoS 2 packet ids received and not yet released (duplicate suppression).
+    incoming_qos2: HashSet<u16>,
+    /// True once this session dropped a message, until the queue has room again (log once).
+    pub overflowing: bool,
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(id: SessionId, client_id: ByteString, expiry: u32) -> Self {
+        Session {
+            id,
+            client_id,
+            attached: None,
+            expiry,
+            detached_at: None,
+            will: None,
+            subscriptions: HashMap::new(),
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            next_pkid: 0,
+            incoming_qos2: HashSet::new(),
+            overflowing: false,
+        }
+    }
+
+    /// Messages waiting behind the window.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Messages in flight toward the client.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    fn window(&self) -> usize {
+        self.attached.as_ref().map_or(0, |a| a.window)
+    }
+
+    /// Offers a message for delivery at `qos` (already the minimum of publish and
+    /// subscription QoS). `max_queued` bounds the queue.
+    pub fn offer(&mut self, mut publish: Publish, max_queued: usize) -> Offer {
+        if publish.qos == QoS::AtMostOnce {
+            publish.pkid = 0;
+            publish.dup = false;
+            return if self.attached.is_some() { Offer::Send(publish) } else { Offer::Discarded };
+        }
+        if self.attached.is_some() && self.queue.is_empty() && self.inflight.len() < self.window()
+        {
+            return Offer::Send(self.start_flight(publish));
+        }
+        if self.queue.len() >= max_queued {
+            return Offer::Overflow;
+        }
+        self.queue.push_back(publish);
+        Offer::Queued
+    }
+
+    fn start_flight(&mut self, mut publish: Publish) -> Publish {
+        publish.pkid = self.allocate_pkid();
+        publish.dup = false;
+        self.inflight.push_back(Inflight::Published(publish.clone()));
+        publish
+    }
+
+    fn allocate_pkid(&mut self) -> u16 {
+        // The window is far below 65,535, so a free id is always found.
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            if self.next_pkid == 0 {
+                self.next_pkid = 1;
+            }
+            let id = self.next_pkid;
+            if !self.inflight.iter().any(|m| m.pkid() == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Moves queued messages into the window while it has room.
+    pub fn fill_window(&mut self) -> Vec<Publish> {
+        let mut out = Vec::new();
+        if self.attached.is_none() {
+            return out;
+        }
+        while self.inflight.len() < self.window() {
+            let Some(next) = self.queue.pop_front() else { break };
+            out.push(self.start_flight(next));
+        }
+        if self.queue.is_empty() {
+            self.overflowing = false;
+        }
+        out
+    }
+
+    fn position(&self, pkid: u16, released: bool) -> Option<usize> {
+        self.inflight.iter().position(|m| match m {
+            Inflight::Published(p) => !released && p.pkid == pkid,
+            Inflight::Released(id) => released && *id == pkid,
+        })
+    }
+
+    /// PUBACK from the client. False when nothing matched (a stray ack).
+    pub fn on_puback(&mut self, pkid: u16) -> bool {
+        match self.position(pkid, false) {
+            Some(i) if matches!(&self.inflight[i], Inflight::Published(p) if p.qos == QoS::AtLeastOnce) =>
+            {
+                self.inflight.remove(i);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBREC from the client: the message is now the client's; answer PUBREL.
+    pub fn on_pubrec(&mut self, pkid: u16) -> Packet {
+        if let Some(i) = self.position(pkid, false) {
+            self.inflight[i] = Inflight::Released(pkid);
+        }
+        // A PUBREC for an id already released is a retransmission: answer PUBREL again.
+        Packet::PubRel(PubResponse::new(pkid))
+    }
+
+    /// PUBCOMP from the client. False when nothing matched.
+    pub fn on_pubcomp(&mut self, pkid: u16) -> bool {
+        match self.position(pkid, true) {
+            Some(i) => {
+                self.inflight.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Incoming QoS 2 PUBLISH: true when it is new and must be routed, false for a
+    /// retransmission of an id not yet released (method B of MQTT 3.1.1 figure 4.3).
+    pub fn receive_qos2(&mut self, pkid: u16) -> bool {
+        self.incoming_qos2.insert(pkid)
+    }
+
+    /// Incoming PUBREL: forgets the id. False when the id was unknown.
+    pub fn release_qos2(&mut self, pkid: u16) -> bool {
+        self.incoming_qos2.remove(&pkid)
+    }
+
+    /// On reconnect of a kept session: every unacknowledged PUBLISH again with DUP set, every
+    /// PUBREL again, in the original order (MQTT 3.1.1 section 4.4).
+    pub fn resend_inflight(&mut self) -> Vec<Packet> {
+        self.inflight
+            .iter()
+            .map(|m| match m {
+                Inflight::Published(p) => {
+                    let mut p = p.clone();
+                    p.dup = true;
+                    Packet::Publish(p)
+                }
+                Inflight::Released(id) => Packet::PubRel(PubResponse::new(*id)),
+            })
+            .collect()
+    }
+
+    /// Drops the connection-bound state that does not survive a reconnect.
+    pub fn detach(&mut self, now: Instant) -> Option<Attached> {
+        self.detached_at = Some(now);
+        self.attached.take()
+    }
+}
+
+/// Builds the PUBLISH that delivers a will.
+pub fn will_publish(will: LastWill) -> Publish {
+    Publish {
+        dup: false,
+        qos: will.qos,
+        retain: will.retain,
+        topic: will.topic,
+        pkid: 0,
+        payload: will.payload,
+        properties: will_properties(will.properties),
+    }
+}
+
+/// Will properties that travel with the message (Will Delay Interval stays behind).
+fn will_properties(mut props: Properties) -> Properties {
+    props.remove_where(|p| matches!(p, super::codec::Property::WillDelayInterval(_)));
+    props
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn publish(qos: QoS) -> Publish {
+        Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: ByteString::from_static("a/b"),
+            pkid: 0,
+            payload: Bytes::from_static(b"x"),
+            properties: Properties::new(),
+        }
+    }
+
+    fn attached(window: usize) -> Attached {
+        let (link, _rx) = ClientLink::new();
+        Attached { conn: 1, link, version: ProtocolVersion::V311, window }
+    }
+
+    #[test]
+    fn qos0_is_sent_when_connected_and_discarded_when_not() {
+        let mut s = Session::new(1, "c".into(), 0);
+        assert!(matches!(s.offer(publish(QoS::AtMostOnce), 10), Offer::Discarded));
+        s.attached = Some(attached(1));
+        assert!(matches!(s.offer(publish(QoS::AtMostOnce), 10), Offer::Send(p) if p.pkid == 0));
+    }
+
+    #[test]
+    fn window_then_queue_then_overflow() {
+        let mut s = Session::new(1, "c".into(), NEVER_EXPIRES);
+        s.attached = Some(attached(2));
+        let a = s.offer(publish(QoS::AtLeastOnce), 1);
+        let b = s.offer(publish(QoS::ExactlyOnce), 1);
+        assert!(matches!(a, Offer::Send(ref p) if p.pkid == 1));
+        assert!(matches!(b, Offer::Send(ref p) if p.pkid == 2));
+        assert!(matches!(s.offer(publish(QoS::AtLeastOnce), 1), Offer::Queued));
+        assert!(matches!(s.offer(publish(QoS::AtLeastOnce), 1), Offer::Overflow));
+        assert!(s.on_puback(1));
+        assert!(!s.on_puback(1), "a second PUBACK for the same id is stray");
+        let next = s.fill_window();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].pkid, 3);
+    }
+
+    #[test]
+    fn qos2_outbound_flow() {
+        let mut s = Session::new(1, "c".into(), NEVER_EXPIRES);
+        s.attached = Some(attached(10));
+        let Offer::Send(p) = s.offer(publish(QoS::ExactlyOnce), 10) else { panic!() };
+        assert!(!s.on_puback(p.pkid), "PUBACK does not complete a QoS 2 flow");
+        assert_eq!(s.on_pubrec(p.pkid), Packet::PubRel(PubResponse::new(p.pkid)));
+        assert_eq!(s.inflight(), 1);
+        assert!(s.on_pubcomp(p.pkid));
+        assert_eq!(s.inflight(), 0);
+    }
+
+    #[test]
+    fn resend_sets_dup_and_keeps_order() {
+        let mut s = Session::new(1, "c".into(), NEVER_EXPIRES);
+        s.attached = Some(attached(10));
+        for _ in 0..3 {
+            s.offer(publish(QoS::ExactlyOnce), 10);
+        }
+        s.on_pubrec(2);
+        s.detach(Instant::now());
+        let again = s.resend_inflight();
+        assert!(matches!(&again[0], Packet::Publish(p) if p.dup && p.pkid == 1));
+        assert_eq!(again[1], Packet::PubRel(PubResponse::new(2)));
+        assert!(matches!(&again[2], Packet::Publish(p) if p.dup && p.pkid == 3));
+    }
+
+    #[test]
+    fn offline_persistent_session_queues_qos1() {
+        let mut s = Session::new(1, "c".into(), NEVER_EXPIRES);
+        assert!(matches!(s.offer(publish(QoS::AtLeastOnce), 10), Offer::Queued));
+        s.attached = Some(attached(10));
+        assert_eq!(s.fill_window().len(), 1);
+    }
+
+    #[test]
+    fn incoming_qos2_duplicates_are_suppressed() {
+        let mut s = Session::new(1, "c".into(), NEVER_EXPIRES);
+        assert!(s.receive_qos2(7));
+        assert!(!s.receive_qos2(7));
+        assert!(s.release_qos2(7));
+        assert!(!s.release_qos2(7));
+        assert!(s.receive_qos2(7));
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_in_flight() {
+        let mut s = Session::new(1, "c".into(), NEVER_EXPIRES);
+        s.attached = Some(attached(10));
+        s.next_pkid = u16::MAX - 1;
+        let Offer::Send(a) = s.offer(publish(QoS::AtLeastOnce), 10) else { panic!() };
+        let Offer::Send(b) = s.offer(publish(QoS::AtLeastOnce), 10) else { panic!() };
+        assert_eq!((a.pkid, b.pkid), (u16::MAX, 1));
+    }
+}

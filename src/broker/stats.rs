@@ -1,0 +1,46 @@
+//! Broker counters, shared by the router, the connections and whoever reports them
+//! (`$SYS/broker/...` today, Prometheus later). Relaxed atomics: each has one main writer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters since start.
+#[derive(Debug, Default)]
+pub struct BrokerStats {
+    /// TCP connections accepted.
+    pub connections_accepted: AtomicU64,
+    /// TCP connections refused at the `max_connections` limit.
+    pub connections_refused: AtomicU64,
+    /// Clients connected right now (CONNACK sent, not yet closed).
+    pub clients_connected: AtomicU64,
+    /// PUBLISH packets received from clients.
+    pub messages_received: AtomicU64,
+    /// PUBLISH packets handed to clients' writers.
+    pub messages_sent: AtomicU64,
+    /// Messages dropped because a session's queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// QoS 0 messages dropped because a client did not read fast enough.
+    pub dropped_slow_client: AtomicU64,
+    /// Bytes read from client sockets.
+    pub bytes_received: AtomicU64,
+    /// Bytes written to client sockets.
+    pub bytes_sent: AtomicU64,
+    /// Connections closed for a protocol violation.
+    pub protocol_errors: AtomicU64,
+}
+
+impl BrokerStats {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Subtracts one from a gauge.
+    pub fn dec(counter: &AtomicU64) {
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,334 @@
+//! MQTT 3.1.1 broker behaviour with real clients: rumqttc and raw sockets.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::raw::{self, Raw};
+use common::{connect, connect_with, options, start_broker};
+use rumqttc::{Event, LastWill, Packet, QoS};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_subscribe_at_every_qos_with_downgrade() {
+    let broker = start_broker(|_| {}).await;
+    let mut sub = connect(broker.addr, "sub").await;
+    sub.subscribe("q/0", QoS::AtMostOnce).await;
+    sub.subscribe("q/1", QoS::AtLeastOnce).await;
+    sub.subscribe("q/2", QoS::ExactlyOnce).await;
+    let publisher = connect(broker.addr, "pub").await;
+    for (topic, qos) in [("q/0", QoS::AtMostOnce), ("q/1", QoS::AtLeastOnce), ("q/2", QoS::ExactlyOnce)]
+    {
+        publisher.publish(topic, qos, false, topic.as_bytes()).await;
+        let got = sub.next_publish().await;
+        assert_eq!((got.topic.as_str(), got.qos, &got.payload[..]), (topic, qos, topic.as_bytes()));
+        assert!(!got.retain);
+    }
+    // Delivered at the lower of publish and subscription QoS.
+    publisher.publish("q/0", QoS::ExactlyOnce, false, b"down").await;
+    assert_eq!(sub.next_publish().await.qos, QoS::AtMostOnce);
+    publisher.publish("q/1", QoS::ExactlyOnce, false, b"down").await;
+    assert_eq!(sub.next_publish().await.qos, QoS::AtLeastOnce);
+    publisher.publish("q/2", QoS::AtLeastOnce, false, b"down").await;
+    assert_eq!(sub.next_publish().await.qos, QoS::AtLeastOnce);
+    assert!(broker.app.broker_stats.messages_received.load(Ordering::Relaxed) >= 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcards_and_dollar_topics() {
+    let broker = start_broker(|c| c.sys_interval = Some(Duration::from_millis(200))).await;
+    let mut all = connect(broker.addr, "all").await;
+    all.subscribe("#", QoS::AtMostOnce).await;
+    let mut plus = connect(broker.addr, "plus").await;
+    plus.subscribe("sport/+/player1", QoS::AtMostOnce).await;
+    let mut sys = connect(broker.addr, "sys").await;
+    sys.subscribe("$SYS/broker/clients/connected", QoS::AtMostOnce).await;
+    let p = connect(broker.addr, "p").await;
+    p.publish("sport/tennis/player1", QoS::AtMostOnce, false, b"1").await;
+    assert_eq!(plus.next_publish().await.topic, "sport/tennis/player1");
+    assert_eq!(all.next_publish().await.topic, "sport/tennis/player1");
+    p.publish("sport/tennis/player2", QoS::AtMostOnce, false, b"2").await;
+    assert_eq!(all.next_publish().await.topic, "sport/tennis/player2");
+    plus.expect_no_publish(Duration::from_millis(200)).await;
+    // $SYS statistics arrive, but "#" does not match topics starting with '$' [MQTT-4.7.2-1].
+    // The first value may predate the last connections; the next ones count all four.
+    let mut connected = 0;
+    for _ in 0..10 {
+        let stat = sys.next_publish().await;
+        connected = std::str::from_utf8(&stat.payload).unwrap().parse().unwrap();
+        if connected == 4 {
+            break;
+        }
+    }
+    assert_eq!(connected, 4);
+    all.expect_no_publish(Duration::from_millis(500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_set_replace_delete() {
+    let broker = start_broker(|_| {}).await;
+    let p = connect(broker.addr, "p").await;
+    p.publish("r/a", QoS::AtLeastOnce, true, b"one").await;
+    p.publish("r/a", QoS::AtLeastOnce, true, b"two").await;
+    p.publish("r/b", QoS::AtMostOnce, true, b"bee").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut s1 = connect(broker.addr, "s1").await;
+    s1.subscribe("r/+", QoS::AtLeastOnce).await;
+    let mut got = vec![s1.next_publish().await, s1.next_publish().await];
+    got.sort_by(|a, b| a.topic.cmp(&b.topic));
+    assert_eq!((got[0].topic.as_str(), &got[0].payload[..], got[0].retain), ("r/a", &b"two"[..], true));
+    assert_eq!((got[1].topic.as_str(), &got[1].payload[..], got[1].retain), ("r/b", &b"bee"[..], true));
+    assert_eq!(got[1].qos, QoS::AtMostOnce, "retained QoS is min(publish, subscription)");
+    // A live message on an established subscription has RETAIN=0 [MQTT-3.3.1-9].
+    p.publish("r/a", QoS::AtLeastOnce, true, b"three").await;
+    let live = s1.next_publish().await;
+    assert!(!live.retain);
+    // An empty retained payload deletes [MQTT-3.3.1-10].
+    p.publish("r/a", QoS::AtLeastOnce, true, b"").await;
+    assert_eq!(s1.next_publish().await.payload.len(), 0);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut s2 = connect(broker.addr, "s2").await;
+    s2.subscribe("r/a", QoS::AtLeastOnce).await;
+    s2.expect_no_publish(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_on_abnormal_close_not_on_disconnect() {
+    let broker = start_broker(|_| {}).await;
+    let mut watcher = connect(broker.addr, "watcher").await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+
+    let mut opts = options(broker.addr, "polite");
+    opts.set_last_will(LastWill::new("wills/polite", "gone", QoS::AtLeastOnce, false));
+    let mut polite = connect_with(opts).await;
+    polite.disconnect().await;
+    watcher.expect_no_publish(Duration::from_millis(300)).await;
+
+    // A raw client with a will that drops its socket.
+    let mut body = Vec::new();
+    raw::string(b"MQTT", &mut body);
+    body.extend_from_slice(&[4, 0x02 | 0x04 | 0x08, 0, 60]); // clean, will flag, will QoS 1
+    raw::string(b"rude", &mut body);
+    raw::string(b"wills/rude", &mut body);
+    raw::string(b"rude is gone", &mut body);
+    let mut rude = Raw::connect(broker.addr).await;
+    rude.send(&raw::packet(0x10, &body)).await;
+    assert_eq!(rude.read_exact(4).await, vec![0x20, 0x02, 0x00, 0x00]);
+    drop(rude);
+    let will = watcher.next_publish().await;
+    assert_eq!((will.topic.as_str(), &will.payload[..]), ("wills/rude", &b"rude is gone"[..]));
+    assert_eq!(will.qos, QoS::AtLeastOnce);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_closes_silent_clients_and_pings_keep_them() {
+    let broker = start_broker(|_| {}).await;
+    let mut watcher = connect(broker.addr, "watcher").await;
+    watcher.subscribe("ka/#", QoS::AtMostOnce).await;
+    // Keep Alive 1 s: closed after 1.5 s of silence, and its will fires.
+    let mut body = Vec::new();
+    raw::string(b"MQTT", &mut body);
+    body.extend_from_slice(&[4, 0x02 | 0x04, 0, 1]);
+    raw::string(b"silent", &mut body);
+    raw::string(b"ka/silent", &mut body);
+    raw::string(b"timeout", &mut body);
+    let mut silent = Raw::connect(broker.addr).await;
+    silent.send(&raw::packet(0x10, &body)).await;
+    assert_eq!(silent.read_exact(4).await, vec![0x20, 0x02, 0x00, 0x00]);
+    let started = std::time::Instant::now();
+    assert!(silent.read_until_closed().await.is_empty());
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(4), "{took:?}");
+    assert_eq!(&watcher.next_publish().await.payload[..], b"timeout");
+
+    // Pinging every 500 ms keeps a Keep Alive 1 s client connected past 3 s.
+    let mut pinger = Raw::connect(broker.addr).await;
+    pinger.send(&raw::connect_packet(4, "pinger", true, 1)).await;
+    assert_eq!(pinger.read_exact(4).await, vec![0x20, 0x02, 0x00, 0x00]);
+    for _ in 0..7 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        pinger.send(&[0xc0, 0x00]).await;
+        assert_eq!(pinger.read_exact(2).await, vec![0xd0, 0x00], "PINGRESP");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_connection_with_same_id_takes_over() {
+    let broker = start_broker(|_| {}).await;
+    let mut first = Raw::mqtt(broker.addr, "same").await;
+    let mut second = Raw::mqtt(broker.addr, "same").await;
+    assert!(first.read_until_closed().await.is_empty(), "first connection closed");
+    second.send(&[0xc0, 0x00]).await;
+    assert_eq!(second.read_exact(2).await, vec![0xd0, 0x00]);
+    assert_eq!(broker.app.broker_stats.clients_connected.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_session_keeps_subscriptions_and_queues() {
+    let broker = start_broker(|_| {}).await;
+    let mut opts = options(broker.addr, "durable");
+    opts.set_clean_session(false);
+    let mut durable = connect_with(opts.clone()).await;
+    durable.subscribe("inbox/durable", QoS::AtLeastOnce).await;
+    durable.disconnect().await;
+
+    let p = connect(broker.addr, "p").await;
+    for i in 0..5u8 {
+        p.publish("inbox/durable", QoS::AtLeastOnce, false, &[b'0' + i]).await;
+    }
+    p.publish("inbox/durable", QoS::AtMostOnce, false, b"qos0 is not queued").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (client, eventloop) = rumqttc::AsyncClient::new(opts, 100);
+    let mut again = common::spawn_loop(client, eventloop);
+    let ack = again.wait_event(|e| matches!(e, Event::Incoming(Packet::ConnAck(_)))).await;
+    let Some(Event::Incoming(Packet::ConnAck(ack))) = ack else { panic!("no CONNACK") };
+    assert!(ack.session_present, "session present [MQTT-3.2.2-2]");
+    for i in 0..5u8 {
+        let m = again.next_publish().await;
+        assert_eq!(&m.payload[..], &[b'0' + i], "queued messages in order");
+    }
+    again.expect_no_publish(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_session_discards_previous_state() {
+    let broker = start_broker(|_| {}).await;
+    let mut opts = options(broker.addr, "flip");
+    opts.set_clean_session(false);
+    let mut c = connect_with(opts).await;
+    c.subscribe("flip/t", QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    let mut fresh = connect(broker.addr, "flip").await; // rumqttc default: clean session
+    let p = connect(broker.addr, "p").await;
+    p.publish("flip/t", QoS::AtLeastOnce, false, b"x").await;
+    fresh.expect_no_publish(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_messages_are_resent_with_dup_on_reconnect() {
+    let broker = start_broker(|_| {}).await;
+    let mut c = Raw::connect(broker.addr).await;
+    c.send(&raw::connect_packet(4, "forgetful", false, 60)).await;
+    assert_eq!(c.read_exact(4).await, vec![0x20, 0x02, 0x00, 0x00]);
+    c.send(&raw::subscribe_packet(1, "dup/t", 1)).await;
+    assert_eq!(c.read_exact(5).await, vec![0x90, 0x03, 0x00, 0x01, 0x01]);
+    let mut p = Raw::mqtt(broker.addr, "p").await;
+    p.send(&raw::publish_packet(b"dup/t", 1, 9, b"hello")).await;
+    assert_eq!(p.read_exact(4).await, vec![0x40, 0x02, 0x00, 0x09], "PUBACK to publisher");
+    let first = c.read_exact(2 + 2 + 5 + 2 + 5).await;
+    assert_eq!(first[0], 0x32, "QoS 1, no DUP");
+    let pkid = [first[9], first[10]];
+    drop(c); // never acknowledged
+
+    let mut c = Raw::connect(broker.addr).await;
+    c.send(&raw::connect_packet(4, "forgetful", false, 60)).await;
+    assert_eq!(c.read_exact(4).await, vec![0x20, 0x02, 0x01, 0x00], "session present");
+    let again = c.read_exact(first.len()).await;
+    assert_eq!(again[0], 0x3a, "DUP set on redelivery [MQTT-3.3.1-1]");
+    assert_eq!(&again[1..], &first[1..], "same packet id, topic and payload");
+    c.send(&[0x40, 0x02, pkid[0], pkid[1]]).await;
+    assert!(c.stays_open(Duration::from_millis(300)).await, "nothing more to send");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_duplicates_are_delivered_once() {
+    let broker = start_broker(|_| {}).await;
+    let mut sub = connect(broker.addr, "sub").await;
+    sub.subscribe("q2", QoS::ExactlyOnce).await;
+    let mut p = Raw::mqtt(broker.addr, "p").await;
+    let mut publish = raw::publish_packet(b"q2", 2, 5, b"once");
+    p.send(&publish).await;
+    assert_eq!(p.read_exact(4).await, vec![0x50, 0x02, 0x00, 0x05], "PUBREC");
+    publish[0] |= 0x08; // DUP retransmission before PUBREL
+    p.send(&publish).await;
+    assert_eq!(p.read_exact(4).await, vec![0x50, 0x02, 0x00, 0x05], "PUBREC again");
+    p.send(&[0x62, 0x02, 0x00, 0x05]).await;
+    assert_eq!(p.read_exact(4).await, vec![0x70, 0x02, 0x00, 0x05], "PUBCOMP");
+    assert_eq!(&sub.next_publish().await.payload[..], b"once");
+    sub.expect_no_publish(Duration::from_millis(300)).await;
+    // After PUBREL the id is free again: a new message with id 5 is delivered.
+    p.send(&raw::publish_packet(b"q2", 2, 5, b"twice")).await;
+    assert_eq!(p.read_exact(4).await, vec![0x50, 0x02, 0x00, 0x05]);
+    assert_eq!(&sub.next_publish().await.payload[..], b"twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_queue_is_bounded_and_overflow_counted() {
+    let broker = start_broker(|c| c.max_queued = 3).await;
+    let mut c = Raw::connect(broker.addr).await;
+    c.send(&raw::connect_packet(4, "slow", false, 60)).await;
+    c.read_exact(4).await;
+    c.send(&raw::subscribe_packet(1, "flood", 1)).await;
+    c.read_exact(5).await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut p = Raw::mqtt(broker.addr, "p").await;
+    for i in 1..=10u16 {
+        p.send(&raw::publish_packet(b"flood", 1, i, &[i as u8])).await;
+        p.read_exact(4).await;
+    }
+    let dropped = broker.app.broker_stats.dropped_queue_full.load(Ordering::Relaxed);
+    assert_eq!(dropped, 7);
+    let mut opts = options(broker.addr, "slow");
+    opts.set_clean_session(false);
+    let mut again = connect_with(opts).await;
+    for i in 1..=3u8 {
+        assert_eq!(&again.next_publish().await.payload[..], &[i], "oldest kept, newest dropped");
+    }
+    again.expect_no_publish(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_length_client_id_gets_an_id() {
+    let broker = start_broker(|_| {}).await;
+    let mut a = Raw::connect(broker.addr).await;
+    a.send(&raw::connect_packet(4, "", true, 30)).await;
+    assert_eq!(a.read_exact(4).await, vec![0x20, 0x02, 0x00, 0x00]);
+    let mut b = Raw::connect(broker.addr).await;
+    b.send(&raw::connect_packet(4, "", true, 30)).await;
+    assert_eq!(b.read_exact(4).await, vec![0x20, 0x02, 0x00, 0x00]);
+    // Distinct ids: neither took the other over.
+    a.send(&[0xc0, 0x00]).await;
+    assert_eq!(a.read_exact(2).await, vec![0xd0, 0x00]);
+    assert_eq!(broker.app.broker_stats.clients_connected.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_stops_delivery_and_invalid_filters_fail() {
+    let broker = start_broker(|_| {}).await;
+    let mut s = Raw::mqtt(broker.addr, "s").await;
+    s.send(&raw::subscribe_packet(1, "u/t", 1)).await;
+    assert_eq!(s.read_exact(5).await, vec![0x90, 0x03, 0x00, 0x01, 0x01]);
+    // Invalid filter: failure code 0x80, connection stays.
+    s.send(&raw::subscribe_packet(2, "u/#/x", 1)).await;
+    assert_eq!(s.read_exact(5).await, vec![0x90, 0x03, 0x00, 0x02, 0x80]);
+    let mut body = 3u16.to_be_bytes().to_vec();
+    raw::string(b"u/t", &mut body);
+    s.send(&raw::packet(0xa2, &body)).await;
+    assert_eq!(s.read_exact(4).await, vec![0xb0, 0x02, 0x00, 0x03], "UNSUBACK");
+    let mut p = Raw::mqtt(broker.addr, "p").await;
+    p.send(&raw::publish_packet(b"u/t", 0, 0, b"x")).await;
+    assert!(s.stays_open(Duration::from_millis(300)).await, "nothing delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_publishes_wills_then_closes() {
+    let broker = start_broker(|_| {}).await;
+    let mut watcher = Raw::mqtt(broker.addr, "watcher").await;
+    watcher.send(&raw::subscribe_packet(1, "bye/#", 0)).await;
+    watcher.read_exact(5).await;
+    let mut body = Vec::new();
+    raw::string(b"MQTT", &mut body);
+    body.extend_from_slice(&[4, 0x02 | 0x04, 0, 60]);
+    raw::string(b"mortal", &mut body);
+    raw::string(b"bye/mortal", &mut body);
+    raw::string(b"server went away", &mut body);
+    let mut mortal = Raw::connect(broker.addr).await;
+    mortal.send(&raw::packet(0x10, &body)).await;
+    mortal.read_exact(4).await;
+    assert!(broker.stop().await, "drained within the grace period");
+    let before_close = watcher.read_until_closed().await;
+    assert_eq!(before_close, raw::publish_packet(b"bye/mortal", 0, 0, b"server went away"));
+    assert!(mortal.read_until_closed().await.is_empty());
+}

@@ -1,0 +1,201 @@
+//! Test harness: the broker in-process on a free loopback port, real MQTT clients (rumqttc,
+//! raw sockets with hand-written bytes, mosquitto_pub/sub, Python paho-mqtt).
+#![allow(dead_code, unreachable_pub)] // each test binary uses a different part of the harness
+
+pub mod raw;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+use xmpp_mqtt_bridge::app::App;
+use xmpp_mqtt_bridge::broker::BrokerConfig;
+use xmpp_mqtt_bridge::config::{Config, LogConfig};
+
+/// Time any single expectation may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A broker running in this process.
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    pub app: App,
+}
+
+impl TestBroker {
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub async fn stop(self) -> bool {
+        self.app.stop(Duration::from_secs(5)).await
+    }
+}
+
+/// Logs go to the test output when RUST_LOG is set.
+fn init_logs() {
+    let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into());
+    xmpp_mqtt_bridge::telemetry::init(&LogConfig { level, ..LogConfig::default() });
+}
+
+/// Starts a broker on 127.0.0.1 with a free port; `tune` adjusts the settings.
+pub async fn start_broker(tune: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
+    init_logs();
+    let mut broker = BrokerConfig {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        sys_interval: None,
+        ..BrokerConfig::default()
+    };
+    tune(&mut broker);
+    let config = Config { log: LogConfig::default(), broker };
+    let app = App::start(config).await.expect("broker starts");
+    TestBroker { addr: app.mqtt_addrs[0], app }
+}
+
+/// A rumqttc client whose event loop runs in a task; incoming PUBLISHes and every event
+/// arrive on channels.
+pub struct Client {
+    pub client: AsyncClient,
+    pub publishes: mpsc::UnboundedReceiver<Publish>,
+    pub events: mpsc::UnboundedReceiver<Result<Event, String>>,
+}
+
+pub fn options(addr: SocketAddr, id: &str) -> MqttOptions {
+    let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts
+}
+
+/// Connects and waits for CONNACK; panics when the broker refuses.
+pub async fn connect(addr: SocketAddr, id: &str) -> Client {
+    connect_with(options(addr, id)).await
+}
+
+pub async fn connect_with(opts: MqttOptions) -> Client {
+    let (client, eventloop) = AsyncClient::new(opts, 1000);
+    let mut c = spawn_loop(client, eventloop);
+    let ack = c.wait_event(|e| matches!(e, Event::Incoming(Packet::ConnAck(_)))).await;
+    assert!(ack.is_some(), "no CONNACK");
+    c
+}
+
+pub fn spawn_loop(client: AsyncClient, mut eventloop: EventLoop) -> Client {
+    let (ptx, publishes) = mpsc::unbounded_channel();
+    let (etx, events) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(event) => {
+                    if let Event::Incoming(Packet::Publish(p)) = &event {
+                        let _ = ptx.send(p.clone());
+                    }
+                    if etx.send(Ok(event)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = etx.send(Err(e.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    Client { client, publishes, events }
+}
+
+impl Client {
+    /// Waits for an event matching `pred`; `None` when the loop ended or time ran out.
+    pub async fn wait_event(&mut self, pred: impl Fn(&Event) -> bool) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(Ok(e))) if pred(&e) => return Some(e),
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Waits for the connection to fail; returns the error text.
+    pub async fn wait_error(&mut self) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(Err(e))) => return Some(e),
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) {
+        self.client.subscribe(filter, qos).await.unwrap();
+        let ack = self.wait_event(|e| matches!(e, Event::Incoming(Packet::SubAck(_)))).await;
+        assert!(ack.is_some(), "no SUBACK for {filter}");
+    }
+
+    pub async fn publish(&self, topic: &str, qos: QoS, retain: bool, payload: &[u8]) {
+        self.client.publish(topic, qos, retain, payload.to_vec()).await.unwrap();
+    }
+
+    /// The next PUBLISH, or panics after [`WAIT`].
+    pub async fn next_publish(&mut self) -> Publish {
+        tokio::time::timeout(WAIT, self.publishes.recv())
+            .await
+            .expect("a PUBLISH in time")
+            .expect("event loop alive")
+    }
+
+    /// Asserts that no PUBLISH arrives within `quiet`.
+    pub async fn expect_no_publish(&mut self, quiet: Duration) {
+        if let Ok(Some(p)) = tokio::time::timeout(quiet, self.publishes.recv()).await {
+            panic!("unexpected PUBLISH on {}: {:?}", p.topic, p.payload);
+        }
+    }
+
+    pub async fn disconnect(&mut self) {
+        self.client.disconnect().await.unwrap();
+        let _ = self.wait_error().await;
+    }
+}
+
+/// The built binary (cargo builds it for integration tests).
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_xmpp-mqtt-bridge"))
+}
+
+/// Runs a command with a time limit, returning its output; panics when it cannot start.
+pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let pid = child.id();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        // The child has usually exited by now; then this does nothing.
+        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    });
+    let out = child.wait_with_output().expect("wait for child");
+    drop(killer);
+    out
+}
+
+/// The Python interpreter with paho-mqtt (set by scripts/test.sh), else `python3`.
+pub fn python() -> String {
+    std::env::var("BRIDGE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Path of a file under tests/.
+pub fn test_file(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join(rel)
+}
+
+/// A free TCP port on 127.0.0.1 (for child processes that need a port before they start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
