@@ -33,7 +33,7 @@ if ! "$venv/bin/python" -c 'import paho.mqtt, slixmpp' 2>/dev/null; then
   log "Installing Python test clients"
   "$venv/bin/pip" install -q --disable-pip-version-check -r tests/requirements.txt
 fi
-export BRIDGE_TEST_PYTHON="$PWD/$venv/bin/python"
+export TEST_PYTHON_FOR_BRIDGE="$PWD/$venv/bin/python"
 
 # 3. Style and lints.
 log "cargo fmt --check"

@@ -24,6 +24,8 @@ pub struct App {
     pub mqtt_addrs: Vec<SocketAddr>,
     /// Broker counters.
     pub broker_stats: std::sync::Arc<BrokerStats>,
+    /// The embedded broker (for in-process clients).
+    pub broker: Broker,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -35,7 +37,13 @@ impl App {
         let tracker = TaskTracker::new();
         let broker = Broker::start(config.broker, shutdown.child_token(), &tracker).await?;
         info!(mqtt = ?broker.local_addrs, "Bridge started.");
-        Ok(App { mqtt_addrs: broker.local_addrs, broker_stats: broker.stats, shutdown, tracker })
+        Ok(App {
+            mqtt_addrs: broker.local_addrs.clone(),
+            broker_stats: broker.stats.clone(),
+            broker,
+            shutdown,
+            tracker,
+        })
     }
 
     /// A token that stops the application when cancelled.
@@ -47,7 +55,9 @@ impl App {
     pub async fn stop(self, grace: Duration) -> bool {
         self.shutdown.cancel();
         self.tracker.close();
-        let drained = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
+        let drained = tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok();
         if drained {
             info!("Shutdown complete.");
         } else {

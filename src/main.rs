@@ -94,7 +94,10 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     telemetry::init(&cfg.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(error) => {
             eprintln!("cannot start the async runtime: {error}");
@@ -141,7 +144,10 @@ fn read_password() -> Result<String, String> {
         eprint!("Password (input is shown): ");
     }
     let mut line = String::new();
-    stdin.lock().read_line(&mut line).map_err(|e| format!("cannot read the password: {e}"))?;
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password: {e}"))?;
     let password = line.trim_end_matches(['\r', '\n']).to_string();
     if password.is_empty() {
         return Err("empty password".to_string());

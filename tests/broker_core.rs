@@ -1,4 +1,9 @@
 //! MQTT 3.1.1 broker behaviour with real clients: rumqttc and raw sockets.
+#![allow(
+    clippy::unwrap_used,
+    clippy::let_underscore_must_use,
+    reason = "tests: a failed unwrap is a failed test; ignored results are best-effort cleanup"
+)]
 
 mod common;
 
@@ -17,21 +22,40 @@ async fn publish_subscribe_at_every_qos_with_downgrade() {
     sub.subscribe("q/1", QoS::AtLeastOnce).await;
     sub.subscribe("q/2", QoS::ExactlyOnce).await;
     let publisher = connect(broker.addr, "pub").await;
-    for (topic, qos) in [("q/0", QoS::AtMostOnce), ("q/1", QoS::AtLeastOnce), ("q/2", QoS::ExactlyOnce)]
-    {
+    for (topic, qos) in [
+        ("q/0", QoS::AtMostOnce),
+        ("q/1", QoS::AtLeastOnce),
+        ("q/2", QoS::ExactlyOnce),
+    ] {
         publisher.publish(topic, qos, false, topic.as_bytes()).await;
         let got = sub.next_publish().await;
-        assert_eq!((got.topic.as_str(), got.qos, &got.payload[..]), (topic, qos, topic.as_bytes()));
+        assert_eq!(
+            (got.topic.as_str(), got.qos, &got.payload[..]),
+            (topic, qos, topic.as_bytes())
+        );
         assert!(!got.retain);
     }
     // Delivered at the lower of publish and subscription QoS.
-    publisher.publish("q/0", QoS::ExactlyOnce, false, b"down").await;
+    publisher
+        .publish("q/0", QoS::ExactlyOnce, false, b"down")
+        .await;
     assert_eq!(sub.next_publish().await.qos, QoS::AtMostOnce);
-    publisher.publish("q/1", QoS::ExactlyOnce, false, b"down").await;
+    publisher
+        .publish("q/1", QoS::ExactlyOnce, false, b"down")
+        .await;
     assert_eq!(sub.next_publish().await.qos, QoS::AtLeastOnce);
-    publisher.publish("q/2", QoS::AtLeastOnce, false, b"down").await;
+    publisher
+        .publish("q/2", QoS::AtLeastOnce, false, b"down")
+        .await;
     assert_eq!(sub.next_publish().await.qos, QoS::AtLeastOnce);
-    assert!(broker.app.broker_stats.messages_received.load(Ordering::Relaxed) >= 6);
+    assert!(
+        broker
+            .app
+            .broker_stats
+            .messages_received
+            .load(Ordering::Relaxed)
+            >= 6
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,12 +66,15 @@ async fn wildcards_and_dollar_topics() {
     let mut plus = connect(broker.addr, "plus").await;
     plus.subscribe("sport/+/player1", QoS::AtMostOnce).await;
     let mut sys = connect(broker.addr, "sys").await;
-    sys.subscribe("$SYS/broker/clients/connected", QoS::AtMostOnce).await;
+    sys.subscribe("$SYS/broker/clients/connected", QoS::AtMostOnce)
+        .await;
     let p = connect(broker.addr, "p").await;
-    p.publish("sport/tennis/player1", QoS::AtMostOnce, false, b"1").await;
+    p.publish("sport/tennis/player1", QoS::AtMostOnce, false, b"1")
+        .await;
     assert_eq!(plus.next_publish().await.topic, "sport/tennis/player1");
     assert_eq!(all.next_publish().await.topic, "sport/tennis/player1");
-    p.publish("sport/tennis/player2", QoS::AtMostOnce, false, b"2").await;
+    p.publish("sport/tennis/player2", QoS::AtMostOnce, false, b"2")
+        .await;
     assert_eq!(all.next_publish().await.topic, "sport/tennis/player2");
     plus.expect_no_publish(Duration::from_millis(200)).await;
     // $SYS statistics arrive, but "#" does not match topics starting with '$' [MQTT-4.7.2-1].
@@ -74,11 +101,21 @@ async fn retained_messages_set_replace_delete() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut s1 = connect(broker.addr, "s1").await;
     s1.subscribe("r/+", QoS::AtLeastOnce).await;
-    let mut got = vec![s1.next_publish().await, s1.next_publish().await];
+    let mut got = [s1.next_publish().await, s1.next_publish().await];
     got.sort_by(|a, b| a.topic.cmp(&b.topic));
-    assert_eq!((got[0].topic.as_str(), &got[0].payload[..], got[0].retain), ("r/a", &b"two"[..], true));
-    assert_eq!((got[1].topic.as_str(), &got[1].payload[..], got[1].retain), ("r/b", &b"bee"[..], true));
-    assert_eq!(got[1].qos, QoS::AtMostOnce, "retained QoS is min(publish, subscription)");
+    assert_eq!(
+        (got[0].topic.as_str(), &got[0].payload[..], got[0].retain),
+        ("r/a", &b"two"[..], true)
+    );
+    assert_eq!(
+        (got[1].topic.as_str(), &got[1].payload[..], got[1].retain),
+        ("r/b", &b"bee"[..], true)
+    );
+    assert_eq!(
+        got[1].qos,
+        QoS::AtMostOnce,
+        "retained QoS is min(publish, subscription)"
+    );
     // A live message on an established subscription has RETAIN=0 [MQTT-3.3.1-9].
     p.publish("r/a", QoS::AtLeastOnce, true, b"three").await;
     let live = s1.next_publish().await;
@@ -99,7 +136,12 @@ async fn will_on_abnormal_close_not_on_disconnect() {
     watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
 
     let mut opts = options(broker.addr, "polite");
-    opts.set_last_will(LastWill::new("wills/polite", "gone", QoS::AtLeastOnce, false));
+    opts.set_last_will(LastWill::new(
+        "wills/polite",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
     let mut polite = connect_with(opts).await;
     polite.disconnect().await;
     watcher.expect_no_publish(Duration::from_millis(300)).await;
@@ -116,7 +158,10 @@ async fn will_on_abnormal_close_not_on_disconnect() {
     assert_eq!(rude.read_exact(4).await, vec![0x20, 0x02, 0x00, 0x00]);
     drop(rude);
     let will = watcher.next_publish().await;
-    assert_eq!((will.topic.as_str(), &will.payload[..]), ("wills/rude", &b"rude is gone"[..]));
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..]),
+        ("wills/rude", &b"rude is gone"[..])
+    );
     assert_eq!(will.qos, QoS::AtLeastOnce);
 }
 
@@ -138,12 +183,17 @@ async fn keep_alive_closes_silent_clients_and_pings_keep_them() {
     let started = std::time::Instant::now();
     assert!(silent.read_until_closed().await.is_empty());
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(4), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
     assert_eq!(&watcher.next_publish().await.payload[..], b"timeout");
 
     // Pinging every 500 ms keeps a Keep Alive 1 s client connected past 3 s.
     let mut pinger = Raw::connect(broker.addr).await;
-    pinger.send(&raw::connect_packet(4, "pinger", true, 1)).await;
+    pinger
+        .send(&raw::connect_packet(4, "pinger", true, 1))
+        .await;
     assert_eq!(pinger.read_exact(4).await, vec![0x20, 0x02, 0x00, 0x00]);
     for _ in 0..7 {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -157,10 +207,20 @@ async fn second_connection_with_same_id_takes_over() {
     let broker = start_broker(|_| {}).await;
     let mut first = Raw::mqtt(broker.addr, "same").await;
     let mut second = Raw::mqtt(broker.addr, "same").await;
-    assert!(first.read_until_closed().await.is_empty(), "first connection closed");
+    assert!(
+        first.read_until_closed().await.is_empty(),
+        "first connection closed"
+    );
     second.send(&[0xc0, 0x00]).await;
     assert_eq!(second.read_exact(2).await, vec![0xd0, 0x00]);
-    assert_eq!(broker.app.broker_stats.clients_connected.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        broker
+            .app
+            .broker_stats
+            .clients_connected
+            .load(Ordering::Relaxed),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,15 +234,26 @@ async fn persistent_session_keeps_subscriptions_and_queues() {
 
     let p = connect(broker.addr, "p").await;
     for i in 0..5u8 {
-        p.publish("inbox/durable", QoS::AtLeastOnce, false, &[b'0' + i]).await;
+        p.publish("inbox/durable", QoS::AtLeastOnce, false, &[b'0' + i])
+            .await;
     }
-    p.publish("inbox/durable", QoS::AtMostOnce, false, b"qos0 is not queued").await;
+    p.publish(
+        "inbox/durable",
+        QoS::AtMostOnce,
+        false,
+        b"qos0 is not queued",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let (client, eventloop) = rumqttc::AsyncClient::new(opts, 100);
     let mut again = common::spawn_loop(client, eventloop);
-    let ack = again.wait_event(|e| matches!(e, Event::Incoming(Packet::ConnAck(_)))).await;
-    let Some(Event::Incoming(Packet::ConnAck(ack))) = ack else { panic!("no CONNACK") };
+    let ack = again
+        .wait_event(|e| matches!(e, Event::Incoming(Packet::ConnAck(_))))
+        .await;
+    let Some(Event::Incoming(Packet::ConnAck(ack))) = ack else {
+        panic!("no CONNACK")
+    };
     assert!(ack.session_present, "session present [MQTT-3.2.2-2]");
     for i in 0..5u8 {
         let m = again.next_publish().await;
@@ -209,26 +280,43 @@ async fn clean_session_discards_previous_state() {
 async fn unacknowledged_messages_are_resent_with_dup_on_reconnect() {
     let broker = start_broker(|_| {}).await;
     let mut c = Raw::connect(broker.addr).await;
-    c.send(&raw::connect_packet(4, "forgetful", false, 60)).await;
+    c.send(&raw::connect_packet(4, "forgetful", false, 60))
+        .await;
     assert_eq!(c.read_exact(4).await, vec![0x20, 0x02, 0x00, 0x00]);
     c.send(&raw::subscribe_packet(1, "dup/t", 1)).await;
     assert_eq!(c.read_exact(5).await, vec![0x90, 0x03, 0x00, 0x01, 0x01]);
     let mut p = Raw::mqtt(broker.addr, "p").await;
     p.send(&raw::publish_packet(b"dup/t", 1, 9, b"hello")).await;
-    assert_eq!(p.read_exact(4).await, vec![0x40, 0x02, 0x00, 0x09], "PUBACK to publisher");
+    assert_eq!(
+        p.read_exact(4).await,
+        vec![0x40, 0x02, 0x00, 0x09],
+        "PUBACK to publisher"
+    );
     let first = c.read_exact(2 + 2 + 5 + 2 + 5).await;
     assert_eq!(first[0], 0x32, "QoS 1, no DUP");
     let pkid = [first[9], first[10]];
     drop(c); // never acknowledged
 
     let mut c = Raw::connect(broker.addr).await;
-    c.send(&raw::connect_packet(4, "forgetful", false, 60)).await;
-    assert_eq!(c.read_exact(4).await, vec![0x20, 0x02, 0x01, 0x00], "session present");
+    c.send(&raw::connect_packet(4, "forgetful", false, 60))
+        .await;
+    assert_eq!(
+        c.read_exact(4).await,
+        vec![0x20, 0x02, 0x01, 0x00],
+        "session present"
+    );
     let again = c.read_exact(first.len()).await;
     assert_eq!(again[0], 0x3a, "DUP set on redelivery [MQTT-3.3.1-1]");
-    assert_eq!(&again[1..], &first[1..], "same packet id, topic and payload");
+    assert_eq!(
+        &again[1..],
+        &first[1..],
+        "same packet id, topic and payload"
+    );
     c.send(&[0x40, 0x02, pkid[0], pkid[1]]).await;
-    assert!(c.stays_open(Duration::from_millis(300)).await, "nothing more to send");
+    assert!(
+        c.stays_open(Duration::from_millis(300)).await,
+        "nothing more to send"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,12 +327,24 @@ async fn qos2_duplicates_are_delivered_once() {
     let mut p = Raw::mqtt(broker.addr, "p").await;
     let mut publish = raw::publish_packet(b"q2", 2, 5, b"once");
     p.send(&publish).await;
-    assert_eq!(p.read_exact(4).await, vec![0x50, 0x02, 0x00, 0x05], "PUBREC");
+    assert_eq!(
+        p.read_exact(4).await,
+        vec![0x50, 0x02, 0x00, 0x05],
+        "PUBREC"
+    );
     publish[0] |= 0x08; // DUP retransmission before PUBREL
     p.send(&publish).await;
-    assert_eq!(p.read_exact(4).await, vec![0x50, 0x02, 0x00, 0x05], "PUBREC again");
+    assert_eq!(
+        p.read_exact(4).await,
+        vec![0x50, 0x02, 0x00, 0x05],
+        "PUBREC again"
+    );
     p.send(&[0x62, 0x02, 0x00, 0x05]).await;
-    assert_eq!(p.read_exact(4).await, vec![0x70, 0x02, 0x00, 0x05], "PUBCOMP");
+    assert_eq!(
+        p.read_exact(4).await,
+        vec![0x70, 0x02, 0x00, 0x05],
+        "PUBCOMP"
+    );
     assert_eq!(&sub.next_publish().await.payload[..], b"once");
     sub.expect_no_publish(Duration::from_millis(300)).await;
     // After PUBREL the id is free again: a new message with id 5 is delivered.
@@ -265,16 +365,25 @@ async fn offline_queue_is_bounded_and_overflow_counted() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut p = Raw::mqtt(broker.addr, "p").await;
     for i in 1..=10u16 {
-        p.send(&raw::publish_packet(b"flood", 1, i, &[i as u8])).await;
+        p.send(&raw::publish_packet(b"flood", 1, i, &[i as u8]))
+            .await;
         p.read_exact(4).await;
     }
-    let dropped = broker.app.broker_stats.dropped_queue_full.load(Ordering::Relaxed);
+    let dropped = broker
+        .app
+        .broker_stats
+        .dropped_queue_full
+        .load(Ordering::Relaxed);
     assert_eq!(dropped, 7);
     let mut opts = options(broker.addr, "slow");
     opts.set_clean_session(false);
     let mut again = connect_with(opts).await;
     for i in 1..=3u8 {
-        assert_eq!(&again.next_publish().await.payload[..], &[i], "oldest kept, newest dropped");
+        assert_eq!(
+            &again.next_publish().await.payload[..],
+            &[i],
+            "oldest kept, newest dropped"
+        );
     }
     again.expect_no_publish(Duration::from_millis(300)).await;
 }
@@ -291,7 +400,14 @@ async fn zero_length_client_id_gets_an_id() {
     // Distinct ids: neither took the other over.
     a.send(&[0xc0, 0x00]).await;
     assert_eq!(a.read_exact(2).await, vec![0xd0, 0x00]);
-    assert_eq!(broker.app.broker_stats.clients_connected.load(Ordering::Relaxed), 2);
+    assert_eq!(
+        broker
+            .app
+            .broker_stats
+            .clients_connected
+            .load(Ordering::Relaxed),
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,10 +422,17 @@ async fn unsubscribe_stops_delivery_and_invalid_filters_fail() {
     let mut body = 3u16.to_be_bytes().to_vec();
     raw::string(b"u/t", &mut body);
     s.send(&raw::packet(0xa2, &body)).await;
-    assert_eq!(s.read_exact(4).await, vec![0xb0, 0x02, 0x00, 0x03], "UNSUBACK");
+    assert_eq!(
+        s.read_exact(4).await,
+        vec![0xb0, 0x02, 0x00, 0x03],
+        "UNSUBACK"
+    );
     let mut p = Raw::mqtt(broker.addr, "p").await;
     p.send(&raw::publish_packet(b"u/t", 0, 0, b"x")).await;
-    assert!(s.stays_open(Duration::from_millis(300)).await, "nothing delivered");
+    assert!(
+        s.stays_open(Duration::from_millis(300)).await,
+        "nothing delivered"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,6 +452,66 @@ async fn shutdown_publishes_wills_then_closes() {
     mortal.read_exact(4).await;
     assert!(broker.stop().await, "drained within the grace period");
     let before_close = watcher.read_until_closed().await;
-    assert_eq!(before_close, raw::publish_packet(b"bye/mortal", 0, 0, b"server went away"));
+    assert_eq!(
+        before_close,
+        raw::publish_packet(b"bye/mortal", 0, 0, b"server went away")
+    );
     assert!(mortal.read_until_closed().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_client_sees_publisher_identity_and_no_local() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.passwd");
+    xmpp_mqtt_bridge::broker::auth::set_user(&users, "alice", b"pw").unwrap();
+    let broker = start_broker(|c| c.password_file = Some(users.clone())).await;
+    let mut bridge = broker.app.broker.internal_client("bridge").await.unwrap();
+    let codes = bridge
+        .subscribe(
+            &["out/#".to_string()],
+            xmpp_mqtt_bridge::broker::codec::QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    assert_eq!(codes, vec![1]);
+    let mut alice = Raw::connect(broker.addr).await;
+    alice
+        .send(&raw::connect_with_login("alice-phone", "alice", "pw"))
+        .await;
+    assert_eq!(alice.read_exact(4).await, vec![0x20, 0x02, 0x00, 0x00]);
+    alice
+        .send(&raw::publish_packet(b"out/x", 1, 3, b"hi"))
+        .await;
+    let got = tokio::time::timeout(common::WAIT, bridge.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let origin = got.origin.expect("origin of a client publish");
+    assert_eq!(origin.username.as_deref(), Some("alice"));
+    assert_eq!(&*origin.client_id, "alice-phone");
+    assert_eq!(&got.publish.payload[..], b"hi");
+    bridge.ack(&got.publish).await.unwrap();
+    // What the bridge publishes reaches MQTT clients but never comes back to it (No Local).
+    alice.send(&raw::subscribe_packet(1, "out/#", 0)).await;
+    let mut rest = alice.read_exact(4).await; // PUBACK for id 3
+    assert_eq!(rest, vec![0x40, 0x02, 0x00, 0x03]);
+    rest = alice.read_exact(5).await;
+    assert_eq!(rest, vec![0x90, 0x03, 0x00, 0x01, 0x00]);
+    let publish = xmpp_mqtt_bridge::broker::codec::Publish {
+        dup: false,
+        qos: xmpp_mqtt_bridge::broker::codec::QoS::AtMostOnce,
+        retain: false,
+        topic: "out/from-bridge".into(),
+        pkid: 0,
+        payload: bytes::Bytes::from_static(b"b"),
+        properties: Default::default(),
+    };
+    bridge.publish(publish).await.unwrap();
+    let expected = raw::publish_packet(b"out/from-bridge", 0, 0, b"b");
+    assert_eq!(alice.read_exact(expected.len()).await, expected);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), bridge.recv())
+            .await
+            .is_err()
+    );
 }

@@ -1,4 +1,9 @@
 //! The binary as an operator uses it: `check-config`, `run` with signals, `passwd`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::let_underscore_must_use,
+    reason = "tests: a failed unwrap is a failed test; ignored results are best-effort cleanup"
+)]
 
 mod common;
 
@@ -57,7 +62,10 @@ fn every_config_error_is_reported_with_file_line_and_key() {
         format!("{file}:9: broker.allow_anonymous: invalid type"),
         format!("{file}:11: xmpp2: unknown key"),
     ] {
-        assert!(stderr.contains(&expected), "missing `{expected}` in:\n{stderr}");
+        assert!(
+            stderr.contains(&expected),
+            "missing `{expected}` in:\n{stderr}"
+        );
     }
     assert!(stderr.starts_with("7 configuration errors:"), "{stderr}");
 }
@@ -65,30 +73,50 @@ fn every_config_error_is_reported_with_file_line_and_key() {
 #[test]
 fn toml_syntax_errors_name_the_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "broken.toml", "[broker]\nlisten = [\"127.0.0.1:1883\"\n");
+    let path = write(
+        dir.path(),
+        "broken.toml",
+        "[broker]\nlisten = [\"127.0.0.1:1883\"\n",
+    );
     let (code, _, stderr) = check_config(&path, &[]);
     assert_eq!(code, 64);
     assert!(stderr.contains(&path.display().to_string()), "{stderr}");
-    assert!(stderr.contains("line 2") || stderr.contains(":2"), "{stderr}");
+    assert!(
+        stderr.contains("line 2") || stderr.contains(":2"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn missing_config_file_is_an_error() {
     let (code, _, stderr) = check_config(std::path::Path::new("/nonexistent/bridge.toml"), &[]);
     assert_eq!(code, 64);
-    assert!(stderr.contains("/nonexistent/bridge.toml: configuration file not found"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/bridge.toml: configuration file not found"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn environment_overrides_and_its_errors_name_the_variable() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "ok.toml", "[broker]\nlisten = \"127.0.0.1:1883\"\n");
+    let path = write(
+        dir.path(),
+        "ok.toml",
+        "[broker]\nlisten = \"127.0.0.1:1883\"\n",
+    );
     let (code, stdout, stderr) = check_config(
         &path,
-        &[("BRIDGE_BROKER__LISTEN", "127.0.0.1:18830"), ("BRIDGE_BROKER__MAX_QUEUED", "7")],
+        &[
+            ("BRIDGE_BROKER__LISTEN", "127.0.0.1:18830"),
+            ("BRIDGE_BROKER__MAX_QUEUED", "7"),
+        ],
     );
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("listen = [\"127.0.0.1:18830\"]"), "{stdout}");
+    assert!(
+        stdout.contains("listen = [\"127.0.0.1:18830\"]"),
+        "{stdout}"
+    );
     assert!(stdout.contains("max_queued = 7"), "{stdout}");
     let (code, _, stderr) = check_config(&path, &[("BRIDGE_BROKER__MAX_INFLIGHT", "lots")]);
     assert_eq!(code, 64);
@@ -101,7 +129,11 @@ fn environment_overrides_and_its_errors_name_the_variable() {
 #[test]
 fn bad_password_file_is_a_config_error() {
     let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "users.passwd", "alice:$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA\nbob\n");
+    write(
+        dir.path(),
+        "users.passwd",
+        "alice:$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ$aGFzaA\nbob\n",
+    );
     let path = write(
         dir.path(),
         "auth.toml",
@@ -110,7 +142,10 @@ fn bad_password_file_is_a_config_error() {
     let (code, _, stderr) = check_config(&path, &[]);
     assert_eq!(code, 64);
     assert!(stderr.contains("broker.password_file"), "{stderr}");
-    assert!(stderr.contains("users.passwd:2"), "the bad line is named: {stderr}");
+    assert!(
+        stderr.contains("users.passwd:2"),
+        "the bad line is named: {stderr}"
+    );
 }
 
 struct Running(Child);
@@ -147,7 +182,10 @@ fn wait_for_port(port: u16) {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status();
     assert!(ok.map(|s| s.success()).unwrap_or(false));
 }
 
@@ -157,7 +195,10 @@ fn wait_exit(child: &mut Child, limit: Duration) -> i32 {
         if let Some(status) = child.try_wait().unwrap() {
             return status.code().unwrap_or(-1);
         }
-        assert!(Instant::now() < deadline, "process did not exit within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit within {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -169,13 +210,31 @@ fn run_serves_mqtt_and_exits_cleanly_on_sigterm_and_sigint() {
         let mut bridge = start_bridge(port, &[]);
         wait_for_port(port);
         let out = run_with_timeout(
-            Command::new("mosquitto_pub")
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "x", "-m", "y", "-q", "1"]),
+            Command::new("mosquitto_pub").args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                "x",
+                "-m",
+                "y",
+                "-q",
+                "1",
+            ]),
             Duration::from_secs(10),
         );
-        assert!(out.status.success(), "publish works: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "publish works: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         signal(&bridge.0, sig);
-        assert_eq!(wait_exit(&mut bridge.0, Duration::from_secs(15)), 0, "exit 0 on SIG{sig}");
+        assert_eq!(
+            wait_exit(&mut bridge.0, Duration::from_secs(15)),
+            0,
+            "exit 0 on SIG{sig}"
+        );
         let mut log = String::new();
         if let Some(stderr) = bridge.0.stderr.take() {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -195,11 +254,28 @@ fn json_logs_carry_the_connection_span() {
     wait_for_port(port);
     let out = run_with_timeout(
         Command::new("mosquitto_pub").args([
-            "-h", "127.0.0.1", "-p", &port.to_string(), "-i", "json-client", "-t", "x", "-m", "y",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-i",
+            "json-client",
+            "-t",
+            "x",
+            "-m",
+            "y",
         ]),
         Duration::from_secs(10),
     );
     assert!(out.status.success());
+    // A client that breaks the protocol after CONNECT: PINGREQ with flags set.
+    let mut bad = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    bad.write_all(&common::raw::connect_packet(4, "json-bad", true, 30))
+        .unwrap();
+    bad.write_all(&[0xc1, 0x00]).unwrap();
+    let mut rest = Vec::new();
+    bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = std::io::Read::read_to_end(&mut bad, &mut rest);
     signal(&bridge.0, "TERM");
     wait_exit(&mut bridge.0, Duration::from_secs(15));
     let stderr = bridge.0.stderr.take().unwrap();
@@ -208,12 +284,31 @@ fn json_logs_carry_the_connection_span() {
         .map_while(Result::ok)
         .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
         .collect();
+    // Events from the router carry the client id and peer as fields.
     let connected = lines
         .iter()
         .find(|v| v["message"] == "Client connected.")
         .expect("a connect log line");
-    assert_eq!(connected["span"]["client_id"], "json-client", "{connected}");
-    assert!(connected["span"]["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(connected["client_id"], "json-client", "{connected}");
+    assert!(
+        connected["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    // Events inside a connection carry its span: peer and client id.
+    let violation = lines
+        .iter()
+        .find(|v| v["message"] == "Protocol violation; connection closed.")
+        .expect("a protocol violation line");
+    assert_eq!(violation["span"]["client_id"], "json-bad", "{violation}");
+    assert!(
+        violation["span"]["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert_eq!(violation["level"], "WARN");
 }
 
 #[test]
@@ -241,12 +336,18 @@ fn passwd_adds_and_deletes_users() {
     assert!(text.starts_with("alice:$argon2id$"), "{text}");
     assert!(!text.contains("s3cret"));
     let deleted = run_with_timeout(
-        Command::new(bin()).args(["passwd", "delete"]).arg(&file).arg("alice"),
+        Command::new(bin())
+            .args(["passwd", "delete"])
+            .arg(&file)
+            .arg("alice"),
         Duration::from_secs(10),
     );
     assert!(deleted.status.success());
     let again = run_with_timeout(
-        Command::new(bin()).args(["passwd", "delete"]).arg(&file).arg("alice"),
+        Command::new(bin())
+            .args(["passwd", "delete"])
+            .arg(&file)
+            .arg("alice"),
         Duration::from_secs(10),
     );
     assert!(!again.status.success());

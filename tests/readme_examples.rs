@@ -1,4 +1,9 @@
 //! The two Paho examples in README.md run verbatim against the built-in broker.
+#![allow(
+    clippy::unwrap_used,
+    clippy::let_underscore_must_use,
+    reason = "tests: a failed unwrap is a failed test; ignored results are best-effort cleanup"
+)]
 
 mod common;
 
@@ -14,7 +19,9 @@ fn readme_example(name: &str) -> String {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
         .expect("README.md");
     let marker = format!("```python\n# example: {name}\n");
-    let start = readme.find(&marker).unwrap_or_else(|| panic!("README has no example {name}"));
+    let start = readme
+        .find(&marker)
+        .unwrap_or_else(|| panic!("README has no example {name}"));
     let body = &readme[start + "```python\n".len()..];
     let end = body.find("\n```").expect("example block is closed");
     body[..end].to_string()
@@ -58,15 +65,25 @@ async fn paho_examples_from_the_readme_work_verbatim() {
             }
         }
     });
-    let first = rx.recv_timeout(Duration::from_secs(20)).expect("subscriber output");
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("subscriber output");
     assert_eq!(first, "Subscribed to sports/cricket/india");
 
     let publisher = run_with_timeout(
-        Command::new(python()).arg(&pub_path).env("MQTT_PORT", &port),
+        Command::new(python())
+            .arg(&pub_path)
+            .env("MQTT_PORT", &port),
         Duration::from_secs(20),
     );
-    assert!(publisher.status.success(), "{}", String::from_utf8_lossy(&publisher.stderr));
-    let line = rx.recv_timeout(Duration::from_secs(10)).expect("the message");
+    assert!(
+        publisher.status.success(),
+        "{}",
+        String::from_utf8_lossy(&publisher.stderr)
+    );
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the message");
     assert_eq!(line, "India wins Asia Cup 2016!");
     drop(sub);
 }

@@ -94,8 +94,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, ctx: Arc<C
                 log_handshake_error(&error, &ctx.stats);
                 if let HandshakeError::Decode(DecodeError::UnsupportedProtocolVersion(_)) = error {
                     // [MQTT-3.1.2-2]: CONNACK 0x01 then close (written in 3.1.1 form).
-                    refuse(&mut wr, ProtocolVersion::V311, reason::UNSUPPORTED_PROTOCOL_VERSION)
-                        .await;
+                    refuse(
+                        &mut wr,
+                        ProtocolVersion::V311,
+                        reason::UNSUPPORTED_PROTOCOL_VERSION,
+                    )
+                    .await;
                 }
                 return;
             }
@@ -126,6 +130,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, ctx: Arc<C
             assigned_id,
             link: link.clone(),
             accepted,
+            internal: false,
         };
         if ctx.router.send(RouterMsg::Connect(request)).await.is_err() {
             return;
@@ -133,7 +138,13 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, ctx: Arc<C
         if outcome.await != Ok(ConnectOutcome::Accepted) {
             return;
         }
-        let reader = Reader { conn, version, link, ctx: ctx.clone(), closing };
+        let reader = Reader {
+            conn,
+            version,
+            link,
+            ctx: ctx.clone(),
+            closing,
+        };
         let cause = reader.run(rd, buf, keep_alive).await;
         // The router may be gone at shutdown; then there is nobody left to tell.
         let _router_gone = ctx.router.send(RouterMsg::Closed { conn, cause }).await;
@@ -185,7 +196,11 @@ async fn read_connect(
 
 /// Reads what the socket has into `buf`; 0 at EOF. The buffer is reserved only once data is
 /// there, so an idle connection holds no read buffer.
-async fn read_some(rd: &mut OwnedReadHalf, buf: &mut BytesMut, stats: &BrokerStats) -> io::Result<usize> {
+async fn read_some(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    stats: &BrokerStats,
+) -> io::Result<usize> {
     loop {
         rd.readable().await?;
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
@@ -205,11 +220,13 @@ async fn read_some(rd: &mut OwnedReadHalf, buf: &mut BytesMut, stats: &BrokerSta
 /// Checks the client identifier and the credentials. Returns the client id in effect and
 /// whether the broker assigned it, or the CONNACK reason code that refuses the client.
 async fn admit(connect: &Connect, ctx: &ConnectionContext) -> Result<(ByteString, bool), u8> {
-    if connect.properties.find(|p| match p {
-        codec::Property::AuthenticationMethod(m) => Some(m.clone()),
-        _ => None,
-    })
-    .is_some()
+    if connect
+        .properties
+        .find(|p| match p {
+            codec::Property::AuthenticationMethod(m) => Some(m.clone()),
+            _ => None,
+        })
+        .is_some()
     {
         info!("CONNECT asks for enhanced authentication, which is not supported.");
         return Err(reason::BAD_AUTHENTICATION_METHOD);
@@ -220,7 +237,10 @@ async fn admit(connect: &Connect, ctx: &ConnectionContext) -> Result<(ByteString
             info!("Empty client id with a persistent session refused.");
             return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
         }
-        (ByteString::from(format!("auto-{:016x}", rand::random::<u64>())), true)
+        (
+            ByteString::from(format!("auto-{:016x}", rand::random::<u64>())),
+            true,
+        )
     } else {
         (connect.client_id.clone(), false)
     };
@@ -251,7 +271,11 @@ async fn admit(connect: &Connect, ctx: &ConnectionContext) -> Result<(ByteString
 /// Sends a refusing CONNACK and closes.
 async fn refuse(wr: &mut OwnedWriteHalf, version: ProtocolVersion, code: u8) {
     let mut out = BytesMut::new();
-    let ack = ConnAck { session_present: false, code, properties: Properties::new() };
+    let ack = ConnAck {
+        session_present: false,
+        code,
+        properties: Properties::new(),
+    };
     codec::encode(&Packet::ConnAck(ack), version, &mut out);
     // The client may already be gone; there is nothing more to do either way.
     let _ignored = wr.write_all(&out).await;
@@ -278,7 +302,10 @@ impl Reader {
             let cause = self.drain(&mut buf, &mut batch);
             if !batch.is_empty() {
                 let packets = std::mem::take(&mut batch);
-                let msg = RouterMsg::Packets { conn: self.conn, packets };
+                let msg = RouterMsg::Packets {
+                    conn: self.conn,
+                    packets,
+                };
                 if self.ctx.router.send(msg).await.is_err() {
                     return CloseCause::Abnormal;
                 }
@@ -379,7 +406,11 @@ impl Reader {
 
     fn violation(&self, what: &str, code: u8) -> CloseCause {
         BrokerStats::add(&self.ctx.stats.protocol_errors, 1);
-        warn!(error = what, reason_code = code, "Protocol violation; connection closed.");
+        warn!(
+            error = what,
+            reason_code = code,
+            "Protocol violation; connection closed."
+        );
         self.link.disconnect(code);
         CloseCause::Abnormal
     }
@@ -406,9 +437,16 @@ async fn write_loop(
                     codec::encode(&packet, version, &mut out);
                     written += 1;
                 }
+                ToClient::Deliver { publish, .. } => {
+                    codec::encode(&Packet::Publish(publish), version, &mut out);
+                    written += 1;
+                }
                 ToClient::Disconnect { reason } => {
                     if version == ProtocolVersion::V5 {
-                        let d = Disconnect { reason, properties: Properties::new() };
+                        let d = Disconnect {
+                            reason,
+                            properties: Properties::new(),
+                        };
                         codec::encode(&Packet::Disconnect(d), version, &mut out);
                     }
                     close = true;

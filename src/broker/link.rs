@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytestring::ByteString;
 use tokio::sync::{mpsc, oneshot};
 
-use super::codec::{Connect, Packet, ProtocolVersion};
+use super::codec::{Connect, Packet, ProtocolVersion, Publish};
 
 /// Identifies one network connection for its whole life (never reused).
 pub type ConnId = u64;
@@ -22,6 +22,13 @@ pub type ConnId = u64;
 pub enum ToClient {
     /// Encode and send one packet.
     Packet(Packet),
+    /// A PUBLISH for an in-process client, with who published it.
+    Deliver {
+        /// The message as this client gets it (packet id set for QoS 1/2).
+        publish: Publish,
+        /// The publisher.
+        origin: Option<Arc<Origin>>,
+    },
     /// Send DISCONNECT with this reason (MQTT 5 only; 3.1.1 has no server DISCONNECT), flush,
     /// and close the connection.
     Disconnect {
@@ -44,13 +51,25 @@ impl ClientLink {
     pub fn new() -> (ClientLink, LinkReceiver) {
         let (tx, rx) = mpsc::unbounded_channel();
         let backlog = Arc::new(AtomicUsize::new(0));
-        (ClientLink { tx, backlog: backlog.clone() }, LinkReceiver { rx, backlog })
+        (
+            ClientLink {
+                tx,
+                backlog: backlog.clone(),
+            },
+            LinkReceiver { rx, backlog },
+        )
     }
 
     /// Hands a packet to the writer. False when the connection is gone.
     pub fn send(&self, packet: Packet) -> bool {
         self.backlog.fetch_add(1, Ordering::Relaxed);
         self.tx.send(ToClient::Packet(packet)).is_ok()
+    }
+
+    /// Hands a PUBLISH with its publisher's identity to an in-process client.
+    pub fn deliver(&self, publish: Publish, origin: Option<Arc<Origin>>) -> bool {
+        self.backlog.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(ToClient::Deliver { publish, origin }).is_ok()
     }
 
     /// Asks the writer to close (with a DISCONNECT for MQTT 5 clients).
@@ -82,6 +101,16 @@ impl LinkReceiver {
     pub fn written(&self, n: usize) {
         self.backlog.fetch_sub(n, Ordering::Relaxed);
     }
+}
+
+/// Who published a message: what an in-process client (the bridge) needs to know to speak
+/// for the publisher on the other side, and never more than the broker authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The publisher's MQTT client identifier.
+    pub client_id: ByteString,
+    /// The user name it authenticated with, if any.
+    pub username: Option<ByteString>,
 }
 
 /// Why a connection ended, as the router needs to know it.
@@ -118,6 +147,8 @@ pub struct ConnectRequest {
     pub link: ClientLink,
     /// Told once CONNACK is queued, so the reader starts reading only then.
     pub accepted: oneshot::Sender<ConnectOutcome>,
+    /// An in-process client (the bridge): gets publisher identities, a full window.
+    pub internal: bool,
 }
 
 impl ConnectRequest {
@@ -147,6 +178,14 @@ pub enum RouterMsg {
         conn: ConnId,
         /// The packets.
         packets: Vec<Packet>,
+    },
+    /// A message published by an in-process client; no acknowledgement flow, the hand-off
+    /// in memory is reliable.
+    Publish {
+        /// The in-process client's connection.
+        conn: ConnId,
+        /// The message.
+        publish: Publish,
     },
     /// The connection ended.
     Closed {

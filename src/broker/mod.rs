@@ -16,6 +16,7 @@ pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod internal;
 pub mod link;
 pub mod router;
 pub mod session;
@@ -37,6 +38,8 @@ use tracing::{error, info, warn};
 use self::auth::PasswordFile;
 pub use self::config::BrokerConfig;
 use self::connection::ConnectionContext;
+pub use self::internal::{BrokerGone, Delivery, InternalClient};
+use self::link::RouterMsg;
 use self::router::Router;
 pub use self::stats::BrokerStats;
 
@@ -66,6 +69,8 @@ pub struct Broker {
     pub local_addrs: Vec<SocketAddr>,
     /// Counters.
     pub stats: Arc<BrokerStats>,
+    router: mpsc::Sender<RouterMsg>,
+    ids: Arc<AtomicU64>,
 }
 
 impl Broker {
@@ -83,9 +88,12 @@ impl Broker {
         };
         let mut listeners = Vec::with_capacity(cfg.listen.len());
         for &addr in &cfg.listen {
-            let listener =
-                TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
-            let local = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?;
             listeners.push((listener, local));
         }
         let cfg = Arc::new(cfg);
@@ -96,7 +104,7 @@ impl Broker {
         let ctx = Arc::new(ConnectionContext {
             cfg: cfg.clone(),
             stats: stats.clone(),
-            router: router_tx,
+            router: router_tx.clone(),
             users,
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
@@ -107,9 +115,25 @@ impl Broker {
         for (listener, local) in listeners {
             info!(addr = %local, "MQTT listener ready.");
             local_addrs.push(local);
-            tracker.spawn(accept_loop(listener, ctx.clone(), slots.clone(), ids.clone()));
+            tracker.spawn(accept_loop(
+                listener,
+                ctx.clone(),
+                slots.clone(),
+                ids.clone(),
+            ));
         }
-        Ok(Broker { local_addrs, stats })
+        Ok(Broker {
+            local_addrs,
+            stats,
+            router: router_tx,
+            ids,
+        })
+    }
+
+    /// A new in-process client session named `client_id` (see [`InternalClient`]).
+    pub async fn internal_client(&self, client_id: &str) -> Result<InternalClient, BrokerGone> {
+        let conn = self.ids.fetch_add(1, Ordering::Relaxed);
+        InternalClient::connect(self.router.clone(), conn, client_id).await
     }
 }
 
@@ -135,7 +159,10 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            let refused = ctx.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            let refused = ctx
+                .stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
             if refused % 1000 == 0 {
                 warn!(%peer, max_connections = ctx.cfg.max_connections,
                     refused_so_far = refused + 1, "Connection limit reached; refusing.");

@@ -19,8 +19,10 @@ use super::codec::{
     RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, reason,
 };
 use super::config::BrokerConfig;
-use super::link::{CloseCause, ConnId, ConnectOutcome, ConnectRequest, RouterMsg};
-use super::session::{Attached, NEVER_EXPIRES, Offer, Session, SessionId, SubEntry, will_publish};
+use super::link::{CloseCause, ConnId, ConnectOutcome, ConnectRequest, Origin, RouterMsg};
+use super::session::{
+    Attached, NEVER_EXPIRES, Offer, Outgoing, Session, SessionId, SubEntry, will_publish,
+};
 use super::stats::BrokerStats;
 use super::topic::{parse_shared, validate_topic_filter};
 use super::trie::{RetainedTree, SubscriptionTree};
@@ -40,7 +42,6 @@ struct Target {
 }
 
 /// The router's state.
-#[derive(Debug)]
 pub struct Router {
     cfg: Arc<BrokerConfig>,
     stats: Arc<BrokerStats>,
@@ -107,10 +108,19 @@ impl Router {
         match msg {
             RouterMsg::Connect(req) => self.connect(req),
             RouterMsg::Packets { conn, packets } => {
-                let Some(&sid) = self.by_conn.get(&conn) else { return };
+                let Some(&sid) = self.by_conn.get(&conn) else {
+                    return;
+                };
                 for packet in packets {
                     self.packet(sid, packet);
                 }
+            }
+            RouterMsg::Publish { conn, publish } => {
+                let Some(&sid) = self.by_conn.get(&conn) else {
+                    return;
+                };
+                BrokerStats::add(&self.stats.messages_received, 1);
+                self.route(publish, Some(sid));
             }
             RouterMsg::Closed { conn, cause } => self.closed(conn, cause),
         }
@@ -118,8 +128,17 @@ impl Router {
 
     fn connect(&mut self, req: ConnectRequest) {
         let version = req.version();
-        let ConnectRequest { conn, peer, connect, client_id, assigned_id, link, accepted, .. } =
-            req;
+        let ConnectRequest {
+            conn,
+            peer,
+            connect,
+            client_id,
+            assigned_id,
+            username,
+            link,
+            accepted,
+            internal,
+        } = req;
         let expiry = match version {
             ProtocolVersion::V311 if connect.clean_start => 0,
             ProtocolVersion::V311 => NEVER_EXPIRES,
@@ -138,22 +157,42 @@ impl Router {
         let session_present = resumed.is_some();
         let sid = resumed.unwrap_or_else(|| self.new_session(client_id.clone(), expiry));
         let receive_maximum = connect.properties.receive_maximum().unwrap_or(u16::MAX);
-        let window = usize::from(self.cfg.max_inflight.min(receive_maximum).max(1));
+        let window = if internal {
+            usize::from(u16::MAX)
+        } else {
+            usize::from(self.cfg.max_inflight.min(receive_maximum).max(1))
+        };
         let mut properties = Properties::new();
         if version == ProtocolVersion::V5 && assigned_id {
             properties.push(Property::AssignedClientIdentifier(client_id.clone()));
         }
-        let connack = ConnAck { session_present, code: reason::SUCCESS, properties };
+        let connack = ConnAck {
+            session_present,
+            code: reason::SUCCESS,
+            properties,
+        };
         if !link.send(Packet::ConnAck(connack)) {
             // The connection died while CONNECT was on its way; keep the session as CONNECT
             // asked, the reader reports the close.
             debug!(%client_id, "Connection gone before CONNACK.");
         }
-        let Some(session) = self.sessions.get_mut(&sid) else { return };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         session.expiry = expiry;
         session.detached_at = None;
         session.will = connect.will;
-        session.attached = Some(Attached { conn, link, version, window });
+        session.identity = Arc::new(Origin {
+            client_id: client_id.clone(),
+            username,
+        });
+        session.attached = Some(Attached {
+            conn,
+            link,
+            version,
+            window,
+            internal,
+        });
         self.by_conn.insert(conn, sid);
         BrokerStats::add(&self.stats.clients_connected, 1);
         info!(%client_id, %peer, ?version, clean_start = connect.clean_start, session_present,
@@ -163,11 +202,11 @@ impl Router {
             let again = session.resend_inflight();
             let fresh = session.fill_window();
             if let Some(att) = &session.attached {
-                for packet in again {
-                    att.link.send(packet);
+                for item in again {
+                    att.resend(item);
                 }
-                for publish in fresh {
-                    att.link.send(Packet::Publish(publish));
+                for message in fresh {
+                    att.send_message(message);
                 }
             }
         }
@@ -176,8 +215,12 @@ impl Router {
     /// Closes the current connection of a session whose client id connects again
     /// [MQTT-3.1.4-2]; its will is published as for any server-side close.
     fn take_over(&mut self, sid: SessionId, now: Instant) {
-        let Some(session) = self.sessions.get_mut(&sid) else { return };
-        let Some(old) = session.detach(now) else { return };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        let Some(old) = session.detach(now) else {
+            return;
+        };
         self.by_conn.remove(&old.conn);
         BrokerStats::dec(&self.stats.clients_connected);
         old.link.disconnect(reason::SESSION_TAKEN_OVER);
@@ -190,13 +233,16 @@ impl Router {
     fn new_session(&mut self, client_id: ByteString, expiry: u32) -> SessionId {
         let sid = self.next_session;
         self.next_session += 1;
-        self.sessions.insert(sid, Session::new(sid, client_id.clone(), expiry));
+        self.sessions
+            .insert(sid, Session::new(sid, client_id.clone(), expiry));
         self.by_client.insert(client_id, sid);
         sid
     }
 
     fn end_session(&mut self, sid: SessionId) {
-        let Some(session) = self.sessions.remove(&sid) else { return };
+        let Some(session) = self.sessions.remove(&sid) else {
+            return;
+        };
         for filter in session.subscriptions.keys() {
             self.subs.remove(filter, sid);
         }
@@ -208,13 +254,20 @@ impl Router {
     }
 
     fn closed(&mut self, conn: ConnId, cause: CloseCause) {
-        let Some(sid) = self.by_conn.remove(&conn) else { return };
-        let Some(session) = self.sessions.get_mut(&sid) else { return };
+        let Some(sid) = self.by_conn.remove(&conn) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         session.detach(Instant::now());
         BrokerStats::dec(&self.stats.clients_connected);
         let will = session.will.take();
         let publish_will = match cause {
-            CloseCause::Disconnect { publish_will, session_expiry } => {
+            CloseCause::Disconnect {
+                publish_will,
+                session_expiry,
+            } => {
                 if let Some(expiry) = session_expiry {
                     session.expiry = expiry;
                 }
@@ -263,7 +316,9 @@ impl Router {
                 self.fill_window(sid);
             }
             Packet::PubRec(rec) => {
-                let Some(s) = self.sessions.get_mut(&sid) else { return };
+                let Some(s) = self.sessions.get_mut(&sid) else {
+                    return;
+                };
                 if rec.reason >= reason::UNSPECIFIED_ERROR {
                     // MQTT 5: a failing PUBREC ends the exchange [MQTT-4.3.3-4 analogue].
                     s.on_pubrec(rec.pkid);
@@ -275,7 +330,9 @@ impl Router {
                 }
             }
             Packet::PubRel(rel) => {
-                let Some(s) = self.sessions.get_mut(&sid) else { return };
+                let Some(s) = self.sessions.get_mut(&sid) else {
+                    return;
+                };
                 let known = s.release_qos2(rel.pkid);
                 let mut comp = PubResponse::new(rel.pkid);
                 if !known && self.version(sid) == Some(ProtocolVersion::V5) {
@@ -298,7 +355,11 @@ impl Router {
     }
 
     fn version(&self, sid: SessionId) -> Option<ProtocolVersion> {
-        self.sessions.get(&sid)?.attached.as_ref().map(|a| a.version)
+        self.sessions
+            .get(&sid)?
+            .attached
+            .as_ref()
+            .map(|a| a.version)
     }
 
     fn send(&self, sid: SessionId, packet: Packet) {
@@ -308,12 +369,14 @@ impl Router {
     }
 
     fn fill_window(&mut self, sid: SessionId) {
-        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         let next = s.fill_window();
         if let Some(att) = &s.attached {
             BrokerStats::add(&self.stats.messages_sent, next.len() as u64);
-            for publish in next {
-                att.link.send(Packet::Publish(publish));
+            for message in next {
+                att.send_message(message);
             }
         }
     }
@@ -322,7 +385,9 @@ impl Router {
         BrokerStats::add(&self.stats.messages_received, 1);
         let pkid = publish.pkid;
         // A Topic Alias belongs to the sender's connection, never to subscribers'.
-        publish.properties.remove_where(|p| matches!(p, Property::TopicAlias(_)));
+        publish
+            .properties
+            .remove_where(|p| matches!(p, Property::TopicAlias(_)));
         match publish.qos {
             QoS::AtMostOnce => self.route(publish, Some(sid)),
             QoS::AtLeastOnce => {
@@ -330,7 +395,10 @@ impl Router {
                 self.send(sid, Packet::PubAck(PubResponse::new(pkid)));
             }
             QoS::ExactlyOnce => {
-                let fresh = self.sessions.get_mut(&sid).is_some_and(|s| s.receive_qos2(pkid));
+                let fresh = self
+                    .sessions
+                    .get_mut(&sid)
+                    .is_some_and(|s| s.receive_qos2(pkid));
                 if fresh {
                     self.route(publish, Some(sid));
                 }
@@ -350,18 +418,22 @@ impl Router {
         }
         let mut targets = std::mem::take(&mut self.targets);
         targets.clear();
-        self.subs.for_each_match(&publish.topic, |_filter, sid, entry| {
-            if entry.options.no_local && Some(sid) == origin {
-                return;
-            }
-            targets.push(Target {
-                session: sid,
-                qos: entry.options.qos,
-                retain_as_published: entry.options.retain_as_published,
-                subscription_ids: entry.id.into_iter().collect(),
+        self.subs
+            .for_each_match(&publish.topic, |_filter, sid, entry| {
+                if entry.options.no_local && Some(sid) == origin {
+                    return;
+                }
+                targets.push(Target {
+                    session: sid,
+                    qos: entry.options.qos,
+                    retain_as_published: entry.options.retain_as_published,
+                    subscription_ids: entry.id.into_iter().collect(),
+                });
             });
-        });
         merge_overlapping(&mut targets);
+        let identity = origin
+            .and_then(|sid| self.sessions.get(&sid))
+            .map(|s| s.identity.clone());
         for target in targets.drain(..) {
             let mut copy = publish.clone();
             copy.qos = copy.qos.min(target.qos);
@@ -371,16 +443,20 @@ impl Router {
             for id in target.subscription_ids {
                 copy.properties.push(Property::SubscriptionIdentifier(id));
             }
-            self.deliver(target.session, copy);
+            self.deliver(target.session, copy, identity.as_ref());
         }
         self.targets = targets;
     }
 
-    fn deliver(&mut self, sid: SessionId, publish: Publish) {
-        let Some(s) = self.sessions.get_mut(&sid) else { return };
+    fn deliver(&mut self, sid: SessionId, publish: Publish, identity: Option<&Arc<Origin>>) {
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         let qos = publish.qos;
-        match s.offer(publish, self.cfg.max_queued) {
-            Offer::Send(p) => {
+        let internal = s.attached.as_ref().is_some_and(|a| a.internal);
+        let origin = if internal { identity.cloned() } else { None };
+        match s.offer(Outgoing { publish, origin }, self.cfg.max_queued) {
+            Offer::Send(message) => {
                 let Some(att) = &s.attached else { return };
                 if qos == QoS::AtMostOnce && att.link.backlog() > self.cfg.max_queued {
                     BrokerStats::add(&self.stats.dropped_slow_client, 1);
@@ -395,7 +471,7 @@ impl Router {
                     s.overflowing = false;
                 }
                 BrokerStats::add(&self.stats.messages_sent, 1);
-                att.link.send(Packet::Publish(p));
+                att.send_message(message);
             }
             Offer::Queued | Offer::Discarded => {}
             Offer::Overflow => {
@@ -410,7 +486,9 @@ impl Router {
     }
 
     fn subscribe(&mut self, sid: SessionId, sub: Subscribe) {
-        let Some(version) = self.version(sid) else { return };
+        let Some(version) = self.version(sid) else {
+            return;
+        };
         let sub_id = sub.properties.subscription_identifier();
         let mut codes = Vec::with_capacity(sub.filters.len());
         let mut retained = Vec::new();
@@ -430,8 +508,13 @@ impl Router {
                 });
                 continue;
             }
-            let entry = SubEntry { options, id: sub_id };
-            let Some(s) = self.sessions.get_mut(&sid) else { return };
+            let entry = SubEntry {
+                options,
+                id: sub_id,
+            };
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                return;
+            };
             let existed = s.subscriptions.insert(filter.clone(), entry).is_some();
             self.subs.insert(&filter, sid, entry);
             codes.push(options.qos as u8);
@@ -446,7 +529,11 @@ impl Router {
                 });
             }
         }
-        let ack = SubAck { pkid: sub.pkid, codes, properties: Properties::new() };
+        let ack = SubAck {
+            pkid: sub.pkid,
+            codes,
+            properties: Properties::new(),
+        };
         self.send(sid, Packet::SubAck(ack));
         for (mut msg, entry) in retained {
             // [MQTT-3.3.1-8]: retained messages sent on subscribe carry RETAIN=1.
@@ -455,19 +542,29 @@ impl Router {
             if let Some(id) = entry.id {
                 msg.properties.push(Property::SubscriptionIdentifier(id));
             }
-            self.deliver(sid, msg);
+            self.deliver(sid, msg, None);
         }
     }
 
     fn unsubscribe(&mut self, sid: SessionId, unsub: Unsubscribe) {
-        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         let mut codes = Vec::with_capacity(unsub.filters.len());
         for filter in &unsub.filters {
             let existed = s.subscriptions.remove(filter).is_some();
             self.subs.remove(filter, sid);
-            codes.push(if existed { reason::SUCCESS } else { reason::NO_SUBSCRIPTION_EXISTED });
+            codes.push(if existed {
+                reason::SUCCESS
+            } else {
+                reason::NO_SUBSCRIPTION_EXISTED
+            });
         }
-        let ack = UnsubAck { pkid: unsub.pkid, codes, properties: Properties::new() };
+        let ack = UnsubAck {
+            pkid: unsub.pkid,
+            codes,
+            properties: Properties::new(),
+        };
         self.send(sid, Packet::UnsubAck(ack));
     }
 
@@ -475,19 +572,46 @@ impl Router {
     pub fn publish_sys(&mut self) {
         let stats = &self.stats;
         let values: [(&str, String); 13] = [
-            ("version", format!("xmpp-mqtt-bridge {}", env!("CARGO_PKG_VERSION"))),
-            ("uptime", format!("{} seconds", self.started.elapsed().as_secs())),
-            ("clients/connected", BrokerStats::get(&stats.clients_connected).to_string()),
+            (
+                "version",
+                format!("xmpp-mqtt-bridge {}", env!("CARGO_PKG_VERSION")),
+            ),
+            (
+                "uptime",
+                format!("{} seconds", self.started.elapsed().as_secs()),
+            ),
+            (
+                "clients/connected",
+                BrokerStats::get(&stats.clients_connected).to_string(),
+            ),
             ("clients/total", self.sessions.len().to_string()),
-            ("messages/received", BrokerStats::get(&stats.messages_received).to_string()),
-            ("messages/sent", BrokerStats::get(&stats.messages_sent).to_string()),
+            (
+                "messages/received",
+                BrokerStats::get(&stats.messages_received).to_string(),
+            ),
+            (
+                "messages/sent",
+                BrokerStats::get(&stats.messages_sent).to_string(),
+            ),
             ("messages/dropped", dropped(stats).to_string()),
-            ("bytes/received", BrokerStats::get(&stats.bytes_received).to_string()),
-            ("bytes/sent", BrokerStats::get(&stats.bytes_sent).to_string()),
+            (
+                "bytes/received",
+                BrokerStats::get(&stats.bytes_received).to_string(),
+            ),
+            (
+                "bytes/sent",
+                BrokerStats::get(&stats.bytes_sent).to_string(),
+            ),
             ("subscriptions/count", self.subs.len().to_string()),
             ("retained messages/count", self.retained.len().to_string()),
-            ("connections/accepted", BrokerStats::get(&stats.connections_accepted).to_string()),
-            ("connections/refused", BrokerStats::get(&stats.connections_refused).to_string()),
+            (
+                "connections/accepted",
+                BrokerStats::get(&stats.connections_accepted).to_string(),
+            ),
+            (
+                "connections/refused",
+                BrokerStats::get(&stats.connections_refused).to_string(),
+            ),
         ];
         for (name, value) in values {
             let publish = Publish {
@@ -506,9 +630,16 @@ impl Router {
     /// Server shutdown: every connected client's will is published (the server closes the
     /// connection without a DISCONNECT from the client), then every client is disconnected.
     fn shutdown(&mut self) {
-        let connected: Vec<SessionId> =
-            self.sessions.values().filter(|s| s.attached.is_some()).map(|s| s.id).collect();
-        info!(clients = connected.len(), "Broker shutting down; publishing wills.");
+        let connected: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|s| s.attached.is_some())
+            .map(|s| s.id)
+            .collect();
+        info!(
+            clients = connected.len(),
+            "Broker shutting down; publishing wills."
+        );
         for &sid in &connected {
             if let Some(will) = self.sessions.get_mut(&sid).and_then(|s| s.will.take()) {
                 self.route(will_publish(will), Some(sid));
@@ -534,16 +665,44 @@ fn merge_overlapping(targets: &mut Vec<Target>) {
         return;
     }
     targets.sort_unstable_by_key(|t| t.session);
-    let mut merged: Vec<Target> = Vec::with_capacity(targets.len());
-    for t in targets.drain(..) {
-        match merged.last_mut() {
-            Some(last) if last.session == t.session => {
-                last.qos = last.qos.max(t.qos);
-                last.retain_as_published |= t.retain_as_published;
-                last.subscription_ids.extend(t.subscription_ids);
-            }
-            _ => merged.push(t),
+    targets.dedup_by(|later, kept| {
+        if later.session != kept.session {
+            return false;
+        }
+        kept.qos = kept.qos.max(later.qos);
+        kept.retain_as_published |= later.retain_as_published;
+        kept.subscription_ids.append(&mut later.subscription_ids);
+        true
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(session: SessionId, qos: QoS, id: Option<u32>) -> Target {
+        Target {
+            session,
+            qos,
+            retain_as_published: false,
+            subscription_ids: id.into_iter().collect(),
         }
     }
-    *targets = merged;
+
+    #[test]
+    fn overlapping_subscriptions_deliver_once_at_the_highest_qos_with_all_ids() {
+        let mut targets = vec![
+            target(2, QoS::AtMostOnce, Some(7)),
+            target(1, QoS::AtLeastOnce, None),
+            target(2, QoS::ExactlyOnce, Some(9)),
+            target(3, QoS::AtMostOnce, None),
+        ];
+        merge_overlapping(&mut targets);
+        assert_eq!(targets.len(), 3);
+        let two = targets.iter().find(|t| t.session == 2).unwrap();
+        assert_eq!(two.qos, QoS::ExactlyOnce);
+        let mut ids = two.subscription_ids.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, vec![7, 9]);
+    }
 }

@@ -11,7 +11,8 @@ use bytestring::ByteString;
 
 use super::codec::{LastWill, Packet, ProtocolVersion, PubResponse, Publish, QoS};
 use super::codec::{Properties, SubscriptionOptions};
-use super::link::{ClientLink, ConnId};
+use super::link::{ClientLink, ConnId, Origin};
+use std::sync::Arc;
 
 /// Stable identity of a session, key of the subscription trie.
 pub type SessionId = u64;
@@ -39,13 +40,55 @@ pub struct Attached {
     pub version: ProtocolVersion,
     /// In-flight window toward this client: min(broker max_inflight, client Receive Maximum).
     pub window: usize,
+    /// An in-process client: PUBLISHes go with their origin.
+    pub internal: bool,
+}
+
+impl Attached {
+    /// Hands a message to the client.
+    pub fn send_message(&self, message: Outgoing) {
+        if self.internal {
+            self.link.deliver(message.publish, message.origin);
+        } else {
+            self.link.send(Packet::Publish(message.publish));
+        }
+    }
+
+    /// Sends what a reconnecting session must get again.
+    pub fn resend(&self, item: Resend) {
+        match item {
+            Resend::Publish(message) => self.send_message(message),
+            Resend::Release(id) => {
+                self.link.send(Packet::PubRel(PubResponse::new(id)));
+            }
+        }
+    }
+}
+
+/// A message on its way to one client. `origin` is filled only for in-process clients
+/// (the bridge), which need to know who published.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The PUBLISH as this client gets it.
+    pub publish: Publish,
+    /// The publisher, for in-process clients.
+    pub origin: Option<Arc<Origin>>,
+}
+
+/// What to send again when a kept session reconnects.
+#[derive(Debug)]
+pub enum Resend {
+    /// A PUBLISH with DUP set.
+    Publish(Outgoing),
+    /// A PUBREL.
+    Release(u16),
 }
 
 /// A message waiting in or behind the in-flight window.
 #[derive(Debug, Clone)]
 enum Inflight {
     /// PUBLISH sent (QoS 1 or 2), waiting for PUBACK or PUBREC.
-    Published(Publish),
+    Published(Outgoing),
     /// PUBREL sent, waiting for PUBCOMP.
     Released(u16),
 }
@@ -53,7 +96,7 @@ enum Inflight {
 impl Inflight {
     fn pkid(&self) -> u16 {
         match self {
-            Inflight::Published(p) => p.pkid,
+            Inflight::Published(m) => m.publish.pkid,
             Inflight::Released(id) => *id,
         }
     }
@@ -63,7 +106,7 @@ impl Inflight {
 #[derive(Debug)]
 pub enum Offer {
     /// Send this now (QoS 0 as is, QoS 1/2 with its packet id and in flight).
-    Send(Publish),
+    Send(Outgoing),
     /// Kept in the queue.
     Queued,
     /// The queue is full: the message was dropped.
@@ -87,10 +130,12 @@ pub struct Session {
     pub detached_at: Option<Instant>,
     /// The will of the current connection.
     pub will: Option<LastWill>,
+    /// Who this client is as a publisher (client id and authenticated user name).
+    pub identity: Arc<Origin>,
     /// Subscriptions by filter, mirrored in the router's trie.
     pub subscriptions: HashMap<ByteString, SubEntry>,
     inflight: VecDeque<Inflight>,
-    queue: VecDeque<Publish>,
+    queue: VecDeque<Outgoing>,
     next_pkid: u16,
     /// Incoming QoS 2 packet ids received and not yet released (duplicate suppression).
     incoming_qos2: HashSet<u16>,
@@ -101,6 +146,10 @@ pub struct Session {
 impl Session {
     /// A new, empty session.
     pub fn new(id: SessionId, client_id: ByteString, expiry: u32) -> Self {
+        let identity = Arc::new(Origin {
+            client_id: client_id.clone(),
+            username: None,
+        });
         Session {
             id,
             client_id,
@@ -108,6 +157,7 @@ impl Session {
             expiry,
             detached_at: None,
             will: None,
+            identity,
             subscriptions: HashMap::new(),
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
@@ -133,28 +183,32 @@ impl Session {
 
     /// Offers a message for delivery at `qos` (already the minimum of publish and
     /// subscription QoS). `max_queued` bounds the queue.
-    pub fn offer(&mut self, mut publish: Publish, max_queued: usize) -> Offer {
-        if publish.qos == QoS::AtMostOnce {
-            publish.pkid = 0;
-            publish.dup = false;
-            return if self.attached.is_some() { Offer::Send(publish) } else { Offer::Discarded };
+    pub fn offer(&mut self, mut message: Outgoing, max_queued: usize) -> Offer {
+        if message.publish.qos == QoS::AtMostOnce {
+            message.publish.pkid = 0;
+            message.publish.dup = false;
+            return if self.attached.is_some() {
+                Offer::Send(message)
+            } else {
+                Offer::Discarded
+            };
         }
-        if self.attached.is_some() && self.queue.is_empty() && self.inflight.len() < self.window()
-        {
-            return Offer::Send(self.start_flight(publish));
+        if self.attached.is_some() && self.queue.is_empty() && self.inflight.len() < self.window() {
+            return Offer::Send(self.start_flight(message));
         }
         if self.queue.len() >= max_queued {
             return Offer::Overflow;
         }
-        self.queue.push_back(publish);
+        self.queue.push_back(message);
         Offer::Queued
     }
 
-    fn start_flight(&mut self, mut publish: Publish) -> Publish {
-        publish.pkid = self.allocate_pkid();
-        publish.dup = false;
-        self.inflight.push_back(Inflight::Published(publish.clone()));
-        publish
+    fn start_flight(&mut self, mut message: Outgoing) -> Outgoing {
+        message.publish.pkid = self.allocate_pkid();
+        message.publish.dup = false;
+        self.inflight
+            .push_back(Inflight::Published(message.clone()));
+        message
     }
 
     fn allocate_pkid(&mut self) -> u16 {
@@ -172,13 +226,15 @@ impl Session {
     }
 
     /// Moves queued messages into the window while it has room.
-    pub fn fill_window(&mut self) -> Vec<Publish> {
+    pub fn fill_window(&mut self) -> Vec<Outgoing> {
         let mut out = Vec::new();
         if self.attached.is_none() {
             return out;
         }
         while self.inflight.len() < self.window() {
-            let Some(next) = self.queue.pop_front() else { break };
+            let Some(next) = self.queue.pop_front() else {
+                break;
+            };
             out.push(self.start_flight(next));
         }
         if self.queue.is_empty() {
@@ -189,7 +245,7 @@ impl Session {
 
     fn position(&self, pkid: u16, released: bool) -> Option<usize> {
         self.inflight.iter().position(|m| match m {
-            Inflight::Published(p) => !released && p.pkid == pkid,
+            Inflight::Published(m) => !released && m.publish.pkid == pkid,
             Inflight::Released(id) => released && *id == pkid,
         })
     }
@@ -197,7 +253,7 @@ impl Session {
     /// PUBACK from the client. False when nothing matched (a stray ack).
     pub fn on_puback(&mut self, pkid: u16) -> bool {
         match self.position(pkid, false) {
-            Some(i) if matches!(&self.inflight[i], Inflight::Published(p) if p.qos == QoS::AtLeastOnce) =>
+            Some(i) if matches!(&self.inflight[i], Inflight::Published(m) if m.publish.qos == QoS::AtLeastOnce) =>
             {
                 self.inflight.remove(i);
                 true
@@ -239,16 +295,16 @@ impl Session {
 
     /// On reconnect of a kept session: every unacknowledged PUBLISH again with DUP set, every
     /// PUBREL again, in the original order (MQTT 3.1.1 section 4.4).
-    pub fn resend_inflight(&mut self) -> Vec<Packet> {
+    pub fn resend_inflight(&mut self) -> Vec<Resend> {
         self.inflight
             .iter()
             .map(|m| match m {
-                Inflight::Published(p) => {
-                    let mut p = p.clone();
-                    p.dup = true;
-                    Packet::Publish(p)
+                Inflight::Published(m) => {
+                    let mut m = m.clone();
+                    m.publish.dup = true;
+                    Resend::Publish(m)
                 }
-                Inflight::Released(id) => Packet::PubRel(PubResponse::new(*id)),
+                Inflight::Released(id) => Resend::Release(*id),
             })
             .collect()
     }
@@ -284,8 +340,8 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn publish(qos: QoS) -> Publish {
-        Publish {
+    fn publish(qos: QoS) -> Outgoing {
+        let publish = Publish {
             dup: false,
             qos,
             retain: false,
@@ -293,20 +349,35 @@ mod tests {
             pkid: 0,
             payload: Bytes::from_static(b"x"),
             properties: Properties::new(),
+        };
+        Outgoing {
+            publish,
+            origin: None,
         }
     }
 
     fn attached(window: usize) -> Attached {
         let (link, _rx) = ClientLink::new();
-        Attached { conn: 1, link, version: ProtocolVersion::V311, window }
+        Attached {
+            conn: 1,
+            link,
+            version: ProtocolVersion::V311,
+            window,
+            internal: false,
+        }
     }
 
     #[test]
     fn qos0_is_sent_when_connected_and_discarded_when_not() {
         let mut s = Session::new(1, "c".into(), 0);
-        assert!(matches!(s.offer(publish(QoS::AtMostOnce), 10), Offer::Discarded));
+        assert!(matches!(
+            s.offer(publish(QoS::AtMostOnce), 10),
+            Offer::Discarded
+        ));
         s.attached = Some(attached(1));
-        assert!(matches!(s.offer(publish(QoS::AtMostOnce), 10), Offer::Send(p) if p.pkid == 0));
+        assert!(
+            matches!(s.offer(publish(QoS::AtMostOnce), 10), Offer::Send(m) if m.publish.pkid == 0)
+        );
     }
 
     #[test]
@@ -315,24 +386,39 @@ mod tests {
         s.attached = Some(attached(2));
         let a = s.offer(publish(QoS::AtLeastOnce), 1);
         let b = s.offer(publish(QoS::ExactlyOnce), 1);
-        assert!(matches!(a, Offer::Send(ref p) if p.pkid == 1));
-        assert!(matches!(b, Offer::Send(ref p) if p.pkid == 2));
-        assert!(matches!(s.offer(publish(QoS::AtLeastOnce), 1), Offer::Queued));
-        assert!(matches!(s.offer(publish(QoS::AtLeastOnce), 1), Offer::Overflow));
+        assert!(matches!(a, Offer::Send(ref m) if m.publish.pkid == 1));
+        assert!(matches!(b, Offer::Send(ref m) if m.publish.pkid == 2));
+        assert!(matches!(
+            s.offer(publish(QoS::AtLeastOnce), 1),
+            Offer::Queued
+        ));
+        assert!(matches!(
+            s.offer(publish(QoS::AtLeastOnce), 1),
+            Offer::Overflow
+        ));
         assert!(s.on_puback(1));
         assert!(!s.on_puback(1), "a second PUBACK for the same id is stray");
         let next = s.fill_window();
         assert_eq!(next.len(), 1);
-        assert_eq!(next[0].pkid, 3);
+        assert_eq!(next[0].publish.pkid, 3);
     }
 
     #[test]
     fn qos2_outbound_flow() {
         let mut s = Session::new(1, "c".into(), NEVER_EXPIRES);
         s.attached = Some(attached(10));
-        let Offer::Send(p) = s.offer(publish(QoS::ExactlyOnce), 10) else { panic!() };
-        assert!(!s.on_puback(p.pkid), "PUBACK does not complete a QoS 2 flow");
-        assert_eq!(s.on_pubrec(p.pkid), Packet::PubRel(PubResponse::new(p.pkid)));
+        let Offer::Send(Outgoing { publish: p, .. }) = s.offer(publish(QoS::ExactlyOnce), 10)
+        else {
+            panic!()
+        };
+        assert!(
+            !s.on_puback(p.pkid),
+            "PUBACK does not complete a QoS 2 flow"
+        );
+        assert_eq!(
+            s.on_pubrec(p.pkid),
+            Packet::PubRel(PubResponse::new(p.pkid))
+        );
         assert_eq!(s.inflight(), 1);
         assert!(s.on_pubcomp(p.pkid));
         assert_eq!(s.inflight(), 0);
@@ -348,15 +434,18 @@ mod tests {
         s.on_pubrec(2);
         s.detach(Instant::now());
         let again = s.resend_inflight();
-        assert!(matches!(&again[0], Packet::Publish(p) if p.dup && p.pkid == 1));
-        assert_eq!(again[1], Packet::PubRel(PubResponse::new(2)));
-        assert!(matches!(&again[2], Packet::Publish(p) if p.dup && p.pkid == 3));
+        assert!(matches!(&again[0], Resend::Publish(m) if m.publish.dup && m.publish.pkid == 1));
+        assert!(matches!(again[1], Resend::Release(2)));
+        assert!(matches!(&again[2], Resend::Publish(m) if m.publish.dup && m.publish.pkid == 3));
     }
 
     #[test]
     fn offline_persistent_session_queues_qos1() {
         let mut s = Session::new(1, "c".into(), NEVER_EXPIRES);
-        assert!(matches!(s.offer(publish(QoS::AtLeastOnce), 10), Offer::Queued));
+        assert!(matches!(
+            s.offer(publish(QoS::AtLeastOnce), 10),
+            Offer::Queued
+        ));
         s.attached = Some(attached(10));
         assert_eq!(s.fill_window().len(), 1);
     }
@@ -376,8 +465,12 @@ mod tests {
         let mut s = Session::new(1, "c".into(), NEVER_EXPIRES);
         s.attached = Some(attached(10));
         s.next_pkid = u16::MAX - 1;
-        let Offer::Send(a) = s.offer(publish(QoS::AtLeastOnce), 10) else { panic!() };
-        let Offer::Send(b) = s.offer(publish(QoS::AtLeastOnce), 10) else { panic!() };
-        assert_eq!((a.pkid, b.pkid), (u16::MAX, 1));
+        let Offer::Send(a) = s.offer(publish(QoS::AtLeastOnce), 10) else {
+            panic!()
+        };
+        let Offer::Send(b) = s.offer(publish(QoS::AtLeastOnce), 10) else {
+            panic!()
+        };
+        assert_eq!((a.publish.pkid, b.publish.pkid), (u16::MAX, 1));
     }
 }

@@ -45,7 +45,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Pretty, level: "info".to_string() }
+        LogConfig {
+            format: LogFormat::Pretty,
+            level: "info".to_string(),
+        }
     }
 }
 
@@ -69,7 +72,10 @@ pub fn load_from(file: &Path, env: Env) -> Result<Config, ConfigErrors> {
     let mut cx = Context::new(figment.clone(), file);
     if !file.is_file() {
         cx.file_error("configuration file not found");
-        return Err(cx.finish().err().unwrap_or_else(|| ConfigErrors(Vec::new())));
+        return Err(cx
+            .finish()
+            .err()
+            .unwrap_or_else(|| ConfigErrors(Vec::new())));
     }
     let dict: Dict = match figment.extract() {
         Ok(dict) => dict,
@@ -77,7 +83,10 @@ pub fn load_from(file: &Path, env: Env) -> Result<Config, ConfigErrors> {
             for e in errors {
                 cx.file_error(e.kind.to_string());
             }
-            return Err(cx.finish().err().unwrap_or_else(|| ConfigErrors(Vec::new())));
+            return Err(cx
+                .finish()
+                .err()
+                .unwrap_or_else(|| ConfigErrors(Vec::new())));
         }
     };
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -108,5 +117,9 @@ impl Config {
 
 /// Resolves a path from the config file relative to the file's folder.
 fn resolve(base: &Path, path: PathBuf) -> PathBuf {
-    if path.is_absolute() { path } else { base.join(path) }
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
 }

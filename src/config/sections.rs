@@ -42,7 +42,11 @@ fn duration(raw: RawDuration) -> Result<Duration, String> {
 
 fn positive_duration(raw: RawDuration) -> Result<Duration, String> {
     let d = duration(raw)?;
-    if d.is_zero() { Err("must be greater than zero".to_string()) } else { Ok(d) }
+    if d.is_zero() {
+        Err("must be greater than zero".to_string())
+    } else {
+        Ok(d)
+    }
 }
 
 fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -50,7 +54,11 @@ fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
     hi: T,
 ) -> impl FnOnce(T) -> Result<T, String> {
     move |v| {
-        if v < lo || v > hi { Err(format!("{v} is out of range {lo}..={hi}")) } else { Ok(v) }
+        if v < lo || v > hi {
+            Err(format!("{v} is out of range {lo}..={hi}"))
+        } else {
+            Ok(v)
+        }
     }
 }
 
@@ -60,7 +68,9 @@ pub(super) fn log(cx: &mut Context, mut s: Section) -> LogConfig {
     let format = s.take_with(cx, "format", default.format, |f: String| match f.as_str() {
         "pretty" => Ok(LogFormat::Pretty),
         "json" => Ok(LogFormat::Json),
-        other => Err(format!("`{other}` is not a log format; use \"pretty\" or \"json\"")),
+        other => Err(format!(
+            "`{other}` is not a log format; use \"pretty\" or \"json\""
+        )),
     });
     let level = s.take_with(cx, "level", default.level, |l: String| {
         tracing_subscriber::EnvFilter::try_new(&l)
@@ -75,15 +85,24 @@ pub(super) fn log(cx: &mut Context, mut s: Section) -> LogConfig {
 pub(super) fn broker(cx: &mut Context, mut s: Section, base: &Path) -> BrokerConfig {
     let d = BrokerConfig::default();
     let listen = s.take_with(cx, "listen", d.listen.clone(), listen_addrs);
-    let max_connections =
-        s.take_with(cx, "max_connections", d.max_connections, in_range(1, 1_000_000));
-    let max_packet_size =
-        s.take_with(cx, "max_packet_size", d.max_packet_size, in_range(64, MQTT_MAX_PACKET));
+    let max_connections = s.take_with(
+        cx,
+        "max_connections",
+        d.max_connections,
+        in_range(1, 1_000_000),
+    );
+    let max_packet_size = s.take_with(
+        cx,
+        "max_packet_size",
+        d.max_packet_size,
+        in_range(64, MQTT_MAX_PACKET),
+    );
     let max_inflight = s.take_with(cx, "max_inflight", d.max_inflight, in_range(1, u16::MAX));
     let max_queued = s.take_with(cx, "max_queued", d.max_queued, in_range(1, 10_000_000));
-    let connect_timeout =
-        s.take_with(cx, "connect_timeout", d.connect_timeout, positive_duration);
-    let allow_anonymous = s.take::<bool>(cx, "allow_anonymous").unwrap_or(d.allow_anonymous);
+    let connect_timeout = s.take_with(cx, "connect_timeout", d.connect_timeout, positive_duration);
+    let allow_anonymous = s
+        .take::<bool>(cx, "allow_anonymous")
+        .unwrap_or(d.allow_anonymous);
     let password_file = s
         .take::<PathBuf>(cx, "password_file")
         .filter(|p| !p.as_os_str().is_empty())

@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use figment::value::{Dict, Value};
-use figment::{Figment, Profile, Source};
+use figment::{Figment, Source};
 use serde::de::DeserializeOwned;
 
 /// One configuration problem.
@@ -37,7 +37,11 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        writeln!(f, "{n} configuration error{}:", if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "{n} configuration error{}:",
+            if n == 1 { "" } else { "s" }
+        )?;
         for e in &self.0 {
             writeln!(f, "  {e}")?;
         }
@@ -59,25 +63,44 @@ pub(super) struct Context {
 impl Context {
     /// A context over a merged figment whose file part is `file`.
     pub(super) fn new(figment: Figment, file: &Path) -> Self {
-        let spans = std::fs::read_to_string(file).ok().and_then(|t| t.parse().ok());
-        Context { figment, file: file.to_path_buf(), spans, errors: Vec::new() }
+        let spans = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| t.parse().ok());
+        Context {
+            figment,
+            file: file.to_path_buf(),
+            spans,
+            errors: Vec::new(),
+        }
     }
 
     /// Records an error at `key`.
     pub(super) fn error(&mut self, key: &str, message: impl Into<String>) {
         let origin = self.origin(key);
-        self.errors.push(ConfigError { origin, key: key.to_string(), message: message.into() });
+        self.errors.push(ConfigError {
+            origin,
+            key: key.to_string(),
+            message: message.into(),
+        });
     }
 
     /// Records an error about the whole file.
     pub(super) fn file_error(&mut self, message: impl Into<String>) {
         let origin = self.file.display().to_string();
-        self.errors.push(ConfigError { origin, key: String::new(), message: message.into() });
+        self.errors.push(ConfigError {
+            origin,
+            key: String::new(),
+            message: message.into(),
+        });
     }
 
     /// The errors, or `Ok` when there are none.
     pub(super) fn finish(self) -> Result<(), ConfigErrors> {
-        if self.errors.is_empty() { Ok(()) } else { Err(ConfigErrors(self.errors)) }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(self.errors))
+        }
     }
 
     fn origin(&self, key: &str) -> String {
@@ -89,15 +112,10 @@ impl Context {
                 Some(line) => format!("{}:{line}", path.display()),
                 None => path.display().to_string(),
             },
-            _ => {
-                let parts: Vec<&str> = key.split('.').collect();
-                let var = meta.interpolate(&Profile::Default, &parts);
-                if meta.name.contains("environment") {
-                    format!("environment variable {}", var.to_uppercase())
-                } else {
-                    format!("{} {var}", meta.name)
-                }
+            _ if meta.name.contains("environment") => {
+                format!("environment variable {}", env_var_name(key))
             }
+            _ => format!("{} ({key})", meta.name),
         }
     }
 
@@ -129,11 +147,18 @@ pub(super) struct Section {
 impl Section {
     /// The root of the merged configuration.
     pub(super) fn root(dict: Dict) -> Self {
-        Section { path: String::new(), dict }
+        Section {
+            path: String::new(),
+            dict,
+        }
     }
 
     fn key_path(&self, key: &str) -> String {
-        if self.path.is_empty() { key.to_string() } else { format!("{}.{key}", self.path) }
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
     }
 
     /// The value of `key` as `T`; `None` when absent or invalid (the error is recorded).
@@ -156,7 +181,9 @@ impl Section {
         default: T,
         parse: impl FnOnce(R) -> Result<T, String>,
     ) -> T {
-        let Some(raw) = self.take::<R>(cx, key) else { return default };
+        let Some(raw) = self.take::<R>(cx, key) else {
+            return default;
+        };
         match parse(raw) {
             Ok(v) => v,
             Err(message) => {
@@ -173,8 +200,14 @@ impl Section {
         match self.dict.remove(key)? {
             Value::Dict(_, dict) => Some(Section { path, dict }),
             other => {
-                cx.error(&path, format!("expected a table, found {}", other.to_actual()));
-                Some(Section { path, dict: Dict::new() })
+                cx.error(
+                    &path,
+                    format!("expected a table, found {}", other.to_actual()),
+                );
+                Some(Section {
+                    path,
+                    dict: Dict::new(),
+                })
             }
         }
     }
@@ -189,6 +222,15 @@ impl Section {
             cx.error(&path, format!("unknown key{hint}"));
         }
     }
+}
+
+/// The environment variable that sets `key` (`broker.listen` → `BRIDGE_BROKER__LISTEN`).
+fn env_var_name(key: &str) -> String {
+    format!(
+        "{}{}",
+        super::ENV_PREFIX,
+        key.replace('.', "__").to_uppercase()
+    )
 }
 
 /// Turns a figment/serde error into one plain sentence.
@@ -214,7 +256,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let cur = row[j + 1];
-            row[j + 1] = if ca == *cb { prev } else { 1 + prev.min(row[j]).min(cur) };
+            row[j + 1] = if ca == *cb {
+                prev
+            } else {
+                1 + prev.min(row[j]).min(cur)
+            };
             prev = cur;
         }
     }

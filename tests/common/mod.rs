@@ -37,7 +37,10 @@ impl TestBroker {
 /// Logs go to the test output when RUST_LOG is set.
 fn init_logs() {
     let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into());
-    xmpp_mqtt_bridge::telemetry::init(&LogConfig { level, ..LogConfig::default() });
+    xmpp_mqtt_bridge::telemetry::init(&LogConfig {
+        level,
+        ..LogConfig::default()
+    });
 }
 
 /// Starts a broker on 127.0.0.1 with a free port; `tune` adjusts the settings.
@@ -49,9 +52,15 @@ pub async fn start_broker(tune: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
         ..BrokerConfig::default()
     };
     tune(&mut broker);
-    let config = Config { log: LogConfig::default(), broker };
+    let config = Config {
+        log: LogConfig::default(),
+        broker,
+    };
     let app = App::start(config).await.expect("broker starts");
-    TestBroker { addr: app.mqtt_addrs[0], app }
+    TestBroker {
+        addr: app.mqtt_addrs[0],
+        app,
+    }
 }
 
 /// A rumqttc client whose event loop runs in a task; incoming PUBLISHes and every event
@@ -76,7 +85,9 @@ pub async fn connect(addr: SocketAddr, id: &str) -> Client {
 pub async fn connect_with(opts: MqttOptions) -> Client {
     let (client, eventloop) = AsyncClient::new(opts, 1000);
     let mut c = spawn_loop(client, eventloop);
-    let ack = c.wait_event(|e| matches!(e, Event::Incoming(Packet::ConnAck(_)))).await;
+    let ack = c
+        .wait_event(|e| matches!(e, Event::Incoming(Packet::ConnAck(_))))
+        .await;
     assert!(ack.is_some(), "no CONNACK");
     c
 }
@@ -102,7 +113,11 @@ pub fn spawn_loop(client: AsyncClient, mut eventloop: EventLoop) -> Client {
             }
         }
     });
-    Client { client, publishes, events }
+    Client {
+        client,
+        publishes,
+        events,
+    }
 }
 
 impl Client {
@@ -132,12 +147,17 @@ impl Client {
 
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) {
         self.client.subscribe(filter, qos).await.unwrap();
-        let ack = self.wait_event(|e| matches!(e, Event::Incoming(Packet::SubAck(_)))).await;
+        let ack = self
+            .wait_event(|e| matches!(e, Event::Incoming(Packet::SubAck(_))))
+            .await;
         assert!(ack.is_some(), "no SUBACK for {filter}");
     }
 
     pub async fn publish(&self, topic: &str, qos: QoS, retain: bool, payload: &[u8]) {
-        self.client.publish(topic, qos, retain, payload.to_vec()).await.unwrap();
+        self.client
+            .publish(topic, qos, retain, payload.to_vec())
+            .await
+            .unwrap();
     }
 
     /// The next PUBLISH, or panics after [`WAIT`].
@@ -187,15 +207,21 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
 
 /// The Python interpreter with paho-mqtt (set by scripts/test.sh), else `python3`.
 pub fn python() -> String {
-    std::env::var("BRIDGE_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+    std::env::var("TEST_PYTHON_FOR_BRIDGE").unwrap_or_else(|_| "python3".into())
 }
 
 /// Path of a file under tests/.
 pub fn test_file(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(rel)
 }
 
 /// A free TCP port on 127.0.0.1 (for child processes that need a port before they start).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

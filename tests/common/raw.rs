@@ -89,14 +89,20 @@ pub fn subscribe_packet(pkid: u16, filter: &str, qos: u8) -> Vec<u8> {
 
 impl Raw {
     pub async fn connect(addr: SocketAddr) -> Raw {
-        Raw { stream: TcpStream::connect(addr).await.expect("TCP connect") }
+        Raw {
+            stream: TcpStream::connect(addr).await.expect("TCP connect"),
+        }
     }
 
     /// Connects and completes an MQTT 3.1.1 CONNECT/CONNACK.
     pub async fn mqtt(addr: SocketAddr, client_id: &str) -> Raw {
         let mut raw = Raw::connect(addr).await;
         raw.send(&connect_packet(4, client_id, true, 60)).await;
-        assert_eq!(raw.read_exact(4).await, vec![0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+        assert_eq!(
+            raw.read_exact(4).await,
+            vec![0x20, 0x02, 0x00, 0x00],
+            "CONNACK accepted"
+        );
         raw
     }
 
@@ -131,6 +137,8 @@ impl Raw {
     /// True when the connection stays open (no bytes, no close) for `quiet`.
     pub async fn stays_open(&mut self, quiet: Duration) -> bool {
         let mut buf = [0u8; 1];
-        tokio::time::timeout(quiet, self.stream.read(&mut buf)).await.is_err()
+        tokio::time::timeout(quiet, self.stream.read(&mut buf))
+            .await
+            .is_err()
     }
 }

@@ -394,7 +394,11 @@ pub struct PubResponse {
 impl PubResponse {
     /// A successful response without properties.
     pub fn new(pkid: u16) -> Self {
-        PubResponse { pkid, reason: reason::SUCCESS, properties: Properties::new() }
+        PubResponse {
+            pkid,
+            reason: reason::SUCCESS,
+            properties: Properties::new(),
+        }
     }
 }
 

@@ -1,0 +1,218 @@
+//! In-process clients of the broker: the bridge is a participant of the broker, not a TCP
+//! client of it, so it sees who published each message (the authenticated user name), and it
+//! acknowledges deliveries only when the other side has them.
+//!
+//! The router treats an in-process client like any session (subscriptions, QoS windows,
+//! No Local) with three differences: deliveries carry their [`Origin`], its window is the
+//! full packet-id space, and its own publishes enter the router directly, without a QoS
+//! exchange (the hand-off in memory cannot be lost).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytestring::ByteString;
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{
+    Connect, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, Subscribe,
+    SubscriptionOptions,
+};
+use super::link::{
+    ClientLink, ConnId, ConnectOutcome, ConnectRequest, LinkReceiver, Origin, RouterMsg, ToClient,
+};
+
+/// The broker stopped.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the broker has stopped")]
+pub struct BrokerGone;
+
+/// A message delivered to an in-process client.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The message (packet id set for QoS 1 and 2: pass it back to [`InternalClient::ack`]).
+    pub publish: Publish,
+    /// Who published it; `None` for broker-made messages ($SYS, retained on subscribe).
+    pub origin: Option<Arc<Origin>>,
+}
+
+/// A session of the broker used from inside the process.
+#[derive(Debug)]
+pub struct InternalClient {
+    conn: ConnId,
+    router: mpsc::Sender<RouterMsg>,
+    /// Kept so the link stays open while the client lives.
+    _link: ClientLink,
+    rx: LinkReceiver,
+    inbox: Vec<ToClient>,
+    pending: VecDeque<Delivery>,
+    next_pkid: u16,
+}
+
+impl InternalClient {
+    pub(super) async fn connect(
+        router: mpsc::Sender<RouterMsg>,
+        conn: ConnId,
+        client_id: &str,
+    ) -> Result<InternalClient, BrokerGone> {
+        let (link, rx) = ClientLink::new();
+        let (accepted, outcome) = oneshot::channel();
+        let client_id = ByteString::from(client_id);
+        let connect = Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: true,
+            keep_alive: 0,
+            client_id: client_id.clone(),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::new(),
+        };
+        let request = ConnectRequest {
+            conn,
+            peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+            connect: Box::new(connect),
+            client_id,
+            assigned_id: false,
+            username: None,
+            link: link.clone(),
+            accepted,
+            internal: true,
+        };
+        router
+            .send(RouterMsg::Connect(request))
+            .await
+            .map_err(|_| BrokerGone)?;
+        match outcome.await {
+            Ok(ConnectOutcome::Accepted) => {}
+            _ => return Err(BrokerGone),
+        }
+        let mut client = InternalClient {
+            conn,
+            router,
+            _link: link,
+            rx,
+            inbox: Vec::new(),
+            pending: VecDeque::new(),
+            next_pkid: 0,
+        };
+        // The first item is CONNACK.
+        client.fill_inbox().await?;
+        client
+            .inbox
+            .retain(|item| !matches!(item, ToClient::Packet(Packet::ConnAck(_))));
+        Ok(client)
+    }
+
+    async fn fill_inbox(&mut self) -> Result<(), BrokerGone> {
+        if self.inbox.is_empty() {
+            let n = self.rx.recv_many(&mut self.inbox, 256).await;
+            self.rx.written(n);
+            if n == 0 {
+                return Err(BrokerGone);
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscribes to `filters` with No Local (nothing this client publishes comes back to it)
+    /// and without retained messages (they would be bridged again at every start). Returns
+    /// the SUBACK reason codes.
+    pub async fn subscribe(&mut self, filters: &[String], qos: QoS) -> Result<Vec<u8>, BrokerGone> {
+        self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+        let pkid = self.next_pkid;
+        let options = SubscriptionOptions {
+            qos,
+            no_local: true,
+            retain_as_published: false,
+            retain_handling: super::codec::RetainHandling::DoNotSend,
+        };
+        let subscribe = Subscribe {
+            pkid,
+            filters: filters
+                .iter()
+                .map(|f| (ByteString::from(f.as_str()), options))
+                .collect(),
+            properties: Properties::new(),
+        };
+        self.send(vec![Packet::Subscribe(subscribe)]).await?;
+        loop {
+            self.fill_inbox().await?;
+            let items: Vec<ToClient> = self.inbox.drain(..).collect();
+            let mut codes = None;
+            for item in items {
+                match item {
+                    ToClient::Packet(Packet::SubAck(ack)) if ack.pkid == pkid => {
+                        codes = Some(ack.codes);
+                    }
+                    other => self.handle(other).await?,
+                }
+            }
+            if let Some(codes) = codes {
+                return Ok(codes);
+            }
+        }
+    }
+
+    /// Publishes a message as this client.
+    pub async fn publish(&self, publish: Publish) -> Result<(), BrokerGone> {
+        let msg = RouterMsg::Publish {
+            conn: self.conn,
+            publish,
+        };
+        self.router.send(msg).await.map_err(|_| BrokerGone)
+    }
+
+    /// The next delivery; `None` when the broker has stopped.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        loop {
+            if let Some(delivery) = self.pending.pop_front() {
+                return Some(delivery);
+            }
+            self.fill_inbox().await.ok()?;
+            let items: Vec<ToClient> = self.inbox.drain(..).collect();
+            for item in items {
+                self.handle(item).await.ok()?;
+            }
+        }
+    }
+
+    /// Acknowledges a QoS 1 or 2 delivery: the message is now the other side's.
+    pub async fn ack(&self, publish: &Publish) -> Result<(), BrokerGone> {
+        let response = PubResponse::new(publish.pkid);
+        match publish.qos {
+            QoS::AtMostOnce => Ok(()),
+            QoS::AtLeastOnce => self.send(vec![Packet::PubAck(response)]).await,
+            QoS::ExactlyOnce => self.send(vec![Packet::PubRec(response)]).await,
+        }
+    }
+
+    async fn handle(&mut self, item: ToClient) -> Result<(), BrokerGone> {
+        match item {
+            ToClient::Deliver { publish, origin } => {
+                self.pending.push_back(Delivery { publish, origin });
+            }
+            ToClient::Packet(Packet::Publish(publish)) => {
+                self.pending.push_back(Delivery {
+                    publish,
+                    origin: None,
+                });
+            }
+            ToClient::Packet(Packet::PubRel(rel)) => {
+                let comp = PubResponse::new(rel.pkid);
+                self.send(vec![Packet::PubComp(comp)]).await?;
+            }
+            ToClient::Disconnect { .. } => return Err(BrokerGone),
+            ToClient::Packet(_) => {}
+        }
+        Ok(())
+    }
+
+    async fn send(&self, packets: Vec<Packet>) -> Result<(), BrokerGone> {
+        let msg = RouterMsg::Packets {
+            conn: self.conn,
+            packets,
+        };
+        self.router.send(msg).await.map_err(|_| BrokerGone)
+    }
+}
