@@ -515,3 +515,51 @@ async fn in_process_client_sees_publisher_identity_and_no_local() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_never_resumes_a_clean_session() {
+    // Regression: a CleanSession=1 session ends with its connection, even when a second
+    // connection with CleanSession=0 takes it over while it is open [MQTT-3.1.2-6].
+    let broker = start_broker(|_| {}).await;
+    let mut first = Raw::connect(broker.addr).await;
+    first.send(&raw::connect_packet(4, "X", true, 60)).await;
+    assert_eq!(first.read_exact(4).await, vec![0x20, 0x02, 0x00, 0x00]);
+    first.send(&raw::subscribe_packet(1, "old/sub", 1)).await;
+    first.read_exact(5).await;
+    let mut second = Raw::connect(broker.addr).await;
+    second.send(&raw::connect_packet(4, "X", false, 60)).await;
+    assert_eq!(
+        second.read_exact(4).await,
+        vec![0x20, 0x02, 0x00, 0x00],
+        "no session present"
+    );
+    let mut p = Raw::mqtt(broker.addr, "p").await;
+    p.send(&raw::publish_packet(b"old/sub", 0, 0, b"x")).await;
+    assert!(
+        second.stays_open(Duration::from_millis(300)).await,
+        "old subscription is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_then_immediate_reconnect_publishes_no_will() {
+    let broker = start_broker(|_| {}).await;
+    let mut watcher = connect(broker.addr, "watcher").await;
+    watcher.subscribe("w/#", QoS::AtMostOnce).await;
+    for round in 0..20 {
+        let mut body = Vec::new();
+        raw::string(b"MQTT", &mut body);
+        body.extend_from_slice(&[4, 0x04, 0, 60]); // persistent session, will QoS 0
+        raw::string(b"bouncer", &mut body);
+        raw::string(b"w/bouncer", &mut body);
+        raw::string(b"will", &mut body);
+        let mut c = Raw::connect(broker.addr).await;
+        c.send(&raw::packet(0x10, &body)).await;
+        c.read_exact(4).await;
+        // DISCONNECT and, without waiting, the next connection (round {round}).
+        c.send(&[0xe0, 0x00]).await;
+        drop(c);
+        let _ = round;
+    }
+    watcher.expect_no_publish(Duration::from_millis(500)).await;
+}

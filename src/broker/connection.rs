@@ -398,8 +398,10 @@ impl Reader {
 
     fn client_disconnect(&self, d: &Disconnect) -> CloseCause {
         debug!(reason = d.reason, "Client sent DISCONNECT.");
+        let publish_will = d.reason == reason::DISCONNECT_WITH_WILL;
+        self.link.mark_disconnect(publish_will);
         CloseCause::Disconnect {
-            publish_will: d.reason == reason::DISCONNECT_WITH_WILL,
+            publish_will,
             session_expiry: d.properties.session_expiry_interval(),
         }
     }

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use bytestring::ByteString;
 use tokio::sync::{mpsc, oneshot};
@@ -44,7 +44,16 @@ pub struct ClientLink {
     /// Packets handed to the writer and not yet written to the socket. The router drops QoS 0
     /// messages for a client whose backlog is over the limit instead of letting memory grow.
     backlog: Arc<AtomicUsize>,
+    /// Set by the reader the moment it decodes DISCONNECT, before the router hears of the
+    /// close: a client that disconnects and reconnects at once may have its new CONNECT
+    /// reach the router first, and the takeover must still know the old one left cleanly.
+    farewell: Arc<AtomicU8>,
 }
+
+/// [`ClientLink::mark_disconnect`] values.
+const FAREWELL_NONE: u8 = 0;
+const FAREWELL_CLEAN: u8 = 1;
+const FAREWELL_WITH_WILL: u8 = 2;
 
 impl ClientLink {
     /// A link and the receiving end for the connection's writer.
@@ -55,6 +64,7 @@ impl ClientLink {
             ClientLink {
                 tx,
                 backlog: backlog.clone(),
+                farewell: Arc::new(AtomicU8::new(FAREWELL_NONE)),
             },
             LinkReceiver { rx, backlog },
         )
@@ -76,6 +86,22 @@ impl ClientLink {
     pub fn disconnect(&self, reason: u8) {
         // A closed channel means the connection is already gone, which is what we want.
         let _ignored = self.tx.send(ToClient::Disconnect { reason });
+    }
+
+    /// Records that the client sent DISCONNECT (with MQTT 5 reason 0x04 when `publish_will`).
+    pub fn mark_disconnect(&self, publish_will: bool) {
+        let v = if publish_will {
+            FAREWELL_WITH_WILL
+        } else {
+            FAREWELL_CLEAN
+        };
+        self.farewell.store(v, Ordering::Release);
+    }
+
+    /// Whether the will must be published when this connection goes away now: false only
+    /// when the client said goodbye with a plain DISCONNECT.
+    pub fn will_due(&self) -> bool {
+        self.farewell.load(Ordering::Acquire) != FAREWELL_CLEAN
     }
 
     /// Packets not yet written.

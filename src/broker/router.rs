@@ -148,7 +148,10 @@ impl Router {
         let mut resumed = None;
         if let Some(&sid) = self.by_client.get(&client_id) {
             self.take_over(sid, now);
-            if connect.clean_start {
+            // A session that ends with its connection (CleanSession=1, Session Expiry 0) is
+            // never resumed, whatever the new CONNECT asks [MQTT-3.1.2-6].
+            let ends = self.sessions.get(&sid).is_none_or(|s| s.expiry == 0);
+            if connect.clean_start || ends {
                 self.end_session(sid);
             } else {
                 resumed = Some(sid);
@@ -225,7 +228,9 @@ impl Router {
         BrokerStats::dec(&self.stats.clients_connected);
         old.link.disconnect(reason::SESSION_TAKEN_OVER);
         info!(client_id = %session.client_id, "Session taken over by a new connection.");
-        if let Some(will) = session.will.take() {
+        // The client may have said goodbye just before reconnecting (see `ClientLink`).
+        let will = session.will.take().filter(|_| old.link.will_due());
+        if let Some(will) = will {
             self.route(will_publish(will), Some(sid));
         }
     }

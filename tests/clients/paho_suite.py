@@ -24,8 +24,6 @@ try:
     import paho.mqtt
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.properties import Properties
-    from paho.mqtt.packettypes import PacketTypes
 except ImportError as import_error:
     print(
         f"FAIL import: paho-mqtt 2.x is not importable by {sys.executable}: {import_error} "
@@ -58,8 +56,9 @@ def unique(prefix):
 class Peer:
     """A paho client on its own network thread; callbacks feed queues."""
 
-    def __init__(self, host, port, client_id, clean=True, protocol=mqtt.MQTTv311):
+    def __init__(self, host, port, client_id, clean=True, protocol=mqtt.MQTTv311, name=None):
         self.host, self.port, self.client_id = host, port, client_id
+        self.name = f"{name or client_id} (client id {client_id!r}, clean={clean})"
         self.protocol = protocol
         kwargs = {"client_id": client_id, "protocol": protocol, "reconnect_on_failure": False}
         if protocol != mqtt.MQTTv5:
@@ -90,11 +89,11 @@ class Peer:
         self.client.loop_start()
         self.running = True
         flags, rc = take(self.connacks, f"CONNACK for {self.client_id}")
-        expect(not rc.is_failure, f"{self.client_id}: CONNECT refused: {rc} ({rc.value})")
+        expect(not rc.is_failure, f"{self.name}: CONNECT refused: {rc} ({rc.value})")
         if expect_session_present is not None:
             expect(
                 flags.session_present == expect_session_present,
-                f"{self.client_id}: session_present={flags.session_present}, "
+                f"{self.name}: session_present={flags.session_present}, "
                 f"expected {expect_session_present}",
             )
         return flags, rc
@@ -131,7 +130,7 @@ class Peer:
         except queue.Empty:
             return
         raise CheckFailed(
-            f"{self.client_id}: unexpected message on {msg.topic!r}: {msg.payload!r} "
+            f"{self.name}: unexpected message on {msg.topic!r}: {msg.payload!r} "
             f"(qos {msg.qos}, retain {msg.retain})"
         )
 
@@ -188,7 +187,8 @@ class Suite:
         self.peers = []
 
     def peer(self, name, clean=True, protocol=mqtt.MQTTv311, client_id=None):
-        p = Peer(self.host, self.port, client_id or unique(name), clean=clean, protocol=protocol)
+        p = Peer(self.host, self.port, client_id or unique(name), clean=clean, protocol=protocol,
+                 name=name)
         self.peers.append(p)
         return p
 
@@ -379,6 +379,31 @@ class Suite:
         resumed.connect(expect_session_present=False)
         resumed.no_message()
 
+    def check_session_takeover(self):
+        """A second connection with a connected client's id takes over [MQTT-3.1.4-2]: the
+        first is disconnected; a persistent session continues (session_present=1, its
+        subscriptions kept), a clean one ends with its connection [MQTT-3.1.2-6]."""
+        base = unique("to")
+        pub = self.peer("to-pub")
+        pub.connect()
+        for clean in (False, True):
+            client_id = unique("to-client")
+            topic = f"{base}/{'clean' if clean else 'persistent'}"
+            first = self.peer("to-first", clean=clean, client_id=client_id)
+            first.connect(expect_session_present=False)
+            first.subscribe(topic, 1)
+            second = self.peer("to-second", clean=False, client_id=client_id)
+            second.connect(expect_session_present=not clean)
+            take(first.disconnects, "close of the taken-over connection")
+            pub.publish(topic, b"after takeover", qos=1)
+            if clean:
+                second.no_message()  # the clean session's subscription is gone with it
+            else:
+                expect_message(second.next_message("message for the kept subscription"),
+                               topic, b"after takeover", 1, False)
+            first.no_message(0.1)
+            second.disconnect()
+
     def check_wildcards(self):
         """'+' matches one level (an empty one too), '#' any number, its parent included."""
         base = unique("wc")
@@ -486,6 +511,7 @@ DEFAULT_CHECKS = [
     "will_retained",
     "no_will_after_clean_disconnect",
     "persistent_session",
+    "session_takeover",
     "wildcards",
     "sys_dollar_topics",
     "unsubscribe",

@@ -187,6 +187,8 @@ pub fn bin() -> PathBuf {
 }
 
 /// Runs a command with a time limit, returning its output; panics when it cannot start.
+/// A child still running at the limit is killed (its output so far is returned). Output is
+/// drained while it runs, so a chatty child cannot block on a full pipe.
 pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
     let child = cmd
         .stdin(Stdio::null())
@@ -195,14 +197,18 @@ pub fn run_with_timeout(cmd: &mut Command, limit: Duration) -> Output {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     let pid = child.id();
-    let killer = std::thread::spawn(move || {
-        std::thread::sleep(limit);
-        // The child has usually exited by now; then this does nothing.
-        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
     });
-    let out = child.wait_with_output().expect("wait for child");
-    drop(killer);
-    out
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait for child"),
+        Err(_) => {
+            // Not reaped yet (its waiter is still blocked), so the pid is still this child's.
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            rx.recv().expect("waiter thread").expect("wait for child")
+        }
+    }
 }
 
 /// The Python interpreter with paho-mqtt (set by scripts/test.sh), else `python3`.
