@@ -313,16 +313,16 @@ impl Reader {
             if let Some(cause) = cause {
                 return cause;
             }
+            if self.closing.is_cancelled() {
+                return CloseCause::Abnormal;
+            }
             if buf.is_empty() {
                 buf = BytesMut::new();
             }
+            // Reading comes first: a DISCONNECT already in the socket when the connection is
+            // taken over must still be seen, so that its will is not published.
             tokio::select! {
-                () = self.closing.cancelled() => return CloseCause::Abnormal,
-                () = &mut idle => {
-                    info!(keep_alive, "Keep-alive timeout; closing.");
-                    self.link.disconnect(reason::KEEP_ALIVE_TIMEOUT);
-                    return CloseCause::Abnormal;
-                }
+                biased;
                 read = read_some(&mut rd, &mut buf, &self.ctx.stats) => match read {
                     Ok(0) => {
                         debug!("Client closed the connection without DISCONNECT.");
@@ -337,6 +337,12 @@ impl Reader {
                         debug!(%error, "Read failed.");
                         return CloseCause::Abnormal;
                     }
+                },
+                () = self.closing.cancelled() => return CloseCause::Abnormal,
+                () = &mut idle => {
+                    info!(keep_alive, "Keep-alive timeout; closing.");
+                    self.link.disconnect(reason::KEEP_ALIVE_TIMEOUT);
+                    return CloseCause::Abnormal;
                 }
             }
         }

@@ -154,6 +154,16 @@ pub enum CloseCause {
     Abnormal,
 }
 
+impl CloseCause {
+    /// Whether the will is published for this close.
+    pub fn publishes_will(self) -> bool {
+        match self {
+            CloseCause::Disconnect { publish_will, .. } => publish_will,
+            CloseCause::Abnormal => true,
+        }
+    }
+}
+
 /// A CONNECT that passed decoding and authentication, on its way to the router.
 #[derive(Debug)]
 pub struct ConnectRequest {

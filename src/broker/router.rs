@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::codec::{
-    ConnAck, Packet, Properties, Property, ProtocolVersion, PubResponse, Publish, QoS,
+    ConnAck, LastWill, Packet, Properties, Property, ProtocolVersion, PubResponse, Publish, QoS,
     RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, reason,
 };
 use super::config::BrokerConfig;
@@ -51,6 +51,9 @@ pub struct Router {
     subs: SubscriptionTree<SessionId, SubEntry>,
     retained: RetainedTree<Publish>,
     next_session: SessionId,
+    /// Connections taken over whose close has not been reported yet, with the will to
+    /// publish unless that close turns out to be a plain DISCONNECT.
+    taken_over: HashMap<ConnId, (SessionId, LastWill)>,
     /// Scratch space reused by every fan-out.
     targets: Vec<Target>,
     started: Instant,
@@ -68,6 +71,7 @@ impl Router {
             subs: SubscriptionTree::new(),
             retained: RetainedTree::new(),
             next_session: 1,
+            taken_over: HashMap::new(),
             targets: Vec::new(),
             started: Instant::now(),
         }
@@ -228,10 +232,12 @@ impl Router {
         BrokerStats::dec(&self.stats.clients_connected);
         old.link.disconnect(reason::SESSION_TAKEN_OVER);
         info!(client_id = %session.client_id, "Session taken over by a new connection.");
-        // The client may have said goodbye just before reconnecting (see `ClientLink`).
-        let will = session.will.take().filter(|_| old.link.will_due());
-        if let Some(will) = will {
-            self.route(will_publish(will), Some(sid));
+        // The client may have said goodbye just before reconnecting: its DISCONNECT can still
+        // be in flight, so the will waits for the old connection's close to be reported.
+        if let Some(will) = session.will.take() {
+            if old.link.will_due() {
+                self.taken_over.insert(old.conn, (sid, will));
+            }
         }
     }
 
@@ -259,6 +265,12 @@ impl Router {
     }
 
     fn closed(&mut self, conn: ConnId, cause: CloseCause) {
+        if let Some((sid, will)) = self.taken_over.remove(&conn) {
+            if cause.publishes_will() {
+                self.route(will_publish(will), Some(sid));
+            }
+            return;
+        }
         let Some(sid) = self.by_conn.remove(&conn) else {
             return;
         };
@@ -645,6 +657,9 @@ impl Router {
             clients = connected.len(),
             "Broker shutting down; publishing wills."
         );
+        for (_, (sid, will)) in std::mem::take(&mut self.taken_over) {
+            self.route(will_publish(will), Some(sid));
+        }
         for &sid in &connected {
             if let Some(will) = self.sessions.get_mut(&sid).and_then(|s| s.will.take()) {
                 self.route(will_publish(will), Some(sid));
