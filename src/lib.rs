@@ -15,5 +15,6 @@
 pub mod app;
 pub mod broker;
 pub mod config;
+pub mod mapping;
 pub mod shutdown;
 pub mod telemetry;

@@ -217,3 +217,18 @@ async fn connection_limit_refuses_extra_clients_only() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(refused, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_client_ids_are_reserved() {
+    let broker = start_broker(|_| {}).await;
+    let _bridge = broker.app.broker.internal_client("bridge").await.unwrap();
+    let mut thief = Raw::connect(broker.addr).await;
+    thief
+        .send(&raw::connect_packet(4, "$internal/bridge", true, 30))
+        .await;
+    assert_eq!(
+        thief.read_until_closed().await,
+        vec![0x20, 0x02, 0x00, 0x02],
+        "identifier rejected"
+    );
+}

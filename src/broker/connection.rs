@@ -32,6 +32,7 @@ use super::codec::{
     self, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, reason,
 };
 use super::config::BrokerConfig;
+use super::internal::INTERNAL_ID_PREFIX;
 use super::link::{
     ClientLink, CloseCause, ConnId, ConnectOutcome, ConnectRequest, LinkReceiver, RouterMsg,
     ToClient,
@@ -230,6 +231,11 @@ async fn admit(connect: &Connect, ctx: &ConnectionContext) -> Result<(ByteString
     {
         info!("CONNECT asks for enhanced authentication, which is not supported.");
         return Err(reason::BAD_AUTHENTICATION_METHOD);
+    }
+    if connect.client_id.starts_with(INTERNAL_ID_PREFIX) {
+        // In-process sessions (the bridge) must not be taken over from the network.
+        info!(client_id = %connect.client_id, "Reserved client id refused.");
+        return Err(reason::CLIENT_IDENTIFIER_NOT_VALID);
     }
     let (client_id, assigned) = if connect.client_id.is_empty() {
         if connect.protocol == ProtocolVersion::V311 && !connect.clean_start {

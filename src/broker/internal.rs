@@ -22,6 +22,10 @@ use super::link::{
     ClientLink, ConnId, ConnectOutcome, ConnectRequest, LinkReceiver, Origin, RouterMsg, ToClient,
 };
 
+/// Client ids starting with this belong to in-process clients; network clients asking for
+/// one are refused (CONNACK 0x02 / 0x85), so nobody can take over the bridge's session.
+pub const INTERNAL_ID_PREFIX: &str = "$internal/";
+
 /// The broker stopped.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the broker has stopped")]
@@ -46,6 +50,8 @@ pub struct InternalClient {
     rx: LinkReceiver,
     inbox: Vec<ToClient>,
     pending: VecDeque<Delivery>,
+    /// Answers to send before reading more (kept here so `recv` stays cancel-safe).
+    outbox: Vec<Packet>,
     next_pkid: u16,
 }
 
@@ -57,7 +63,7 @@ impl InternalClient {
     ) -> Result<InternalClient, BrokerGone> {
         let (link, rx) = ClientLink::new();
         let (accepted, outcome) = oneshot::channel();
-        let client_id = ByteString::from(client_id);
+        let client_id = ByteString::from(format!("{INTERNAL_ID_PREFIX}{client_id}"));
         let connect = Connect {
             protocol: ProtocolVersion::V5,
             clean_start: true,
@@ -94,6 +100,7 @@ impl InternalClient {
             rx,
             inbox: Vec::new(),
             pending: VecDeque::new(),
+            outbox: Vec::new(),
             next_pkid: 0,
         };
         // The first item is CONNACK.
@@ -145,7 +152,7 @@ impl InternalClient {
                     ToClient::Packet(Packet::SubAck(ack)) if ack.pkid == pkid => {
                         codes = Some(ack.codes);
                     }
-                    other => self.handle(other).await?,
+                    other => self.handle(other)?,
                 }
             }
             if let Some(codes) = codes {
@@ -163,16 +170,25 @@ impl InternalClient {
         self.router.send(msg).await.map_err(|_| BrokerGone)
     }
 
-    /// The next delivery; `None` when the broker has stopped.
+    /// The next delivery; `None` when the broker has stopped. Cancel-safe: every await in
+    /// it either completes or leaves all state in place, so it can sit in a `select!`.
     pub async fn recv(&mut self) -> Option<Delivery> {
         loop {
+            if !self.outbox.is_empty() {
+                let permit = self.router.reserve().await.ok()?;
+                let packets = std::mem::take(&mut self.outbox);
+                permit.send(RouterMsg::Packets {
+                    conn: self.conn,
+                    packets,
+                });
+            }
             if let Some(delivery) = self.pending.pop_front() {
                 return Some(delivery);
             }
             self.fill_inbox().await.ok()?;
             let items: Vec<ToClient> = self.inbox.drain(..).collect();
             for item in items {
-                self.handle(item).await.ok()?;
+                self.handle(item).ok()?;
             }
         }
     }
@@ -187,7 +203,9 @@ impl InternalClient {
         }
     }
 
-    async fn handle(&mut self, item: ToClient) -> Result<(), BrokerGone> {
+    /// Sorts one item from the router without awaiting: deliveries wait in `pending`,
+    /// answers (PUBCOMP) in `outbox`.
+    fn handle(&mut self, item: ToClient) -> Result<(), BrokerGone> {
         match item {
             ToClient::Deliver { publish, origin } => {
                 self.pending.push_back(Delivery { publish, origin });
@@ -199,8 +217,8 @@ impl InternalClient {
                 });
             }
             ToClient::Packet(Packet::PubRel(rel)) => {
-                let comp = PubResponse::new(rel.pkid);
-                self.send(vec![Packet::PubComp(comp)]).await?;
+                self.outbox
+                    .push(Packet::PubComp(PubResponse::new(rel.pkid)));
             }
             ToClient::Disconnect { .. } => return Err(BrokerGone),
             ToClient::Packet(_) => {}
