@@ -43,8 +43,15 @@ use super::stats::BrokerStats;
 const READ_CHUNK: usize = 8 * 1024;
 /// Packets written per socket write, at most.
 const WRITE_BATCH: usize = 256;
-/// A write buffer larger than this is freed once written, so idle clients hold no memory.
+/// A write buffer larger than this is freed once written, even under load.
 const KEEP_WRITE_BUFFER: usize = 64 * 1024;
+/// Buffers larger than this are freed when the connection goes idle.
+const IDLE_BUFFER: usize = 1024;
+/// Writer batch slots kept when the connection goes idle.
+const IDLE_ITEMS: usize = 32;
+/// Read reservation while waiting for CONNECT (which is small); later reads use
+/// [`READ_CHUNK`].
+const CONNECT_CHUNK: usize = 512;
 
 /// What every connection needs, shared.
 #[derive(Debug)]
@@ -177,7 +184,9 @@ async fn read_connect(
         // CONNECT is parsed by its own protocol level; the version given here is unused.
         if let Some(packet) = codec::decode(buf, ProtocolVersion::V311, ctx.cfg.max_packet_size)? {
             return match packet {
-                Packet::Connect(connect) => Ok(connect),
+                // The session keeps these strings for its whole life: copy them out of the
+                // read buffer so they do not pin it.
+                Packet::Connect(connect) => Ok(Box::new(connect.detached())),
                 other => Err(HandshakeError::NotConnect(other.name())),
             };
         }
@@ -186,7 +195,7 @@ async fn read_connect(
             () = tokio::time::sleep_until(deadline) => {
                 return Err(HandshakeError::Timeout(ctx.cfg.connect_timeout));
             }
-            read = read_some(rd, buf, &ctx.stats) => {
+            read = read_some(rd, buf, CONNECT_CHUNK, &ctx.stats) => {
                 if read? == 0 {
                     return Err(HandshakeError::Eof);
                 }
@@ -200,12 +209,13 @@ async fn read_connect(
 async fn read_some(
     rd: &mut OwnedReadHalf,
     buf: &mut BytesMut,
+    chunk: usize,
     stats: &BrokerStats,
 ) -> io::Result<usize> {
     loop {
         rd.readable().await?;
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
+        if buf.capacity() - buf.len() < chunk / 4 {
+            buf.reserve(chunk);
         }
         match rd.try_read_buf(buf) {
             Ok(n) => {
@@ -329,7 +339,7 @@ impl Reader {
             // taken over must still be seen, so that its will is not published.
             tokio::select! {
                 biased;
-                read = read_some(&mut rd, &mut buf, &self.ctx.stats) => match read {
+                read = read_some(&mut rd, &mut buf, READ_CHUNK, &self.ctx.stats) => match read {
                     Ok(0) => {
                         debug!("Client closed the connection without DISCONNECT.");
                         return CloseCause::Abnormal;
@@ -437,7 +447,7 @@ async fn write_loop(
     stats: Arc<BrokerStats>,
     closing: CancellationToken,
 ) {
-    let mut items = Vec::with_capacity(WRITE_BATCH);
+    let mut items = Vec::new();
     let mut out = BytesMut::new();
     loop {
         if rx.recv_many(&mut items, WRITE_BATCH).await == 0 {
@@ -446,7 +456,7 @@ async fn write_loop(
         let mut written = 0;
         let mut close = false;
         for item in items.drain(..) {
-            match item {
+            match *item {
                 ToClient::Packet(packet) => {
                     codec::encode(&packet, version, &mut out);
                     written += 1;
@@ -471,10 +481,14 @@ async fn write_loop(
         let result = wr.write_all(&out).await;
         BrokerStats::add(&stats.bytes_sent, out.len() as u64);
         rx.written(written);
-        if out.capacity() > KEEP_WRITE_BUFFER {
+        // An idle connection keeps no buffers: free them when nothing else is waiting.
+        if out.capacity() > KEEP_WRITE_BUFFER || (rx.is_empty() && out.capacity() > IDLE_BUFFER) {
             out = BytesMut::new();
         } else {
             out.clear();
+        }
+        if rx.is_empty() && items.capacity() > IDLE_ITEMS {
+            items = Vec::new();
         }
         if let Err(error) = result {
             debug!(%error, "Write failed.");

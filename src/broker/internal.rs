@@ -48,7 +48,7 @@ pub struct InternalClient {
     /// Kept so the link stays open while the client lives.
     _link: ClientLink,
     rx: LinkReceiver,
-    inbox: Vec<ToClient>,
+    inbox: Vec<Box<ToClient>>,
     pending: VecDeque<Delivery>,
     /// Answers to send before reading more (kept here so `recv` stays cancel-safe).
     outbox: Vec<Packet>,
@@ -107,7 +107,7 @@ impl InternalClient {
         client.fill_inbox().await?;
         client
             .inbox
-            .retain(|item| !matches!(item, ToClient::Packet(Packet::ConnAck(_))));
+            .retain(|item| !matches!(**item, ToClient::Packet(Packet::ConnAck(_))));
         Ok(client)
     }
 
@@ -145,10 +145,10 @@ impl InternalClient {
         self.send(vec![Packet::Subscribe(subscribe)]).await?;
         loop {
             self.fill_inbox().await?;
-            let items: Vec<ToClient> = self.inbox.drain(..).collect();
+            let items: Vec<Box<ToClient>> = self.inbox.drain(..).collect();
             let mut codes = None;
             for item in items {
-                match item {
+                match *item {
                     ToClient::Packet(Packet::SubAck(ack)) if ack.pkid == pkid => {
                         codes = Some(ack.codes);
                     }
@@ -186,9 +186,9 @@ impl InternalClient {
                 return Some(delivery);
             }
             self.fill_inbox().await.ok()?;
-            let items: Vec<ToClient> = self.inbox.drain(..).collect();
+            let items: Vec<Box<ToClient>> = self.inbox.drain(..).collect();
             for item in items {
-                self.handle(item).ok()?;
+                self.handle(*item).ok()?;
             }
         }
     }

@@ -40,7 +40,9 @@ pub enum ToClient {
 /// The router's way to reach one connected client.
 #[derive(Debug, Clone)]
 pub struct ClientLink {
-    tx: mpsc::UnboundedSender<ToClient>,
+    /// Items are boxed: tokio allocates a channel's first block of 32 slots up front, and 32
+    /// boxes (256 bytes) instead of 32 packets (3.3 KB) keeps idle connections small.
+    tx: mpsc::UnboundedSender<Box<ToClient>>,
     /// Packets handed to the writer and not yet written to the socket. The router drops QoS 0
     /// messages for a client whose backlog is over the limit instead of letting memory grow.
     backlog: Arc<AtomicUsize>,
@@ -73,19 +75,21 @@ impl ClientLink {
     /// Hands a packet to the writer. False when the connection is gone.
     pub fn send(&self, packet: Packet) -> bool {
         self.backlog.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(ToClient::Packet(packet)).is_ok()
+        self.tx.send(Box::new(ToClient::Packet(packet))).is_ok()
     }
 
     /// Hands a PUBLISH with its publisher's identity to an in-process client.
     pub fn deliver(&self, publish: Publish, origin: Option<Arc<Origin>>) -> bool {
         self.backlog.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(ToClient::Deliver { publish, origin }).is_ok()
+        self.tx
+            .send(Box::new(ToClient::Deliver { publish, origin }))
+            .is_ok()
     }
 
     /// Asks the writer to close (with a DISCONNECT for MQTT 5 clients).
     pub fn disconnect(&self, reason: u8) {
         // A closed channel means the connection is already gone, which is what we want.
-        let _ignored = self.tx.send(ToClient::Disconnect { reason });
+        let _ignored = self.tx.send(Box::new(ToClient::Disconnect { reason }));
     }
 
     /// Records that the client sent DISCONNECT (with MQTT 5 reason 0x04 when `publish_will`).
@@ -113,14 +117,19 @@ impl ClientLink {
 /// The writer's end of a [`ClientLink`].
 #[derive(Debug)]
 pub struct LinkReceiver {
-    rx: mpsc::UnboundedReceiver<ToClient>,
+    rx: mpsc::UnboundedReceiver<Box<ToClient>>,
     backlog: Arc<AtomicUsize>,
 }
 
 impl LinkReceiver {
     /// Waits for at least one item and takes up to `limit`; 0 when every sender is gone.
-    pub async fn recv_many(&mut self, into: &mut Vec<ToClient>, limit: usize) -> usize {
+    pub async fn recv_many(&mut self, into: &mut Vec<Box<ToClient>>, limit: usize) -> usize {
         self.rx.recv_many(into, limit).await
+    }
+
+    /// True when nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
     }
 
     /// Marks `n` packets as written.

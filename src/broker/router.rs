@@ -430,7 +430,8 @@ impl Router {
             if publish.payload.is_empty() {
                 self.retained.remove(&publish.topic);
             } else {
-                self.retained.insert(&publish.topic, publish.clone());
+                // Retained copies live long: they must not pin the publisher's read buffer.
+                self.retained.insert(&publish.topic, publish.detached());
             }
         }
         let mut targets = std::mem::take(&mut self.targets);

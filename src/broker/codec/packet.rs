@@ -223,7 +223,41 @@ impl Property {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Properties(pub Vec<Property>);
 
+fn own_str(s: &ByteString) -> ByteString {
+    ByteString::from(&**s)
+}
+
+fn own_bytes(b: &Bytes) -> Bytes {
+    Bytes::copy_from_slice(b)
+}
+
+impl Property {
+    /// The same property with its strings and binary data in allocations of their own.
+    pub fn detached(&self) -> Property {
+        match self {
+            Property::ContentType(s) => Property::ContentType(own_str(s)),
+            Property::ResponseTopic(s) => Property::ResponseTopic(own_str(s)),
+            Property::CorrelationData(b) => Property::CorrelationData(own_bytes(b)),
+            Property::AssignedClientIdentifier(s) => Property::AssignedClientIdentifier(own_str(s)),
+            Property::AuthenticationMethod(s) => Property::AuthenticationMethod(own_str(s)),
+            Property::AuthenticationData(b) => Property::AuthenticationData(own_bytes(b)),
+            Property::ResponseInformation(s) => Property::ResponseInformation(own_str(s)),
+            Property::ServerReference(s) => Property::ServerReference(own_str(s)),
+            Property::ReasonString(s) => Property::ReasonString(own_str(s)),
+            Property::UserProperty(k, v) => Property::UserProperty(own_str(k), own_str(v)),
+            other => other.clone(),
+        }
+    }
+}
+
 impl Properties {
+    /// Copies every string and binary value out of the buffer it was decoded from, for
+    /// values kept long (sessions, retained messages): a small slice would otherwise keep a
+    /// whole read buffer alive.
+    pub fn detached(&self) -> Properties {
+        Properties(self.0.iter().map(Property::detached).collect())
+    }
+
     /// No properties.
     pub const fn new() -> Self {
         Properties(Vec::new())
@@ -350,6 +384,28 @@ pub struct LastWill {
     pub properties: Properties,
 }
 
+impl Connect {
+    /// This CONNECT with every string and binary value in allocations of its own.
+    pub fn detached(&self) -> Connect {
+        Connect {
+            protocol: self.protocol,
+            clean_start: self.clean_start,
+            keep_alive: self.keep_alive,
+            client_id: own_str(&self.client_id),
+            will: self.will.as_ref().map(|w| LastWill {
+                topic: own_str(&w.topic),
+                payload: own_bytes(&w.payload),
+                qos: w.qos,
+                retain: w.retain,
+                properties: w.properties.detached(),
+            }),
+            username: self.username.as_ref().map(own_str),
+            password: self.password.as_ref().map(own_bytes),
+            properties: self.properties.detached(),
+        }
+    }
+}
+
 /// CONNACK (section 3.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnAck {
@@ -378,6 +434,19 @@ pub struct Publish {
     pub payload: Bytes,
     /// PUBLISH properties (5.0).
     pub properties: Properties,
+}
+
+impl Publish {
+    /// This PUBLISH with topic, payload and properties in allocations of their own (for
+    /// retained messages, which live long).
+    pub fn detached(&self) -> Publish {
+        Publish {
+            topic: own_str(&self.topic),
+            payload: own_bytes(&self.payload),
+            properties: self.properties.detached(),
+            ..*self
+        }
+    }
 }
 
 /// PUBACK, PUBREC, PUBREL and PUBCOMP (sections 3.4 to 3.7) share this shape.

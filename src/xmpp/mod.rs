@@ -1,0 +1,376 @@
+//! The XMPP adapter: an XEP-0114 external component link to the legacy server.
+//!
+//! ```text
+//!  bridge ── XmppHandle::send ──▶ outbox (bounded; when full: refused and counted)
+//!                                   │
+//!  worker task: connect + handshake ──▶ session ──▶ backoff ──▶ connect ...
+//!    session:   writer (queue in order, pings, replies) ◀── pongs, replies ── reader
+//!               reader ──▶ Inbound channel (bounded: back-pressure) ──▶ bridge
+//! ```
+//! - `config`: [`XmppConfig`] and its defaults.
+//! - `connection`: TCP, stream header and handshake (XEP-0114), with typed failures.
+//! - `service`: disco (XEP-0030) and ping (XEP-0199) answers, `<bad-request/>` for stanzas that
+//!   do not parse; everything else becomes an [`Inbound`] value.
+//! - `queue`: outbound order and confirmation by ping round trips (sans-IO).
+//! - `backoff`: reconnect delays (sans-IO).
+//! - `link`: the worker task: the writer of a connection, keepalive, reconnects, shutdown.
+//! - `reader`: the reading half of a connection.
+//! - `error`, `stats`: [`LinkError`], [`XmppStats`].
+//!
+//! Bytes become typed stanzas here, once; the bridge sees only `xmpp_parsers` types.
+
+mod backoff;
+pub mod config;
+mod connection;
+pub mod error;
+mod link;
+mod queue;
+mod reader;
+mod service;
+pub mod stats;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::jid::Jid;
+use xmpp_parsers::message::{Id, Message};
+use xmpp_parsers::presence::Presence;
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
+
+pub use self::config::XmppConfig;
+pub use self::error::LinkError;
+pub use self::stats::XmppStats;
+
+/// A stanza from the XMPP side for the bridge. Pings and disco queries to the component domain
+/// are answered by the adapter and never show up here.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// A message to an address of the component domain.
+    Message(Message),
+    /// A presence (subscription, directed presence, ...).
+    Presence(Presence),
+    /// An iq the adapter does not answer itself (including results of the bridge's own iqs).
+    Iq(Iq),
+}
+
+impl Inbound {
+    /// The error reply to this stanza (e.g. `<item-not-found/>` for an address no mapping rule
+    /// covers), from the address it was sent to; send it with [`XmppHandle::send`]. `None` for
+    /// stanzas that must not be answered (errors, iq results) or cannot be (no `from`/`to`).
+    pub fn error_reply(
+        &self,
+        type_: ErrorType,
+        condition: DefinedCondition,
+        text: &str,
+    ) -> Option<Stanza> {
+        let head = service::Head::of_inbound(self);
+        let from = match self {
+            Inbound::Message(m) => m.to.clone(),
+            Inbound::Presence(p) => p.to.clone(),
+            Inbound::Iq(iq) => iq.to().cloned(),
+        }?;
+        service::error_stanza(&head, from, type_, condition, text)
+    }
+}
+
+/// A stanza for the XMPP side.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stanza {
+    /// A message.
+    Message(Message),
+    /// A presence.
+    Presence(Presence),
+    /// An iq.
+    Iq(Iq),
+}
+
+impl From<Message> for Stanza {
+    fn from(m: Message) -> Self {
+        Self::Message(m)
+    }
+}
+
+impl From<Presence> for Stanza {
+    fn from(p: Presence) -> Self {
+        Self::Presence(p)
+    }
+}
+
+impl From<Iq> for Stanza {
+    fn from(iq: Iq) -> Self {
+        Self::Iq(iq)
+    }
+}
+
+impl Stanza {
+    /// The `id`, if set.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Self::Message(m) => m.id.as_ref().map(|id| id.0.as_str()),
+            Self::Presence(p) => p.id.as_deref(),
+            Self::Iq(iq) => Some(iq.id()).filter(|id| !id.is_empty()),
+        }
+    }
+
+    fn set_id(&mut self, id: String) {
+        match self {
+            Self::Message(m) => m.id = Some(Id(id)),
+            Self::Presence(p) => p.id = Some(id),
+            Self::Iq(iq) => *iq.id_mut() = id,
+        }
+    }
+
+    fn addresses(&self) -> (Option<&Jid>, Option<&Jid>) {
+        match self {
+            Self::Message(m) => (m.from.as_ref(), m.to.as_ref()),
+            Self::Presence(p) => (p.from.as_ref(), p.to.as_ref()),
+            Self::Iq(iq) => (iq.from(), iq.to()),
+        }
+    }
+}
+
+impl From<Stanza> for xmpp_parsers::minidom::Element {
+    fn from(s: Stanza) -> Self {
+        match s {
+            Stanza::Message(m) => m.into(),
+            Stanza::Presence(p) => p.into(),
+            Stanza::Iq(iq) => iq.into(),
+        }
+    }
+}
+
+/// A stanza to send, and who wants to know when the server has it.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The stanza. Its `from` must be an address of the component domain and `to` must be set.
+    /// Give it a stable `id` (the link assigns one if missing): a stanza re-sent after a
+    /// reconnect keeps it, so recipients can recognise duplicates.
+    pub stanza: Stanza,
+    /// Fired once a ping round trip proves the server read the stanza; dropped unfired when the
+    /// link stops before that.
+    pub confirmed: Option<oneshot::Sender<()>>,
+}
+
+impl Outgoing {
+    /// A stanza nobody waits on.
+    pub fn new(stanza: impl Into<Stanza>) -> Self {
+        Self {
+            stanza: stanza.into(),
+            confirmed: None,
+        }
+    }
+
+    /// A stanza and the receiver that fires when the server confirmed it.
+    pub fn confirmed(stanza: impl Into<Stanza>) -> (Self, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Self {
+                stanza: stanza.into(),
+                confirmed: Some(tx),
+            },
+            rx,
+        )
+    }
+}
+
+/// Why [`XmppHandle::send`] refused a stanza; each variant gives it back.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// `queue_depth` stanzas are waiting or unconfirmed (counted in `queue_overflow`).
+    #[error("the outbound XMPP queue is full")]
+    Full(Outgoing),
+    /// The stanza cannot be sent on a component link (the server would close the stream).
+    #[error("stanza not sendable: {reason}")]
+    Invalid {
+        /// The stanza.
+        outgoing: Outgoing,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The link has stopped.
+    #[error("the XMPP link has stopped")]
+    Closed(Outgoing),
+}
+
+impl SendError {
+    /// The refused stanza.
+    pub fn into_inner(self) -> Outgoing {
+        match self {
+            Self::Full(o) | Self::Closed(o) | Self::Invalid { outgoing: o, .. } => o,
+        }
+    }
+}
+
+/// State of the link, published through a `watch` channel.
+#[derive(Debug, Clone)]
+pub enum LinkState {
+    /// Connecting and authenticating.
+    Connecting,
+    /// Handshake done; stanzas flow.
+    Connected,
+    /// Not connected; the next attempt starts after `retry_in`.
+    Disconnected {
+        /// Why the last attempt or connection ended.
+        cause: Arc<LinkError>,
+        /// Delay before the next attempt.
+        retry_in: Duration,
+    },
+    /// Shut down (or not startable: `cause` tells).
+    Stopped {
+        /// Set when the link could not run at all.
+        cause: Option<Arc<LinkError>>,
+    },
+}
+
+/// An outbound stanza on its way to the worker; the permit holds its queue slot until it is
+/// confirmed or given up.
+#[derive(Debug)]
+struct Queued {
+    out: Outgoing,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Shared by the handle and the worker: overflow reporting.
+#[derive(Debug, Default)]
+struct Overflow {
+    /// Set while refusing; the first refusal of a burst is a warning, the rest are debug lines.
+    active: AtomicBool,
+}
+
+/// Sends stanzas to the XMPP server and observes the link. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct XmppHandle {
+    outbox: mpsc::Sender<Queued>,
+    /// `queue_depth` permits: one per stanza waiting or unconfirmed.
+    slots: Arc<Semaphore>,
+    state: watch::Receiver<LinkState>,
+    stats: Arc<XmppStats>,
+    overflow: Arc<Overflow>,
+    /// The component domain (normalised), to check `from` addresses.
+    domain: String,
+    /// Ids for stanzas sent without one: `{id_prefix}{n}`.
+    id_prefix: Arc<str>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl XmppHandle {
+    /// Queues a stanza; never waits. In order with every other stanza of this link.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the refused stanza comes back by value; only the rare error path moves it"
+    )]
+    pub fn send(&self, mut out: Outgoing) -> Result<(), SendError> {
+        if let Err(reason) = self.check(&out.stanza) {
+            return Err(SendError::Invalid {
+                outgoing: out,
+                reason,
+            });
+        }
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::NoPermits) => {
+                XmppStats::add(&self.stats.queue_overflow, 1);
+                let total = XmppStats::get(&self.stats.queue_overflow);
+                let domain = &*self.domain;
+                if !self.overflow.active.swap(true, Ordering::Relaxed) {
+                    let msg = "Outbound XMPP queue full; refusing stanzas until it drains.";
+                    warn!(domain, total, "{msg}");
+                } else {
+                    let id = out.stanza.id();
+                    debug!(
+                        domain,
+                        id, total, "Outbound XMPP stanza refused: queue full."
+                    );
+                }
+                return Err(SendError::Full(out));
+            }
+            Err(TryAcquireError::Closed) => return Err(SendError::Closed(out)),
+        };
+        if out.stanza.id().is_none() {
+            let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+            out.stanza.set_id(format!("{}{n}", self.id_prefix));
+        }
+        // The permit bounds what is in the channel, so only a stopped worker refuses here.
+        self.outbox
+            .try_send(Queued { out, permit })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => {
+                    SendError::Closed(q.out)
+                }
+            })
+    }
+
+    fn check(&self, stanza: &Stanza) -> Result<(), &'static str> {
+        match stanza.addresses() {
+            (Some(from), Some(_)) if from.domain().as_str() == self.domain => Ok(()),
+            (Some(_), Some(_)) => Err("`from` is not an address of the component domain"),
+            (None, _) => Err("`from` is required on a component link"),
+            (_, None) => Err("`to` is required on a component link"),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> LinkState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that sees every state change.
+    pub fn subscribe_state(&self) -> watch::Receiver<LinkState> {
+        self.state.clone()
+    }
+
+    /// The link's counters.
+    pub fn stats(&self) -> Arc<XmppStats> {
+        self.stats.clone()
+    }
+}
+
+/// Starts the link on `tracker`. It connects, reconnects forever with backoff, and stops when
+/// `shutdown` is cancelled (confirming what it can within `shutdown_grace`, then closing the
+/// stream). Inbound stanzas arrive on the returned receiver; when the bridge reads slowly, the
+/// link stops reading from the server (the writer keeps going).
+pub fn spawn(
+    cfg: XmppConfig,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> (XmppHandle, mpsc::Receiver<Inbound>) {
+    let depth = cfg.queue_depth.max(1);
+    let (in_tx, in_rx) = mpsc::channel(cfg.inbound_depth.max(1));
+    let (out_tx, out_rx) = mpsc::channel(depth);
+    let (state_tx, state_rx) = watch::channel(LinkState::Connecting);
+    let slots = Arc::new(Semaphore::new(depth));
+    let stats = Arc::new(XmppStats::default());
+    let overflow = Arc::new(Overflow::default());
+    // Unique per link: ids of stanzas and pings we make up cannot collide with older runs.
+    let token = format!("{:08x}", rand::random::<u32>());
+    let domain = Jid::new(&cfg.domain).map_or_else(|_| cfg.domain.clone(), |j| j.to_string());
+    let handle = XmppHandle {
+        outbox: out_tx,
+        slots: slots.clone(),
+        state: state_rx,
+        stats: stats.clone(),
+        overflow: overflow.clone(),
+        domain,
+        id_prefix: format!("xmb-{token}-").into(),
+        next_id: Arc::new(AtomicU64::new(1)),
+    };
+    let worker = link::Worker {
+        cfg,
+        shutdown,
+        stats,
+        state: state_tx,
+        inbound: in_tx,
+        outbox: out_rx,
+        slots,
+        overflow,
+        ping_prefix: format!("xmb-ping-{token}-"),
+    };
+    tracker.spawn(worker.run());
+    (handle, in_rx)
+}
