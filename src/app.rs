@@ -11,8 +11,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use std::sync::Arc;
+
+use crate::bridge::{Bridge, BridgeStats};
 use crate::broker::{Broker, BrokerStats, StartError};
 use crate::config::Config;
+use crate::xmpp::{self, XmppHandle};
 
 /// Time allowed for connections to drain after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -26,6 +30,10 @@ pub struct App {
     pub broker_stats: std::sync::Arc<BrokerStats>,
     /// The embedded broker (for in-process clients).
     pub broker: Broker,
+    /// The XMPP component link, when the bridge is configured.
+    pub xmpp: Option<XmppHandle>,
+    /// Bridge counters, when the bridge is configured.
+    pub bridge_stats: Option<Arc<BridgeStats>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -36,11 +44,36 @@ impl App {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let broker = Broker::start(config.broker, shutdown.child_token(), &tracker).await?;
+        let (xmpp, bridge_stats) = match config.bridge {
+            Some(settings) => {
+                let domain = settings.xmpp.domain.clone();
+                let server = settings.xmpp.server.clone();
+                let (handle, inbound) =
+                    xmpp::spawn(settings.xmpp, shutdown.child_token(), &tracker);
+                let client = broker
+                    .internal_client("bridge")
+                    .await
+                    .map_err(StartError::Broker)?;
+                let bridge = Bridge::new(settings.mapping, client, handle.clone(), inbound)
+                    .await
+                    .map_err(StartError::Broker)?;
+                let stats = bridge.stats();
+                tracker.spawn(bridge.run(shutdown.child_token()));
+                info!(%server, %domain, "XMPP bridge configured.");
+                (Some(handle), Some(stats))
+            }
+            None => {
+                info!("No [xmpp] section: running the MQTT broker alone.");
+                (None, None)
+            }
+        };
         info!(mqtt = ?broker.local_addrs, "Bridge started.");
         Ok(App {
             mqtt_addrs: broker.local_addrs.clone(),
             broker_stats: broker.stats.clone(),
             broker,
+            xmpp,
+            bridge_stats,
             shutdown,
             tracker,
         })

@@ -9,12 +9,17 @@
 //! Modules:
 //! - `config`: TOML + environment, validated before any port is bound.
 //! - `broker`: the embedded MQTT broker.
+//! - `mapping`: JID <-> topic rules, compiled once, validated with file and line.
+//! - `xmpp`: the XEP-0114 component link to the legacy XMPP server.
+//! - `bridge`: the core; moves messages between the two through the mapping table.
 //! - `telemetry`: logging.
 //! - `app`: wiring and shutdown.
 
 pub mod app;
+pub mod bridge;
 pub mod broker;
 pub mod config;
 pub mod mapping;
 pub mod shutdown;
 pub mod telemetry;
+pub mod xmpp;

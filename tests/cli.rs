@@ -287,7 +287,7 @@ fn json_logs_carry_the_connection_span() {
     // Events from the router carry the client id and peer as fields.
     let connected = lines
         .iter()
-        .find(|v| v["message"] == "Client connected.")
+        .find(|v| v["message"] == "Client connected." && v["client_id"] == "json-client")
         .expect("a connect log line");
     assert_eq!(connected["client_id"], "json-client", "{connected}");
     assert!(
@@ -352,4 +352,68 @@ fn passwd_adds_and_deletes_users() {
     );
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("no user `alice`"));
+}
+
+#[test]
+fn xmpp_and_mapping_errors_name_file_line_key_and_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let maps = dir.path().join("maps");
+    std::fs::create_dir(&maps).unwrap();
+    write(
+        &maps,
+        "chat.toml",
+        "[[rule]]\nname = \"inbox\"\ndirection = \"xmpp-to-mqtt\"\njid = \"{user}@{domain}\"\n\
+         topic = \"users/{user}/inbox/{nobody}\"\n",
+    );
+    let path = write(
+        dir.path(),
+        "bridge.toml",
+        "[xmpp]\nserver = \"nowhere\"\ndomain = \"mqtt.localhost\"\nping_intervall = \"5s\"\n\n\
+         [mapping]\ndir = \"maps\"\n",
+    );
+    let (code, _, stderr) = check_config(&path, &[]);
+    assert_eq!(code, 64, "{stderr}");
+    let file = path.display().to_string();
+    for expected in [
+        format!("{file}:4: xmpp.ping_intervall: unknown key (did you mean `ping_interval`?)"),
+        format!("{file}:1: xmpp.secret: the component secret is required"),
+        "xmpp.server: `nowhere` is not host:port".to_string(),
+        format!("{}:5: rule `inbox`", maps.join("chat.toml").display()),
+        "{nobody}".to_string(),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing `{expected}` in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_secret_is_never_printed_and_can_come_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "secret", "s3cr3t-value\n");
+    let path = write(
+        dir.path(),
+        "bridge.toml",
+        &format!(
+            "[xmpp]\nsecret_file = \"secret\"\n\n[mapping]\ndir = \"{}\"\n",
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("mappings")
+                .display()
+        ),
+    );
+    let (code, stdout, stderr) = check_config(&path, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("secret = \"<redacted>\""), "{stdout}");
+    assert!(!stdout.contains("s3cr3t-value") && !stderr.contains("s3cr3t-value"));
+    assert!(
+        stdout.contains("# chat-outbox"),
+        "the compiled table is shown: {stdout}"
+    );
+    let (code, _, stderr) = check_config(&path, &[("BRIDGE_XMPP__SECRET", "from-env")]);
+    assert_eq!(code, 64);
+    assert!(
+        stderr.contains("give `secret` or `secret_file`, not both"),
+        "{stderr}"
+    );
 }

@@ -48,6 +48,10 @@ pub struct InternalClient {
     /// Kept so the link stays open while the client lives.
     _link: ClientLink,
     rx: LinkReceiver,
+    #[expect(
+        clippy::vec_box,
+        reason = "the link carries boxed items (see ClientLink)"
+    )]
     inbox: Vec<Box<ToClient>>,
     pending: VecDeque<Delivery>,
     /// Answers to send before reading more (kept here so `recv` stays cancel-safe).

@@ -60,6 +60,9 @@ pub enum StartError {
     /// The password file is unreadable or invalid.
     #[error(transparent)]
     PasswordFile(#[from] auth::AuthFileError),
+    /// The broker stopped while starting an in-process client.
+    #[error(transparent)]
+    Broker(#[from] BrokerGone),
 }
 
 /// A running broker.

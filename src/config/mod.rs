@@ -8,6 +8,7 @@ mod sections;
 mod source;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
@@ -15,11 +16,19 @@ use figment::value::Dict;
 use serde::Serialize;
 
 use crate::broker::BrokerConfig;
+use crate::mapping::MappingTable;
+use crate::xmpp::XmppConfig;
 pub use source::{ConfigError, ConfigErrors};
 use source::{Context, Section};
 
 /// The default configuration file, relative to the working directory.
 pub const DEFAULT_CONFIG_FILE: &str = "config/bridge.toml";
+/// Default folder of mapping files, relative to the configuration file.
+pub const DEFAULT_MAPPING_DIR: &str = "../mappings";
+/// Default XMPP server component address.
+pub const DEFAULT_XMPP_SERVER: &str = "127.0.0.1:5347";
+/// Default component domain.
+pub const DEFAULT_XMPP_DOMAIN: &str = "mqtt.localhost";
 /// Prefix of environment overrides; `__` separates section and key.
 pub const ENV_PREFIX: &str = "BRIDGE_";
 
@@ -59,6 +68,72 @@ pub struct Config {
     pub log: LogConfig,
     /// `[broker]`: the embedded MQTT broker.
     pub broker: BrokerConfig,
+    /// `[xmpp]` and `[mapping]`: the bridge; `None` runs the broker alone.
+    #[serde(skip)]
+    pub bridge: Option<BridgeSettings>,
+}
+
+/// The bridge's settings: the component link and the compiled mapping table.
+#[derive(Debug, Clone)]
+pub struct BridgeSettings {
+    /// `[xmpp]`.
+    pub xmpp: XmppConfig,
+    /// `[mapping] dir`, resolved.
+    pub mapping_dir: PathBuf,
+    /// The rules, compiled against `xmpp.domain`.
+    pub mapping: Arc<MappingTable>,
+}
+
+/// `[xmpp]` as printed by `check-config` (secret redacted).
+#[derive(Serialize)]
+struct XmppView<'a> {
+    server: &'a str,
+    domain: &'a str,
+    server_domain: &'a str,
+    secret: &'static str,
+    ping_interval: String,
+    read_timeout: String,
+    connect_timeout: String,
+    reconnect_min: String,
+    reconnect_max: String,
+    queue_depth: usize,
+}
+
+/// `[mapping]` as printed by `check-config`.
+#[derive(Serialize)]
+struct MappingView<'a> {
+    dir: &'a Path,
+}
+
+/// The bridge's sections as printed by `check-config`.
+#[derive(Serialize)]
+struct BridgeView<'a> {
+    xmpp: XmppView<'a>,
+    mapping: MappingView<'a>,
+}
+
+impl BridgeSettings {
+    fn view(&self) -> BridgeView<'_> {
+        let x = &self.xmpp;
+        let d = |v| humantime::format_duration(v).to_string();
+        BridgeView {
+            xmpp: XmppView {
+                server: &x.server,
+                domain: &x.domain,
+                server_domain: &x.server_domain,
+                secret: "<redacted>",
+                ping_interval: d(x.ping_interval),
+                read_timeout: d(x.read_timeout),
+                connect_timeout: d(x.connect_timeout),
+                reconnect_min: d(x.reconnect_min),
+                reconnect_max: d(x.reconnect_max),
+                queue_depth: x.queue_depth,
+            },
+            mapping: MappingView {
+                dir: &self.mapping_dir,
+            },
+        }
+    }
 }
 
 /// Loads `file` (which must exist) merged with the process environment.
@@ -104,14 +179,65 @@ fn build(cx: &mut Context, dict: Dict, base: &Path) -> Config {
         Some(section) => sections::broker(cx, section, base),
         None => BrokerConfig::default(),
     };
-    root.finish(cx, &["log", "broker"]);
-    Config { log, broker }
+    let xmpp = root
+        .section(cx, "xmpp")
+        .map(|s| sections::xmpp(cx, s, base));
+    let mapping_dir = root
+        .section(cx, "mapping")
+        .map(|s| sections::mapping_dir(cx, s, base));
+    root.finish(cx, &["log", "broker", "xmpp", "mapping"]);
+    let bridge = match (xmpp, mapping_dir) {
+        (Some(xmpp), dir) => {
+            let dir = dir.unwrap_or_else(|| resolve(base, PathBuf::from(DEFAULT_MAPPING_DIR)));
+            match MappingTable::load_dir(&dir, &xmpp.domain) {
+                Ok(table) => Some(BridgeSettings {
+                    xmpp,
+                    mapping_dir: dir.canonicalize().unwrap_or(dir),
+                    mapping: Arc::new(table),
+                }),
+                Err(errors) => {
+                    for e in errors {
+                        cx.external_error(e.to_string());
+                    }
+                    None
+                }
+            }
+        }
+        (None, Some(_)) => {
+            cx.error("mapping", "a [mapping] section needs an [xmpp] section");
+            None
+        }
+        (None, None) => None,
+    };
+    Config {
+        log,
+        broker,
+        bridge,
+    }
 }
 
 impl Config {
-    /// The effective configuration as TOML, secrets redacted.
+    /// The effective configuration as TOML, secrets redacted, with the compiled mapping
+    /// table as a comment.
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        let mut out =
+            toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        if let Some(bridge) = &self.bridge {
+            out.push('\n');
+            out.push_str(
+                &toml::to_string_pretty(&bridge.view())
+                    .unwrap_or_else(|e| format!("# cannot render: {e}\n")),
+            );
+            out.push_str("\n# Mapping rules (");
+            out.push_str(&bridge.mapping_dir.display().to_string());
+            out.push_str("):\n");
+            for line in bridge.mapping.describe().lines() {
+                out.push_str("# ");
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
     }
 }
 

@@ -9,9 +9,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::source::{Context, Section};
-use super::{LogConfig, LogFormat, resolve};
+use super::{DEFAULT_XMPP_DOMAIN, DEFAULT_XMPP_SERVER, LogConfig, LogFormat, resolve};
 use crate::broker::BrokerConfig;
 use crate::broker::auth::PasswordFile;
+use crate::xmpp::XmppConfig;
 
 /// Largest packet MQTT can express (remaining length 268,435,455 plus a 5-byte header).
 const MQTT_MAX_PACKET: usize = 268_435_460;
@@ -169,4 +170,92 @@ fn listen_addrs(raw: OneOrMany) -> Result<Vec<SocketAddr>, String> {
         addrs.push(addr);
     }
     Ok(addrs)
+}
+
+/// `[xmpp]`: the component link. The secret comes from `secret`, `secret_file` or the
+/// environment (`BRIDGE_XMPP__SECRET`), never from logs.
+pub(super) fn xmpp(cx: &mut Context, mut s: Section, base: &Path) -> XmppConfig {
+    let server = s
+        .take::<String>(cx, "server")
+        .unwrap_or_else(|| DEFAULT_XMPP_SERVER.into());
+    let domain = s
+        .take::<String>(cx, "domain")
+        .unwrap_or_else(|| DEFAULT_XMPP_DOMAIN.into());
+    let inline = s.take::<String>(cx, "secret");
+    let from_file = s
+        .take::<PathBuf>(cx, "secret_file")
+        .map(|p| resolve(base, p));
+    let secret = match (inline, from_file) {
+        (Some(_), Some(_)) => {
+            cx.error(
+                "xmpp.secret_file",
+                "give `secret` or `secret_file`, not both",
+            );
+            String::new()
+        }
+        (Some(secret), None) => secret,
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim_end_matches(['\r', '\n']).to_string(),
+            Err(e) => {
+                cx.error(
+                    "xmpp.secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                String::new()
+            }
+        },
+        (None, None) => {
+            cx.error(
+                "xmpp.secret",
+                "the component secret is required (or `secret_file`)",
+            );
+            String::new()
+        }
+    };
+    let mut cfg = XmppConfig::new(server, domain, secret.clone());
+    if let Some(d) = s.take::<String>(cx, "server_domain") {
+        cfg.server_domain = d;
+    }
+    cfg.ping_interval = s.take_with(cx, "ping_interval", cfg.ping_interval, positive_duration);
+    cfg.read_timeout = s.take_with(cx, "read_timeout", cfg.read_timeout, positive_duration);
+    cfg.connect_timeout = s.take_with(
+        cx,
+        "connect_timeout",
+        cfg.connect_timeout,
+        positive_duration,
+    );
+    cfg.reconnect_min = s.take_with(cx, "reconnect_min", cfg.reconnect_min, positive_duration);
+    cfg.reconnect_max = s.take_with(cx, "reconnect_max", cfg.reconnect_max, positive_duration);
+    cfg.queue_depth = s.take_with(cx, "queue_depth", cfg.queue_depth, in_range(1, 10_000_000));
+    s.finish(
+        cx,
+        &[
+            "server",
+            "domain",
+            "server_domain",
+            "secret",
+            "secret_file",
+            "ping_interval",
+            "read_timeout",
+            "connect_timeout",
+            "reconnect_min",
+            "reconnect_max",
+            "queue_depth",
+        ],
+    );
+    for (field, problem) in cfg.problems() {
+        // An empty secret was reported above already.
+        if field == "secret" && secret.is_empty() {
+            continue;
+        }
+        cx.error(&format!("xmpp.{field}"), problem);
+    }
+    cfg
+}
+
+/// `[mapping]`: where the rule files are. Compiled against the XMPP domain by the caller.
+pub(super) fn mapping_dir(cx: &mut Context, mut s: Section, base: &Path) -> PathBuf {
+    let dir = s.take::<PathBuf>(cx, "dir").map(|p| resolve(base, p));
+    s.finish(cx, &["dir"]);
+    dir.unwrap_or_else(|| resolve(base, PathBuf::from(super::DEFAULT_MAPPING_DIR)))
 }

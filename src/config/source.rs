@@ -84,6 +84,19 @@ impl Context {
         });
     }
 
+    /// Records an error already located elsewhere (a mapping file's `file:line: ...`).
+    pub(super) fn external_error(&mut self, message: String) {
+        let (origin, message) = match message.split_once(": ") {
+            Some((origin, rest)) => (origin.to_string(), rest.to_string()),
+            None => (String::new(), message),
+        };
+        self.errors.push(ConfigError {
+            origin,
+            key: String::new(),
+            message,
+        });
+    }
+
     /// Records an error about the whole file.
     pub(super) fn file_error(&mut self, message: impl Into<String>) {
         let origin = self.file.display().to_string();
@@ -105,7 +118,11 @@ impl Context {
 
     fn origin(&self, key: &str) -> String {
         let Some(meta) = self.figment.find_metadata(key) else {
-            return self.file.display().to_string();
+            // A missing key: point at its table (`[xmpp]`), which is where it belongs.
+            return match key.rsplit_once('.') {
+                Some((parent, _)) => self.origin(parent),
+                None => self.file.display().to_string(),
+            };
         };
         match &meta.source {
             Some(Source::File(path)) => match self.line_of(key) {

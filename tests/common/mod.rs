@@ -2,6 +2,7 @@
 //! raw sockets with hand-written bytes, mosquitto_pub/sub, Python paho-mqtt).
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part of the harness
 
+pub mod prosody;
 pub mod raw;
 
 use std::net::SocketAddr;
@@ -55,6 +56,7 @@ pub async fn start_broker(tune: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
     let config = Config {
         log: LogConfig::default(),
         broker,
+        bridge: None,
     };
     let app = App::start(config).await.expect("broker starts");
     TestBroker {

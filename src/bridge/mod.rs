@@ -1,0 +1,383 @@
+//! The bridge core: moves chat messages between the XMPP link and the broker through the
+//! mapping table. No sockets here: it holds an in-process broker client and the XMPP
+//! adapter's handle.
+//!
+//! - XMPP → MQTT: a message from the link is translated ([`translate::xmpp_to_mqtt`]) and
+//!   published as the bridge's in-process session; a message to an address no rule covers
+//!   gets `<item-not-found/>` back.
+//! - MQTT → XMPP: the bridge subscribes (No Local, so nothing it published comes back) to the
+//!   filters of the mqtt-to-xmpp rules; each delivery is translated with the publisher's
+//!   authenticated user name and queued on the link. A QoS 1/2 delivery is acknowledged to
+//!   the broker only when the link confirms the XMPP server has the stanza (a ping round trip
+//!   after it), so the broker keeps what the server has not confirmed.
+//! - When the link's queue is full, the bridge stops taking deliveries; the broker then keeps
+//!   them in the bridge's session queue, and what overflows there is counted and logged.
+
+pub mod envelope;
+pub mod translate;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use xmpp_parsers::jid::Jid;
+use xmpp_parsers::message::{Id, Lang, Message, MessageType, Thread};
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
+
+use self::translate::{FromXmpp, InboundChat, XmppOut, mqtt_to_xmpp, xmpp_to_mqtt};
+use crate::broker::codec::{Properties, Publish, QoS};
+use crate::broker::{Delivery, InternalClient};
+use crate::mapping::{MappingTable, MessageKind};
+use crate::xmpp::{Inbound, Outgoing, SendError, XmppHandle};
+
+/// How often a delivery refused by a full XMPP queue is offered again.
+const RETRY_FULL_QUEUE: Duration = Duration::from_millis(50);
+
+/// Bridge counters.
+#[derive(Debug, Default)]
+pub struct BridgeStats {
+    /// Messages published to MQTT.
+    pub to_mqtt: AtomicU64,
+    /// Messages queued to XMPP.
+    pub to_xmpp: AtomicU64,
+    /// MQTT messages confirmed by the XMPP server.
+    pub to_xmpp_confirmed: AtomicU64,
+    /// MQTT publishes not carried (no rule, identity, payload).
+    pub refused_from_mqtt: AtomicU64,
+    /// XMPP messages answered with an error (no rule covers the address).
+    pub refused_from_xmpp: AtomicU64,
+    /// XMPP messages with nothing to carry (no body, loops).
+    pub ignored_from_xmpp: AtomicU64,
+}
+
+fn add(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A delivery waiting for room in the XMPP queue.
+struct Blocked {
+    outgoing: Outgoing,
+    confirmed: tokio::sync::oneshot::Receiver<()>,
+    publish: Publish,
+}
+
+/// The bridge task.
+pub struct Bridge {
+    table: Arc<MappingTable>,
+    mqtt: InternalClient,
+    xmpp: XmppHandle,
+    inbound: mpsc::Receiver<Inbound>,
+    stats: Arc<BridgeStats>,
+    confirmed_tx: mpsc::UnboundedSender<Publish>,
+    confirmed_rx: mpsc::UnboundedReceiver<Publish>,
+    blocked: Option<Blocked>,
+    next_id: u64,
+}
+
+impl Bridge {
+    /// Subscribes the in-process client to what the mapping table sends to XMPP.
+    pub async fn new(
+        table: Arc<MappingTable>,
+        mut mqtt: InternalClient,
+        xmpp: XmppHandle,
+        inbound: mpsc::Receiver<Inbound>,
+    ) -> Result<Bridge, crate::broker::BrokerGone> {
+        let filters = table.mqtt_filters();
+        if !filters.is_empty() {
+            let codes = mqtt.subscribe(&filters, QoS::ExactlyOnce).await?;
+            for (filter, code) in filters.iter().zip(codes) {
+                if code >= 0x80 {
+                    warn!(%filter, code, "Bridge subscription refused by the broker.");
+                }
+            }
+        }
+        info!(
+            rules = table.rules().len(),
+            subscriptions = filters.len(),
+            "Bridge ready."
+        );
+        let (confirmed_tx, confirmed_rx) = mpsc::unbounded_channel();
+        Ok(Bridge {
+            table,
+            mqtt,
+            xmpp,
+            inbound,
+            stats: Arc::new(BridgeStats::default()),
+            confirmed_tx,
+            confirmed_rx,
+            blocked: None,
+            next_id: rand::random::<u32>().into(),
+        })
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Arc<BridgeStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until shutdown or until either side stops.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(publish) = self.confirmed_rx.recv() => {
+                    add(&self.stats.to_xmpp_confirmed);
+                    if self.mqtt.ack(&publish).await.is_err() {
+                        break;
+                    }
+                }
+                inbound = self.inbound.recv() => match inbound {
+                    Some(inbound) => {
+                        if self.from_xmpp(inbound).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+                () = tokio::time::sleep(RETRY_FULL_QUEUE), if self.blocked.is_some() => {
+                    if let Some(blocked) = self.blocked.take() {
+                        self.offer(blocked);
+                    }
+                }
+                delivery = self.mqtt.recv(), if self.blocked.is_none() => match delivery {
+                    Some(delivery) => {
+                        if self.from_mqtt(delivery).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+        info!("Bridge stopped.");
+    }
+
+    async fn from_xmpp(&mut self, inbound: Inbound) -> Result<(), crate::broker::BrokerGone> {
+        match inbound {
+            Inbound::Message(message) => self.message_from_xmpp(message).await,
+            Inbound::Presence(presence) => {
+                debug!(from = ?presence.from, "Presence not bridged yet; ignored.");
+                Ok(())
+            }
+            iq @ Inbound::Iq(_) => {
+                // Requests get <service-unavailable/>; results and errors get nothing.
+                self.reply_error(
+                    &iq,
+                    DefinedCondition::ServiceUnavailable,
+                    "Not supported here.",
+                );
+                Ok(())
+            }
+        }
+    }
+
+    async fn message_from_xmpp(&mut self, m: Message) -> Result<(), crate::broker::BrokerGone> {
+        let Some(chat) = inbound_chat(&m) else {
+            // Errors and messages without addresses are never answered (no error loops).
+            add(&self.stats.ignored_from_xmpp);
+            return Ok(());
+        };
+        match xmpp_to_mqtt(&self.table, &chat) {
+            FromXmpp::Publish(out) => {
+                debug!(rule = %out.rule, topic = %out.topic, from = %chat.from,
+                    "XMPP message published to MQTT.");
+                let publish = Publish {
+                    dup: false,
+                    qos: out.qos,
+                    retain: out.retain,
+                    topic: out.topic.into(),
+                    pkid: 0,
+                    payload: out.payload,
+                    properties: Properties::new(),
+                };
+                self.mqtt.publish(publish).await?;
+                add(&self.stats.to_mqtt);
+            }
+            FromXmpp::Ignore(why) => {
+                debug!(from = %chat.from, to = %chat.to, why, "XMPP message not carried.");
+                add(&self.stats.ignored_from_xmpp);
+            }
+            FromXmpp::NoRoute => {
+                info!(from = %chat.from, to = %chat.to, "No mapping rule for this address.");
+                add(&self.stats.refused_from_xmpp);
+                let text = "No mapping rule covers this address.";
+                self.reply_error(&Inbound::Message(m), DefinedCondition::ItemNotFound, text);
+            }
+        }
+        Ok(())
+    }
+
+    /// Answers a stanza with an error (never an error to an error: the adapter refuses).
+    fn reply_error(&self, inbound: &Inbound, condition: DefinedCondition, text: &str) {
+        let Some(reply) = inbound.error_reply(ErrorType::Cancel, condition, text) else {
+            return;
+        };
+        if let Err(e) = self.xmpp.send(Outgoing::new(reply)) {
+            debug!(error = %e, "Error reply not sent.");
+        }
+    }
+
+    async fn from_mqtt(&mut self, delivery: Delivery) -> Result<(), crate::broker::BrokerGone> {
+        let Delivery { publish, origin } = delivery;
+        let user = origin.as_ref().and_then(|o| o.username.as_deref());
+        match mqtt_to_xmpp(&self.table, &publish.topic, &publish.payload, user) {
+            Ok(out) => {
+                let id = out.id.clone().unwrap_or_else(|| self.new_id());
+                match xmpp_message(&out, id) {
+                    Some(message) => {
+                        let (outgoing, confirmed) = Outgoing::confirmed(message);
+                        self.offer(Blocked {
+                            outgoing,
+                            confirmed,
+                            publish,
+                        });
+                    }
+                    None => {
+                        warn!(rule = %out.rule, from = %out.from, to = %out.to,
+                            "Mapped addresses are not valid JIDs; message dropped.");
+                        add(&self.stats.refused_from_mqtt);
+                        self.mqtt.ack(&publish).await?;
+                    }
+                }
+            }
+            Err(refusal) => {
+                let client_id = origin.as_ref().map(|o| o.client_id.to_string());
+                warn!(topic = %publish.topic, ?client_id, reason = refusal.label(),
+                    error = %refusal, "MQTT message not carried to XMPP.");
+                add(&self.stats.refused_from_mqtt);
+                self.mqtt.ack(&publish).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a stanza on the link; keeps it (and stops taking deliveries) while the queue is
+    /// full. Its delivery is acknowledged once the server confirmed it.
+    fn offer(&mut self, item: Blocked) {
+        let Blocked {
+            outgoing,
+            confirmed,
+            publish,
+        } = item;
+        match self.xmpp.send(outgoing) {
+            Ok(()) => {
+                add(&self.stats.to_xmpp);
+                if publish.qos != QoS::AtMostOnce {
+                    let done = self.confirmed_tx.clone();
+                    tokio::spawn(async move {
+                        // Dropped unconfirmed means the link stopped: leave it unacknowledged.
+                        if confirmed.await.is_ok() {
+                            let _closed = done.send(publish);
+                        }
+                    });
+                }
+            }
+            Err(SendError::Full(outgoing)) => {
+                self.blocked = Some(Blocked {
+                    outgoing,
+                    confirmed,
+                    publish,
+                });
+            }
+            Err(e) => {
+                warn!(error = %e, "Stanza refused by the XMPP link; message dropped.");
+                add(&self.stats.refused_from_mqtt);
+            }
+        }
+    }
+
+    fn new_id(&mut self) -> String {
+        self.next_id = self.next_id.wrapping_add(1);
+        format!("mqtt-{:x}-{:x}", std::process::id(), self.next_id)
+    }
+}
+
+fn kind_of(t: &MessageType) -> Option<MessageKind> {
+    match t {
+        MessageType::Chat => Some(MessageKind::Chat),
+        MessageType::Normal => Some(MessageKind::Normal),
+        MessageType::Headline => Some(MessageKind::Headline),
+        MessageType::Groupchat => Some(MessageKind::Groupchat),
+        MessageType::Error => None,
+    }
+}
+
+fn message_type(kind: MessageKind) -> MessageType {
+    match kind {
+        MessageKind::Chat => MessageType::Chat,
+        MessageKind::Normal => MessageType::Normal,
+        MessageKind::Headline => MessageType::Headline,
+        MessageKind::Groupchat => MessageType::Groupchat,
+    }
+}
+
+/// The bridge's view of an XMPP message; `None` for errors and unaddressed messages.
+fn inbound_chat(m: &Message) -> Option<InboundChat> {
+    let kind = kind_of(&m.type_)?;
+    let from = m.from.as_ref()?.to_string();
+    let to = m.to.as_ref()?.to_string();
+    Some(InboundChat {
+        from,
+        to,
+        id: m.id.as_ref().map(|id| id.0.clone()),
+        kind,
+        body: m.get_best_body_cloned(vec!["en"]).map(|(_, b)| b),
+        subject: m.get_best_subject(vec!["en"]).map(|(_, s)| s.clone()),
+        thread: m.thread.as_ref().map(|t| t.id.clone()),
+        xml: String::from(&Element::from(m.clone())),
+    })
+}
+
+/// The stanza for an MQTT message; `None` if an address does not parse as a JID.
+fn xmpp_message(out: &XmppOut, id: String) -> Option<Message> {
+    let to = Jid::new(&out.to).ok()?;
+    let from = Jid::new(&out.from).ok()?;
+    let mut m = Message::new_with_type(message_type(out.kind), Some(to));
+    m.from = Some(from);
+    m.id = Some(Id(id));
+    m.bodies.insert(Lang::new(), out.body.clone());
+    if let Some(subject) = &out.subject {
+        m.subjects.insert(Lang::new(), subject.clone());
+    }
+    if let Some(thread) = &out.thread {
+        m.thread = Some(Thread {
+            parent: None,
+            id: thread.clone(),
+        });
+    }
+    Some(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stanza_for_an_mqtt_message() {
+        let out = XmppOut {
+            rule: "r".into(),
+            from: "bob@mqtt.example.org".into(),
+            to: "alice@example.org".into(),
+            kind: MessageKind::Chat,
+            body: "hi".into(),
+            subject: None,
+            thread: Some("t".into()),
+            id: None,
+        };
+        let m = xmpp_message(&out, "id7".into()).unwrap();
+        let xml = String::from(&Element::from(m.clone()));
+        assert!(xml.contains("type=\"chat\""), "{xml}");
+        assert!(xml.contains("<body>hi</body>"), "{xml}");
+        assert!(xml.contains("id=\"id7\""), "{xml}");
+        let chat = inbound_chat(&m).unwrap();
+        assert_eq!(
+            (chat.body.as_deref(), chat.thread.as_deref()),
+            (Some("hi"), Some("t"))
+        );
+    }
+}
