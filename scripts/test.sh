@@ -41,7 +41,9 @@ cargo fmt --all -- --check
 log "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
-# 4. Every test: unit tests, integration tests with real peers, doc tests, benches compile.
+# 4. Every test: unit tests, integration tests with real peers (Prosody, slixmpp, paho,
+#    mosquitto clients), doc tests; benchmarks run once each in test mode.
 log "cargo test"
-cargo test --all-targets -- --test-threads=4
+cargo test --benches
 cargo test --doc
+cargo test --lib --bins --tests -- --test-threads=4

@@ -1,4 +1,9 @@
 //! The XEP-0114 component link against a real Prosody, with a real XMPP client (slixmpp).
+#![allow(
+    clippy::unwrap_used,
+    clippy::let_underscore_must_use,
+    reason = "tests: a failed unwrap is a failed test; ignored results are best-effort cleanup"
+)]
 
 mod common;
 

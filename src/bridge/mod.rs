@@ -133,7 +133,7 @@ impl Bridge {
                 }
                 inbound = self.inbound.recv() => match inbound {
                     Some(inbound) => {
-                        if self.from_xmpp(inbound).await.is_err() {
+                        if self.on_xmpp(inbound).await.is_err() {
                             break;
                         }
                     }
@@ -146,7 +146,7 @@ impl Bridge {
                 }
                 delivery = self.mqtt.recv(), if self.blocked.is_none() => match delivery {
                     Some(delivery) => {
-                        if self.from_mqtt(delivery).await.is_err() {
+                        if self.on_mqtt(delivery).await.is_err() {
                             break;
                         }
                     }
@@ -157,7 +157,7 @@ impl Bridge {
         info!("Bridge stopped.");
     }
 
-    async fn from_xmpp(&mut self, inbound: Inbound) -> Result<(), crate::broker::BrokerGone> {
+    async fn on_xmpp(&mut self, inbound: Inbound) -> Result<(), crate::broker::BrokerGone> {
         match inbound {
             Inbound::Message(message) => self.message_from_xmpp(message).await,
             Inbound::Presence(presence) => {
@@ -222,7 +222,7 @@ impl Bridge {
         }
     }
 
-    async fn from_mqtt(&mut self, delivery: Delivery) -> Result<(), crate::broker::BrokerGone> {
+    async fn on_mqtt(&mut self, delivery: Delivery) -> Result<(), crate::broker::BrokerGone> {
         let Delivery { publish, origin } = delivery;
         let user = origin.as_ref().and_then(|o| o.username.as_deref());
         match mqtt_to_xmpp(&self.table, &publish.topic, &publish.payload, user) {
@@ -371,9 +371,9 @@ mod tests {
         };
         let m = xmpp_message(&out, "id7".into()).unwrap();
         let xml = String::from(&Element::from(m.clone()));
-        assert!(xml.contains("type=\"chat\""), "{xml}");
+        assert!(xml.contains("type='chat'"), "{xml}");
         assert!(xml.contains("<body>hi</body>"), "{xml}");
-        assert!(xml.contains("id=\"id7\""), "{xml}");
+        assert!(xml.contains("id='id7'"), "{xml}");
         let chat = inbound_chat(&m).unwrap();
         assert_eq!(
             (chat.body.as_deref(), chat.thread.as_deref()),

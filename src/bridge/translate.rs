@@ -311,11 +311,11 @@ format = "text"
             Some("a"),
         );
         assert!(matches!(xmpp_to_mqtt(&t, &looped), FromXmpp::Ignore(_)));
-        // news@ is covered, but not for chat messages: ignored, not item-not-found.
+        // bob@ is covered, but not for headlines: ignored, not item-not-found.
         let wrong_kind = chat(
             "a@example.org",
-            "news@mqtt.example.org",
-            MessageKind::Chat,
+            "bob@mqtt.example.org",
+            MessageKind::Headline,
             Some("a"),
         );
         assert!(matches!(xmpp_to_mqtt(&t, &wrong_kind), FromXmpp::Ignore(_)));
