@@ -1,13 +1,14 @@
 //! Command line: `run`, `check-config`, `passwd`.
 
 use std::io::{BufRead, IsTerminal};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use xmpp_mqtt_bridge::app::{App, SHUTDOWN_GRACE};
 use xmpp_mqtt_bridge::broker::auth;
 use xmpp_mqtt_bridge::config::{self, DEFAULT_CONFIG_FILE};
+use xmpp_mqtt_bridge::mapping::MessageKind;
 use xmpp_mqtt_bridge::{shutdown, telemetry};
 
 /// jemalloc instead of glibc's allocator: 5,000 idle connections cost 4.9 KB each instead of
@@ -43,6 +44,26 @@ enum Command {
     /// Validate the configuration and print the effective settings (secrets redacted).
     /// Exits 0 when valid, 64 with every error listed otherwise.
     CheckConfig {
+        /// Configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG_FILE)]
+        config: PathBuf,
+    },
+    /// Show which mapping rule carries a message and what it becomes on the other side.
+    ///
+    /// `map xmpp:bob@mqtt.example.org --from alice@example.org` (a message to a bridged JID) or
+    /// `map mqtt:users/bob/outbox/alice@example.org --user bob` (a publish by user bob).
+    Map {
+        /// `xmpp:JID` (recipient in the bridge domain) or `mqtt:TOPIC`.
+        address: String,
+        /// XMPP sender, for `xmpp:` addresses.
+        #[arg(long, default_value = "someone@example.org")]
+        from: String,
+        /// XMPP message type, for `xmpp:` addresses.
+        #[arg(long, default_value = "chat")]
+        kind: String,
+        /// Authenticated MQTT user name of the publisher, for `mqtt:` addresses.
+        #[arg(long)]
+        user: Option<String>,
         /// Configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG_FILE)]
         config: PathBuf,
@@ -88,6 +109,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Passwd { action } => passwd(action),
+        Command::Map {
+            address,
+            from,
+            kind,
+            user,
+            config,
+        } => map(&config, &address, &from, &kind, user.as_deref()),
     }
 }
 
@@ -122,6 +150,74 @@ fn run(path: PathBuf) -> ExitCode {
         app.stop(SHUTDOWN_GRACE).await;
         ExitCode::SUCCESS
     })
+}
+
+fn map(path: &Path, address: &str, from: &str, kind: &str, user: Option<&str>) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            eprint!("{errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Some(bridge) = cfg.bridge else {
+        eprintln!(
+            "error: {} has no [xmpp] section, so no mapping table",
+            path.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let table = &bridge.mapping;
+    let found = if let Some(to) = address.strip_prefix("xmpp:") {
+        let Ok(kind) = kind.parse::<MessageKind>() else {
+            eprintln!("error: `{kind}` is not a message type (chat, normal, headline, groupchat)");
+            return ExitCode::from(EXIT_CONFIG);
+        };
+        let bare = |j: &str| j.split('/').next().unwrap_or_default().to_string();
+        table
+            .to_mqtt(&bare(from), &bare(to), kind)
+            .map(|r| {
+                let rule = r.rule;
+                format!(
+                    "rule `{}` ({}:{})\n  publish on `{}` qos {} format {}{}",
+                    rule.name,
+                    rule.file.display(),
+                    rule.line,
+                    r.topic,
+                    rule.qos,
+                    rule.format,
+                    if rule.retain { " retained" } else { "" }
+                )
+            })
+            .ok_or_else(|| format!("no rule carries a {kind} message from {from} to {to}"))
+    } else if let Some(topic) = address.strip_prefix("mqtt:") {
+        table
+            .to_xmpp(topic, user)
+            .map(|r| {
+                format!(
+                    "rule `{}` ({}:{})\n  message from {} to {} format {}",
+                    r.rule.name,
+                    r.rule.file.display(),
+                    r.rule.line,
+                    r.from,
+                    r.to,
+                    r.rule.format
+                )
+            })
+            .map_err(|refusal| refusal.to_string())
+    } else {
+        Err(format!("`{address}` must start with xmpp: or mqtt:"))
+    };
+    match found {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            println!("not carried: {why}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn passwd(action: PasswdAction) -> ExitCode {

@@ -346,3 +346,89 @@ async fn prosody_restart_loses_nothing_published_at_qos1() {
     assert_eq!(bodies, expected, "every message once, in order");
     alice.expect_no_message(Duration::from_millis(500)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xml_and_text_payload_formats_with_mosquitto_clients() {
+    let prosody = Prosody::start();
+    let dir = tempfile::tempdir().unwrap();
+    let maps = dir.path().join("maps");
+    std::fs::create_dir(&maps).unwrap();
+    std::fs::write(
+        maps.join("formats.toml"),
+        r#"
+[[rule]]
+name = "raw-in"
+direction = "xmpp-to-mqtt"
+jid = "{user}@{domain}"
+topic = "raw/{user}"
+format = "xml"
+qos = 0
+
+[[rule]]
+name = "text-out"
+direction = "mqtt-to-xmpp"
+jid = "{user}@{domain}"
+peer = "{peer}"
+topic = "text/{user}/{peer}"
+format = "text"
+kinds = ["chat"]
+"#,
+    )
+    .unwrap();
+    let broker = start_bridge(&prosody, &maps, &dir.path().join("users")).await;
+    let mut alice = XmppClient::connect(&prosody, "alice").await;
+    let port = broker.port().to_string();
+    // mosquitto_sub waits for one message on bob's raw topic.
+    let sub = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-u", "bob", "-P", "bobpw"])
+        .args(["-t", "raw/bob", "-C", "1", "-W", "20"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_sub (scripts/test.sh installs mosquitto-clients)");
+    // Until the subscription is in place, messages are not kept: resend until one arrives.
+    let mut waiter = tokio::spawn(async move { sub.wait_with_output().await });
+    let mut n = 0;
+    let out = loop {
+        n += 1;
+        alice
+            .send_chat(
+                "bob@mqtt.localhost",
+                &format!("x{n}"),
+                "<b>&amp; ünïcode</b>",
+            )
+            .await;
+        if let Ok(done) = tokio::time::timeout(Duration::from_millis(300), &mut waiter).await {
+            break done.unwrap().unwrap();
+        }
+        assert!(n < 30, "mosquitto_sub never received the stanza");
+    };
+    let xml = String::from_utf8(out.stdout).unwrap();
+    assert!(xml.starts_with("<message"), "{xml}");
+    assert!(
+        xml.contains("&lt;b&gt;&amp;amp; ünïcode&lt;/b&gt;"),
+        "{xml}"
+    );
+
+    // Text from mosquitto_pub becomes the body as is.
+    let published = common::run_with_timeout(
+        std::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-u",
+                "bob",
+                "-P",
+                "bobpw",
+                "-q",
+                "1",
+            ])
+            .args(["-t", "text/bob/alice@localhost", "-m", "plain ✓ text"]),
+        Duration::from_secs(10),
+    );
+    assert!(published.status.success());
+    let m = alice.wait_for(|e| e["event"] == "message").await;
+    assert_eq!(m["body"], "plain ✓ text");
+}

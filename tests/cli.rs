@@ -417,3 +417,41 @@ fn the_secret_is_never_printed_and_can_come_from_a_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn map_shows_the_rule_and_the_other_side() {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/bridge.toml");
+    let run = |args: &[&str]| {
+        let out = run_with_timeout(
+            Command::new(bin())
+                .arg("map")
+                .args(args)
+                .arg("--config")
+                .arg(&shipped),
+            Duration::from_secs(20),
+        );
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&["xmpp:bob@mqtt.localhost", "--from", "alice@localhost/pc"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("rule `chat-inbox`"), "{out}");
+    assert!(
+        out.contains("publish on `users/bob/inbox/alice@localhost` qos 1 format json"),
+        "{out}"
+    );
+    let (code, out) = run(&["mqtt:users/bob/outbox/alice@localhost", "--user", "bob"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("message from bob@mqtt.localhost to alice@localhost"),
+        "{out}"
+    );
+    let (code, out) = run(&["mqtt:users/bob/outbox/alice@localhost", "--user", "eve"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("may not publish on the topic of user `bob`"),
+        "{out}"
+    );
+}
