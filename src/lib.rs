@@ -21,5 +21,6 @@ pub mod broker;
 pub mod config;
 pub mod mapping;
 pub mod shutdown;
+mod suggest;
 pub mod telemetry;
 pub mod xmpp;

@@ -9,6 +9,8 @@ use figment::value::{Dict, Value};
 use figment::{Figment, Source};
 use serde::de::DeserializeOwned;
 
+use crate::suggest::closest;
+
 /// One configuration problem.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -253,46 +255,4 @@ fn env_var_name(key: &str) -> String {
 /// Turns a figment/serde error into one plain sentence.
 fn describe(e: &figment::Error) -> String {
     e.kind.to_string()
-}
-
-/// The known key nearest to `key`, when it is a likely typo.
-fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
-    known
-        .iter()
-        .map(|k| (edit_distance(key, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                prev
-            } else {
-                1 + prev.min(row[j]).min(cur)
-            };
-            prev = cur;
-        }
-    }
-    row[b.len()]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn suggests_close_keys_only() {
-        let known = ["max_connections", "max_inflight", "listen"];
-        assert_eq!(closest("max_conections", &known), Some("max_connections"));
-        assert_eq!(closest("lisen", &known), Some("listen"));
-        assert_eq!(closest("colour", &known), None);
-    }
 }
