@@ -147,14 +147,16 @@ async fn will_on_abnormal_close_not_on_disconnect() {
     watcher.expect_no_publish(Duration::from_millis(300)).await;
 
     // A raw client with a will that drops its socket.
-    let mut body = Vec::new();
-    raw::string(b"MQTT", &mut body);
-    body.extend_from_slice(&[4, 0x02 | 0x04 | 0x08, 0, 60]); // clean, will flag, will QoS 1
-    raw::string(b"rude", &mut body);
-    raw::string(b"wills/rude", &mut body);
-    raw::string(b"rude is gone", &mut body);
     let mut rude = Raw::connect(broker.addr).await;
-    rude.send(&raw::packet(0x10, &body)).await;
+    rude.send(&raw::connect_with_will(
+        "rude",
+        true,
+        60,
+        "wills/rude",
+        "rude is gone",
+        1,
+    ))
+    .await;
     assert_eq!(rude.read_exact(4).await, vec![0x20, 0x02, 0x00, 0x00]);
     drop(rude);
     let will = watcher.next_publish().await;
@@ -171,14 +173,17 @@ async fn keep_alive_closes_silent_clients_and_pings_keep_them() {
     let mut watcher = connect(broker.addr, "watcher").await;
     watcher.subscribe("ka/#", QoS::AtMostOnce).await;
     // Keep Alive 1 s: closed after 1.5 s of silence, and its will fires.
-    let mut body = Vec::new();
-    raw::string(b"MQTT", &mut body);
-    body.extend_from_slice(&[4, 0x02 | 0x04, 0, 1]);
-    raw::string(b"silent", &mut body);
-    raw::string(b"ka/silent", &mut body);
-    raw::string(b"timeout", &mut body);
     let mut silent = Raw::connect(broker.addr).await;
-    silent.send(&raw::packet(0x10, &body)).await;
+    silent
+        .send(&raw::connect_with_will(
+            "silent",
+            true,
+            1,
+            "ka/silent",
+            "timeout",
+            0,
+        ))
+        .await;
     assert_eq!(silent.read_exact(4).await, vec![0x20, 0x02, 0x00, 0x00]);
     let started = std::time::Instant::now();
     assert!(silent.read_until_closed().await.is_empty());
@@ -441,14 +446,17 @@ async fn shutdown_publishes_wills_then_closes() {
     let mut watcher = Raw::mqtt(broker.addr, "watcher").await;
     watcher.send(&raw::subscribe_packet(1, "bye/#", 0)).await;
     watcher.read_exact(5).await;
-    let mut body = Vec::new();
-    raw::string(b"MQTT", &mut body);
-    body.extend_from_slice(&[4, 0x02 | 0x04, 0, 60]);
-    raw::string(b"mortal", &mut body);
-    raw::string(b"bye/mortal", &mut body);
-    raw::string(b"server went away", &mut body);
     let mut mortal = Raw::connect(broker.addr).await;
-    mortal.send(&raw::packet(0x10, &body)).await;
+    mortal
+        .send(&raw::connect_with_will(
+            "mortal",
+            true,
+            60,
+            "bye/mortal",
+            "server went away",
+            0,
+        ))
+        .await;
     mortal.read_exact(4).await;
     assert!(broker.stop().await, "drained within the grace period");
     let before_close = watcher.read_until_closed().await;
@@ -547,14 +555,16 @@ async fn disconnect_then_immediate_reconnect_publishes_no_will() {
     let mut watcher = connect(broker.addr, "watcher").await;
     watcher.subscribe("w/#", QoS::AtMostOnce).await;
     for round in 0..20 {
-        let mut body = Vec::new();
-        raw::string(b"MQTT", &mut body);
-        body.extend_from_slice(&[4, 0x04, 0, 60]); // persistent session, will QoS 0
-        raw::string(b"bouncer", &mut body);
-        raw::string(b"w/bouncer", &mut body);
-        raw::string(b"will", &mut body);
         let mut c = Raw::connect(broker.addr).await;
-        c.send(&raw::packet(0x10, &body)).await;
+        c.send(&raw::connect_with_will(
+            "bouncer",
+            false,
+            60,
+            "w/bouncer",
+            "will",
+            0,
+        ))
+        .await;
         c.read_exact(4).await;
         // DISCONNECT and, without waiting, the next connection (round {round}).
         c.send(&[0xe0, 0x00]).await;

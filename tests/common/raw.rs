@@ -55,6 +55,26 @@ pub fn connect_packet(level: u8, client_id: &str, clean: bool, keep_alive: u16) 
     packet(0x10, &body)
 }
 
+/// CONNECT 3.1.1 with a will. `clean` sets CleanSession; the will has `will_qos`.
+pub fn connect_with_will(
+    client_id: &str,
+    clean: bool,
+    keep_alive: u16,
+    will_topic: &str,
+    will_payload: &str,
+    will_qos: u8,
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    string(b"MQTT", &mut body);
+    body.push(4);
+    body.push(if clean { 0x02 } else { 0 } | 0x04 | (will_qos << 3));
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    string(client_id.as_bytes(), &mut body);
+    string(will_topic.as_bytes(), &mut body);
+    string(will_payload.as_bytes(), &mut body);
+    packet(0x10, &body)
+}
+
 /// CONNECT 3.1.1 with user name and password.
 pub fn connect_with_login(client_id: &str, user: &str, password: &str) -> Vec<u8> {
     let mut body = Vec::new();
