@@ -407,19 +407,21 @@ impl Router {
             .remove_where(|p| matches!(p, Property::TopicAlias(_)));
         match publish.qos {
             QoS::AtMostOnce => self.route(publish, Some(sid)),
+            // The acknowledgement is queued before the fan-out so that subscribers' writers
+            // are the last tasks woken: tokio runs the last-woken task next on this worker.
             QoS::AtLeastOnce => {
-                self.route(publish, Some(sid));
                 self.send(sid, Packet::PubAck(PubResponse::new(pkid)));
+                self.route(publish, Some(sid));
             }
             QoS::ExactlyOnce => {
                 let fresh = self
                     .sessions
                     .get_mut(&sid)
                     .is_some_and(|s| s.receive_qos2(pkid));
+                self.send(sid, Packet::PubRec(PubResponse::new(pkid)));
                 if fresh {
                     self.route(publish, Some(sid));
                 }
-                self.send(sid, Packet::PubRec(PubResponse::new(pkid)));
             }
         }
     }
