@@ -45,7 +45,8 @@ struct Target {
 pub struct Router {
     cfg: Arc<BrokerConfig>,
     stats: Arc<BrokerStats>,
-    sessions: HashMap<SessionId, Session>,
+    /// Boxed: a session is ~380 bytes and the map keeps up to twice as many slots as entries.
+    sessions: HashMap<SessionId, Box<Session>>,
     by_client: HashMap<ByteString, SessionId>,
     by_conn: HashMap<ConnId, SessionId>,
     subs: SubscriptionTree<SessionId, SubEntry>,
@@ -245,7 +246,7 @@ impl Router {
         let sid = self.next_session;
         self.next_session += 1;
         self.sessions
-            .insert(sid, Session::new(sid, client_id.clone(), expiry));
+            .insert(sid, Box::new(Session::new(sid, client_id.clone(), expiry)));
         self.by_client.insert(client_id, sid);
         sid
     }
