@@ -87,39 +87,32 @@ enum HandshakeError {
     Shutdown,
 }
 
+/// A client that completed CONNECT and passed the checks.
+struct Admitted {
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    buf: BytesMut,
+    connect: Box<Connect>,
+    client_id: ByteString,
+    assigned_id: bool,
+}
+
 /// Serves one accepted TCP connection until it ends.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, ctx: Arc<ConnectionContext>) {
     let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
     async move {
-        if let Err(error) = stream.set_nodelay(true) {
-            debug!(%error, "Could not set TCP_NODELAY.");
-        }
-        let (mut rd, mut wr) = stream.into_split();
-        let mut buf = BytesMut::new();
-        let connect = match read_connect(&mut rd, &mut buf, &ctx).await {
-            Ok(connect) => connect,
-            Err(error) => {
-                log_handshake_error(&error, &ctx.stats);
-                if let HandshakeError::Decode(DecodeError::UnsupportedProtocolVersion(_)) = error {
-                    // [MQTT-3.1.2-2]: CONNACK 0x01 then close (written in 3.1.1 form).
-                    refuse(
-                        &mut wr,
-                        ProtocolVersion::V311,
-                        reason::UNSUPPORTED_PROTOCOL_VERSION,
-                    )
-                    .await;
-                }
-                return;
-            }
+        let Some(admitted) = handshake(stream, &ctx).await else {
+            return;
         };
+        let Admitted {
+            rd,
+            wr,
+            buf,
+            connect,
+            client_id,
+            assigned_id,
+        } = admitted;
         let version = connect.protocol;
-        let (client_id, assigned_id) = match admit(&connect, &ctx).await {
-            Ok(id) => id,
-            Err(code) => {
-                refuse(&mut wr, version, code).await;
-                return;
-            }
-        };
         tracing::Span::current().record("client_id", client_id.as_ref() as &str);
         let (link, receiver) = ClientLink::new();
         let closing = CancellationToken::new();
@@ -159,6 +152,41 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, ctx: Arc<C
     }
     .instrument(span)
     .await;
+}
+
+/// Reads CONNECT and admits the client, or refuses it (CONNACK with the reason) and closes.
+async fn handshake(stream: TcpStream, ctx: &ConnectionContext) -> Option<Admitted> {
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%error, "Could not set TCP_NODELAY.");
+    }
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = BytesMut::new();
+    let connect = match read_connect(&mut rd, &mut buf, ctx).await {
+        Ok(connect) => connect,
+        Err(error) => {
+            log_handshake_error(&error, &ctx.stats);
+            if let HandshakeError::Decode(DecodeError::UnsupportedProtocolVersion(_)) = error {
+                // [MQTT-3.1.2-2]: CONNACK 0x01 then close (written in 3.1.1 form).
+                let code = reason::UNSUPPORTED_PROTOCOL_VERSION;
+                refuse(&mut wr, ProtocolVersion::V311, code).await;
+            }
+            return None;
+        }
+    };
+    match admit(&connect, ctx).await {
+        Ok((client_id, assigned_id)) => Some(Admitted {
+            rd,
+            wr,
+            buf,
+            connect,
+            client_id,
+            assigned_id,
+        }),
+        Err(code) => {
+            refuse(&mut wr, connect.protocol, code).await;
+            None
+        }
+    }
 }
 
 fn log_handshake_error(error: &HandshakeError, stats: &BrokerStats) {
