@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use std::sync::Arc;
 
-use crate::bridge::{Bridge, BridgeStats};
+use crate::bridge::{Bridge, BridgeStats, MappingGuard};
 use crate::broker::{Broker, BrokerStats, StartError};
 use crate::config::Config;
 use crate::xmpp::{self, XmppHandle};
@@ -52,6 +52,11 @@ impl App {
                     xmpp::spawn(settings.xmpp, shutdown.child_token(), &tracker);
                 let client = broker
                     .internal_client("bridge")
+                    .await
+                    .map_err(StartError::Broker)?;
+                let guard = Arc::new(MappingGuard::new(settings.mapping.clone()));
+                broker
+                    .set_publish_guard(guard)
                     .await
                     .map_err(StartError::Broker)?;
                 let bridge = Bridge::new(settings.mapping, client, handle.clone(), inbound)

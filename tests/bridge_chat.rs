@@ -193,14 +193,85 @@ async fn identity_comes_from_the_login_not_the_topic() {
     ))
     .await;
     alice.expect_no_message(Duration::from_millis(800)).await;
-    let refused = broker
-        .app
-        .bridge_stats
-        .as_ref()
-        .unwrap()
-        .refused_from_mqtt
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert_eq!(refused, 2);
+    // Refused at the broker: an MQTT subscriber of bob's outbox does not get them either.
+    let stats = &broker.app.broker_stats;
+    assert_eq!(
+        stats
+            .publishes_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_publishers_learn_why_a_bridged_publish_is_refused() {
+    let prosody = Prosody::start();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start_bridge(&prosody, &shipped_mappings(), &dir.path().join("users")).await;
+    let mut spy = mqtt_user(&broker, "bob", "bob-spy").await;
+    spy.subscribe("users/+/outbox/#", QoS::AtLeastOnce).await;
+    // MQTT 5 CONNECT with user name and password (raw bytes, no properties).
+    let login = |user: &str| {
+        let mut body = Vec::new();
+        raw::string(b"MQTT", &mut body);
+        body.extend_from_slice(&[5, 0x02 | 0x80 | 0x40, 0, 30, 0]);
+        raw::string(format!("{user}-v5").as_bytes(), &mut body);
+        raw::string(user.as_bytes(), &mut body);
+        raw::string(format!("{user}pw").as_bytes(), &mut body);
+        raw::packet(0x10, &body)
+    };
+    let publish_v5 = |topic: &[u8], pkid: u16, payload: &[u8]| {
+        let mut body = Vec::new();
+        raw::string(topic, &mut body);
+        body.extend_from_slice(&pkid.to_be_bytes());
+        body.push(0); // no properties
+        body.extend_from_slice(payload);
+        raw::packet(0x32, &body)
+    };
+    let mut carol = Raw::connect(broker.addr).await;
+    carol.send(&login("carol")).await;
+    let connack = carol.read_exact(3).await;
+    assert_eq!(&connack[..2], &[0x20, connack[1]]);
+    carol.read_exact(usize::from(connack[1]) - 1).await;
+    // Bob's outbox: 0x87 Not authorized.
+    carol
+        .send(&publish_v5(
+            b"users/bob/outbox/alice@localhost",
+            7,
+            br#"{"body":"x"}"#,
+        ))
+        .await;
+    assert_eq!(
+        carol.read_exact(5).await,
+        vec![0x40, 0x03, 0x00, 0x07, 0x87]
+    );
+    // Her own outbox with a payload that is not an envelope: 0x99 Payload format invalid.
+    carol
+        .send(&publish_v5(
+            b"users/carol/outbox/alice@localhost",
+            8,
+            b"not json",
+        ))
+        .await;
+    assert_eq!(
+        carol.read_exact(5).await,
+        vec![0x40, 0x03, 0x00, 0x08, 0x99]
+    );
+    // A good one is acknowledged with success (shortest form).
+    carol
+        .send(&publish_v5(
+            b"users/carol/outbox/alice@localhost",
+            9,
+            br#"{"body":"ok"}"#,
+        ))
+        .await;
+    assert_eq!(carol.read_exact(4).await, vec![0x40, 0x02, 0x00, 0x09]);
+    let seen = spy.next_publish().await;
+    assert_eq!(
+        seen.topic, "users/carol/outbox/alice@localhost",
+        "only the good one is routed"
+    );
+    spy.expect_no_publish(Duration::from_millis(300)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

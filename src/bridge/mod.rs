@@ -28,9 +28,12 @@ use xmpp_parsers::message::{Id, Lang, Message, MessageType, Thread};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
-use self::translate::{FromXmpp, InboundChat, XmppOut, mqtt_to_xmpp, xmpp_to_mqtt};
+use self::translate::{FromXmpp, InboundChat, NotCarried, XmppOut, mqtt_to_xmpp, xmpp_to_mqtt};
+use crate::broker::codec::reason;
 use crate::broker::codec::{Properties, Publish, QoS};
+use crate::broker::guard::{PublishGuard, Refused};
 use crate::broker::{Delivery, InternalClient};
+use crate::mapping::Refusal;
 use crate::mapping::{MappingTable, MessageKind};
 use crate::xmpp::{Inbound, Outgoing, SendError, XmppHandle};
 
@@ -56,6 +59,43 @@ pub struct BridgeStats {
 
 fn add(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The broker-side check for bridged topics: a publish the bridge would refuse is refused by
+/// the broker already, so it reaches no MQTT subscriber either, and an MQTT 5 publisher gets
+/// the reason code (0x87 Not authorized for identity, 0x99 Payload format invalid).
+pub struct MappingGuard {
+    table: Arc<MappingTable>,
+}
+
+impl MappingGuard {
+    /// A guard for the rules of `table`.
+    pub fn new(table: Arc<MappingTable>) -> Self {
+        MappingGuard { table }
+    }
+}
+
+impl PublishGuard for MappingGuard {
+    fn check(&self, topic: &str, payload: &[u8], user: Option<&str>) -> Result<(), Refused> {
+        match mqtt_to_xmpp(&self.table, topic, payload, user) {
+            Ok(_) | Err(NotCarried::Mapping(Refusal::NoRule)) => Ok(()),
+            Err(e) => {
+                let reason = match &e {
+                    NotCarried::Mapping(
+                        Refusal::NotYourTopic { .. } | Refusal::Anonymous { .. },
+                    ) => reason::NOT_AUTHORIZED,
+                    NotCarried::Mapping(_) => reason::TOPIC_NAME_INVALID,
+                    NotCarried::Payload { .. } | NotCarried::Kind { .. } => {
+                        reason::PAYLOAD_FORMAT_INVALID
+                    }
+                };
+                Err(Refused {
+                    reason,
+                    why: e.to_string(),
+                })
+            }
+        }
+    }
 }
 
 /// A delivery waiting for room in the XMPP queue.

@@ -213,7 +213,6 @@ pub enum ConnectOutcome {
 }
 
 /// Everything a connection tells the router.
-#[derive(Debug)]
 pub enum RouterMsg {
     /// A client completed CONNECT.
     Connect(ConnectRequest),
@@ -232,6 +231,8 @@ pub enum RouterMsg {
         /// The message.
         publish: Publish,
     },
+    /// Installs the check every client PUBLISH passes (see `guard`).
+    SetGuard(Arc<dyn super::guard::PublishGuard>),
     /// The connection ended.
     Closed {
         /// The connection.

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod guard;
 pub mod internal;
 pub mod link;
 pub mod router;
@@ -131,6 +132,17 @@ impl Broker {
             router: router_tx,
             ids,
         })
+    }
+
+    /// Installs the check every client PUBLISH passes before routing (see [`guard`]).
+    pub async fn set_publish_guard(
+        &self,
+        guard: Arc<dyn guard::PublishGuard>,
+    ) -> Result<(), BrokerGone> {
+        self.router
+            .send(RouterMsg::SetGuard(guard))
+            .await
+            .map_err(|_| BrokerGone)
     }
 
     /// A new in-process client session named `client_id` (see [`InternalClient`]).

@@ -19,6 +19,7 @@ use super::codec::{
     RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, reason,
 };
 use super::config::BrokerConfig;
+use super::guard::{PublishGuard, Refused};
 use super::link::{CloseCause, ConnId, ConnectOutcome, ConnectRequest, Origin, RouterMsg};
 use super::session::{
     Attached, NEVER_EXPIRES, Offer, Outgoing, Session, SessionId, SubEntry, will_publish,
@@ -55,6 +56,8 @@ pub struct Router {
     /// Connections taken over whose close has not been reported yet, with the will to
     /// publish unless that close turns out to be a plain DISCONNECT.
     taken_over: HashMap<ConnId, (SessionId, LastWill)>,
+    /// Checks client publishes before routing (installed by the bridge).
+    guard: Option<Arc<dyn PublishGuard>>,
     /// Scratch space reused by every fan-out.
     targets: Vec<Target>,
     started: Instant,
@@ -73,6 +76,7 @@ impl Router {
             retained: RetainedTree::new(),
             next_session: 1,
             taken_over: HashMap::new(),
+            guard: None,
             targets: Vec::new(),
             started: Instant::now(),
         }
@@ -128,6 +132,7 @@ impl Router {
                 self.route(publish, Some(sid));
             }
             RouterMsg::Closed { conn, cause } => self.closed(conn, cause),
+            RouterMsg::SetGuard(guard) => self.set_guard(guard),
         }
     }
 
@@ -402,6 +407,10 @@ impl Router {
     fn inbound_publish(&mut self, sid: SessionId, mut publish: Publish) {
         BrokerStats::add(&self.stats.messages_received, 1);
         let pkid = publish.pkid;
+        if let Err(refused) = self.guard_check(sid, &publish) {
+            self.refuse_publish(sid, &publish, refused);
+            return;
+        }
         // A Topic Alias belongs to the sender's connection, never to subscribers'.
         publish
             .properties
@@ -425,6 +434,44 @@ impl Router {
                 }
             }
         }
+    }
+
+    fn guard_check(&self, sid: SessionId, publish: &Publish) -> Result<(), Refused> {
+        let Some(guard) = &self.guard else {
+            return Ok(());
+        };
+        let user = self
+            .sessions
+            .get(&sid)
+            .and_then(|s| s.identity.username.clone());
+        guard.check(&publish.topic, &publish.payload, user.as_deref())
+    }
+
+    /// Drops a refused publish: the publisher learns why (MQTT 5 reason code) or, in 3.1.1,
+    /// gets the usual acknowledgement.
+    fn refuse_publish(&mut self, sid: SessionId, publish: &Publish, refused: Refused) {
+        BrokerStats::add(&self.stats.publishes_refused, 1);
+        let Some(s) = self.sessions.get(&sid) else {
+            return;
+        };
+        warn!(client_id = %s.client_id, topic = %publish.topic, reason_code = refused.reason,
+            why = %refused.why, "PUBLISH refused.");
+        let v5 = self.version(sid) == Some(ProtocolVersion::V5);
+        let mut response = PubResponse::new(publish.pkid);
+        if v5 {
+            response.reason = refused.reason;
+        }
+        match publish.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(sid, Packet::PubAck(response)),
+            // 3.1.1: the exchange goes on (PUBREL, PUBCOMP) for a message that is not kept.
+            QoS::ExactlyOnce => self.send(sid, Packet::PubRec(response)),
+        }
+    }
+
+    /// Installs the check every client PUBLISH passes before routing.
+    pub fn set_guard(&mut self, guard: Arc<dyn PublishGuard>) {
+        self.guard = Some(guard);
     }
 
     /// Stores or clears the retained copy and delivers to every matching subscription.

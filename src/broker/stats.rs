@@ -24,6 +24,8 @@ pub struct BrokerStats {
     pub bytes_received: AtomicU64,
     /// Bytes written to client sockets.
     pub bytes_sent: AtomicU64,
+    /// Client publishes refused by the publish guard (bridged topics).
+    pub publishes_refused: AtomicU64,
     /// Connections closed for a protocol violation.
     pub protocol_errors: AtomicU64,
 }

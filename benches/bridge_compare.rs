@@ -1,0 +1,1633 @@
+//! # The XMPP bridge next to Prosody alone: throughput, added latency, CPU per message
+//!
+//! `cargo bench --bench bridge_compare` measures, in one run, what issue 4 asks of the bridge
+//! and prints a markdown table (metric | bridge | baseline | ratio | goal), also written to
+//! `target/bench-bridge.md`. About a minute on 2 idle cores. Run without `--bench` (as
+//! `cargo test --benches` does) it prints one line and exits 0.
+//!
+//! Every process is started here, on free 127.0.0.1 ports, and killed on drop: a real Prosody
+//! (Debian package `prosody`, its own config in a temporary directory, the same lab settings as
+//! `tests/common/prosody.rs`: no TLS required, PLAIN allowed, no rate limits, users `alice` and
+//! `bob`), and the bridge as the release binary (`xmpp-mqtt-bridge run --config <temp file>`:
+//! the shipped `mappings/`, default link settings, a password file with `bob`, broker queues
+//! of 1,000,000 so that a missing message is a fault, not an overflow). The load generators
+//! live in this process and are cheap: a hand-rolled XMPP client (plain TCP, SASL PLAIN,
+//! resource bind, initial presence; it writes pre-built `<message>` stanzas and finds the
+//! `~t<number>;` marker of each body with a byte scanner), raw MQTT 3.1.1 bytes for the MQTT
+//! clients, and a hand-rolled XEP-0114 server for part 3.
+//!
+//! ## 1. Throughput through Prosody (goal: bridge ≥ 90 % of Prosody's own rate)
+//! - **XMPP → MQTT**: XMPP client `alice` writes `BENCH_BRIDGE_MESSAGES` chat messages to
+//!   `bob@mqtt.localhost` as fast as TCP takes them; Prosody routes them to the component; the
+//!   bridge publishes each on `users/bob/inbox/alice@localhost` (JSON, QoS 1); one MQTT
+//!   subscriber (QoS 1, acknowledging) counts them. Baseline: the same stanzas from `alice` to
+//!   XMPP client `bob@localhost` (c2s to c2s), in the same run, alternating with the bridge
+//!   runs (`BENCH_BRIDGE_REPS` each, median reported).
+//! - **MQTT → XMPP**: MQTT user `bob` publishes `{"body": ...}` at QoS 1 (window of
+//!   `BENCH_BRIDGE_WINDOW` unacknowledged) on `users/bob/outbox/alice@localhost`; the bridge
+//!   sends each as a chat from `bob@mqtt.localhost`; XMPP client `alice` counts them.
+//!   Baseline: XMPP client `bob` sends the same stanzas to `alice` (c2s to c2s).
+//! - Rate = distinct messages received / (last one received − first byte written).
+//! - **What limits it**: Prosody, one Lua thread, is the bottleneck of both paths; the bridge
+//!   path adds the bridge's and the MQTT client's CPU on the same 2 cores (printed per run),
+//!   so on a 2-core machine the bridge takes CPU away from Prosody. MQTT → XMPP also depends on
+//!   the link's confirmation scheme: at most `queue_depth` (default 10,000) stanzas are written
+//!   but unconfirmed; a full queue makes the bridge re-offer every 50 ms.
+//!
+//! ## 2. Latency the bridge adds (goal: under 1 ms at p99)
+//! At `BENCH_BRIDGE_LAT_RATE` msg/s, each body carrying its send time, three paths take turns in
+//! `BENCH_BRIDGE_LAT_ROUNDS` rounds (so that background load hits all alike): XMPP client →
+//! Prosody → bridge → MQTT subscriber, MQTT publisher → bridge → Prosody → XMPP client, and
+//! the baseline XMPP client → Prosody → XMPP client. The first 20 messages of a round are
+//! not measured. Added = bridge path percentile − baseline percentile (a difference of
+//! percentiles, not a percentile of differences). **What limits it**: the receive time is
+//! taken when the receiving thread of this process wakes up; p99 follows the machine's
+//! background load (a busy 2-core box adds milliseconds to every path): compare several runs.
+//!
+//! ## 3. Bridge CPU per translated message, without Prosody (goal: under 5 µs)
+//! The bridge binary connects to a test peer in this process that speaks XEP-0114 (stream
+//! header, any `<handshake>` accepted, pings answered at once). XMPP → MQTT: the peer writes
+//! `BENCH_BRIDGE_CPU_MESSAGES` chat stanzas to `bob@mqtt.localhost`, an MQTT subscriber counts
+//! the publishes. MQTT → XMPP: an MQTT publisher (QoS 1) sends as many to
+//! `users/bob/outbox/alice@localhost`, the peer counts the stanzas. CPU = on-CPU time of the
+//! bridge process over the run (sum of `/proc/PID/task/*/schedstat`, or utime + stime in clock
+//! ticks when larger), divided by the messages received. It includes the broker's share (MQTT
+//! decode/encode, routing, acknowledgements, socket writes): the baseline column is the same
+//! process relaying plain MQTT QoS 1 publish → subscribe, so the difference is what the
+//! translation and the XMPP link cost. **What limits it**: the peer and the MQTT client run on
+//! the same cores, so the figures are throughput-bound CPU (batched reads and writes); the
+//! bridge at a low rate would spend more per message on wake-ups.
+//!
+//! Tunables (environment, defaults in brackets): `BENCH_BRIDGE_MESSAGES` (20000),
+//! `BENCH_BRIDGE_REPS` (3), `BENCH_BRIDGE_WINDOW` (1000), `BENCH_BRIDGE_LAT_RATE` (500),
+//! `BENCH_BRIDGE_LAT_SECS` (4, per path), `BENCH_BRIDGE_LAT_ROUNDS` (4),
+//! `BENCH_BRIDGE_CPU_MESSAGES` (100000), `BENCH_BRIDGE_RUN_TIMEOUT` (30 s).
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Users' virtual host.
+const DOMAIN: &str = "localhost";
+/// The bridge's component domain (the shipped mapping rules take it as `{domain}`).
+const COMPONENT: &str = "mqtt.localhost";
+/// Component secret.
+const SECRET: &str = "bridge-secret";
+/// Body text after the marker: a body of about 70 bytes, like a short chat line.
+const PAD: &str = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do";
+/// Marks at or above this are sequence numbers; below, send times in ns since [`EPOCH`].
+const SEQ_BASE: u64 = 1 << 50;
+/// Marks of probe messages (waiting for a path to work).
+const PROBE_BASE: u64 = 1 << 52;
+/// Latency messages at the start of each round that are not measured.
+const LAT_WARMUP: u64 = 20;
+/// Any single socket read or write of the setup and the senders.
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+/// Reader threads wake up this often to see whether they should stop.
+const READ_TICK: Duration = Duration::from_millis(200);
+/// A run ends when nothing new arrived for this long after the sender finished.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time for a process to open its ports, and for a path to carry its first probe.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Pause between runs so that leftovers of one (acks, confirmations) settle.
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// (mark, receive time in ns since [`EPOCH`]).
+type Seen = (u64, u64);
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn now_ns() -> u64 {
+    u64::try_from(EPOCH.get_or_init(Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "bridge_compare: skipped without --bench (run `cargo bench --bench bridge_compare`)"
+        );
+        return;
+    }
+    now_ns();
+    self_check();
+    let s = Settings::from_env();
+    let started = Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix("bridge-compare-")
+        .tempdir()
+        .expect("create a temporary directory");
+    let mut report = Report::new(&s);
+    report.print_header();
+    with_prosody(&s, dir.path(), &mut report);
+    without_prosody(&s, dir.path(), &mut report);
+    report.finish(started.elapsed());
+}
+
+/// Parts 1 and 2: throughput and latency through a real Prosody.
+fn with_prosody(s: &Settings, dir: &Path, report: &mut Report) {
+    let prosody = Prosody::start(&dir.join("prosody"));
+    let bridge = BridgeProc::start(dir, "prosody", prosody.component_port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut alice = C2s::login(prosody.c2s_port, "alice", &stop);
+    let mut bob = C2s::login(prosody.c2s_port, "bob", &stop);
+    let sub = MqttSub::connect(bridge.port, "bob-sub", &["users/bob/inbox/#"], &stop);
+    let mut publ = Publisher::connect(bridge.port, "bob-pub", &stop);
+    let to_mqtt = format!("bob@{COMPONENT}");
+    let to_alice = format!("alice@{DOMAIN}");
+    let to_bob = format!("bob@{DOMAIN}");
+    let outbox = format!("users/bob/outbox/alice@{DOMAIN}");
+
+    probe("XMPP -> MQTT", &sub.rx, |m| alice.send(&chat(&to_mqtt, m)));
+    probe("MQTT -> XMPP", &alice.rx, |m| {
+        publ.publish(&outbox, &json_body(m))
+    });
+    probe("XMPP c2s", &bob.rx, |m| alice.send(&chat(&to_bob, m)));
+    probe("XMPP c2s", &alice.rx, |m| bob.send(&chat(&to_alice, m)));
+    println!("Both bridge directions and c2s work; measuring.\n");
+
+    let pids = Pids {
+        bridge: bridge.pid(),
+        prosody: prosody.pid(),
+    };
+    let n = s.messages;
+    let mut runs: [Vec<Tput>; 4] = Default::default();
+    for rep in 0..s.reps {
+        println!("Throughput, round {} of {}:", rep + 1, s.reps);
+        let r = throughput(s, &pids, "c2s alice -> bob", &bob.rx, n, |base| {
+            alice.blast(&to_bob, base, n)
+        });
+        runs[0].push(r);
+        let r = throughput(s, &pids, "XMPP -> MQTT", &sub.rx, n, |base| {
+            alice.blast(&to_mqtt, base, n)
+        });
+        runs[1].push(r);
+        let r = throughput(s, &pids, "c2s bob -> alice", &alice.rx, n, |base| {
+            bob.blast(&to_alice, base, n)
+        });
+        runs[2].push(r);
+        let r = throughput(s, &pids, "MQTT -> XMPP", &alice.rx, n, |base| {
+            publ.blast(&outbox, base, n, s.window)
+        });
+        runs[3].push(r);
+    }
+    let [c2s_xm, xm, c2s_mx, mx] = runs;
+    report.throughput("XMPP → MQTT", &xm, &c2s_xm);
+    report.throughput("MQTT → XMPP", &mx, &c2s_mx);
+
+    println!(
+        "\nLatency: {} msg/s, {} rounds of {:.1} s per path:",
+        s.lat_rate,
+        s.lat_rounds,
+        s.lat_secs / s.lat_rounds as f64
+    );
+    let mut lat: [Vec<u64>; 3] = Default::default();
+    let mut lost = [0u64; 3];
+    for _ in 0..s.lat_rounds {
+        let (got, missing) = latency_round(s, &bob.rx, |m| alice.send(&chat(&to_bob, m)));
+        lat[0].extend(got);
+        lost[0] += missing;
+        let (got, missing) = latency_round(s, &sub.rx, |m| alice.send(&chat(&to_mqtt, m)));
+        lat[1].extend(got);
+        lost[1] += missing;
+        let (got, missing) = latency_round(s, &alice.rx, |m| publ.publish(&outbox, &json_body(m)));
+        lat[2].extend(got);
+        lost[2] += missing;
+    }
+    for (name, (l, missing)) in ["c2s -> c2s", "XMPP -> MQTT", "MQTT -> XMPP"]
+        .iter()
+        .zip(lat.iter_mut().zip(lost))
+    {
+        l.sort_unstable();
+        println!(
+            "  {name:<14} n={:<6} p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms  lost {missing}",
+            l.len(),
+            ms(pct(l, 50.0)),
+            ms(pct(l, 99.0)),
+            ms(l.last().copied().unwrap_or(0))
+        );
+    }
+    report.latency("XMPP → MQTT", &lat[1], &lat[0], lost[1] + lost[0]);
+    report.latency("MQTT → XMPP", &lat[2], &lat[0], lost[2] + lost[0]);
+    stop.store(true, Ordering::Relaxed);
+    let stats = bridge.log_warnings();
+    if !stats.is_empty() {
+        println!("\nBridge log (warnings and errors):\n{stats}");
+    }
+}
+
+/// Part 3: the bridge's CPU per message against a test peer, and the broker alone.
+fn without_prosody(s: &Settings, dir: &Path, report: &mut Report) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the test peer");
+    let peer_port = listener.local_addr().expect("peer address").port();
+    let bridge = BridgeProc::start(dir, "peer", peer_port);
+    let stop = Arc::new(AtomicBool::new(false));
+    let peer = Peer::accept(&listener, &stop);
+    let filters = ["users/bob/inbox/#", "bench/#"];
+    let sub = MqttSub::connect(bridge.port, "bob-sub", &filters, &stop);
+    let mut publ = Publisher::connect(bridge.port, "bob-pub", &stop);
+    let outbox = format!("users/bob/outbox/alice@{DOMAIN}");
+    probe("peer -> MQTT", &sub.rx, |m| peer.blast(m, 1));
+    probe("MQTT -> peer", &peer.rx, |m| {
+        publ.publish(&outbox, &json_body(m))
+    });
+    probe("MQTT -> MQTT", &sub.rx, |m| {
+        publ.publish("bench/cpu", &json_body(m))
+    });
+    let pids = Pids {
+        bridge: bridge.pid(),
+        prosody: 0,
+    };
+    let n = s.cpu_messages;
+    println!("\nBridge CPU without Prosody ({n} messages per run):");
+    let xm = throughput(s, &pids, "peer -> MQTT", &sub.rx, n, |base| {
+        peer.blast(base, n)
+    });
+    let mx = throughput(s, &pids, "MQTT -> peer", &peer.rx, n, |base| {
+        publ.blast(&outbox, base, n, s.window)
+    });
+    let mm = throughput(s, &pids, "MQTT -> MQTT", &sub.rx, n, |base| {
+        publ.blast("bench/cpu", base, n, s.window)
+    });
+    println!(
+        "  peer answered {} pings",
+        peer.pings.load(Ordering::Relaxed)
+    );
+    report.cpu("XMPP → MQTT", &xm, &mm);
+    report.cpu("MQTT → XMPP", &mx, &mm);
+    stop.store(true, Ordering::Relaxed);
+    let stats = bridge.log_warnings();
+    if !stats.is_empty() {
+        println!("\nBridge log (warnings and errors):\n{stats}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings and the report
+
+struct Settings {
+    messages: u64,
+    reps: usize,
+    window: u64,
+    lat_rate: u64,
+    lat_secs: f64,
+    lat_rounds: usize,
+    cpu_messages: u64,
+    run_timeout: Duration,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let s = Settings {
+            messages: env_num("BENCH_BRIDGE_MESSAGES", 20_000),
+            reps: env_num("BENCH_BRIDGE_REPS", 3),
+            window: env_num("BENCH_BRIDGE_WINDOW", 1_000),
+            lat_rate: env_num("BENCH_BRIDGE_LAT_RATE", 500),
+            lat_secs: env_num("BENCH_BRIDGE_LAT_SECS", 4.0),
+            lat_rounds: env_num("BENCH_BRIDGE_LAT_ROUNDS", 4),
+            cpu_messages: env_num("BENCH_BRIDGE_CPU_MESSAGES", 100_000),
+            run_timeout: Duration::from_secs(env_num("BENCH_BRIDGE_RUN_TIMEOUT", 30)),
+        };
+        let bad = s.messages == 0
+            || s.reps == 0
+            || s.window == 0
+            || s.window > 60_000
+            || s.lat_rate == 0
+            || s.lat_secs <= 0.0
+            || s.lat_rounds == 0
+            || s.cpu_messages == 0
+            || s.messages.max(s.cpu_messages) >= SEQ_BASE / 1_000;
+        if bad {
+            eprintln!(
+                "bridge_compare: every BENCH_BRIDGE_* setting must be above 0 (window ≤ 60000)"
+            );
+            std::process::exit(2);
+        }
+        s
+    }
+}
+
+fn env_num<T: FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            eprintln!("bridge_compare: {name}={v:?} is not a number");
+            std::process::exit(2);
+        }),
+        Err(_) => default,
+    }
+}
+
+struct Report {
+    rows: Vec<[String; 5]>,
+    notes: Vec<String>,
+    header: String,
+}
+
+impl Report {
+    fn new(s: &Settings) -> Report {
+        let mut header = String::new();
+        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let load: Vec<&str> = load.split_whitespace().take(3).collect();
+        let _ok = writeln!(
+            header,
+            "Bridge benchmark: {cores} cores, load average at start {}, {}.",
+            load.join(" "),
+            prosody_version()
+        );
+        let _ok = writeln!(
+            header,
+            "Throughput: {} messages per run, {} runs per path (median), MQTT window {}. \
+             Latency: {} msg/s, {:.1} s per path in {} rounds. CPU: {} messages per run.",
+            s.messages, s.reps, s.window, s.lat_rate, s.lat_secs, s.lat_rounds, s.cpu_messages
+        );
+        Report {
+            rows: Vec::new(),
+            notes: Vec::new(),
+            header,
+        }
+    }
+
+    fn print_header(&self) {
+        println!("{}", self.header);
+    }
+
+    fn row(&mut self, cells: [String; 5]) {
+        self.rows.push(cells);
+    }
+
+    fn throughput(&mut self, dir: &str, bridge: &[Tput], base: &[Tput]) {
+        let b = median(bridge.iter().map(|r| r.rate).collect());
+        let p = median(base.iter().map(|r| r.rate).collect());
+        let ratio = if p > 0.0 { b / p } else { 0.0 };
+        let lost_b: u64 = bridge.iter().map(|r| r.lost).sum();
+        let lost_p: u64 = base.iter().map(|r| r.lost).sum();
+        let pass = ratio >= 0.9 && lost_b == 0;
+        self.row([
+            format!("{dir} throughput (msg/s, median)"),
+            format!("{b:.0}"),
+            format!("{p:.0} (Prosody c2s → c2s)"),
+            format!("{ratio:.2}"),
+            format!("≥ 0.90 {}", verdict(pass)),
+        ]);
+        if lost_b + lost_p > 0 {
+            self.notes.push(format!(
+                "{dir} throughput: {lost_b} messages lost on the bridge path, {lost_p} on c2s."
+            ));
+        }
+    }
+
+    fn latency(&mut self, dir: &str, bridge: &[u64], base: &[u64], lost: u64) {
+        for p in [50.0, 99.0] {
+            let b = pct(bridge, p);
+            let c = pct(base, p);
+            let added = ms(b) - ms(c);
+            let goal = if p >= 99.0 {
+                format!("added < 1 ms {}", verdict(added < 1.0 && lost == 0))
+            } else {
+                "—".into()
+            };
+            self.row([
+                format!("{dir} latency p{p:.0} (ms)"),
+                format!("{:.3}", ms(b)),
+                format!("{:.3} (c2s → c2s)", ms(c)),
+                format!("{added:+.3} ms added"),
+                goal,
+            ]);
+        }
+        if lost > 0 {
+            self.notes
+                .push(format!("{dir} latency: {lost} messages did not arrive."));
+        }
+    }
+
+    fn cpu(&mut self, dir: &str, bridge: &Tput, broker: &Tput) {
+        let b = bridge.bridge_cpu_us();
+        let m = broker.bridge_cpu_us();
+        let ratio = if m > 0.0 { b / m } else { 0.0 };
+        self.row([
+            format!("{dir} bridge CPU per message, no Prosody (µs)"),
+            format!("{b:.2}"),
+            format!("{m:.2} (broker alone, MQTT → MQTT)"),
+            format!("{ratio:.2}"),
+            format!("< 5 µs {}", verdict(b < 5.0 && bridge.lost == 0)),
+        ]);
+        if bridge.lost + broker.lost > 0 {
+            self.notes.push(format!(
+                "{dir} CPU runs: {} messages lost with the bridge, {} broker alone.",
+                bridge.lost, broker.lost
+            ));
+        }
+    }
+
+    fn finish(&self, took: Duration) {
+        let mut out = String::new();
+        out.push_str(&self.header);
+        out.push('\n');
+        out.push_str("| metric | bridge | baseline | ratio | goal |\n");
+        out.push_str("| --- | --- | --- | --- | --- |\n");
+        for r in &self.rows {
+            let _ok = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                r[0], r[1], r[2], r[3], r[4]
+            );
+        }
+        for n in &self.notes {
+            let _ok = writeln!(out, "\n{n}");
+        }
+        let _ok = writeln!(out, "\nTook {:.0} s.", took.as_secs_f64());
+        println!("\n{out}");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+            PathBuf::from,
+        );
+        let path = target.join("bench-bridge.md");
+        match std::fs::create_dir_all(&target).and_then(|()| std::fs::write(&path, &out)) {
+            Ok(()) => println!("Written to {}", path.display()),
+            Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+        }
+    }
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass { "PASS" } else { "FAIL" }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The `p`th percentile of sorted values (nearest rank).
+fn pct(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs
+
+/// Processes whose CPU each run reports (0: none).
+struct Pids {
+    bridge: u32,
+    prosody: u32,
+}
+
+/// One throughput run.
+struct Tput {
+    rate: f64,
+    received: u64,
+    lost: u64,
+    bridge_cpu: Duration,
+}
+
+impl Tput {
+    fn bridge_cpu_us(&self) -> f64 {
+        if self.received == 0 {
+            return 0.0;
+        }
+        self.bridge_cpu.as_secs_f64() * 1e6 / self.received as f64
+    }
+}
+
+static NEXT_BASE: AtomicU64 = AtomicU64::new(SEQ_BASE);
+
+/// Sends `n` messages with marks `base..base + n` (`send` gets `base`) and counts the distinct
+/// ones arriving on `rx`, until all are in, nothing new came for [`IDLE_TIMEOUT`], or the run
+/// timeout.
+fn throughput(
+    s: &Settings,
+    pids: &Pids,
+    name: &str,
+    rx: &Receiver<Seen>,
+    n: u64,
+    send: impl FnOnce(u64),
+) -> Tput {
+    thread::sleep(SETTLE);
+    while rx.try_recv().is_ok() {}
+    let base = NEXT_BASE.fetch_add(n.next_power_of_two().max(1 << 20), Ordering::Relaxed);
+    let cpu0 = (procfs::cpu(pids.bridge), procfs::cpu(pids.prosody));
+    let start = now_ns();
+    let deadline = Instant::now() + s.run_timeout;
+    send(base);
+    let sent_at = Instant::now();
+    let mut seen = vec![false; usize::try_from(n).expect("message count fits in memory")];
+    let (mut distinct, mut dups, mut last) = (0u64, 0u64, start);
+    let mut last_new = Instant::now();
+    while distinct < n {
+        let now = Instant::now();
+        if now >= deadline || (now >= sent_at + IDLE_TIMEOUT && last_new + IDLE_TIMEOUT <= now) {
+            break;
+        }
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok((mark, at)) if (base..base + n).contains(&mark) => {
+                let slot = &mut seen[usize::try_from(mark - base).expect("index")];
+                if *slot {
+                    dups += 1;
+                } else {
+                    *slot = true;
+                    distinct += 1;
+                    last = last.max(at);
+                    last_new = Instant::now();
+                }
+            }
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // Let trailing work (acknowledgements, confirmations) finish before reading the CPU.
+    thread::sleep(Duration::from_millis(100));
+    let cpu1 = (procfs::cpu(pids.bridge), procfs::cpu(pids.prosody));
+    let secs = (last.saturating_sub(start)) as f64 / 1e9;
+    let rate = if secs > 0.0 {
+        distinct as f64 / secs
+    } else {
+        0.0
+    };
+    let r = Tput {
+        rate,
+        received: distinct,
+        lost: n - distinct,
+        bridge_cpu: cpu1.0.saturating_sub(cpu0.0),
+    };
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / distinct.max(1) as f64;
+    let mut line = format!(
+        "  {name:<17} {distinct:>7}/{n} in {secs:6.3} s = {rate:>8.0} msg/s, bridge CPU {:5.2} µs/msg",
+        per(r.bridge_cpu)
+    );
+    if pids.prosody != 0 {
+        let _ok = write!(
+            line,
+            ", Prosody CPU {:5.2} µs/msg",
+            per(cpu1.1.saturating_sub(cpu0.1))
+        );
+    }
+    if dups > 0 || r.lost > 0 {
+        let _ok = write!(line, "  LOST {} DUPLICATES {dups}", r.lost);
+    }
+    println!("{line}");
+    r
+}
+
+/// One latency round on one path: `lat_rate` msg/s for `lat_secs / lat_rounds` seconds, each
+/// message marked with its send time. Returns the latencies in ns (warm-up excluded) and how
+/// many did not arrive.
+fn latency_round(s: &Settings, rx: &Receiver<Seen>, mut send: impl FnMut(u64)) -> (Vec<u64>, u64) {
+    thread::sleep(SETTLE);
+    while rx.try_recv().is_ok() {}
+    let n = ((s.lat_rate as f64 * s.lat_secs / s.lat_rounds as f64) as u64).max(LAT_WARMUP + 1);
+    let period = 1_000_000_000 / s.lat_rate;
+    let t0 = now_ns();
+    let mut measured_from = u64::MAX;
+    for i in 0..n {
+        let target = t0 + i * period;
+        let now = now_ns();
+        if now < target {
+            thread::sleep(Duration::from_nanos(target - now));
+        }
+        let mark = now_ns();
+        if i == LAT_WARMUP {
+            measured_from = mark;
+        }
+        send(mark);
+    }
+    let deadline = Instant::now() + IDLE_TIMEOUT;
+    let mut got = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    let mut received = 0;
+    while received < n && Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok((mark, at)) if mark >= t0 && mark < SEQ_BASE => {
+                received += 1;
+                if mark >= measured_from {
+                    got.push(at.saturating_sub(mark));
+                }
+            }
+            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    (got, n - received)
+}
+
+/// Sends probe messages until one arrives (the path works end to end).
+fn probe(what: &str, rx: &Receiver<Seen>, mut send: impl FnMut(u64)) {
+    static NEXT: AtomicU64 = AtomicU64::new(PROBE_BASE);
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let mark = NEXT.fetch_add(1, Ordering::Relaxed);
+        send(mark);
+        let wait_until = Instant::now() + Duration::from_millis(500);
+        while let Some(left) = wait_until.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok((m, _)) if m == mark => return,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the {what} path carried no probe message within {START_TIMEOUT:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Markers and message texts
+
+/// A chat stanza from a client to `to`, marked `mark`.
+fn chat(to: &str, mark: u64) -> Vec<u8> {
+    format!("<message to='{to}' type='chat' id='b{mark}'><body>~t{mark};{PAD}</body></message>")
+        .into_bytes()
+}
+
+/// An MQTT payload for the chat-outbox rule, marked `mark`.
+fn json_body(mark: u64) -> Vec<u8> {
+    format!("{{\"body\":\"~t{mark};{PAD}\"}}").into_bytes()
+}
+
+/// Finds `~t<digits>;` marks in a byte stream cut anywhere.
+#[derive(Default)]
+struct Marks {
+    buf: Vec<u8>,
+}
+
+enum Parsed {
+    Mark(u64, usize),
+    Incomplete,
+    Not,
+}
+
+impl Marks {
+    fn feed(&mut self, data: &[u8], mut found: impl FnMut(u64)) {
+        self.buf.extend_from_slice(data);
+        let b = &self.buf;
+        let mut i = 0;
+        let mut keep = b.len();
+        while let Some(p) = b[i..].iter().position(|&c| c == b'~') {
+            let start = i + p;
+            match parse_mark(&b[start..]) {
+                Parsed::Mark(v, len) => {
+                    found(v);
+                    i = start + len;
+                }
+                Parsed::Incomplete => {
+                    keep = start;
+                    break;
+                }
+                Parsed::Not => i = start + 1,
+            }
+        }
+        self.buf.drain(..keep);
+    }
+}
+
+/// `b` starts with `~`.
+fn parse_mark(b: &[u8]) -> Parsed {
+    match b.get(1) {
+        None => return Parsed::Incomplete,
+        Some(b't') => {}
+        Some(_) => return Parsed::Not,
+    }
+    let mut v: u64 = 0;
+    let mut j = 2;
+    while j < b.len() && j < 22 && b[j].is_ascii_digit() {
+        v = v * 10 + u64::from(b[j] - b'0');
+        j += 1;
+    }
+    match b.get(j) {
+        None => Parsed::Incomplete,
+        Some(b';') if j > 2 => Parsed::Mark(v, j + 1),
+        Some(_) => Parsed::Not,
+    }
+}
+
+fn first_mark(payload: &[u8]) -> Option<u64> {
+    let mut i = 0;
+    while let Some(p) = payload[i..].iter().position(|&c| c == b'~') {
+        if let Parsed::Mark(v, _) = parse_mark(&payload[i + p..]) {
+            return Some(v);
+        }
+        i += p + 1;
+    }
+    None
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Reads into `buf` until it holds `pat`; removes everything up to the end of `pat` from
+/// `buf` and returns it as text.
+fn read_until(s: &mut TcpStream, buf: &mut Vec<u8>, pat: &str, what: &str) -> String {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(p) = find(buf, pat.as_bytes()) {
+            let head: Vec<u8> = buf.drain(..p + pat.len()).collect();
+            return String::from_utf8_lossy(&head).into_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no `{pat}` within {IO_TIMEOUT:?}; got: {}",
+            String::from_utf8_lossy(buf)
+        );
+        match s.read(&mut chunk) {
+            Ok(0) => panic!(
+                "{what}: connection closed while waiting for `{pat}`; got: {}",
+                String::from_utf8_lossy(buf)
+            ),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => panic!("{what}: read failed: {e}"),
+        }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Reads `s` on a thread of its own until EOF or `stop`, passing each chunk and the time it
+/// was read to `on_chunk`.
+fn spawn_reader(
+    mut s: TcpStream,
+    stop: &Arc<AtomicBool>,
+    mut on_chunk: impl FnMut(&[u8], u64) + Send + 'static,
+) {
+    let stop = stop.clone();
+    s.set_read_timeout(Some(READ_TICK))
+        .expect("set read timeout");
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => on_chunk(&buf[..n], now_ns()),
+                Err(e) if is_timeout(&e) => {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+}
+
+fn connect(port: u16, what: &str) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connect to {what} on port {port}: {e}"));
+    s.set_nodelay(true).expect("TCP_NODELAY");
+    s.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
+    s.set_write_timeout(Some(IO_TIMEOUT))
+        .expect("write timeout");
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// XMPP client (c2s)
+
+/// A logged-in, available XMPP client: the writing half here, received marks on `rx`.
+struct C2s {
+    w: TcpStream,
+    rx: Receiver<Seen>,
+    user: &'static str,
+}
+
+impl C2s {
+    /// Logs `user` (password `<user>pw`) in with SASL PLAIN, binds resource `bench`, sends
+    /// initial presence (so that messages to the bare JID reach this client).
+    fn login(port: u16, user: &'static str, stop: &Arc<AtomicBool>) -> C2s {
+        let what = format!("XMPP login of {user}");
+        let mut s = connect(port, "Prosody c2s");
+        let mut buf = Vec::new();
+        let header = format!(
+            "<?xml version='1.0'?><stream:stream to='{DOMAIN}' xmlns='jabber:client' \
+             xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>"
+        );
+        s.write_all(header.as_bytes()).expect("write stream header");
+        read_until(&mut s, &mut buf, "</stream:features>", &what);
+        let token = base64(format!("\0{user}\0{user}pw").as_bytes());
+        let auth = format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>"
+        );
+        s.write_all(auth.as_bytes()).expect("write auth");
+        let got = read_until(&mut s, &mut buf, "urn:ietf:params:xml:ns:xmpp-sasl", &what);
+        let got = got + &read_until(&mut s, &mut buf, ">", &what);
+        assert!(
+            got.contains("<success"),
+            "{what}: SASL PLAIN refused: {got}"
+        );
+        s.write_all(header.as_bytes()).expect("write stream header");
+        read_until(&mut s, &mut buf, "</stream:features>", &what);
+        let bind = "<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+                    <resource>bench</resource></bind></iq>";
+        s.write_all(bind.as_bytes()).expect("write bind");
+        let got = read_until(&mut s, &mut buf, "</iq>", &what);
+        assert!(
+            got.contains("result") && got.contains("<jid>"),
+            "{what}: bind failed: {got}"
+        );
+        s.write_all(b"<presence/>").expect("write presence");
+        let (tx, rx) = mpsc::channel();
+        let reader = s.try_clone().expect("clone the c2s socket");
+        let mut marks = Marks::default();
+        marks.feed(&buf, |_| {});
+        spawn_reader(reader, stop, move |chunk, at| {
+            marks.feed(chunk, |m| {
+                tx.send((m, at)).ok();
+            });
+        });
+        C2s { w: s, rx, user }
+    }
+
+    fn send(&mut self, stanza: &[u8]) {
+        let user = self.user;
+        self.w
+            .write_all(stanza)
+            .unwrap_or_else(|e| panic!("{user}: write to Prosody failed: {e}"));
+    }
+
+    /// Writes `n` chat stanzas to `to`, marked `base..base + n`, in large writes.
+    fn blast(&mut self, to: &str, base: u64, n: u64) {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        for mark in base..base + n {
+            buf.extend_from_slice(&chat(to, mark));
+            if buf.len() >= 60 * 1024 {
+                self.send(&buf);
+                buf.clear();
+            }
+        }
+        self.send(&buf);
+    }
+}
+
+fn base64(data: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for k in 0..4 {
+            if k <= c.len() {
+                out.push(ABC[((v >> (18 - 6 * k)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// MQTT clients (raw 3.1.1 bytes)
+
+mod mqtt {
+    pub(crate) const CONNACK: u8 = 0x20;
+    pub(crate) const PUBLISH: u8 = 0x30;
+    pub(crate) const PUBACK: u8 = 0x40;
+    pub(crate) const SUBACK: u8 = 0x90;
+
+    fn varint(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let mut byte = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                byte |= 0x80;
+            }
+            out.push(byte);
+            if n == 0 {
+                return;
+            }
+        }
+    }
+
+    fn string(s: &[u8], out: &mut Vec<u8>) {
+        let len = u16::try_from(s.len()).expect("MQTT string of at most 64 KiB");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(s);
+    }
+
+    fn packet(first: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(first);
+        varint(body.len(), out);
+        out.extend_from_slice(body);
+    }
+
+    pub(crate) fn connect(client_id: &str, user: &str, password: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        string(b"MQTT", &mut body);
+        body.extend_from_slice(&[4, 0xC2, 0, 0]); // 3.1.1, user + password + clean, keep alive 0
+        string(client_id.as_bytes(), &mut body);
+        string(user.as_bytes(), &mut body);
+        string(password.as_bytes(), &mut body);
+        let mut out = Vec::new();
+        packet(0x10, &body, &mut out);
+        out
+    }
+
+    pub(crate) fn subscribe(pkid: u16, filters: &[&str], qos: u8) -> Vec<u8> {
+        let mut body = pkid.to_be_bytes().to_vec();
+        for f in filters {
+            string(f.as_bytes(), &mut body);
+            body.push(qos);
+        }
+        let mut out = Vec::new();
+        packet(0x82, &body, &mut out);
+        out
+    }
+
+    pub(crate) fn publish(topic: &str, pkid: u16, payload: &[u8], out: &mut Vec<u8>) {
+        out.push(PUBLISH | 0x02); // QoS 1
+        varint(2 + topic.len() + 2 + payload.len(), out);
+        string(topic.as_bytes(), out);
+        out.extend_from_slice(&pkid.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+
+    pub(crate) fn puback(pkid: u16, out: &mut Vec<u8>) {
+        out.extend_from_slice(&[PUBACK, 2]);
+        out.extend_from_slice(&pkid.to_be_bytes());
+    }
+
+    /// (first byte, body start, packet length) of the first complete packet in `b`.
+    fn frame(b: &[u8]) -> Option<(u8, usize, usize)> {
+        let mut len = 0usize;
+        let mut i = 1;
+        loop {
+            let byte = *b.get(i)?;
+            len += usize::from(byte & 0x7f) << (7 * (i - 1));
+            i += 1;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            assert!(i <= 4, "malformed MQTT remaining length");
+        }
+        (b.len() >= i + len).then_some((b[0], i, i + len))
+    }
+
+    /// Cuts a byte stream into packets.
+    #[derive(Default)]
+    pub(crate) struct Framer {
+        buf: Vec<u8>,
+    }
+
+    impl Framer {
+        pub(crate) fn feed(&mut self, data: &[u8], mut f: impl FnMut(u8, &[u8])) {
+            self.buf.extend_from_slice(data);
+            let mut pos = 0;
+            while let Some((first, start, end)) = frame(&self.buf[pos..]) {
+                f(first, &self.buf[pos + start..pos + end]);
+                pos += end;
+            }
+            self.buf.drain(..pos);
+        }
+    }
+
+    /// (QoS, packet id, payload) of a PUBLISH body.
+    pub(crate) fn parse_publish(first: u8, body: &[u8]) -> Option<(u8, u16, &[u8])> {
+        let qos = (first >> 1) & 3;
+        let tlen = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+        let mut i = 2 + tlen;
+        let mut pkid = 0;
+        if qos > 0 {
+            pkid = u16::from_be_bytes([*body.get(i)?, *body.get(i + 1)?]);
+            i += 2;
+        }
+        Some((qos, pkid, body.get(i..)?))
+    }
+}
+
+/// Reads packets until one of type `want` arrives; returns its body. Others are kept in `f`.
+fn expect_packet(s: &mut TcpStream, f: &mut mqtt::Framer, want: u8, what: &str) -> Vec<u8> {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut got = None;
+        f.feed(&[], |first, body| {
+            if got.is_none() && first & 0xF0 == want {
+                got = Some(body.to_vec());
+            }
+        });
+        if let Some(body) = got {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no answer in {IO_TIMEOUT:?}"
+        );
+        match s.read(&mut chunk) {
+            Ok(0) => panic!("{what}: the broker closed the connection"),
+            Ok(n) => f.feed(&chunk[..n], |first, body| {
+                if got.is_none() && first & 0xF0 == want {
+                    got = Some(body.to_vec());
+                }
+            }),
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => panic!("{what}: read failed: {e}"),
+        }
+        if let Some(body) = got {
+            return body;
+        }
+    }
+}
+
+fn mqtt_login(port: u16, client_id: &str, f: &mut mqtt::Framer) -> TcpStream {
+    let what = format!("MQTT client {client_id}");
+    let mut s = connect(port, "the bridge's broker");
+    s.write_all(&mqtt::connect(client_id, "bob", "bobpw"))
+        .expect("write CONNECT");
+    let ack = expect_packet(&mut s, f, mqtt::CONNACK, &what);
+    assert_eq!(ack.get(1), Some(&0), "{what}: CONNACK refused: {ack:?}");
+    s
+}
+
+/// An MQTT subscriber (user `bob`, QoS 1, acknowledging each delivery); marks on `rx`.
+struct MqttSub {
+    rx: Receiver<Seen>,
+    _w: TcpStream,
+}
+
+impl MqttSub {
+    fn connect(port: u16, client_id: &str, filters: &[&str], stop: &Arc<AtomicBool>) -> MqttSub {
+        let mut f = mqtt::Framer::default();
+        let mut s = mqtt_login(port, client_id, &mut f);
+        s.write_all(&mqtt::subscribe(1, filters, 1))
+            .expect("write SUBSCRIBE");
+        let codes = expect_packet(&mut s, &mut f, mqtt::SUBACK, "SUBSCRIBE");
+        assert!(codes[2..].iter().all(|&c| c == 1), "SUBACK {codes:?}");
+        let (tx, rx) = mpsc::channel::<Seen>();
+        let mut w = s.try_clone().expect("clone the MQTT socket");
+        let reader = s.try_clone().expect("clone the MQTT socket");
+        let mut acks = Vec::new();
+        spawn_reader(reader, stop, move |chunk, at| {
+            f.feed(chunk, |first, body| {
+                if first & 0xF0 != mqtt::PUBLISH {
+                    return;
+                }
+                if let Some((qos, pkid, payload)) = mqtt::parse_publish(first, body) {
+                    if qos > 0 {
+                        mqtt::puback(pkid, &mut acks);
+                    }
+                    if let Some(m) = first_mark(payload) {
+                        tx.send((m, at)).ok();
+                    }
+                }
+            });
+            if !acks.is_empty() {
+                w.write_all(&acks).ok();
+                acks.clear();
+            }
+        });
+        MqttSub { rx, _w: s }
+    }
+}
+
+/// An MQTT publisher (user `bob`, QoS 1) with a window of unacknowledged messages.
+struct Publisher {
+    w: TcpStream,
+    acked: Arc<AtomicU64>,
+    sent: u64,
+    pkid: u16,
+    buf: Vec<u8>,
+}
+
+impl Publisher {
+    fn connect(port: u16, client_id: &str, stop: &Arc<AtomicBool>) -> Publisher {
+        let mut f = mqtt::Framer::default();
+        let s = mqtt_login(port, client_id, &mut f);
+        let acked = Arc::new(AtomicU64::new(0));
+        let count = acked.clone();
+        spawn_reader(s.try_clone().expect("clone"), stop, move |chunk, _| {
+            f.feed(chunk, |first, _| {
+                if first & 0xF0 == mqtt::PUBACK {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        });
+        Publisher {
+            w: s,
+            acked,
+            sent: 0,
+            pkid: 0,
+            buf: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    fn push(&mut self, topic: &str, payload: &[u8]) {
+        self.pkid = self.pkid.checked_add(1).unwrap_or(1);
+        mqtt::publish(topic, self.pkid, payload, &mut self.buf);
+        self.sent += 1;
+    }
+
+    fn flush(&mut self) {
+        if !self.buf.is_empty() {
+            self.w
+                .write_all(&self.buf)
+                .unwrap_or_else(|e| panic!("MQTT publisher: write failed: {e}"));
+            self.buf.clear();
+        }
+    }
+
+    /// Waits until fewer than `window` messages are unacknowledged.
+    fn wait_window(&self, window: u64) {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while self.sent - self.acked.load(Ordering::Relaxed) >= window {
+            assert!(
+                Instant::now() < deadline,
+                "MQTT publisher: no PUBACK for {IO_TIMEOUT:?}"
+            );
+            thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    fn publish(&mut self, topic: &str, payload: &[u8]) {
+        self.wait_window(1000);
+        self.push(topic, payload);
+        self.flush();
+    }
+
+    fn blast(&mut self, topic: &str, base: u64, n: u64, window: u64) {
+        for mark in base..base + n {
+            if self.sent - self.acked.load(Ordering::Relaxed) >= window {
+                self.flush();
+                self.wait_window(window);
+            }
+            self.push(topic, &json_body(mark));
+            if self.buf.len() >= 32 * 1024 {
+                self.flush();
+            }
+        }
+        self.flush();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// XEP-0114 test peer
+
+/// The server end of the bridge's component link: accepts any handshake, answers pings,
+/// writes chat stanzas on demand; marks of the stanzas it receives on `rx`.
+struct Peer {
+    w: Arc<Mutex<TcpStream>>,
+    rx: Receiver<Seen>,
+    pings: Arc<AtomicU64>,
+}
+
+impl Peer {
+    fn accept(listener: &TcpListener, stop: &Arc<AtomicBool>) -> Peer {
+        let what = "test peer";
+        listener.set_nonblocking(true).expect("nonblocking accept");
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if is_timeout(&e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the bridge did not connect to the test peer"
+                    );
+                    thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("{what}: accept failed: {e}"),
+            }
+        };
+        s.set_nonblocking(false).expect("blocking socket");
+        s.set_nodelay(true).expect("TCP_NODELAY");
+        s.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
+        s.set_write_timeout(Some(IO_TIMEOUT))
+            .expect("write timeout");
+        let mut buf = Vec::new();
+        read_until(&mut s, &mut buf, "<stream:stream", what);
+        read_until(&mut s, &mut buf, ">", what);
+        let header = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
+             xmlns:stream='http://etherx.jabber.org/streams' from='{COMPONENT}' id='bench1'>"
+        );
+        s.write_all(header.as_bytes())
+            .expect("write the peer's header");
+        read_until(&mut s, &mut buf, "</handshake>", what);
+        s.write_all(b"<handshake/>").expect("write handshake");
+        let w = Arc::new(Mutex::new(s.try_clone().expect("clone the peer socket")));
+        let (tx, rx) = mpsc::channel();
+        let pings = Arc::new(AtomicU64::new(0));
+        let (pw, count) = (w.clone(), pings.clone());
+        let mut marks = Marks::default();
+        let mut iqs = Iqs { buf };
+        spawn_reader(s, stop, move |chunk, at| {
+            marks.feed(chunk, |m| {
+                tx.send((m, at)).ok();
+            });
+            let mut replies = String::new();
+            iqs.feed(chunk, |tag| {
+                if let Some(reply) = ping_reply(tag) {
+                    replies.push_str(&reply);
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            if !replies.is_empty() {
+                let mut w = pw.lock().expect("peer writer lock");
+                w.write_all(replies.as_bytes()).ok();
+            }
+        });
+        Peer { w, rx, pings }
+    }
+
+    /// Writes `n` chat stanzas from a legacy user to `bob@<component>`, marked `base..`.
+    fn blast(&self, base: u64, n: u64) {
+        let mut buf = String::with_capacity(64 * 1024);
+        let mut write = |buf: &mut String| {
+            let mut w = self.w.lock().expect("peer writer lock");
+            w.write_all(buf.as_bytes())
+                .unwrap_or_else(|e| panic!("test peer: write failed: {e}"));
+            buf.clear();
+        };
+        for mark in base..base + n {
+            let _ok = write!(
+                buf,
+                "<message from='alice@{DOMAIN}/r' to='bob@{COMPONENT}' type='chat' \
+                 id='c{mark}'><body>~t{mark};{PAD}</body></message>"
+            );
+            if buf.len() >= 60 * 1024 {
+                write(&mut buf);
+            }
+        }
+        write(&mut buf);
+    }
+}
+
+/// Cuts `<iq ...>...</iq>` (and `<iq .../>`) elements out of a byte stream.
+struct Iqs {
+    buf: Vec<u8>,
+}
+
+impl Iqs {
+    fn feed(&mut self, data: &[u8], mut f: impl FnMut(&str)) {
+        self.buf.extend_from_slice(data);
+        let b = &self.buf;
+        let mut i = 0;
+        let mut keep = b.len().saturating_sub(2);
+        while let Some(p) = find(&b[i..], b"<iq") {
+            let start = i + p;
+            let Some(gt) = b[start..].iter().position(|&c| c == b'>') else {
+                keep = start;
+                break;
+            };
+            let end = if b[start + gt - 1] == b'/' {
+                Some(start + gt + 1)
+            } else {
+                find(&b[start..], b"</iq>").map(|e| start + e + 5)
+            };
+            let Some(end) = end else {
+                keep = start;
+                break;
+            };
+            f(&String::from_utf8_lossy(&b[start..end]));
+            i = end;
+            keep = keep.max(i);
+        }
+        let keep = keep.min(self.buf.len());
+        self.buf.drain(..keep);
+    }
+}
+
+/// The result for a ping iq (`None` for any other element).
+fn ping_reply(el: &str) -> Option<String> {
+    if !el.contains("urn:xmpp:ping") || attr(el, "type") != Some("get") {
+        return None;
+    }
+    let id = attr(el, "id")?;
+    let mut reply = format!("<iq type='result' id='{id}'");
+    if let Some(to) = attr(el, "to") {
+        let _ok = write!(reply, " from='{to}'");
+    }
+    if let Some(from) = attr(el, "from") {
+        let _ok = write!(reply, " to='{from}'");
+    }
+    reply.push_str("/>");
+    Some(reply)
+}
+
+/// The value of attribute `name` in the start tag of `el`.
+fn attr<'a>(el: &'a str, name: &str) -> Option<&'a str> {
+    let tag = &el[..el.find('>')?];
+    for q in ['\'', '"'] {
+        let pat = format!(" {name}={q}");
+        if let Some(p) = tag.find(&pat) {
+            let rest = &tag[p + pat.len()..];
+            return Some(&rest[..rest.find(q)?]);
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+/// The bridge's release binary with a config of its own.
+struct BridgeProc {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl BridgeProc {
+    fn start(dir: &Path, name: &str, xmpp_port: u16) -> BridgeProc {
+        let users = dir.join(format!("{name}-users"));
+        xmpp_mqtt_bridge::broker::auth::set_user(&users, "bob", b"bobpw")
+            .expect("write the password file");
+        let port = free_port();
+        let mappings = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+        let config = dir.join(format!("{name}-bridge.toml"));
+        let text = format!(
+            "[log]\nlevel = \"warn\"\n\n[broker]\nlisten = \"127.0.0.1:{port}\"\n\
+             max_queued = 1000000\npassword_file = \"{}\"\nsys_interval = \"0s\"\n\n\
+             [xmpp]\nserver = \"127.0.0.1:{xmpp_port}\"\ndomain = \"{COMPONENT}\"\n\
+             secret = \"{SECRET}\"\n\n[mapping]\ndir = \"{}\"\n",
+            users.display(),
+            mappings.display()
+        );
+        std::fs::write(&config, text).expect("write the bridge's config");
+        let log = dir.join(format!("{name}-bridge.log"));
+        let out = std::fs::File::create(&log).expect("create the bridge's log");
+        let err = out.try_clone().expect("clone the log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_xmpp-mqtt-bridge"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start the bridge binary");
+        let mut b = BridgeProc { child, port, log };
+        wait_port(port, &mut b.child, "the bridge", &b.log);
+        b
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Warning and error lines of its log.
+    fn log_warnings(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for BridgeProc {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// A Prosody with its own config and data under `dir`, the same lab settings as the tests.
+struct Prosody {
+    child: Child,
+    c2s_port: u16,
+    component_port: u16,
+}
+
+impl Prosody {
+    fn start(dir: &Path) -> Prosody {
+        for sub in ["data", "certs"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("create Prosody's directories");
+        }
+        let (c2s_port, component_port) = (free_port(), free_port());
+        let config = dir.join("prosody.cfg.lua");
+        std::fs::write(&config, prosody_config(dir, c2s_port, component_port))
+            .expect("write Prosody's config");
+        for user in ["alice", "bob"] {
+            let out = Command::new("prosodyctl")
+                .arg("--config")
+                .arg(&config)
+                .args(["register", user, DOMAIN, &format!("{user}pw")])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run prosodyctl (Debian package `prosody`; scripts/test.sh installs it)");
+            assert!(
+                out.status.success(),
+                "prosodyctl register {user}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let log = dir.join("console.log");
+        let out = std::fs::File::create(&log).expect("create Prosody's console log");
+        let err = out.try_clone().expect("clone the log file");
+        let child = Command::new("prosody")
+            .arg("--config")
+            .arg(&config)
+            .arg("-F")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start prosody (Debian package `prosody`)");
+        let mut p = Prosody {
+            child,
+            c2s_port,
+            component_port,
+        };
+        for port in [c2s_port, component_port] {
+            wait_port(port, &mut p.child, "Prosody", &log);
+        }
+        p
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Prosody {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+fn prosody_config(dir: &Path, c2s: u16, component: u16) -> String {
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    format!(
+        r#"-- Written by benches/bridge_compare.rs for one run.
+local lab = "{dir}"
+run_as_root = {root}
+pidfile     = lab .. "/prosody.pid"
+data_path   = lab .. "/data"
+certificates = lab .. "/certs"
+log = {{ {{ levels = {{ min = "warn" }}, to = "file", filename = lab .. "/prosody.log" }}; }}
+interfaces           = {{ "127.0.0.1" }}
+local_interfaces     = {{ "127.0.0.1" }}
+c2s_ports            = {{ {c2s} }}
+c2s_interfaces       = {{ "127.0.0.1" }}
+c2s_direct_tls_ports = {{ }}
+component_ports      = {{ {component} }}
+component_interfaces = {{ "127.0.0.1" }}
+s2s_ports            = {{ }}
+http_ports           = {{ }}
+https_ports          = {{ }}
+modules_enabled = {{
+	"roster"; "saslauth"; "tls"; "disco"; "ping"; "time"; "version"; "uptime";
+	"register"; "carbons"; "smacks"; "private"; "vcard_legacy"; "blocklist";
+}}
+modules_disabled = {{ "s2s" }}
+c2s_require_encryption       = false
+allow_unencrypted_plain_auth = true
+authentication = "internal_hashed"
+storage        = "internal"
+limits = {{ c2s = {{ rate = "100mb/s" }}; }}
+
+VirtualHost "{DOMAIN}"
+
+Component "{COMPONENT}"
+	component_secret = "{SECRET}"
+"#,
+        dir = dir.display(),
+    )
+}
+
+fn prosody_version() -> String {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "prosody"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            format!("Prosody {}", String::from_utf8_lossy(&o.stdout).trim())
+        }
+        _ => "Prosody (version unknown)".into(),
+    }
+}
+
+/// Waits until `port` accepts; panics with the log when the process exits or time runs out.
+fn wait_port(port: u16, child: &mut Child, what: &str, log: &Path) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited at start ({status}):\n{}", log_text());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not open port {port} within {START_TIMEOUT:?}:\n{}",
+            log_text()
+        );
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0 to find a free port")
+        .port()
+}
+
+/// Reading `/proc`.
+mod procfs {
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    /// On-CPU time of a process: the nanoseconds of its live threads
+    /// (`/proc/PID/task/*/schedstat`), or utime + stime in clock ticks when that is larger (a
+    /// thread that ended took its schedstat with it). Zero for pid 0.
+    pub(crate) fn cpu(pid: u32) -> Duration {
+        if pid == 0 {
+            return Duration::ZERO;
+        }
+        let ticks = cpu_ticks(pid);
+        match sched_ns(pid) {
+            Some(ns) if Duration::from_nanos(ns) + Duration::from_millis(20) >= ticks => {
+                Duration::from_nanos(ns)
+            }
+            _ => ticks,
+        }
+    }
+
+    fn sched_ns(pid: u32) -> Option<u64> {
+        let mut total = 0;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let text = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some(total)
+    }
+
+    fn cpu_ticks(pid: u32) -> Duration {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<u64> = text
+            .rfind(')')
+            .map(|p| &text[p + 2..])
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+        Duration::from_secs_f64(ticks as f64 / clk_tck() as f64)
+    }
+
+    fn clk_tck() -> u64 {
+        static TCK: OnceLock<u64> = OnceLock::new();
+        *TCK.get_or_init(|| {
+            std::process::Command::new("getconf")
+                .arg("CLK_TCK")
+                .output()
+                .ok()
+                .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+                .unwrap_or(100)
+        })
+    }
+}
+
+/// Checks the byte scanners on cut input before a long run depends on them.
+fn self_check() {
+    let mut m = Marks::default();
+    let mut got = Vec::new();
+    for chunk in ["<body>~t1", "2;x ~tz ~t", "3;~", "t45;~t"] {
+        m.feed(chunk.as_bytes(), |v| got.push(v));
+    }
+    assert_eq!(got, [12, 3, 45], "mark scanner");
+    assert_eq!(
+        first_mark(b"{\"body\":\"~t7;a\"}"),
+        Some(7),
+        "mark in a payload"
+    );
+    assert_eq!(base64(b"\0bob\0bobpw"), "AGJvYgBib2Jwdw==", "base64");
+    let mut iqs = Iqs { buf: Vec::new() };
+    let mut out = Vec::new();
+    let xml = "<iq xmlns='jabber:component:accept' from='mqtt.localhost' to='localhost' \
+               id='p1' type='get'><ping xmlns='urn:xmpp:ping'/></iq><iq id='x' type='result'/>";
+    let (a, b) = xml.split_at(30);
+    iqs.feed(a.as_bytes(), |e| out.extend(ping_reply(e)));
+    iqs.feed(b.as_bytes(), |e| out.extend(ping_reply(e)));
+    assert_eq!(
+        out,
+        ["<iq type='result' id='p1' from='localhost' to='mqtt.localhost'/>"],
+        "ping answers"
+    );
+}
