@@ -80,7 +80,7 @@ impl Link {
         }
     }
 
-    /// The next inbound message, skipping presences and iqs.
+    /// The next inbound message, passing over presences and iqs.
     async fn next_message(&mut self) -> Message {
         loop {
             match timeout(common::WAIT, self.inbound.recv()).await {

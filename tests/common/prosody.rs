@@ -407,7 +407,7 @@ impl XmppClient {
         }
     }
 
-    /// The next event matching `pred`, skipping others; panics after [`super::WAIT`].
+    /// The next event matching `pred`, passing over the others; panics after [`super::WAIT`].
     pub async fn wait_for(
         &mut self,
         pred: impl Fn(&serde_json::Value) -> bool,
