@@ -61,7 +61,8 @@
 //! Tunables (environment, defaults in brackets): `BENCH_BRIDGE_MESSAGES` (20000),
 //! `BENCH_BRIDGE_REPS` (3), `BENCH_BRIDGE_WINDOW` (1000), `BENCH_BRIDGE_LAT_RATE` (500),
 //! `BENCH_BRIDGE_LAT_SECS` (4, per path), `BENCH_BRIDGE_LAT_ROUNDS` (4),
-//! `BENCH_BRIDGE_CPU_MESSAGES` (100000), `BENCH_BRIDGE_RUN_TIMEOUT` (30 s).
+//! `BENCH_BRIDGE_CPU_MESSAGES` (100000), `BENCH_BRIDGE_RUN_TIMEOUT` (30 s),
+//! `BENCH_BRIDGE_PARTS` (`prosody,cpu`: parts 1 and 2, part 3).
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -71,7 +72,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -127,8 +128,12 @@ fn main() {
         .expect("create a temporary directory");
     let mut report = Report::new(&s);
     report.print_header();
-    with_prosody(&s, dir.path(), &mut report);
-    without_prosody(&s, dir.path(), &mut report);
+    if s.parts.contains("prosody") {
+        with_prosody(&s, dir.path(), &mut report);
+    }
+    if s.parts.contains("cpu") {
+        without_prosody(&s, dir.path(), &mut report);
+    }
     report.finish(started.elapsed());
 }
 
@@ -220,7 +225,7 @@ fn with_prosody(s: &Settings, dir: &Path, report: &mut Report) {
     stop.store(true, Ordering::Relaxed);
     let stats = bridge.log_warnings();
     if !stats.is_empty() {
-        println!("\nBridge log (warnings and errors):\n{stats}");
+        println!("\nBridge log, warnings and errors: {stats}");
     }
 }
 
@@ -266,7 +271,7 @@ fn without_prosody(s: &Settings, dir: &Path, report: &mut Report) {
     stop.store(true, Ordering::Relaxed);
     let stats = bridge.log_warnings();
     if !stats.is_empty() {
-        println!("\nBridge log (warnings and errors):\n{stats}");
+        println!("\nBridge log, warnings and errors: {stats}");
     }
 }
 
@@ -282,6 +287,7 @@ struct Settings {
     lat_rounds: usize,
     cpu_messages: u64,
     run_timeout: Duration,
+    parts: String,
 }
 
 impl Settings {
@@ -295,6 +301,7 @@ impl Settings {
             lat_rounds: env_num("BENCH_BRIDGE_LAT_ROUNDS", 4),
             cpu_messages: env_num("BENCH_BRIDGE_CPU_MESSAGES", 100_000),
             run_timeout: Duration::from_secs(env_num("BENCH_BRIDGE_RUN_TIMEOUT", 30)),
+            parts: std::env::var("BENCH_BRIDGE_PARTS").unwrap_or_else(|_| "prosody,cpu".into()),
         };
         let bad = s.messages == 0
             || s.reps == 0
@@ -1254,7 +1261,7 @@ impl Peer {
     /// Writes `n` chat stanzas from a legacy user to `bob@<component>`, marked `base..`.
     fn blast(&self, base: u64, n: u64) {
         let mut buf = String::with_capacity(64 * 1024);
-        let mut write = |buf: &mut String| {
+        let write = |buf: &mut String| {
             let mut w = self.w.lock().expect("peer writer lock");
             w.write_all(buf.as_bytes())
                 .unwrap_or_else(|e| panic!("test peer: write failed: {e}"));
@@ -1388,15 +1395,38 @@ impl BridgeProc {
         self.child.id()
     }
 
-    /// Warning and error lines of its log.
+    /// How many warning and error lines its log has, and the last few (colours removed).
     fn log_warnings(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text
+        let lines: Vec<String> = text
             .lines()
             .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .map(strip_ansi)
             .collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        if lines.is_empty() {
+            return String::new();
+        }
+        let last = &lines[lines.len().saturating_sub(3)..];
+        format!("{} lines; the last ones:\n{}", lines.len(), last.join("\n"))
     }
+}
+
+/// `text` without terminal colour sequences (`ESC [ ... m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for BridgeProc {

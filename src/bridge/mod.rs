@@ -222,7 +222,9 @@ impl Bridge {
             add(&self.stats.ignored_from_xmpp);
             return Ok(());
         };
-        match xmpp_to_mqtt(&self.table, &chat) {
+        match xmpp_to_mqtt(&self.table, &chat, || {
+            String::from(&Element::from(m.clone()))
+        }) {
             FromXmpp::Publish(out) => {
                 debug!(rule = %out.rule, topic = %out.topic, from = %chat.from,
                     "XMPP message published to MQTT.");
@@ -369,7 +371,6 @@ fn inbound_chat(m: &Message) -> Option<InboundChat> {
         body: m.get_best_body_cloned(vec!["en"]).map(|(_, b)| b),
         subject: m.get_best_subject(vec!["en"]).map(|(_, s)| s.clone()),
         thread: m.thread.as_ref().map(|t| t.id.clone()),
-        xml: String::from(&Element::from(m.clone())),
     })
 }
 

@@ -93,15 +93,6 @@ enum Inflight {
     Released(u16),
 }
 
-impl Inflight {
-    fn pkid(&self) -> u16 {
-        match self {
-            Inflight::Published(m) => m.publish.pkid,
-            Inflight::Released(id) => *id,
-        }
-    }
-}
-
 /// What happened to a message offered to a session.
 #[derive(Debug)]
 pub enum Offer {
@@ -135,6 +126,9 @@ pub struct Session {
     /// Subscriptions by filter, mirrored in the router's trie.
     pub subscriptions: HashMap<ByteString, SubEntry>,
     inflight: VecDeque<Inflight>,
+    /// Packet ids of `inflight`, so allocating one is O(1) even with tens of thousands in
+    /// flight (the bridge's in-process session has the whole id space as its window).
+    ids_in_use: HashSet<u16>,
     queue: VecDeque<Outgoing>,
     next_pkid: u16,
     /// Incoming QoS 2 packet ids received and not yet released (duplicate suppression).
@@ -160,6 +154,7 @@ impl Session {
             identity,
             subscriptions: HashMap::new(),
             inflight: VecDeque::new(),
+            ids_in_use: HashSet::new(),
             queue: VecDeque::new(),
             next_pkid: 0,
             incoming_qos2: HashSet::new(),
@@ -219,7 +214,7 @@ impl Session {
                 self.next_pkid = 1;
             }
             let id = self.next_pkid;
-            if !self.inflight.iter().any(|m| m.pkid() == id) {
+            if self.ids_in_use.insert(id) {
                 return id;
             }
         }
@@ -256,6 +251,7 @@ impl Session {
             Some(i) if matches!(&self.inflight[i], Inflight::Published(m) if m.publish.qos == QoS::AtLeastOnce) =>
             {
                 self.inflight.remove(i);
+                self.ids_in_use.remove(&pkid);
                 true
             }
             _ => false,
@@ -276,6 +272,7 @@ impl Session {
         match self.position(pkid, true) {
             Some(i) => {
                 self.inflight.remove(i);
+                self.ids_in_use.remove(&pkid);
                 true
             }
             None => false,
