@@ -20,6 +20,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -98,6 +101,16 @@ impl PublishGuard for MappingGuard {
     }
 }
 
+/// How a delivery to XMPP ended.
+enum Settled {
+    /// The server confirmed the stanza: acknowledge to the broker.
+    Confirmed(Publish),
+    /// Refused for good (logged): acknowledge so the broker does not keep it.
+    Dropped(Publish),
+    /// The link stopped first: leave it unacknowledged.
+    Unconfirmed,
+}
+
 /// A delivery waiting for room in the XMPP queue.
 struct Blocked {
     outgoing: Outgoing,
@@ -112,8 +125,9 @@ pub struct Bridge {
     xmpp: XmppHandle,
     inbound: mpsc::Receiver<Inbound>,
     stats: Arc<BridgeStats>,
-    confirmed_tx: mpsc::UnboundedSender<Publish>,
-    confirmed_rx: mpsc::UnboundedReceiver<Publish>,
+    /// Deliveries waiting for the XMPP server's confirmation (or given up), in one place
+    /// rather than a task each.
+    settling: FuturesUnordered<BoxFuture<'static, Settled>>,
     blocked: Option<Blocked>,
     next_id: u64,
 }
@@ -140,15 +154,13 @@ impl Bridge {
             subscriptions = filters.len(),
             "Bridge ready."
         );
-        let (confirmed_tx, confirmed_rx) = mpsc::unbounded_channel();
         Ok(Bridge {
             table,
             mqtt,
             xmpp,
             inbound,
             stats: Arc::new(BridgeStats::default()),
-            confirmed_tx,
-            confirmed_rx,
+            settling: FuturesUnordered::new(),
             blocked: None,
             next_id: rand::random::<u32>().into(),
         })
@@ -165,8 +177,16 @@ impl Bridge {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(publish) = self.confirmed_rx.recv() => {
-                    add(&self.stats.to_xmpp_confirmed);
+                Some(settled) = self.settling.next(), if !self.settling.is_empty() => {
+                    let publish = match settled {
+                        Settled::Confirmed(publish) => {
+                            add(&self.stats.to_xmpp_confirmed);
+                            publish
+                        }
+                        Settled::Dropped(publish) => publish,
+                        // The link stopped before confirming: leave it unacknowledged.
+                        Settled::Unconfirmed => continue,
+                    };
                     if self.mqtt.ack(&publish).await.is_err() {
                         break;
                     }
@@ -310,13 +330,12 @@ impl Bridge {
             Ok(()) => {
                 add(&self.stats.to_xmpp);
                 if publish.qos != QoS::AtMostOnce {
-                    let done = self.confirmed_tx.clone();
-                    tokio::spawn(async move {
-                        // Dropped unconfirmed means the link stopped: leave it unacknowledged.
-                        if confirmed.await.is_ok() {
-                            let _closed = done.send(publish);
+                    self.settling.push(Box::pin(async move {
+                        match confirmed.await {
+                            Ok(()) => Settled::Confirmed(publish),
+                            Err(_) => Settled::Unconfirmed,
                         }
-                    });
+                    }));
                 }
             }
             Err(SendError::Full(outgoing)) => {
@@ -329,6 +348,9 @@ impl Bridge {
             Err(e) => {
                 warn!(error = %e, "Stanza refused by the XMPP link; message dropped.");
                 add(&self.stats.refused_from_mqtt);
+                // Acknowledged all the same, or the broker would keep it in flight for ever.
+                self.settling
+                    .push(Box::pin(std::future::ready(Settled::Dropped(publish))));
             }
         }
     }
