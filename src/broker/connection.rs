@@ -358,7 +358,7 @@ impl Reader {
                 return cause;
             }
             if self.closing.is_cancelled() {
-                return CloseCause::Abnormal;
+                return self.last_words(&rd, &mut buf);
             }
             if buf.is_empty() {
                 buf = BytesMut::new();
@@ -382,13 +382,26 @@ impl Reader {
                         return CloseCause::Abnormal;
                     }
                 },
-                () = self.closing.cancelled() => return CloseCause::Abnormal,
+                () = self.closing.cancelled() => return self.last_words(&rd, &mut buf),
                 () = &mut idle => {
                     info!(keep_alive, "Keep-alive timeout; closing.");
                     self.link.disconnect(reason::KEEP_ALIVE_TIMEOUT);
                     return CloseCause::Abnormal;
                 }
             }
+        }
+    }
+
+    /// The connection is being closed (taken over, shutting down): one last look at what the
+    /// socket already holds, so that a DISCONNECT sent just before is honoured (no will).
+    fn last_words(&self, rd: &OwnedReadHalf, buf: &mut BytesMut) -> CloseCause {
+        buf.reserve(READ_CHUNK);
+        // Whatever the outcome, the connection ends; only a DISCONNECT changes the cause.
+        let _bytes = rd.try_read_buf(buf);
+        let mut ignored = Vec::new();
+        match self.drain(buf, &mut ignored) {
+            Some(cause @ CloseCause::Disconnect { .. }) => cause,
+            _ => CloseCause::Abnormal,
         }
     }
 
