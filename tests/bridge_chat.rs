@@ -97,14 +97,42 @@ async fn mqtt_user(broker: &TestBroker, user: &str, id: &str) -> common::Client 
     connect_with(opts).await
 }
 
+/// The shipped rules with legacy user alice on XMPP and MQTT user bob subscribed to his inbox.
+struct Chat {
+    prosody: Prosody,
+    _dir: tempfile::TempDir,
+    broker: TestBroker,
+    alice: XmppClient,
+    bob: common::Client,
+}
+
+impl Chat {
+    async fn start() -> Chat {
+        let prosody = Prosody::start();
+        let dir = tempfile::tempdir().unwrap();
+        let broker = start_bridge(&prosody, &shipped_mappings(), &dir.path().join("users")).await;
+        let alice = XmppClient::connect(&prosody, "alice").await;
+        let mut bob = mqtt_user(&broker, "bob", "bob-phone").await;
+        bob.subscribe("users/bob/inbox/#", QoS::AtLeastOnce).await;
+        Chat {
+            prosody,
+            _dir: dir,
+            broker,
+            alice,
+            bob,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_both_ways_with_the_shipped_rules() {
-    let prosody = Prosody::start();
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start_bridge(&prosody, &shipped_mappings(), &dir.path().join("users")).await;
-    let mut alice = XmppClient::connect(&prosody, "alice").await;
-    let mut bob = mqtt_user(&broker, "bob", "bob-phone").await;
-    bob.subscribe("users/bob/inbox/#", QoS::AtLeastOnce).await;
+    let Chat {
+        prosody: _prosody,
+        _dir,
+        broker,
+        mut alice,
+        mut bob,
+    } = Chat::start().await;
 
     // XMPP -> MQTT: JSON envelope on bob's inbox, per peer.
     alice
@@ -276,15 +304,16 @@ async fn mqtt5_publishers_learn_why_a_bridged_publish_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmapped_addresses_get_item_not_found_and_bad_stanzas_keep_the_link() {
-    let prosody = Prosody::start();
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start_bridge(&prosody, &shipped_mappings(), &dir.path().join("users")).await;
-    let mut alice = XmppClient::connect(&prosody, "alice").await;
-    let mut bob = mqtt_user(&broker, "bob", "bob-phone").await;
-    bob.subscribe("users/bob/inbox/#", QoS::AtLeastOnce).await;
+    let Chat {
+        prosody: _prosody,
+        _dir,
+        broker,
+        mut alice,
+        mut bob,
+    } = Chat::start().await;
 
-    // news@ takes headlines only; nobody@ is no rule's JID at all... but {user}@ covers every
-    // localpart, so use a resource-less address outside the rules: the bare domain.
+    // `{user}@{domain}` covers every localpart of the component domain, so the one address no
+    // rule covers is the bare domain itself.
     alice
         .send_raw("<message to='mqtt.localhost' type='chat' id='x1'><body>hi</body></message>")
         .await;
@@ -323,12 +352,13 @@ async fn unmapped_addresses_get_item_not_found_and_bad_stanzas_keep_the_link() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_messages_in_order_both_ways() {
-    let prosody = Prosody::start();
-    let dir = tempfile::tempdir().unwrap();
-    let broker = start_bridge(&prosody, &shipped_mappings(), &dir.path().join("users")).await;
-    let mut alice = XmppClient::connect(&prosody, "alice").await;
-    let mut bob = mqtt_user(&broker, "bob", "bob-phone").await;
-    bob.subscribe("users/bob/inbox/#", QoS::AtLeastOnce).await;
+    let Chat {
+        prosody: _prosody,
+        _dir,
+        broker: _broker,
+        mut alice,
+        mut bob,
+    } = Chat::start().await;
     for i in 0..1000 {
         let payload = format!(r#"{{"body":"m{i}"}}"#);
         bob.publish(
