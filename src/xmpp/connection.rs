@@ -25,12 +25,25 @@ use xmpp_parsers::minidom::Element;
 use xmpp_parsers::ns;
 use xmpp_parsers::stream_error::{DefinedCondition, StreamError};
 
+use super::Stanza;
 use super::config::XmppConfig;
 use super::error::LinkError;
 
-/// An established component stream of untyped elements. It is a `Sink` of shared elements so
+/// An established component stream of untyped elements. It is a `Sink` of [`Wire`] items so
 /// it can be split into a reader and a writer half.
 pub(crate) struct Link(XmlStream<BufStream<TcpStream>, Element>);
+
+/// What the writing half sends: an element (replies, pings) or a typed stanza. A stanza is
+/// serialised straight from its type: converting a `Message` to an `Element` first cost more
+/// CPU than everything else on the MQTT → XMPP path (a detour through XML events and
+/// namespace-keyed attribute maps).
+#[derive(Debug, Clone)]
+pub(crate) enum Wire {
+    /// An untyped element.
+    Element(Arc<Element>),
+    /// A typed stanza, shared with the queue that keeps it until the server confirmed it.
+    Stanza(Arc<Stanza>),
+}
 
 /// Connects and authenticates, within `cfg.connect_timeout`.
 pub(crate) async fn connect(cfg: &XmppConfig) -> Result<Link, LinkError> {
@@ -160,16 +173,23 @@ impl Stream for Link {
     }
 }
 
-impl Sink<Arc<Element>> for Link {
+impl Sink<Wire> for Link {
     type Error = io::Error;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Sink::<&Element>::poll_ready(self.inner(), cx)
     }
 
-    fn start_send(self: Pin<&mut Self>, item: Arc<Element>) -> io::Result<()> {
+    fn start_send(self: Pin<&mut Self>, item: Wire) -> io::Result<()> {
         // Serialises into the stream's buffer right away; `item` is not kept.
-        self.inner().start_send(&*item)
+        match &item {
+            Wire::Element(el) => self.inner().start_send(&**el),
+            Wire::Stanza(s) => match &**s {
+                Stanza::Message(m) => self.inner().start_send(m),
+                Stanza::Presence(p) => self.inner().start_send(p),
+                Stanza::Iq(iq) => self.inner().start_send(iq),
+            },
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

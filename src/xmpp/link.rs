@@ -21,17 +21,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, trace, warn};
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::jid::Jid;
-use xmpp_parsers::minidom::Element;
 use xmpp_parsers::ping::Ping;
 
 use super::backoff::Backoff;
-use super::connection::{self, Link, read_error};
+use super::connection::{self, Link, Wire, read_error};
 use super::error::LinkError;
 use super::queue::{MAX_WRITES, OutQueue, Pings};
 use super::reader::{Control, Reader, Stall};
 use super::service::Service;
 use super::stats::XmppStats;
-use super::{Inbound, LinkState, Overflow, Queued, XmppConfig};
+use super::{Inbound, LinkState, Overflow, Queued, Stanza, XmppConfig};
 
 /// Queued stanzas written before the writer looks at its other inputs again.
 const WRITE_BATCH: usize = 64;
@@ -54,9 +53,9 @@ pub(crate) struct Worker {
     pub(crate) ping_prefix: String,
 }
 
-/// An outbound stanza in the queue: serialised once, kept until confirmed.
+/// An outbound stanza in the queue, kept until confirmed.
 struct Pending {
-    element: Arc<Element>,
+    stanza: Arc<Stanza>,
     id: String,
     confirmed: Option<tokio::sync::oneshot::Sender<()>>,
     /// Frees the queue slot when the stanza is confirmed or given up.
@@ -67,7 +66,7 @@ impl From<Queued> for Pending {
     fn from(q: Queued) -> Self {
         let id = q.out.stanza.id().unwrap_or_default().to_owned();
         Pending {
-            element: Arc::new(q.out.stanza.into()),
+            stanza: Arc::new(q.out.stanza),
             id,
             confirmed: q.out.confirmed,
             _slot: q.permit,
@@ -320,7 +319,7 @@ impl Outbound {
                 _ = self.shutdown.cancelled() => return self.close(w, ctl).await,
                 msg = ctl.recv() => match msg {
                     Some(Control::Write(el)) => {
-                        if let Err(e) = w.send(el).await {
+                        if let Err(e) = w.send(Wire::Element(el)).await {
                             return End::Lost(e);
                         }
                     }
@@ -366,7 +365,7 @@ impl Outbound {
             if next.resend {
                 debug!(id = %next.item.id, "Re-sending unconfirmed stanza.");
             }
-            w.feed(next.item.element.clone()).await?;
+            w.feed(Wire::Stanza(next.item.stanza.clone())).await?;
             n += 1;
         }
         if n > 0 {
@@ -385,7 +384,7 @@ impl Outbound {
             id,
             payload: Ping.into(),
         };
-        w.send(Arc::new(iq.into())).await
+        w.send(Wire::Stanza(Arc::new(Stanza::Iq(iq)))).await
     }
 
     /// A ping was answered: confirm what it covered.
@@ -431,7 +430,7 @@ impl Outbound {
                 }
                 match ctl.recv().await {
                     Some(Control::Pong(id)) => self.pong(&id),
-                    Some(Control::Write(el)) => w.send(el).await?,
+                    Some(Control::Write(el)) => w.send(Wire::Element(el)).await?,
                     Some(Control::Ended(e)) => return Err(e),
                     None => return Err(LinkError::Closed),
                 }
@@ -458,12 +457,12 @@ impl Outbound {
 
 /// The sending half, with every write bounded in time.
 struct Writer {
-    sink: SplitSink<Link, Arc<Element>>,
+    sink: SplitSink<Link, Wire>,
     limit: Duration,
 }
 
 impl Writer {
-    async fn feed(&mut self, el: Arc<Element>) -> Result<(), LinkError> {
+    async fn feed(&mut self, el: Wire) -> Result<(), LinkError> {
         match tokio::time::timeout(self.limit, self.sink.feed(el)).await {
             Ok(r) => r.map_err(read_error),
             Err(_) => Err(LinkError::WriteTimeout(self.limit)),
@@ -477,7 +476,7 @@ impl Writer {
         }
     }
 
-    async fn send(&mut self, el: Arc<Element>) -> Result<(), LinkError> {
+    async fn send(&mut self, el: Wire) -> Result<(), LinkError> {
         self.feed(el).await?;
         self.flush().await
     }
