@@ -766,10 +766,12 @@ fn read_until(s: &mut TcpStream, buf: &mut Vec<u8>, pat: &str, what: &str) -> St
     }
 }
 
+/// A read or accept to try again: a timeout, or a signal (SIGCHLD of a finished child, say)
+/// that interrupted the call; missing the latter once ended a peer reader mid-run.
 fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
     )
 }
 
@@ -787,14 +789,22 @@ fn spawn_reader(
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match s.read(&mut buf) {
-                Ok(0) => return,
+                Ok(0) => {
+                    if !stop.load(Ordering::Relaxed) {
+                        eprintln!("reader: the other end closed the connection");
+                    }
+                    return;
+                }
                 Ok(n) => on_chunk(&buf[..n], now_ns()),
                 Err(e) if is_timeout(&e) => {
                     if stop.load(Ordering::Relaxed) {
                         return;
                     }
                 }
-                Err(_) => return,
+                Err(e) => {
+                    eprintln!("reader: read failed: {e}");
+                    return;
+                }
             }
         }
     });
@@ -1365,10 +1375,11 @@ impl BridgeProc {
         let mappings = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
         let config = dir.join(format!("{name}-bridge.toml"));
         let text = format!(
-            "[log]\nlevel = \"warn\"\n\n[broker]\nlisten = \"127.0.0.1:{port}\"\n\
+            "[log]\nlevel = \"{}\"\n\n[broker]\nlisten = \"127.0.0.1:{port}\"\n\
              max_queued = 1000000\npassword_file = \"{}\"\nsys_interval = \"0s\"\n\n\
              [xmpp]\nserver = \"127.0.0.1:{xmpp_port}\"\ndomain = \"{COMPONENT}\"\n\
              secret = \"{SECRET}\"\n\n[mapping]\ndir = \"{}\"\n",
+            std::env::var("BENCH_BRIDGE_LOG").unwrap_or_else(|_| "warn".into()),
             users.display(),
             mappings.display()
         );
@@ -1398,6 +1409,18 @@ impl BridgeProc {
     /// How many warning and error lines its log has, and the last few (colours removed).
     fn log_warnings(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        if std::env::var_os("BENCH_BRIDGE_LOG").is_some() {
+            // Asked for a log level: keep the whole log next to the report.
+            let name = self
+                .log
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned());
+            let keep = Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join("..")
+                .join(name.unwrap_or_default());
+            std::fs::write(&keep, &text).ok();
+            println!("Bridge log kept in {}", keep.display());
+        }
         let lines: Vec<String> = text
             .lines()
             .filter(|l| l.contains("WARN") || l.contains("ERROR"))
