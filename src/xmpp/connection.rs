@@ -28,6 +28,7 @@ use xmpp_parsers::stream_error::{DefinedCondition, StreamError};
 use super::Stanza;
 use super::config::XmppConfig;
 use super::error::LinkError;
+use super::message_xml::MessageXml;
 
 /// An established component stream of untyped elements. It is a `Sink` of [`Wire`] items so
 /// it can be split into a reader and a writer half.
@@ -185,7 +186,7 @@ impl Sink<Wire> for Link {
         match &item {
             Wire::Element(el) => self.inner().start_send(&**el),
             Wire::Stanza(s) => match &**s {
-                Stanza::Message(m) => self.inner().start_send(m),
+                Stanza::Message(m) => self.inner().start_send(&MessageXml(m)),
                 Stanza::Presence(p) => self.inner().start_send(p),
                 Stanza::Iq(iq) => self.inner().start_send(iq),
             },

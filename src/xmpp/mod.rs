@@ -24,6 +24,7 @@ pub mod config;
 mod connection;
 pub mod error;
 mod link;
+mod message_xml;
 mod queue;
 mod reader;
 mod service;
