@@ -23,4 +23,5 @@ pub mod mapping;
 pub mod shutdown;
 mod suggest;
 pub mod telemetry;
+pub mod upstream;
 pub mod xmpp;

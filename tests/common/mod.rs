@@ -56,6 +56,7 @@ pub async fn start_broker(tune: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
     let config = Config {
         log: LogConfig::default(),
         broker,
+        mqtt: xmpp_mqtt_bridge::config::MqttMode::Embedded,
         bridge: None,
     };
     let app = App::start(config).await.expect("broker starts");
