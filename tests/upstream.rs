@@ -1,0 +1,303 @@
+//! Upstream mode end to end: a real Mosquitto 2.0 (Debian) as the upstream broker with the
+//! shipped ACL (`docker/mosquitto/acl`), a real Prosody, slixmpp and rumqttc clients, the
+//! shipped mapping rules. The bridge runs in-process, or as the built binary where a test
+//! kills it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::let_underscore_must_use,
+    reason = "tests: a failed unwrap is a failed test; ignored results are best-effort cleanup"
+)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::mosquitto::Mosquitto;
+use common::prosody::{COMPONENT, COMPONENT2, Prosody, SECRET, XmppClient};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use xmpp_mqtt_bridge::app::App;
+use xmpp_mqtt_bridge::broker::BrokerConfig;
+use xmpp_mqtt_bridge::config::{BridgeSettings, Config, LogConfig, MqttMode};
+use xmpp_mqtt_bridge::mapping::MappingTable;
+use xmpp_mqtt_bridge::upstream::UpstreamConfig;
+use xmpp_mqtt_bridge::xmpp::{LinkState, XmppConfig};
+
+const BRIDGE_USER: &str = "xmpp-bridge";
+const BRIDGE_PASSWORD: &str = "bridgepw";
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// Mosquitto with the shipped ACL; MQTT users bob and carol (password `<name>pw`) and the
+/// bridge's account.
+fn mosquitto() -> Mosquitto {
+    let acl = std::fs::read_to_string(repo("docker/mosquitto/acl")).unwrap();
+    Mosquitto::start(
+        &[
+            (BRIDGE_USER, BRIDGE_PASSWORD),
+            ("bob", "bobpw"),
+            ("carol", "carolpw"),
+        ],
+        &acl,
+    )
+}
+
+fn upstream_config(m: &Mosquitto, client_id: &str) -> UpstreamConfig {
+    let mut u = UpstreamConfig::new("127.0.0.1", m.port());
+    u.client_id = client_id.to_string();
+    u.credentials = Some((BRIDGE_USER.into(), BRIDGE_PASSWORD.into()));
+    u.reconnect_min = Duration::from_millis(100);
+    u.reconnect_max = Duration::from_millis(500);
+    u
+}
+
+fn xmpp_config(prosody: &Prosody, domain: &str) -> XmppConfig {
+    let mut xmpp = XmppConfig::new(prosody.component_addr(), domain, prosody.secret());
+    xmpp.ping_interval = Duration::from_millis(500);
+    xmpp.read_timeout = Duration::from_secs(3);
+    xmpp.reconnect_min = Duration::from_millis(100);
+    xmpp.reconnect_max = Duration::from_millis(500);
+    xmpp
+}
+
+/// The bridge in upstream mode, in this process, once its XMPP link is up.
+async fn start_bridge(prosody: &Prosody, upstream: UpstreamConfig) -> App {
+    let mappings = repo("mappings");
+    let table = MappingTable::load_dir(&mappings, COMPONENT).unwrap();
+    assert!(table.unbound_senders().is_empty());
+    let config = Config {
+        log: LogConfig {
+            level: std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into()),
+            ..LogConfig::default()
+        },
+        broker: BrokerConfig::default(),
+        mqtt: MqttMode::Upstream(Box::new(upstream)),
+        bridge: Some(BridgeSettings {
+            xmpp: xmpp_config(prosody, COMPONENT),
+            mapping_dir: mappings,
+            mapping: Arc::new(table),
+        }),
+    };
+    xmpp_mqtt_bridge::telemetry::init(&config.log);
+    let app = App::start(config).await.unwrap();
+    assert!(app.broker.is_none() && app.mqtt_addrs.is_empty());
+    let mut state = app.xmpp.as_ref().unwrap().subscribe_state();
+    let linked = tokio::time::timeout(common::WAIT, async {
+        while !matches!(*state.borrow_and_update(), LinkState::Connected) {
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(linked.is_ok(), "the component link never came up");
+    app
+}
+
+/// Waits until the upstream client has connected `n` times in total.
+async fn wait_upstream_connects(app: &App, n: u64) {
+    let stats = app.upstream_stats.clone().unwrap();
+    let deadline = Instant::now() + common::WAIT;
+    while stats.connects.load(std::sync::atomic::Ordering::Relaxed) < n {
+        assert!(Instant::now() < deadline, "upstream client never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The SUBSCRIBE goes out right after CONNACK; give the broker a moment to apply it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// An MQTT 3.1.1 client that survives broker restarts (persistent session, reconnects),
+/// forwarding every PUBLISH it receives.
+struct Mqtt {
+    client: AsyncClient,
+    publishes: mpsc::UnboundedReceiver<rumqttc::Publish>,
+    connacks: mpsc::UnboundedReceiver<()>,
+}
+
+impl Mqtt {
+    async fn connect(m: &Mosquitto, user: &str, id: &str, subscribe: Option<&str>) -> Mqtt {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", m.port());
+        opts.set_credentials(user, format!("{user}pw"));
+        opts.set_clean_session(false);
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+        let (ptx, publishes) = mpsc::unbounded_channel();
+        let (ctx, mut connacks) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if ptx.send(p).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if ctx.send(()).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(common::WAIT, connacks.recv())
+            .await
+            .expect("no CONNACK")
+            .unwrap();
+        if let Some(filter) = subscribe {
+            client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Mqtt {
+            client,
+            publishes,
+            connacks,
+        }
+    }
+
+    async fn publish(&self, topic: &str, body: &str) {
+        let payload = serde_json::json!({ "body": body }).to_string();
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+
+    /// Bodies of the envelopes received until `n` distinct ones arrived (duplicates counted).
+    async fn bodies(&mut self, n: usize, limit: Duration) -> (BTreeSet<String>, usize) {
+        let mut seen = BTreeSet::new();
+        let mut dups = 0;
+        let deadline = tokio::time::Instant::now() + limit;
+        while seen.len() < n {
+            match tokio::time::timeout_at(deadline, self.publishes.recv()).await {
+                Ok(Some(p)) => {
+                    let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                    if !seen.insert(v["body"].as_str().unwrap().to_string()) {
+                        dups += 1;
+                    }
+                }
+                _ => break,
+            }
+        }
+        (seen, dups)
+    }
+}
+
+/// Bodies of chat messages `client` receives until `n` distinct ones arrived or `limit`
+/// passed, with the sender of each and the number of duplicates.
+async fn xmpp_bodies(
+    client: &mut XmppClient,
+    n: usize,
+    limit: Duration,
+) -> (BTreeMap<String, String>, usize) {
+    let mut seen = BTreeMap::new();
+    let mut dups = 0;
+    let deadline = Instant::now() + limit;
+    while seen.len() < n && Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(v) = tokio::time::timeout(left, client.next_event_quiet()).await else {
+            break;
+        };
+        let Some(v) = v else { break };
+        if v["event"] != "message" {
+            continue;
+        }
+        let body = v["body"].as_str().unwrap_or_default().to_string();
+        let from = v["from"].as_str().unwrap_or_default().to_string();
+        if seen.insert(body, from).is_some() {
+            dups += 1;
+        }
+    }
+    (seen, dups)
+}
+
+fn expected(prefix: &str, range: std::ops::Range<usize>) -> BTreeSet<String> {
+    range.map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_both_ways_through_upstream_mosquitto() {
+    let prosody = Prosody::start();
+    let m = mosquitto();
+    let app = start_bridge(&prosody, upstream_config(&m, "bridge-both")).await;
+    wait_upstream_connects(&app, 1).await;
+    let mut alice = XmppClient::connect(&prosody, "alice").await;
+    let mut bob = Mqtt::connect(&m, "bob", "bob-phone", Some("users/bob/inbox/#")).await;
+
+    // XMPP -> MQTT: the JSON envelope on bob's inbox, through Mosquitto.
+    alice.send_chat("bob@mqtt.localhost", "m1", "Hello Bob").await;
+    let p = tokio::time::timeout(common::WAIT, bob.publishes.recv())
+        .await
+        .expect("bob got nothing")
+        .unwrap();
+    assert_eq!(p.topic, "users/bob/inbox/alice@localhost");
+    let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+    assert_eq!(v["body"], "Hello Bob");
+    assert_eq!(v["from"].as_str().unwrap().split('/').next(), Some("alice@localhost"));
+
+    // MQTT -> XMPP: the sender is the topic's {user}, which the ACL lets only bob use.
+    bob.publish("users/bob/outbox/alice@localhost", "Hi Alice").await;
+    let got = alice.wait_for(|e| e["event"] == "message").await;
+    assert_eq!(got["body"], "Hi Alice");
+    assert_eq!(got["from"], "bob@mqtt.localhost");
+
+    // The bridge's own publishes are not carried back (No Local; the inbox is not bridged
+    // to XMPP anyway), and nothing else arrives.
+    alice.expect_no_message(Duration::from_millis(500)).await;
+    let stats = app.bridge_stats.clone().unwrap();
+    assert_eq!(stats.to_mqtt.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        stats
+            .to_xmpp_confirmed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(app.stop(Duration::from_secs(5)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_marked_by_a_bridge_instance_are_not_carried_again() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    let prosody = Prosody::start();
+    let m = mosquitto();
+    let app = start_bridge(&prosody, upstream_config(&m, "bridge-loop")).await;
+    wait_upstream_connects(&app, 1).await;
+    let mut alice = XmppClient::connect(&prosody, "alice").await;
+
+    // An MQTT 5 client (bob) publishes on his outbox once with the origin property of this
+    // deployment (as another bridge instance would) and once without.
+    let mut opts = rumqttc::v5::MqttOptions::new("bob-v5", "127.0.0.1", m.port());
+    opts.set_credentials("bob", "bobpw");
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 10);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let body = |b: &str| serde_json::json!({ "body": b }).to_string();
+    let marked = PublishProperties {
+        user_properties: vec![(
+            xmpp_mqtt_bridge::upstream::ORIGIN_PROPERTY.into(),
+            COMPONENT.into(),
+        )],
+        ..PublishProperties::default()
+    };
+    let topic = "users/bob/outbox/alice@localhost";
+    let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+    client
+        .publish_with_properties(topic, qos, false, body("looped"), marked)
+        .await
+        .unwrap();
+    client.publish(topic, qos, false, body("fresh")).await.unwrap();
+    let got = alice.wait_for(|e| e["event"] == "message").await;
+    assert_eq!(got["body"], "fresh", "the marked message must be dropped");
+    alice.expect_no_message(Duration::from_millis(500)).await;
+    let stats = app.upstream_stats.clone().unwrap();
+    assert_eq!(
+        stats.loops_dropped.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(app.stop(Duration::from_secs(5)).await);
+}
