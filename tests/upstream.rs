@@ -231,7 +231,9 @@ async fn chat_both_ways_through_upstream_mosquitto() {
     let mut bob = Mqtt::connect(&m, "bob", "bob-phone", Some("users/bob/inbox/#")).await;
 
     // XMPP -> MQTT: the JSON envelope on bob's inbox, through Mosquitto.
-    alice.send_chat("bob@mqtt.localhost", "m1", "Hello Bob").await;
+    alice
+        .send_chat("bob@mqtt.localhost", "m1", "Hello Bob")
+        .await;
     let p = tokio::time::timeout(common::WAIT, bob.publishes.recv())
         .await
         .expect("bob got nothing")
@@ -239,10 +241,14 @@ async fn chat_both_ways_through_upstream_mosquitto() {
     assert_eq!(p.topic, "users/bob/inbox/alice@localhost");
     let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
     assert_eq!(v["body"], "Hello Bob");
-    assert_eq!(v["from"].as_str().unwrap().split('/').next(), Some("alice@localhost"));
+    assert_eq!(
+        v["from"].as_str().unwrap().split('/').next(),
+        Some("alice@localhost")
+    );
 
     // MQTT -> XMPP: the sender is the topic's {user}, which the ACL lets only bob use.
-    bob.publish("users/bob/outbox/alice@localhost", "Hi Alice").await;
+    bob.publish("users/bob/outbox/alice@localhost", "Hi Alice")
+        .await;
     let got = alice.wait_for(|e| e["event"] == "message").await;
     assert_eq!(got["body"], "Hi Alice");
     assert_eq!(got["from"], "bob@mqtt.localhost");
@@ -290,14 +296,174 @@ async fn messages_marked_by_a_bridge_instance_are_not_carried_again() {
         .publish_with_properties(topic, qos, false, body("looped"), marked)
         .await
         .unwrap();
-    client.publish(topic, qos, false, body("fresh")).await.unwrap();
+    client
+        .publish(topic, qos, false, body("fresh"))
+        .await
+        .unwrap();
     let got = alice.wait_for(|e| e["event"] == "message").await;
     assert_eq!(got["body"], "fresh", "the marked message must be dropped");
     alice.expect_no_message(Duration::from_millis(500)).await;
     let stats = app.upstream_stats.clone().unwrap();
     assert_eq!(
-        stats.loops_dropped.load(std::sync::atomic::Ordering::Relaxed),
+        stats
+            .loops_dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
         1
     );
+    assert!(app.stop(Duration::from_secs(5)).await);
+}
+
+/// QoS 1 both ways while the upstream broker goes down and comes back (Mosquitto saves its
+/// sessions on SIGTERM): every message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_broker_restart_loses_nothing_at_qos1() {
+    const N: usize = 15;
+    let prosody = Prosody::start();
+    let mut m = mosquitto();
+    let app = start_bridge(&prosody, upstream_config(&m, "bridge-restart")).await;
+    wait_upstream_connects(&app, 1).await;
+    let mut alice = XmppClient::connect(&prosody, "alice").await;
+    let mut bob_in = Mqtt::connect(&m, "bob", "bob-in", Some("users/bob/inbox/#")).await;
+    let bob_out = Mqtt::connect(&m, "bob", "bob-out", None).await;
+    let outbox = "users/bob/outbox/alice@localhost";
+
+    // Before, during and after the outage, each side keeps sending.
+    for i in 0..N {
+        alice
+            .send_chat("bob@mqtt.localhost", &format!("a{i}"), &format!("x{i}"))
+            .await;
+        bob_out.publish(outbox, &format!("m{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    m.stop();
+    for i in N..2 * N {
+        alice
+            .send_chat("bob@mqtt.localhost", &format!("a{i}"), &format!("x{i}"))
+            .await;
+        bob_out.publish(outbox, &format!("m{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    m.start_again();
+    for i in 2 * N..3 * N {
+        alice
+            .send_chat("bob@mqtt.localhost", &format!("a{i}"), &format!("x{i}"))
+            .await;
+        bob_out.publish(outbox, &format!("m{i}")).await;
+    }
+
+    let (to_xmpp, xdups) = xmpp_bodies(&mut alice, 3 * N, Duration::from_secs(20)).await;
+    let got: BTreeSet<String> = to_xmpp.keys().cloned().collect();
+    assert_eq!(got, expected("m", 0..3 * N), "MQTT -> XMPP lost messages");
+    let (to_mqtt, mdups) = bob_in.bodies(3 * N, Duration::from_secs(20)).await;
+    assert_eq!(
+        to_mqtt,
+        expected("x", 0..3 * N),
+        "XMPP -> MQTT lost messages"
+    );
+    assert!(
+        bob_in.connacks.try_recv().is_ok(),
+        "bob's client never reconnected"
+    );
+    let stats = app.upstream_stats.clone().unwrap();
+    assert!(
+        stats.connects.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+        "the bridge never reconnected"
+    );
+    eprintln!("broker restart: duplicates to XMPP {xdups}, to MQTT {mdups}");
+    assert!(app.stop(Duration::from_secs(5)).await);
+}
+
+/// The bridge stops while an MQTT client keeps publishing; a new bridge process with the same
+/// client id resumes the persistent session and carries everything published meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_restart_loses_nothing_thanks_to_the_persistent_session() {
+    const N: usize = 20;
+    let prosody = Prosody::start();
+    let m = mosquitto();
+    let app = start_bridge(&prosody, upstream_config(&m, "bridge-persist")).await;
+    wait_upstream_connects(&app, 1).await;
+    let mut alice = XmppClient::connect(&prosody, "alice").await;
+    let bob = Mqtt::connect(&m, "bob", "bob-out", None).await;
+    let outbox = "users/bob/outbox/alice@localhost";
+    for i in 0..N {
+        bob.publish(outbox, &format!("m{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(app.stop(Duration::from_secs(5)).await);
+    for i in N..2 * N {
+        bob.publish(outbox, &format!("m{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let app = start_bridge(&prosody, upstream_config(&m, "bridge-persist")).await;
+    for i in 2 * N..3 * N {
+        bob.publish(outbox, &format!("m{i}")).await;
+    }
+    let (got, dups) = xmpp_bodies(&mut alice, 3 * N, Duration::from_secs(20)).await;
+    let got: BTreeSet<String> = got.keys().cloned().collect();
+    assert_eq!(
+        got,
+        expected("m", 0..3 * N),
+        "messages lost over the bridge restart"
+    );
+    eprintln!("bridge restart: duplicates to XMPP {dups}");
+    assert!(app.stop(Duration::from_secs(5)).await);
+}
+
+/// Identity comes from the topic, so the broker's ACL is what stops carol from speaking as
+/// bob: her publish on bob's outbox is refused by Mosquitto and nothing reaches XMPP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_refuses_publishing_under_another_users_prefix() {
+    let prosody = Prosody::start();
+    let m = mosquitto();
+    let app = start_bridge(&prosody, upstream_config(&m, "bridge-acl")).await;
+    wait_upstream_connects(&app, 1).await;
+    let mut alice = XmppClient::connect(&prosody, "alice").await;
+
+    // MQTT 5: Mosquitto answers the forged publish with PUBACK 0x87 Not authorized.
+    let mut opts = rumqttc::v5::MqttOptions::new("carol-v5", "127.0.0.1", m.port());
+    opts.set_credentials("carol", "carolpw");
+    let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 10);
+    let (tx, mut pubacks) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::PubAck(a))) => {
+                    let _ = tx.send(format!("{:?}", a.reason));
+                }
+                Ok(_) => {}
+                // rumqttc reports a failed PUBACK as an error of its event loop.
+                Err(e) => {
+                    let _ = tx.send(e.to_string());
+                    return;
+                }
+            }
+        }
+    });
+    let forged = serde_json::json!({ "body": "I am bob" }).to_string();
+    let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+    client
+        .publish("users/bob/outbox/alice@localhost", qos, false, forged)
+        .await
+        .unwrap();
+    let reason = tokio::time::timeout(common::WAIT, pubacks.recv())
+        .await
+        .expect("no PUBACK")
+        .unwrap();
+    assert!(reason.contains("NotAuthorized"), "{reason}");
+    // MQTT 3.1.1: no negative acknowledgement; the broker drops it silently.
+    let carol = Mqtt::connect(&m, "carol", "carol-311", None).await;
+    carol
+        .publish("users/bob/outbox/alice@localhost", "I am bob too")
+        .await;
+    // Carol's own outbox works, and arrives first: nothing forged was carried before it.
+    carol
+        .publish("users/carol/outbox/alice@localhost", "Really carol")
+        .await;
+    let got = alice.wait_for(|e| e["event"] == "message").await;
+    assert_eq!(got["body"], "Really carol");
+    assert_eq!(got["from"], "carol@mqtt.localhost");
+    alice.expect_no_message(Duration::from_millis(800)).await;
+    let stats = app.bridge_stats.clone().unwrap();
+    assert_eq!(stats.to_xmpp.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert!(app.stop(Duration::from_secs(5)).await);
 }

@@ -112,8 +112,8 @@ impl Mosquitto {
 
     /// The last lines of the broker's log.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("mosquitto.log"))
-            .unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
