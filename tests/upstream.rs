@@ -467,3 +467,242 @@ async fn acl_refuses_publishing_under_another_users_prefix() {
     assert_eq!(stats.to_xmpp.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert!(app.stop(Duration::from_secs(5)).await);
 }
+
+/// A bridge process in upstream mode (the built binary), killed with SIGKILL on drop.
+struct Instance {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Instance {
+    #[expect(clippy::too_many_arguments, reason = "test topology knobs")]
+    fn spawn(
+        dir: &Path,
+        name: &str,
+        prosody: &Prosody,
+        m: &Mosquitto,
+        domain: &str,
+        client_id: &str,
+        share_group: Option<&str>,
+        session_expiry: &str,
+    ) -> Instance {
+        let share = share_group
+            .map(|g| format!("share_group = \"{g}\"\n"))
+            .unwrap_or_default();
+        let config = format!(
+            "[log]\nlevel = \"info\"\n\n\
+             [mqtt]\nmode = \"upstream\"\n\n\
+             [mqtt.upstream]\nserver = \"127.0.0.1:{port}\"\nclient_id = \"{client_id}\"\n\
+             username = \"{BRIDGE_USER}\"\npassword = \"{BRIDGE_PASSWORD}\"\n\
+             session_expiry = \"{session_expiry}\"\nreconnect_min = \"100ms\"\n\
+             reconnect_max = \"500ms\"\n{share}\n\
+             [xmpp]\nserver = \"{xmpp}\"\ndomain = \"{domain}\"\nsecret = \"{SECRET}\"\n\
+             ping_interval = \"500ms\"\nread_timeout = \"3s\"\nreconnect_min = \"100ms\"\n\
+             reconnect_max = \"1s\"\n\n\
+             [mapping]\ndir = \"{maps}\"\n",
+            port = m.port(),
+            xmpp = prosody.component_addr(),
+            maps = repo("mappings").display(),
+        );
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(common::bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Instance { child, log }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits until Mosquitto's log holds `n` lines containing `needle`.
+async fn wait_broker_log(m: &Mosquitto, needle: &str, n: usize) {
+    let deadline = Instant::now() + common::WAIT;
+    loop {
+        let log = std::fs::read_to_string(m.log_path()).unwrap_or_default();
+        if log.lines().filter(|l| l.contains(needle)).count() >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{needle}` in the broker log:\n{}",
+            m.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two instances on one Mosquitto, each holding its own component link, sharing the
+/// MQTT -> XMPP subscriptions (`$share/bridges/...`): every message reaches XMPP exactly once,
+/// both carry a part; one is killed and the other carries everything after. The session
+/// expiry is 0 here, so the broker drops the dead instance's session at once (see the README
+/// on what a persistent session changes for shared subscriptions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_load_exactly_once_and_survive_one_kill() {
+    const N: usize = 40;
+    let prosody = Prosody::start();
+    let m = mosquitto();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Instance::spawn(
+        dir.path(),
+        "a",
+        &prosody,
+        &m,
+        COMPONENT,
+        "bridge-a",
+        Some("bridges"),
+        "0s",
+    );
+    let b = Instance::spawn(
+        dir.path(),
+        "b",
+        &prosody,
+        &m,
+        COMPONENT2,
+        "bridge-b",
+        Some("bridges"),
+        "0s",
+    );
+    wait_broker_log(&m, "$share/bridges/users/+/outbox/+", 2).await;
+    let mut alice = XmppClient::connect(&prosody, "alice").await;
+    let bob = Mqtt::connect(&m, "bob", "bob-out", None).await;
+    let outbox = "users/bob/outbox/alice@localhost";
+
+    for i in 0..N {
+        bob.publish(outbox, &format!("m{i}")).await;
+    }
+    let (got, dups) = xmpp_bodies(&mut alice, N, Duration::from_secs(20)).await;
+    alice.expect_no_message(Duration::from_secs(1)).await;
+    let bodies: BTreeSet<String> = got.keys().cloned().collect();
+    assert_eq!(
+        bodies,
+        expected("m", 0..N),
+        "a: {}\nb: {}",
+        a.log(),
+        b.log()
+    );
+    assert_eq!(dups, 0, "a message reached XMPP twice");
+    let by_a = got
+        .values()
+        .filter(|f| f.as_str() == "bob@mqtt.localhost")
+        .count();
+    let by_b = got
+        .values()
+        .filter(|f| f.as_str() == "bob@mqtt2.localhost")
+        .count();
+    assert_eq!(by_a + by_b, N);
+    assert!(
+        by_a > 0 && by_b > 0,
+        "the load was not shared: a {by_a}, b {by_b}"
+    );
+    eprintln!("shared: instance a carried {by_a}, instance b {by_b}");
+
+    a.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in N..2 * N {
+        bob.publish(outbox, &format!("m{i}")).await;
+    }
+    let (got, dups) = xmpp_bodies(&mut alice, N, Duration::from_secs(20)).await;
+    alice.expect_no_message(Duration::from_secs(1)).await;
+    let bodies: BTreeSet<String> = got.keys().cloned().collect();
+    assert_eq!(bodies, expected("m", N..2 * N), "b: {}", b.log());
+    assert_eq!(dups, 0);
+    assert!(
+        got.values().all(|f| f == "bob@mqtt2.localhost"),
+        "after the kill only b carries: {got:?}"
+    );
+}
+
+/// Active/standby against Prosody, which accepts one connection per component: the standby
+/// gets `<conflict/>`, keeps retrying and does not connect to MQTT; when the active one is
+/// killed, the standby takes the component and resumes the MQTT session (same client id), so
+/// what was published meanwhile is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_takes_over_within_seconds_when_the_active_bridge_dies() {
+    const N: usize = 10;
+    let prosody = Prosody::start();
+    let m = mosquitto();
+    let dir = tempfile::tempdir().unwrap();
+    let mut active = Instance::spawn(
+        dir.path(),
+        "active",
+        &prosody,
+        &m,
+        COMPONENT,
+        "bridge-ha",
+        None,
+        "1h",
+    );
+    wait_broker_log(&m, "bridge-ha 1 users/+/outbox/+", 1).await;
+    let standby = Instance::spawn(
+        dir.path(),
+        "standby",
+        &prosody,
+        &m,
+        COMPONENT,
+        "bridge-ha",
+        None,
+        "1h",
+    );
+    let mut alice = XmppClient::connect(&prosody, "alice").await;
+    let bob = Mqtt::connect(&m, "bob", "bob-out", None).await;
+    let outbox = "users/bob/outbox/alice@localhost";
+    // Let the standby meet the conflict a few times.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        standby.log().contains("conflict"),
+        "standby log:\n{}",
+        standby.log()
+    );
+    let broker_log = std::fs::read_to_string(m.log_path()).unwrap();
+    assert_eq!(
+        broker_log.matches(" as bridge-ha ").count(),
+        1,
+        "the standby must not connect to MQTT:\n{broker_log}"
+    );
+    bob.publish(outbox, "before").await;
+    let got = alice.wait_for(|e| e["event"] == "message").await;
+    assert_eq!(got["body"], "before");
+
+    active.kill9();
+    let killed = Instant::now();
+    for i in 0..N {
+        bob.publish(outbox, &format!("t{i}")).await;
+    }
+    let (got, dups) = xmpp_bodies(&mut alice, N, Duration::from_secs(15)).await;
+    let takeover = killed.elapsed();
+    let bodies: BTreeSet<String> = got.keys().cloned().collect();
+    assert_eq!(
+        bodies,
+        expected("t", 0..N),
+        "standby log:\n{}",
+        standby.log()
+    );
+    assert!(
+        takeover < Duration::from_secs(5),
+        "takeover took {takeover:?}"
+    );
+    eprintln!("standby takeover: all {N} messages after {takeover:?}, {dups} duplicates");
+}
