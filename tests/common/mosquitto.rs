@@ -1,6 +1,11 @@
 //! A real Mosquitto 2.0 (Debian's `/usr/sbin/mosquitto`) as the upstream broker: its own
 //! temporary config, password file and ACL file, on a free loopback port, persistence on (so
 //! a restart keeps sessions and queued messages, as a production broker would).
+#![allow(
+    clippy::unwrap_used,
+    clippy::let_underscore_must_use,
+    reason = "test harness: a failed unwrap is a failed test; cleanup is best effort"
+)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
