@@ -189,10 +189,12 @@ impl Mqtt {
     }
 }
 
-/// Bodies of chat messages `client` receives until `n` distinct ones arrived or `limit`
-/// passed, with the sender of each and the number of duplicates.
+/// Bodies starting with `prefix` of chat messages `client` receives until `n` distinct ones
+/// arrived or `limit` passed, with the sender of each and the number of duplicates. Other
+/// messages (at-least-once redeliveries of earlier ones) are passed over.
 async fn xmpp_bodies(
     client: &mut XmppClient,
+    prefix: &str,
     n: usize,
     limit: Duration,
 ) -> (BTreeMap<String, String>, usize) {
@@ -209,6 +211,9 @@ async fn xmpp_bodies(
             continue;
         }
         let body = v["body"].as_str().unwrap_or_default().to_string();
+        if !body.starts_with(prefix) {
+            continue;
+        }
         let from = v["from"].as_str().unwrap_or_default().to_string();
         if seen.insert(body, from).is_some() {
             dups += 1;
@@ -351,7 +356,7 @@ async fn upstream_broker_restart_loses_nothing_at_qos1() {
         bob_out.publish(outbox, &format!("m{i}")).await;
     }
 
-    let (to_xmpp, xdups) = xmpp_bodies(&mut alice, 3 * N, Duration::from_secs(20)).await;
+    let (to_xmpp, xdups) = xmpp_bodies(&mut alice, "m", 3 * N, Duration::from_secs(20)).await;
     let got: BTreeSet<String> = to_xmpp.keys().cloned().collect();
     assert_eq!(got, expected("m", 0..3 * N), "MQTT -> XMPP lost messages");
     let (to_mqtt, mdups) = bob_in.bodies(3 * N, Duration::from_secs(20)).await;
@@ -398,7 +403,7 @@ async fn bridge_restart_loses_nothing_thanks_to_the_persistent_session() {
     for i in 2 * N..3 * N {
         bob.publish(outbox, &format!("m{i}")).await;
     }
-    let (got, dups) = xmpp_bodies(&mut alice, 3 * N, Duration::from_secs(20)).await;
+    let (got, dups) = xmpp_bodies(&mut alice, "m", 3 * N, Duration::from_secs(20)).await;
     let got: BTreeSet<String> = got.keys().cloned().collect();
     assert_eq!(
         got,
@@ -593,7 +598,7 @@ async fn two_instances_share_the_load_exactly_once_and_survive_one_kill() {
     for i in 0..N {
         bob.publish(outbox, &format!("m{i}")).await;
     }
-    let (got, dups) = xmpp_bodies(&mut alice, N, Duration::from_secs(20)).await;
+    let (got, dups) = xmpp_bodies(&mut alice, "m", N, Duration::from_secs(20)).await;
     alice.expect_no_message(Duration::from_secs(1)).await;
     let bodies: BTreeSet<String> = got.keys().cloned().collect();
     assert_eq!(
@@ -624,7 +629,7 @@ async fn two_instances_share_the_load_exactly_once_and_survive_one_kill() {
     for i in N..2 * N {
         bob.publish(outbox, &format!("m{i}")).await;
     }
-    let (got, dups) = xmpp_bodies(&mut alice, N, Duration::from_secs(20)).await;
+    let (got, dups) = xmpp_bodies(&mut alice, "m", N, Duration::from_secs(20)).await;
     alice.expect_no_message(Duration::from_secs(1)).await;
     let bodies: BTreeSet<String> = got.keys().cloned().collect();
     assert_eq!(bodies, expected("m", N..2 * N), "b: {}", b.log());
@@ -691,7 +696,7 @@ async fn standby_takes_over_within_seconds_when_the_active_bridge_dies() {
     for i in 0..N {
         bob.publish(outbox, &format!("t{i}")).await;
     }
-    let (got, dups) = xmpp_bodies(&mut alice, N, Duration::from_secs(15)).await;
+    let (got, dups) = xmpp_bodies(&mut alice, "t", N, Duration::from_secs(15)).await;
     let takeover = killed.elapsed();
     let bodies: BTreeSet<String> = got.keys().cloned().collect();
     assert_eq!(
@@ -705,4 +710,118 @@ async fn standby_takes_over_within_seconds_when_the_active_bridge_dies() {
         "takeover took {takeover:?}"
     );
     eprintln!("standby takeover: all {N} messages after {takeover:?}, {dups} duplicates");
+}
+
+/// MQTT 3.1.1 toward the upstream broker (`protocol = "3.1.1"`): both ways through Mosquitto,
+/// and, without No Local, the bridge recognises its own publishes coming back on a topic it
+/// both publishes and subscribes to (a `both` rule) and does not carry them to XMPP again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_311_carries_both_ways_and_drops_its_own_echoes() {
+    let prosody = Prosody::start();
+    let acl =
+        format!("user {BRIDGE_USER}\ntopic readwrite chat/#\n\npattern readwrite chat/%u/#\n");
+    let m = Mosquitto::start(&[(BRIDGE_USER, BRIDGE_PASSWORD), ("bob", "bobpw")], &acl);
+    let maps = tempfile::tempdir().unwrap();
+    std::fs::write(
+        maps.path().join("room.toml"),
+        "[[rule]]\nname = \"chat\"\ndirection = \"both\"\njid = \"{user}@{domain}\"\n\
+         topic = \"chat/{user}/{peer}\"\nkinds = [\"chat\"]\n",
+    )
+    .unwrap();
+    let table = MappingTable::load_dir(maps.path(), COMPONENT).unwrap();
+    let mut upstream = upstream_config(&m, "bridge-311");
+    upstream.protocol = xmpp_mqtt_bridge::upstream::Protocol::V311;
+    let config = Config {
+        log: LogConfig {
+            level: std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into()),
+            ..LogConfig::default()
+        },
+        broker: BrokerConfig::default(),
+        mqtt: MqttMode::Upstream(Box::new(upstream)),
+        bridge: Some(BridgeSettings {
+            xmpp: xmpp_config(&prosody, COMPONENT),
+            mapping_dir: maps.path().to_path_buf(),
+            mapping: Arc::new(table),
+        }),
+    };
+    let app = App::start(config).await.unwrap();
+    wait_upstream_connects(&app, 1).await;
+    let mut alice = XmppClient::connect(&prosody, "alice").await;
+    let mut bob = Mqtt::connect(&m, "bob", "bob-311", Some("chat/bob/#")).await;
+
+    // XMPP -> MQTT: published on chat/bob/alice@localhost, which the bridge also subscribes
+    // to; the echo must not come back to alice.
+    alice.send_chat("bob@mqtt.localhost", "e1", "ping").await;
+    let p = tokio::time::timeout(common::WAIT, bob.publishes.recv())
+        .await
+        .expect("bob got nothing")
+        .unwrap();
+    assert_eq!(p.topic, "chat/bob/alice@localhost");
+    // MQTT -> XMPP on the same topic works.
+    bob.publish("chat/bob/alice@localhost", "pong").await;
+    let got = alice.wait_for(|e| e["event"] == "message").await;
+    assert_eq!(got["body"], "pong");
+    assert_eq!(got["from"], "bob@mqtt.localhost");
+    alice.expect_no_message(Duration::from_millis(800)).await;
+    let stats = app.upstream_stats.clone().unwrap();
+    assert_eq!(
+        stats
+            .loops_dropped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the bridge's own publish was not recognised"
+    );
+    assert_eq!(stats.v311.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(app.stop(Duration::from_secs(5)).await);
+}
+
+/// `protocol = "auto"` against a broker that answers MQTT 5 CONNECTs as a 3.1.1-only broker
+/// does (CONNACK 0x01, unacceptable protocol version, then close): after two such answers the
+/// client connects with protocol level 4. No 3.1.1-only broker is installed here, so the
+/// broker side is a minimal TCP peer that speaks exactly these two packets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_protocol_falls_back_to_311_when_the_broker_refuses_5() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (levels_tx, mut levels) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 512];
+            let Ok(n) = sock.read(&mut buf).await else {
+                continue;
+            };
+            // CONNECT: fixed header (2 bytes for short packets), "\0\x04MQTT", level.
+            if n < 9 || buf[0] != 0x10 {
+                continue;
+            }
+            let level = buf[8];
+            let _ = levels_tx.send(level);
+            if level == 5 {
+                let _ = sock.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+            } else {
+                let _ = sock.write_all(&[0x20, 0x02, 0x00, 0x00]).await;
+                open.push(sock);
+            }
+        }
+    });
+    let prosody = Prosody::start();
+    let mut upstream = UpstreamConfig::new("127.0.0.1", port);
+    upstream.reconnect_min = Duration::from_millis(50);
+    upstream.reconnect_max = Duration::from_millis(100);
+    let app = start_bridge(&prosody, upstream).await;
+    let mut seen = Vec::new();
+    while seen.last() != Some(&4) {
+        let level = tokio::time::timeout(common::WAIT, levels.recv())
+            .await
+            .expect("no further CONNECT")
+            .unwrap();
+        seen.push(level);
+    }
+    assert_eq!(seen, [5, 5, 4]);
+    wait_upstream_connects(&app, 1).await;
+    let stats = app.upstream_stats.clone().unwrap();
+    assert_eq!(stats.v311.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(app.stop(Duration::from_secs(5)).await);
 }

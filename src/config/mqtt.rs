@@ -6,8 +6,8 @@ use super::resolve;
 use super::sections::{RawDuration, in_range, positive_duration};
 use super::source::{Context, Section};
 use crate::mapping::MappingTable;
-use crate::upstream::UpstreamConfig;
 use crate::upstream::config::{DEFAULT_CA_FILE, TlsConfig, check_share_group};
+use crate::upstream::{Protocol, UpstreamConfig};
 
 /// The MQTT side of the bridge.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,6 +43,12 @@ impl MqttMode {
             "session_expiry = \"{}\"\nkeep_alive = \"{}\"\nreconnect_min = \"{}\"\nreconnect_max = \"{}\"\nmax_inflight = {}\n",
             d(u.session_expiry), d(u.keep_alive), d(u.reconnect_min), d(u.reconnect_max), u.max_inflight
         ));
+        let protocol = match u.protocol {
+            Protocol::Auto => "auto",
+            Protocol::V5 => "5",
+            Protocol::V311 => "3.1.1",
+        };
+        out.push_str(&format!("protocol = \"{protocol}\"\n"));
         if let Some(g) = &u.share_group {
             out.push_str(&format!("share_group = {g:?}\n"));
         }
@@ -91,6 +97,7 @@ const KNOWN: &[&str] = &[
     "reconnect_max",
     "max_inflight",
     "share_group",
+    "protocol",
 ];
 
 /// `[mqtt.upstream]`.
@@ -222,6 +229,14 @@ fn upstream(cx: &mut Context, mut s: Section, base: &Path) -> UpstreamConfig {
     cfg.max_inflight = s.take_with(cx, "max_inflight", cfg.max_inflight, in_range(1, u16::MAX));
     cfg.share_group = s.take_with(cx, "share_group", None, |g: String| {
         check_share_group(&g).map(|()| Some(g))
+    });
+    cfg.protocol = s.take_with(cx, "protocol", cfg.protocol, |p: String| match p.as_str() {
+        "auto" => Ok(Protocol::Auto),
+        "5" => Ok(Protocol::V5),
+        "3.1.1" => Ok(Protocol::V311),
+        other => Err(format!(
+            "`{other}` is not a protocol; use \"auto\", \"5\" or \"3.1.1\""
+        )),
     });
     s.finish(cx, KNOWN);
     cfg

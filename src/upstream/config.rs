@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use super::proto::Protocol;
+
 /// Default client identifier (the session the broker keeps for the bridge).
 pub const DEFAULT_CLIENT_ID: &str = "xmpp-mqtt-bridge";
 /// Default session expiry: how long the broker keeps the bridge's session (and queues its
@@ -56,6 +58,8 @@ pub struct UpstreamConfig {
     pub reconnect_max: Duration,
     /// In-flight window, both ways.
     pub max_inflight: u16,
+    /// MQTT 5, 3.1.1, or 5 with fallback to 3.1.1.
+    pub protocol: Protocol,
     /// `$share/{group}/` prefix for the bridge's subscriptions, so that several instances
     /// split the MQTT → XMPP traffic; `None` subscribes plainly.
     pub share_group: Option<String>,
@@ -76,6 +80,7 @@ impl UpstreamConfig {
             reconnect_max: DEFAULT_RECONNECT_MAX,
             max_inflight: DEFAULT_MAX_INFLIGHT,
             share_group: None,
+            protocol: Protocol::Auto,
         }
     }
 

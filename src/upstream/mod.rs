@@ -19,35 +19,36 @@
 //!    instances; No Local covers the instance itself).
 //! 5. A lost connection is retried with capped exponential backoff; rumqttc re-sends the
 //!    unacknowledged publishes on the new connection.
+//! 6. With `protocol = "auto"`, a first MQTT 5 attempt that fails as a 3.1.1-only broker
+//!    fails it makes the worker switch to MQTT 3.1.1 for good (publishes waiting in the MQTT 5
+//!    client move over). On 3.1.1 there is neither No Local nor User Properties: the bridge
+//!    recognises its own publishes coming back by a hash of topic and payload instead.
 //!
 //! Identity: the broker does not tell a client who published a message, so the sender comes
 //! from the topic (the caller's `identify`), and the broker's ACL must keep clients off other
 //! users' topics.
 
 pub mod config;
+mod proto;
+mod worker;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use bytestring::ByteString;
 use futures::future::BoxFuture;
-use rumqttc::v5::mqttbytes::v5::{
-    ConnectProperties, ConnectReturnCode, Filter, Packet, Publish as RPublish, PublishProperties,
-};
-use rumqttc::v5::mqttbytes::{QoS as RQoS, v5::RetainForwardRule};
-use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+use rumqttc::v5::mqttbytes::v5::ConnectProperties;
 use rumqttc::{TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::debug;
 
-pub use self::config::{ORIGIN_PROPERTY, UpstreamConfig};
+pub use self::config::{ORIGIN_PROPERTY, Protocol, UpstreamConfig};
+use self::proto::{Echoes, Handle, Loop};
 use crate::broker::codec::{Publish, QoS};
-use crate::broker::link::Origin;
 use crate::broker::{BrokerGone, Delivery};
-use crate::xmpp::backoff::Backoff;
 
 /// Who is speaking for a topic: the sender's user name as the topic binds it (the mapping
 /// table's `sender_from_topic`).
@@ -60,12 +61,14 @@ pub struct UpstreamStats {
     pub connects: AtomicU64,
     /// Failed connection attempts and lost connections.
     pub connection_errors: AtomicU64,
-    /// Deliveries dropped because another bridge instance published them.
+    /// Deliveries dropped because a bridge instance published them.
     pub loops_dropped: AtomicU64,
     /// Acknowledgements dropped because their connection is gone.
     pub stale_acks: AtomicU64,
     /// QoS 0 deliveries dropped because the bridge was not reading.
     pub qos0_dropped: AtomicU64,
+    /// 1 once the client fell back to (or was set to) MQTT 3.1.1.
+    pub v311: AtomicU64,
 }
 
 fn add(counter: &AtomicU64) {
@@ -85,21 +88,42 @@ pub enum UpstreamError {
     },
 }
 
+/// State shared by the bridge's handle and the worker.
+struct Shared {
+    /// The current request handle (replaced on the fallback to 3.1.1).
+    handle: Mutex<Handle>,
+    /// What the bridge published recently (3.1.1 loop guard).
+    echoes: Mutex<Echoes>,
+    /// Connection counter; a delivery is acknowledged only on the connection it came on.
+    epoch: AtomicU64,
+    /// Filters (with their QoS) to subscribe on each new session.
+    filters: Mutex<Vec<(String, QoS)>>,
+    stats: Arc<UpstreamStats>,
+}
+
+impl Shared {
+    fn handle(&self) -> Result<Handle, BrokerGone> {
+        self.handle
+            .lock()
+            .map(|h| h.clone())
+            .map_err(|_| BrokerGone)
+    }
+
+    fn v311(&self) -> bool {
+        self.stats.v311.load(Ordering::Relaxed) > 0
+    }
+}
+
 /// The bridge's handle on the upstream broker.
 pub struct UpstreamClient {
-    client: AsyncClient,
+    shared: Arc<Shared>,
     deliveries: mpsc::Receiver<(Delivery, u64)>,
-    /// Connection counter; a delivery is acknowledged only on the connection it came on.
-    epoch: Arc<AtomicU64>,
     /// Epoch of each unacknowledged delivery, by packet id.
     unacked: HashMap<u16, u64>,
-    /// Filters (with their QoS) for the worker to subscribe on each new session.
-    filters: Arc<std::sync::Mutex<Vec<(String, QoS)>>>,
     /// Per-filter QoS from the mapping rules; the bridge's single QoS is the fallback.
     filter_qos: HashMap<String, QoS>,
     subscribe_now: mpsc::Sender<()>,
     origin: String,
-    stats: Arc<UpstreamStats>,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -129,45 +153,71 @@ pub fn spawn(
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<UpstreamClient, UpstreamError> {
-    let options = options(&cfg)?;
     let window = usize::from(cfg.max_inflight.max(1));
-    let (client, eventloop) = AsyncClient::new(options, window);
+    let stats = Arc::new(UpstreamStats::default());
+    let (handle, eventloop) = if cfg.protocol == Protocol::V311 {
+        stats.v311.store(1, Ordering::Relaxed);
+        connection_v4(&cfg)?
+    } else {
+        connection_v5(&cfg)?
+    };
     // The broker never has more than `window` QoS 1/2 deliveries unacknowledged, and the
     // bridge acknowledges only what it handled, so this channel never blocks the event loop
     // for them; QoS 0 deliveries beyond it are dropped and counted.
     let (tx, rx) = mpsc::channel(window * 2 + 16);
     let (subscribe_tx, subscribe_rx) = mpsc::channel(1);
-    let epoch = Arc::new(AtomicU64::new(0));
-    let filters = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let stats = Arc::new(UpstreamStats::default());
-    let worker = Worker {
+    let shared = Arc::new(Shared {
+        handle: Mutex::new(handle),
+        echoes: Mutex::new(Echoes::default()),
+        epoch: AtomicU64::new(0),
+        filters: Mutex::new(Vec::new()),
+        stats,
+    });
+    let worker = worker::Worker {
         cfg,
-        client: client.clone(),
+        shared: shared.clone(),
         eventloop,
         deliveries: tx,
-        epoch: epoch.clone(),
-        filters: filters.clone(),
         subscribe_now: subscribe_rx,
         origin: wiring.origin.clone(),
         identify: wiring.identify,
-        stats: stats.clone(),
         session: false,
     };
     tracker.spawn(worker.run(wiring.start, shutdown));
     Ok(UpstreamClient {
-        client,
+        shared,
         deliveries: rx,
-        epoch,
         unacked: HashMap::new(),
-        filters,
         filter_qos: wiring.filter_qos,
         subscribe_now: subscribe_tx,
         origin: wiring.origin,
-        stats,
     })
 }
 
-fn options(cfg: &UpstreamConfig) -> Result<MqttOptions, UpstreamError> {
+fn transport(cfg: &UpstreamConfig) -> Result<Option<Transport>, UpstreamError> {
+    let Some(tls) = &cfg.tls else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| UpstreamError::TlsFile {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let ca = read(&tls.ca_file)?;
+    let client_auth = match &tls.client_auth {
+        Some((cert, key)) => Some((read(cert)?, read(key)?)),
+        None => None,
+    };
+    Ok(Some(Transport::tls_with_config(TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth,
+    })))
+}
+
+fn connection_v5(cfg: &UpstreamConfig) -> Result<(Handle, Loop), UpstreamError> {
+    use rumqttc::v5::{AsyncClient, MqttOptions};
     let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
     o.set_clean_start(false);
     o.set_keep_alive(cfg.keep_alive.max(std::time::Duration::from_secs(1)));
@@ -177,47 +227,38 @@ fn options(cfg: &UpstreamConfig) -> Result<MqttOptions, UpstreamError> {
     props.session_expiry_interval =
         Some(u32::try_from(cfg.session_expiry.as_secs()).unwrap_or(u32::MAX));
     props.receive_maximum = Some(cfg.max_inflight.max(1));
-    props.max_packet_size = Some(16 << 20);
+    props.max_packet_size = Some(MAX_PACKET);
     o.set_connect_properties(props);
     if let Some((user, password)) = &cfg.credentials {
         o.set_credentials(user.clone(), password.clone());
     }
-    if let Some(tls) = &cfg.tls {
-        let read = |path: &std::path::Path| {
-            std::fs::read(path).map_err(|source| UpstreamError::TlsFile {
-                path: path.display().to_string(),
-                source,
-            })
-        };
-        let ca = read(&tls.ca_file)?;
-        let client_auth = match &tls.client_auth {
-            Some((cert, key)) => Some((read(cert)?, read(key)?)),
-            None => None,
-        };
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth,
-        }));
+    if let Some(t) = transport(cfg)? {
+        o.set_transport(t);
     }
-    Ok(o)
+    let (client, eventloop) = AsyncClient::new(o, usize::from(cfg.max_inflight.max(1)));
+    Ok((Handle::V5(client), Loop::V5(Box::new(eventloop))))
 }
 
-fn to_rumqttc(qos: QoS) -> RQoS {
-    match qos {
-        QoS::AtMostOnce => RQoS::AtMostOnce,
-        QoS::AtLeastOnce => RQoS::AtLeastOnce,
-        QoS::ExactlyOnce => RQoS::ExactlyOnce,
+fn connection_v4(cfg: &UpstreamConfig) -> Result<(Handle, Loop), UpstreamError> {
+    use rumqttc::{AsyncClient, MqttOptions};
+    let mut o = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    o.set_clean_session(false);
+    o.set_keep_alive(cfg.keep_alive.max(std::time::Duration::from_secs(5)));
+    o.set_manual_acks(true);
+    o.set_inflight(cfg.max_inflight.max(1));
+    o.set_max_packet_size(MAX_PACKET as usize, MAX_PACKET as usize);
+    if let Some((user, password)) = &cfg.credentials {
+        o.set_credentials(user.clone(), password.clone());
     }
+    if let Some(t) = transport(cfg)? {
+        o.set_transport(t);
+    }
+    let (client, eventloop) = AsyncClient::new(o, usize::from(cfg.max_inflight.max(1)));
+    Ok((Handle::V4(client), Loop::V4(Box::new(eventloop))))
 }
 
-fn from_rumqttc(qos: RQoS) -> QoS {
-    match qos {
-        RQoS::AtMostOnce => QoS::AtMostOnce,
-        RQoS::AtLeastOnce => QoS::AtLeastOnce,
-        RQoS::ExactlyOnce => QoS::ExactlyOnce,
-    }
-}
+/// Largest packet either way.
+const MAX_PACKET: u32 = 16 << 20;
 
 impl UpstreamClient {
     /// Records the filters; the worker subscribes on every connection without a session (the
@@ -228,7 +269,7 @@ impl UpstreamClient {
             .iter()
             .map(|f| (f.clone(), self.filter_qos.get(f).copied().unwrap_or(qos)))
             .collect();
-        *self.filters.lock().map_err(|_| BrokerGone)? = with_qos;
+        *self.shared.filters.lock().map_err(|_| BrokerGone)? = with_qos;
         // Full means a request is pending already; closed means the worker stopped, which
         // `recv` reports.
         if self.subscribe_now.try_send(()).is_err() {
@@ -237,19 +278,21 @@ impl UpstreamClient {
         Ok(Vec::new())
     }
 
-    /// Publishes a message of the bridge, marked with the origin property.
+    /// Publishes a message of the bridge, marked with the origin property (MQTT 5) or
+    /// remembered as an echo to drop (3.1.1).
     pub async fn publish(&self, publish: Publish) -> Result<(), BrokerGone> {
-        let properties = PublishProperties {
-            user_properties: vec![(ORIGIN_PROPERTY.to_string(), self.origin.clone())],
-            ..PublishProperties::default()
-        };
-        self.client
-            .publish_with_properties(
+        // Remembered whatever the protocol, so a fallback to 3.1.1 cannot race with it.
+        if let Ok(mut echoes) = self.shared.echoes.lock() {
+            echoes.published(publish.topic.as_bytes(), &publish.payload, Instant::now());
+        }
+        let handle = self.shared.handle()?;
+        handle
+            .publish(
                 publish.topic.to_string(),
-                to_rumqttc(publish.qos),
+                publish.qos,
                 publish.retain,
                 publish.payload,
-                properties,
+                &self.origin,
             )
             .await
             .map_err(|_| BrokerGone)
@@ -270,234 +313,24 @@ impl UpstreamClient {
             return Ok(());
         }
         let epoch = self.unacked.remove(&publish.pkid);
-        if epoch != Some(self.epoch.load(Ordering::Acquire)) {
+        if epoch != Some(self.shared.epoch.load(Ordering::Acquire)) {
             // The broker sends it again on the current connection; that copy gets the ack.
-            add(&self.stats.stale_acks);
+            add(&self.shared.stats.stale_acks);
             debug!(
                 pkid = publish.pkid,
                 "Acknowledgement for an earlier connection dropped."
             );
             return Ok(());
         }
-        let mut ack = RPublish::new("", to_rumqttc(publish.qos), Vec::new(), None);
-        ack.pkid = publish.pkid;
-        self.client.ack(&ack).await.map_err(|_| BrokerGone)
+        let handle = self.shared.handle()?;
+        handle
+            .ack(publish.qos, publish.pkid)
+            .await
+            .map_err(|_| BrokerGone)
     }
 
     /// Counters.
     pub fn stats(&self) -> Arc<UpstreamStats> {
-        self.stats.clone()
-    }
-}
-
-struct Worker {
-    cfg: UpstreamConfig,
-    client: AsyncClient,
-    eventloop: EventLoop,
-    deliveries: mpsc::Sender<(Delivery, u64)>,
-    epoch: Arc<AtomicU64>,
-    filters: Arc<std::sync::Mutex<Vec<(String, QoS)>>>,
-    subscribe_now: mpsc::Receiver<()>,
-    origin: String,
-    identify: Identify,
-    stats: Arc<UpstreamStats>,
-    /// Connected with the filters subscribed.
-    session: bool,
-}
-
-impl Worker {
-    async fn run(mut self, start: BoxFuture<'static, ()>, shutdown: CancellationToken) {
-        let server = format!("{}:{}", self.cfg.host, self.cfg.port);
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = start => {}
-        }
-        info!(%server, client_id = %self.cfg.client_id, "Connecting to the upstream MQTT broker.");
-        let mut backoff = Backoff::new(self.cfg.reconnect_min, self.cfg.reconnect_max);
-        let mut connected = false;
-        loop {
-            let event = tokio::select! {
-                () = shutdown.cancelled() => break,
-                Some(()) = self.subscribe_now.recv() => {
-                    if connected {
-                        self.subscribe().await;
-                    }
-                    continue;
-                }
-                event = self.eventloop.poll() => event,
-            };
-            match event {
-                Ok(Event::Incoming(packet)) => match packet {
-                    Packet::ConnAck(ack) => {
-                        if ack.code != ConnectReturnCode::Success {
-                            // rumqttc reports refusals as errors; nothing to do here.
-                            continue;
-                        }
-                        connected = true;
-                        backoff.reset();
-                        add(&self.stats.connects);
-                        self.epoch.fetch_add(1, Ordering::AcqRel);
-                        info!(%server, session_present = ack.session_present,
-                            "Connected to the upstream MQTT broker.");
-                        if !ack.session_present || !self.session {
-                            self.subscribe().await;
-                        }
-                    }
-                    Packet::Publish(p) => self.deliver(p).await,
-                    Packet::SubAck(ack) => {
-                        for code in &ack.return_codes {
-                            let code = format!("{code:?}");
-                            if !code.starts_with("Success") {
-                                error!(%code, "Upstream broker refused a bridge subscription.");
-                            }
-                        }
-                    }
-                    Packet::Disconnect(d) => {
-                        warn!(reason = ?d.reason_code, "Upstream broker sent DISCONNECT.");
-                    }
-                    _ => {}
-                },
-                Ok(Event::Outgoing(_)) => {}
-                Err(e) => {
-                    add(&self.stats.connection_errors);
-                    let delay = backoff.next_delay(rand::random());
-                    log_error(&e, connected, delay, backoff.failures());
-                    connected = false;
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-        self.disconnect(connected).await;
-    }
-
-    async fn subscribe(&mut self) {
-        let filters = match self.filters.lock() {
-            Ok(f) => f.clone(),
-            Err(_) => return,
-        };
-        if filters.is_empty() {
-            return;
-        }
-        let list: Vec<Filter> = filters
-            .iter()
-            .map(|(f, qos)| Filter {
-                path: self.cfg.subscription(f),
-                qos: to_rumqttc(*qos),
-                // Nothing this session publishes comes back to it.
-                nolocal: true,
-                preserve_retain: false,
-                // Retained messages would be carried again at every start.
-                retain_forward_rule: RetainForwardRule::Never,
-            })
-            .collect();
-        for f in &list {
-            info!(filter = %f.path, qos = ?f.qos, "Subscribing upstream.");
-        }
-        // Queued in the request channel; sent by the event loop we are polling.
-        match self.client.try_subscribe_many(list) {
-            Ok(()) => self.session = true,
-            Err(e) => warn!(error = %e, "Upstream subscription not queued."),
-        }
-    }
-
-    async fn deliver(&mut self, p: RPublish) {
-        let from_bridge = p.properties.as_ref().is_some_and(|props| {
-            props
-                .user_properties
-                .iter()
-                .any(|(k, v)| k == ORIGIN_PROPERTY && *v == self.origin)
-        });
-        if from_bridge {
-            add(&self.stats.loops_dropped);
-            debug!(
-                pkid = p.pkid,
-                "Delivery published by a bridge instance; dropped."
-            );
-            if let Err(e) = self.client.try_ack(&p) {
-                debug!(error = %e, "Acknowledgement not queued.");
-            }
-            return;
-        }
-        let Ok(topic) = ByteString::try_from(p.topic.clone()) else {
-            warn!(
-                pkid = p.pkid,
-                "Upstream delivery with a non-UTF-8 topic; dropped."
-            );
-            if let Err(e) = self.client.try_ack(&p) {
-                debug!(error = %e, "Acknowledgement not queued.");
-            }
-            return;
-        };
-        let username = (self.identify)(&topic).map(ByteString::from);
-        let delivery = Delivery {
-            publish: Publish {
-                dup: p.dup,
-                qos: from_rumqttc(p.qos),
-                retain: p.retain,
-                topic,
-                pkid: p.pkid,
-                payload: p.payload,
-                properties: crate::broker::codec::Properties::new(),
-            },
-            origin: Some(Arc::new(Origin {
-                client_id: ByteString::from_static("(upstream)"),
-                username,
-            })),
-        };
-        let epoch = self.epoch.load(Ordering::Acquire);
-        if delivery.publish.qos == QoS::AtMostOnce {
-            if self.deliveries.try_send((delivery, epoch)).is_err() {
-                add(&self.stats.qos0_dropped);
-            }
-        } else if self.deliveries.send((delivery, epoch)).await.is_err() {
-            debug!("Bridge gone; delivery left unacknowledged.");
-        }
-    }
-
-    async fn disconnect(&mut self, connected: bool) {
-        if !connected {
-            return;
-        }
-        if self.client.try_disconnect().is_err() {
-            return;
-        }
-        // Let the event loop write the DISCONNECT (bounded: the broker may be gone).
-        let flush = async {
-            loop {
-                match self.eventloop.poll().await {
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                    _ => {}
-                }
-            }
-        };
-        if tokio::time::timeout(std::time::Duration::from_secs(2), flush)
-            .await
-            .is_err()
-        {
-            debug!("DISCONNECT not flushed in time.");
-        }
-        info!("Disconnected from the upstream MQTT broker.");
-    }
-}
-
-fn log_error(e: &ConnectionError, was_up: bool, retry_in: std::time::Duration, attempts: u32) {
-    match e {
-        ConnectionError::ConnectionRefused(code) => {
-            error!(
-                ?code,
-                ?retry_in,
-                "Upstream MQTT broker refused the connection; retrying."
-            );
-        }
-        _ if was_up => {
-            warn!(error = %e, ?retry_in, "Upstream MQTT connection lost; reconnecting.");
-        }
-        _ if attempts <= 1 || attempts % 10 == 0 => {
-            warn!(error = %e, attempts, ?retry_in, "Upstream MQTT broker unreachable; retrying.");
-        }
-        _ => debug!(error = %e, attempts, ?retry_in, "Upstream MQTT connection attempt failed."),
+        self.shared.stats.clone()
     }
 }
