@@ -825,3 +825,131 @@ async fn auto_protocol_falls_back_to_311_when_the_broker_refuses_5() {
     assert_eq!(stats.v311.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert!(app.stop(Duration::from_secs(5)).await);
 }
+
+/// Writes a CA and a server certificate for 127.0.0.1 signed by it (openssl); returns the
+/// paths of the CA, the certificate and the key.
+fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+/// TLS toward the upstream broker with the CA from config; a bridge that does not trust the
+/// broker's certificate never connects (and says why), the other carries the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_upstream_broker_checks_the_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certificates(certs.path());
+    let acl = std::fs::read_to_string(repo("docker/mosquitto/acl")).unwrap();
+    let m = Mosquitto::start_tls(
+        &[(BRIDGE_USER, BRIDGE_PASSWORD), ("bob", "bobpw")],
+        &acl,
+        Some((&ca, &cert, &key)),
+    );
+    let prosody = Prosody::start();
+
+    // Trusting another CA: the handshake fails, counted, and nothing connects.
+    let other = tempfile::tempdir().unwrap();
+    let (other_ca, _, _) = test_certificates(other.path());
+    let mut wrong = upstream_config(&m, "bridge-tls-wrong");
+    wrong.tls = Some(xmpp_mqtt_bridge::upstream::config::TlsConfig {
+        ca_file: other_ca,
+        client_auth: None,
+    });
+    let app = start_bridge(&prosody, wrong).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let stats = app.upstream_stats.clone().unwrap();
+    assert_eq!(stats.connects.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(
+        stats
+            .connection_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    assert!(app.stop(Duration::from_secs(5)).await);
+
+    let mut right = upstream_config(&m, "bridge-tls");
+    right.tls = Some(xmpp_mqtt_bridge::upstream::config::TlsConfig {
+        ca_file: ca.clone(),
+        client_auth: None,
+    });
+    let app = start_bridge(&prosody, right).await;
+    wait_upstream_connects(&app, 1).await;
+    let mut alice = XmppClient::connect(&prosody, "alice").await;
+    // bob over TLS too (rumqttc with the same CA).
+    let mut opts = MqttOptions::new("bob-tls", "127.0.0.1", m.port());
+    opts.set_credentials("bob", "bobpw");
+    opts.set_transport(rumqttc::Transport::tls(
+        std::fs::read(&ca).unwrap(),
+        None,
+        None,
+    ));
+    let bob = common::connect_with(opts).await;
+    bob.publish(
+        "users/bob/outbox/alice@localhost",
+        QoS::AtLeastOnce,
+        false,
+        serde_json::json!({ "body": "over TLS" })
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    let got = alice.wait_for(|e| e["event"] == "message").await;
+    assert_eq!(got["body"], "over TLS");
+    assert!(app.stop(Duration::from_secs(5)).await);
+}

@@ -27,6 +27,16 @@ impl Mosquitto {
     /// Starts Mosquitto with `users` (name, password) and the ACL text `acl`; anonymous
     /// clients are refused.
     pub fn start(users: &[(&str, &str)], acl: &str) -> Mosquitto {
+        Self::start_tls(users, acl, None)
+    }
+
+    /// Like [`Self::start`]; with `tls` = (CA, certificate, key) PEM files the listener speaks
+    /// TLS only.
+    pub fn start_tls(
+        users: &[(&str, &str)],
+        acl: &str,
+        tls: Option<(&Path, &Path, &Path)>,
+    ) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let passwd = dir.path().join("passwd");
         std::fs::write(&passwd, "").unwrap();
@@ -56,8 +66,16 @@ impl Mosquitto {
              user root\n\
              log_dest file {dir}/mosquitto.log\n\
              log_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
-             log_type subscribe\n",
+             log_type subscribe\n{tls}",
             dir = dir.path().display(),
+            tls = tls
+                .map(|(ca, cert, key)| format!(
+                    "cafile {}\ncertfile {}\nkeyfile {}\n",
+                    ca.display(),
+                    cert.display(),
+                    key.display()
+                ))
+                .unwrap_or_default(),
         );
         std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
         let mut m = Mosquitto {
@@ -94,6 +112,7 @@ impl Mosquitto {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary()));
         self.child = Some(child);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // A TCP accept is enough: the log shows a TLS handshake failure from this probe.
         while std::net::TcpStream::connect(self.addr()).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
