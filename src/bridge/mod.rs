@@ -1,6 +1,6 @@
 //! The bridge core: moves chat messages between the XMPP link and the broker through the
-//! mapping table. No sockets here: it holds an in-process broker client and the XMPP
-//! adapter's handle.
+//! mapping table. No sockets here: it holds the MQTT side ([`mqtt_side::MqttSide`]) and the
+//! XMPP adapter's handle.
 //!
 //! - XMPP → MQTT: a message from the link is translated ([`translate::xmpp_to_mqtt`]) and
 //!   published as the bridge's in-process session; a message to an address no rule covers
@@ -135,7 +135,7 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// Subscribes the in-process client to what the mapping table sends to XMPP.
+    /// Subscribes the MQTT side to what the mapping table sends to XMPP.
     pub async fn new(
         table: Arc<MappingTable>,
         mqtt: impl Into<MqttSide>,
