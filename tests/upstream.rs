@@ -953,3 +953,34 @@ async fn tls_to_the_upstream_broker_checks_the_certificate() {
     assert_eq!(got["body"], "over TLS");
     assert!(app.stop(Duration::from_secs(5)).await);
 }
+
+/// Both directions at once with an in-flight window of 4: the bridge's flow control toward
+/// the broker (its publishes) and from it (Receive Maximum, acknowledgements only after XMPP
+/// confirmed) hold up and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_directions_under_load_with_a_small_window() {
+    const N: usize = 200;
+    let prosody = Prosody::start();
+    let m = mosquitto();
+    let mut upstream = upstream_config(&m, "bridge-load");
+    upstream.max_inflight = 4;
+    let app = start_bridge(&prosody, upstream).await;
+    wait_upstream_connects(&app, 1).await;
+    let mut alice = XmppClient::connect(&prosody, "alice").await;
+    let mut bob_in = Mqtt::connect(&m, "bob", "bob-in", Some("users/bob/inbox/#")).await;
+    let bob_out = Mqtt::connect(&m, "bob", "bob-out", None).await;
+    for i in 0..N {
+        alice
+            .send_chat("bob@mqtt.localhost", &format!("a{i}"), &format!("x{i}"))
+            .await;
+        bob_out
+            .publish("users/bob/outbox/alice@localhost", &format!("m{i}"))
+            .await;
+    }
+    let (to_xmpp, _) = xmpp_bodies(&mut alice, "m", N, Duration::from_secs(30)).await;
+    let got: BTreeSet<String> = to_xmpp.keys().cloned().collect();
+    assert_eq!(got, expected("m", 0..N));
+    let (to_mqtt, _) = bob_in.bodies(N, Duration::from_secs(30)).await;
+    assert_eq!(to_mqtt, expected("x", 0..N));
+    assert!(app.stop(Duration::from_secs(5)).await);
+}

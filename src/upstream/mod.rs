@@ -161,10 +161,8 @@ pub fn spawn(
     } else {
         connection_v5(&cfg)?
     };
-    // The broker never has more than `window` QoS 1/2 deliveries unacknowledged, and the
-    // bridge acknowledges only what it handled, so this channel never blocks the event loop
-    // for them; QoS 0 deliveries beyond it are dropped and counted.
-    let (tx, rx) = mpsc::channel(window * 2 + 16);
+    // The worker never waits on this channel (it queues behind it, see `Worker::pending`).
+    let (tx, rx) = mpsc::channel(window);
     let (subscribe_tx, subscribe_rx) = mpsc::channel(1);
     let shared = Arc::new(Shared {
         handle: Mutex::new(handle),
@@ -182,6 +180,7 @@ pub fn spawn(
         origin: wiring.origin.clone(),
         identify: wiring.identify,
         session: false,
+        pending: std::collections::VecDeque::new(),
     };
     tracker.spawn(worker.run(wiring.start, shutdown));
     Ok(UpstreamClient {

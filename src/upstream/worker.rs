@@ -1,6 +1,7 @@
 //! The worker task: polls the rumqttc event loop, (re)subscribes, hands deliveries to the
 //! bridge, reconnects with backoff, falls back to 3.1.1 when the broker needs it.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -28,6 +29,11 @@ pub(super) struct Worker {
     pub(super) identify: Identify,
     /// Subscribed on the current session.
     pub(super) session: bool,
+    /// Deliveries the bridge has not taken yet. The worker never awaits the bridge (which
+    /// may itself be waiting for the request channel this task drains by polling): this
+    /// queue is bounded by the broker's flow control (Receive Maximum / in-flight window) per
+    /// connection, and a new connection drops what an old one left (the broker sends it again).
+    pub(super) pending: VecDeque<(Delivery, u64)>,
 }
 
 impl Worker {
@@ -46,9 +52,20 @@ impl Worker {
         // Consecutive first attempts that failed like a 3.1.1-only broker fails them; two
         // are needed, so a broker restarting under us does not cause a fallback.
         let mut v311_hints = 0;
+        // A clone, so a permit does not borrow `self` across the loop body.
+        let deliveries = self.deliveries.clone();
         loop {
             let event = tokio::select! {
                 () = shutdown.cancelled() => break,
+                permit = deliveries.reserve(), if !self.pending.is_empty() => {
+                    match (permit, self.pending.pop_front()) {
+                        (Ok(permit), Some(item)) => permit.send(item),
+                        // The bridge stopped: shutdown is under way.
+                        (Err(_), _) => self.pending.clear(),
+                        (Ok(_), None) => {}
+                    }
+                    continue;
+                }
                 Some(()) = self.subscribe_now.recv() => {
                     if connected {
                         self.subscribe();
@@ -63,7 +80,10 @@ impl Worker {
                     spoke_v5 |= matches!(self.eventloop, Loop::V5(_));
                     backoff.reset();
                     add(&self.shared.stats.connects);
-                    self.shared.epoch.fetch_add(1, Ordering::AcqRel);
+                    let epoch = self.shared.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+                    // What an earlier connection left is sent again on this one.
+                    self.pending
+                        .retain(|(d, e)| *e == epoch || d.publish.qos == QoS::AtMostOnce);
                     let protocol = if self.shared.v311() { "3.1.1" } else { "5" };
                     info!(%server, session_present, protocol,
                         "Connected to the upstream MQTT broker.");
@@ -71,7 +91,7 @@ impl Worker {
                         self.subscribe();
                     }
                 }
-                Ok(Incoming::Publish(m)) => self.deliver(m).await,
+                Ok(Incoming::Publish(m)) => self.deliver(m),
                 Ok(Incoming::SubAck { refused }) => {
                     for code in refused {
                         error!(%code, "Upstream broker refused a bridge subscription.");
@@ -167,7 +187,7 @@ impl Worker {
         }
     }
 
-    async fn deliver(&mut self, m: Message) {
+    fn deliver(&mut self, m: Message) {
         let looped = if self.shared.v311() {
             self.shared
                 .echoes
@@ -210,13 +230,13 @@ impl Worker {
             })),
         };
         let epoch = self.shared.epoch.load(Ordering::Acquire);
-        if delivery.publish.qos == QoS::AtMostOnce {
-            if self.deliveries.try_send((delivery, epoch)).is_err() {
-                add(&self.shared.stats.qos0_dropped);
-            }
-        } else if self.deliveries.send((delivery, epoch)).await.is_err() {
-            debug!("Bridge gone; delivery left unacknowledged.");
+        // QoS 0 has no flow control: beyond the window it is dropped and counted.
+        let limit = usize::from(self.cfg.max_inflight.max(1)) * 2;
+        if delivery.publish.qos == QoS::AtMostOnce && self.pending.len() >= limit {
+            add(&self.shared.stats.qos0_dropped);
+            return;
         }
+        self.pending.push_back((delivery, epoch));
     }
 
     async fn disconnect(&mut self, connected: bool) {
