@@ -106,9 +106,9 @@ impl App {
     }
 
     /// Upstream mode: the XMPP link and the bridge as a client of an existing broker. The MQTT
-    /// connection starts once the XMPP link is up for the first time, so a standby instance
-    /// (the XMPP server refuses it the component while the active one holds it) takes no MQTT
-    /// traffic; with the same `client_id` as the active one, it resumes the active's session.
+    /// connection is up only while the XMPP link is, so a standby instance (the XMPP server
+    /// refuses it the component while the active one holds it) takes no MQTT traffic; with
+    /// the same `client_id` as the active one, it resumes the active's session.
     async fn start_upstream(
         cfg: UpstreamConfig,
         settings: Option<BridgeSettings>,
@@ -123,15 +123,17 @@ impl App {
         let server = settings.xmpp.server.clone();
         let (handle, inbound) = xmpp::spawn(settings.xmpp, shutdown.child_token(), &tracker);
         let table = settings.mapping.clone();
+        // The upstream connection follows the XMPP link (see `upstream::Worker::run`).
         let mut link = handle.subscribe_state();
-        let start = Box::pin(async move {
+        let (up_tx, link_up) = tokio::sync::watch::channel(false);
+        let stop = shutdown.child_token();
+        tracker.spawn(async move {
             loop {
-                if matches!(*link.borrow_and_update(), LinkState::Connected) {
-                    return;
-                }
-                if link.changed().await.is_err() {
-                    // The link stopped: shutdown is under way.
-                    std::future::pending::<()>().await;
+                let up = matches!(*link.borrow_and_update(), LinkState::Connected);
+                up_tx.send_if_modified(|v| std::mem::replace(v, up) != up);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = link.changed() => if changed.is_err() { return },
                 }
             }
         });
@@ -144,7 +146,7 @@ impl App {
             origin: domain.clone(),
             identify: Arc::new(move |topic: &str| table.sender_from_topic(topic)),
             filter_qos,
-            start,
+            link_up,
         };
         let upstream_server = format!("{}:{}", cfg.host, cfg.port);
         let client = upstream::spawn(cfg, wiring, shutdown.child_token(), &tracker)?;
@@ -155,7 +157,7 @@ impl App {
         let bridge_stats = bridge.stats();
         tracker.spawn(bridge.run(shutdown.child_token()));
         info!(%server, %domain, upstream = %upstream_server,
-            "Bridge started in upstream mode; MQTT connects once the XMPP link is up.");
+            "Bridge started in upstream mode; MQTT is connected while the XMPP link is up.");
         Ok(App {
             mqtt_addrs: Vec::new(),
             broker_stats: Arc::new(BrokerStats::default()),

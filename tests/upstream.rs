@@ -984,3 +984,60 @@ async fn both_directions_under_load_with_a_small_window() {
     assert_eq!(to_mqtt, expected("x", 0..N));
     assert!(app.stop(Duration::from_secs(5)).await);
 }
+
+/// Active/standby through an XMPP server restart: both instances race for the component when
+/// it comes back; whichever wins connects to MQTT, the other stays off the broker (each is
+/// connected to MQTT only while it holds the component), so they do not take the shared
+/// session from each other in a loop, and messages flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_standby_pair_does_not_flap_over_an_xmpp_server_restart() {
+    let mut prosody = Prosody::start();
+    let m = mosquitto();
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = |name: &str, prosody: &Prosody| {
+        Instance::spawn(
+            dir.path(),
+            name,
+            prosody,
+            &m,
+            COMPONENT,
+            "bridge-pair",
+            None,
+            "1h",
+        )
+    };
+    let one = spawn("one", &prosody);
+    wait_broker_log(&m, "bridge-pair 1 users/+/outbox/+", 1).await;
+    let two = spawn("two", &prosody);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let connections = || {
+        std::fs::read_to_string(m.log_path())
+            .unwrap()
+            .matches(" as bridge-pair ")
+            .count()
+    };
+    assert_eq!(
+        connections(),
+        1,
+        "only the active instance is on the broker"
+    );
+
+    prosody.restart();
+    // Both race for the component; give the loser several of its retries (reconnect_max 1 s).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = connections();
+    assert!(
+        after <= 3,
+        "{after} MQTT connections as bridge-pair: the pair is taking the session back and \
+         forth\none:\n{}\ntwo:\n{}",
+        one.log(),
+        two.log()
+    );
+    let mut alice = XmppClient::connect(&prosody, "alice").await;
+    let bob = Mqtt::connect(&m, "bob", "bob-out", None).await;
+    bob.publish("users/bob/outbox/alice@localhost", "after restart")
+        .await;
+    let got = alice.wait_for(|e| e["event"] == "message").await;
+    assert_eq!(got["body"], "after restart");
+    eprintln!("MQTT connections as the pair's client id: {after} (1 before the restart)");
+}

@@ -5,10 +5,10 @@
 //!  bridge ── UpstreamClient::publish/ack ──▶ rumqttc request channel ──▶ broker
 //!  bridge ◀── UpstreamClient::recv ◀── deliveries (bounded) ◀── worker: EventLoop::poll
 //! ```
-//! 1. The worker waits for its start signal (the app gives it "the XMPP link is up", so a
-//!    standby that does not hold the component takes no MQTT traffic), then connects with
-//!    Clean Start 0 and the configured Session Expiry: the broker keeps the subscriptions
-//!    and queues QoS 1/2 messages while the bridge is away.
+//! 1. The worker is connected only while the XMPP link is up (so a standby that does not
+//!    hold the component takes no MQTT traffic and does not fight the active instance over
+//!    their shared session), with Clean Start 0 and the configured Session Expiry: the
+//!    broker keeps the subscriptions and queues QoS 1/2 messages while the bridge is away.
 //! 2. On every CONNACK without a session it subscribes again (No Local, retained messages not
 //!    sent, `$share/{group}/` when configured, each filter at its rules' QoS).
 //! 3. Deliveries are acknowledged by the bridge only once the XMPP server has the stanza
@@ -37,10 +37,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures::future::BoxFuture;
 use rumqttc::v5::mqttbytes::v5::ConnectProperties;
 use rumqttc::{TlsConfiguration, Transport};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
@@ -142,8 +141,8 @@ pub struct Wiring {
     pub identify: Identify,
     /// QoS of each filter the bridge will subscribe to (the highest of its rules).
     pub filter_qos: HashMap<String, QoS>,
-    /// Resolves when the worker may connect (e.g. once the XMPP link is up).
-    pub start: BoxFuture<'static, ()>,
+    /// Whether the worker may be connected (the XMPP link is up).
+    pub link_up: watch::Receiver<bool>,
 }
 
 /// Starts the worker on `tracker`; it stops when `shutdown` is cancelled.
@@ -180,9 +179,11 @@ pub fn spawn(
         origin: wiring.origin.clone(),
         identify: wiring.identify,
         session: false,
+        connected: false,
+        spoke_v5: false,
         pending: std::collections::VecDeque::new(),
     };
-    tracker.spawn(worker.run(wiring.start, shutdown));
+    tracker.spawn(worker.run(wiring.link_up, shutdown));
     Ok(UpstreamClient {
         shared,
         deliveries: rx,

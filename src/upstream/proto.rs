@@ -256,6 +256,15 @@ impl Loop {
         }
     }
 
+    /// Drops the network connection (if any); the next poll connects again. Unacknowledged
+    /// publishes and queued requests stay and are sent on the next connection.
+    pub(super) fn reset(&mut self) {
+        match self {
+            Loop::V5(l) => l.clean(),
+            Loop::V4(l) => l.clean(),
+        }
+    }
+
     /// The publishes still waiting in this loop (its channel and its unacknowledged state):
     /// moved to the 3.1.1 client when falling back, so nothing the bridge published is lost.
     pub(super) fn take_publishes(&mut self) -> Vec<(String, QoS, bool, Bytes)> {

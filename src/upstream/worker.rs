@@ -7,8 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
-use futures::future::BoxFuture;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -29,6 +28,10 @@ pub(super) struct Worker {
     pub(super) identify: Identify,
     /// Subscribed on the current session.
     pub(super) session: bool,
+    /// Between CONNACK and the connection's end.
+    pub(super) connected: bool,
+    /// Whether an MQTT 5 CONNACK was ever seen (then never fall back to 3.1.1).
+    pub(super) spoke_v5: bool,
     /// Deliveries the bridge has not taken yet. The worker never awaits the bridge (which
     /// may itself be waiting for the request channel this task drains by polling): this
     /// queue is bounded by the broker's flow control (Receive Maximum / in-flight window) per
@@ -37,18 +40,46 @@ pub(super) struct Worker {
 }
 
 impl Worker {
-    pub(super) async fn run(mut self, start: BoxFuture<'static, ()>, shutdown: CancellationToken) {
+    /// Connected to the broker while `link_up` says so: an instance that does not hold the
+    /// XMPP component (a standby refused with `<conflict/>`, or the link is down) stays off
+    /// the broker, so it neither takes messages it cannot deliver nor fights the active
+    /// instance over their shared session.
+    pub(super) async fn run(
+        mut self,
+        mut link_up: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) {
         let server = format!("{}:{}", self.cfg.host, self.cfg.port);
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = start => {}
+        loop {
+            let stopped = tokio::select! {
+                () = shutdown.cancelled() => return,
+                up = link_up.wait_for(|up| *up) => up.is_err(),
+            };
+            if stopped {
+                // The link stopped: shutdown is under way.
+                shutdown.cancelled().await;
+                return;
+            }
+            info!(%server, client_id = %self.cfg.client_id,
+                "XMPP link up; connecting to the upstream MQTT broker.");
+            let shut = self.connected_while(&mut link_up, &shutdown).await;
+            self.disconnect().await;
+            if shut {
+                return;
+            }
+            info!("XMPP link down; left the upstream MQTT broker until it is back.");
         }
-        info!(%server, client_id = %self.cfg.client_id,
-            "Connecting to the upstream MQTT broker.");
+    }
+
+    /// Runs the connection until shutdown (true) or the XMPP link goes down (false).
+    async fn connected_while(
+        &mut self,
+        link_up: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let server = format!("{}:{}", self.cfg.host, self.cfg.port);
         let mut backoff = Backoff::new(self.cfg.reconnect_min, self.cfg.reconnect_max);
-        let mut connected = false;
-        // Whether an MQTT 5 CONNACK was ever seen (then never fall back).
-        let mut spoke_v5 = false;
+        self.connected = false;
         // Consecutive first attempts that failed like a 3.1.1-only broker fails them; two
         // are needed, so a broker restarting under us does not cause a fallback.
         let mut v311_hints = 0;
@@ -56,7 +87,13 @@ impl Worker {
         let deliveries = self.deliveries.clone();
         loop {
             let event = tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled() => return true,
+                changed = link_up.changed() => {
+                    if changed.is_err() || !*link_up.borrow_and_update() {
+                        return false;
+                    }
+                    continue;
+                }
                 permit = deliveries.reserve(), if !self.pending.is_empty() => {
                     match (permit, self.pending.pop_front()) {
                         (Ok(permit), Some(item)) => permit.send(item),
@@ -67,7 +104,7 @@ impl Worker {
                     continue;
                 }
                 Some(()) = self.subscribe_now.recv() => {
-                    if connected {
+                    if self.connected {
                         self.subscribe();
                     }
                     continue;
@@ -76,8 +113,8 @@ impl Worker {
             };
             match event {
                 Ok(Incoming::ConnAck { session_present }) => {
-                    connected = true;
-                    spoke_v5 |= matches!(self.eventloop, Loop::V5(_));
+                    self.connected = true;
+                    self.spoke_v5 |= matches!(self.eventloop, Loop::V5(_));
                     backoff.reset();
                     add(&self.shared.stats.connects);
                     let epoch = self.shared.epoch.fetch_add(1, Ordering::AcqRel) + 1;
@@ -103,7 +140,8 @@ impl Worker {
                 Ok(Incoming::DisconnectSent | Incoming::Other) => {}
                 Err(e) => {
                     add(&self.shared.stats.connection_errors);
-                    if self.cfg.protocol == Protocol::Auto && !spoke_v5 && !self.shared.v311() {
+                    if self.cfg.protocol == Protocol::Auto && !self.spoke_v5 && !self.shared.v311()
+                    {
                         v311_hints = if e.suggests_v311() { v311_hints + 1 } else { 0 };
                         if v311_hints >= 2 {
                             self.fall_back(&e);
@@ -111,17 +149,16 @@ impl Worker {
                         }
                     }
                     let delay = backoff.next_delay(rand::random());
-                    log_error(&e, connected, delay, backoff.failures());
-                    connected = false;
+                    log_error(&e, self.connected, delay, backoff.failures());
+                    self.connected = false;
                     self.session = false;
                     tokio::select! {
-                        () = shutdown.cancelled() => break,
+                        () = shutdown.cancelled() => return true,
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
             }
         }
-        self.disconnect(connected).await;
     }
 
     /// Switches to MQTT 3.1.1 for good, moving the publishes still waiting over.
@@ -239,8 +276,13 @@ impl Worker {
         self.pending.push_back((delivery, epoch));
     }
 
-    async fn disconnect(&mut self, connected: bool) {
+    /// Sends DISCONNECT (the session stays for `session_expiry`) and resets the event loop
+    /// so the next poll connects afresh; what waits to be published stays queued in it.
+    async fn disconnect(&mut self) {
+        let connected = std::mem::replace(&mut self.connected, false);
+        self.session = false;
         if !connected {
+            self.eventloop.reset();
             return;
         }
         let Ok(handle) = self.shared.handle() else {
@@ -264,6 +306,7 @@ impl Worker {
         {
             debug!("DISCONNECT not flushed in time.");
         }
+        self.eventloop.reset();
         info!("Disconnected from the upstream MQTT broker.");
     }
 }
