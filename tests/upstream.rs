@@ -1041,3 +1041,51 @@ async fn active_standby_pair_does_not_flap_over_an_xmpp_server_restart() {
     assert_eq!(got["body"], "after restart");
     eprintln!("MQTT connections as the pair's client id: {after} (1 before the restart)");
 }
+
+/// The bridge process killed with SIGKILL while an MQTT client keeps publishing, then started
+/// again with the same client id: the persistent session hands it everything, including what
+/// the killed process had received but not acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_killed_and_restarted_loses_nothing() {
+    const N: usize = 20;
+    let prosody = Prosody::start();
+    let m = mosquitto();
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = || {
+        Instance::spawn(
+            dir.path(),
+            "solo",
+            &prosody,
+            &m,
+            COMPONENT,
+            "bridge-solo",
+            None,
+            "1h",
+        )
+    };
+    let mut first = spawn();
+    wait_broker_log(&m, "bridge-solo 1 users/+/outbox/+", 1).await;
+    let mut alice = XmppClient::connect(&prosody, "alice").await;
+    let bob = Mqtt::connect(&m, "bob", "bob-out", None).await;
+    let outbox = "users/bob/outbox/alice@localhost";
+    for i in 0..N {
+        bob.publish(outbox, &format!("m{i}")).await;
+    }
+    first.kill9();
+    for i in N..2 * N {
+        bob.publish(outbox, &format!("m{i}")).await;
+    }
+    let second = spawn();
+    for i in 2 * N..3 * N {
+        bob.publish(outbox, &format!("m{i}")).await;
+    }
+    let (got, dups) = xmpp_bodies(&mut alice, "m", 3 * N, Duration::from_secs(20)).await;
+    let got: BTreeSet<String> = got.keys().cloned().collect();
+    assert_eq!(
+        got,
+        expected("m", 0..3 * N),
+        "lost over kill -9:\n{}",
+        second.log()
+    );
+    eprintln!("bridge kill -9: duplicates to XMPP {dups}");
+}
