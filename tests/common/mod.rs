@@ -5,6 +5,7 @@
 pub mod mosquitto;
 pub mod prosody;
 pub mod raw;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
