@@ -9,6 +9,7 @@
 //! Modules:
 //! - `config`: TOML + environment, validated before any port is bound.
 //! - `broker`: the embedded MQTT broker.
+//! - `upstream`: the bridge as a client of an existing broker (`[mqtt] mode = "upstream"`).
 //! - `mapping`: JID <-> topic rules, compiled once, validated with file and line.
 //! - `xmpp`: the XEP-0114 component link to the legacy XMPP server.
 //! - `bridge`: the core; moves messages between the two through the mapping table.
@@ -23,4 +24,5 @@ pub mod mapping;
 pub mod shutdown;
 mod suggest;
 pub mod telemetry;
+pub mod upstream;
 pub mod xmpp;

@@ -221,7 +221,14 @@ async fn connection_limit_refuses_extra_clients_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_client_ids_are_reserved() {
     let broker = start_broker(|_| {}).await;
-    let _bridge = broker.app.broker.internal_client("bridge").await.unwrap();
+    let _bridge = broker
+        .app
+        .broker
+        .as_ref()
+        .unwrap()
+        .internal_client("bridge")
+        .await
+        .unwrap();
     let mut thief = Raw::connect(broker.addr).await;
     thief
         .send(&raw::connect_packet(4, "$internal/bridge", true, 30))

@@ -48,6 +48,7 @@ async fn start_bridge(prosody: &Prosody, mappings: &Path, users: &Path) -> TestB
             level: std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into()),
             ..LogConfig::default()
         },
+        mqtt: xmpp_mqtt_bridge::config::MqttMode::Embedded,
         broker: BrokerConfig {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
             sys_interval: None,

@@ -480,7 +480,14 @@ async fn in_process_client_sees_publisher_identity_and_no_local() {
     let users = dir.path().join("users.passwd");
     xmpp_mqtt_bridge::broker::auth::set_user(&users, "alice", b"pw").unwrap();
     let broker = start_broker(|c| c.password_file = Some(users.clone())).await;
-    let mut bridge = broker.app.broker.internal_client("bridge").await.unwrap();
+    let mut bridge = broker
+        .app
+        .broker
+        .as_ref()
+        .unwrap()
+        .internal_client("bridge")
+        .await
+        .unwrap();
     let codes = bridge
         .subscribe(
             &["out/#".to_string()],

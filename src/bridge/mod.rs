@@ -1,6 +1,6 @@
 //! The bridge core: moves chat messages between the XMPP link and the broker through the
-//! mapping table. No sockets here: it holds an in-process broker client and the XMPP
-//! adapter's handle.
+//! mapping table. No sockets here: it holds the MQTT side ([`mqtt_side::MqttSide`]) and the
+//! XMPP adapter's handle.
 //!
 //! - XMPP → MQTT: a message from the link is translated ([`translate::xmpp_to_mqtt`]) and
 //!   published as the bridge's in-process session; a message to an address no rule covers
@@ -14,6 +14,7 @@
 //!   them in the bridge's session queue, and what overflows there is counted and logged.
 
 pub mod envelope;
+pub mod mqtt_side;
 pub mod translate;
 
 use std::sync::Arc;
@@ -31,11 +32,12 @@ use xmpp_parsers::message::{Id, Lang, Message, MessageType, Thread};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
+use self::mqtt_side::MqttSide;
 use self::translate::{FromXmpp, InboundChat, NotCarried, XmppOut, mqtt_to_xmpp, xmpp_to_mqtt};
+use crate::broker::Delivery;
 use crate::broker::codec::reason;
 use crate::broker::codec::{Properties, Publish, QoS};
 use crate::broker::guard::{PublishGuard, Refused};
-use crate::broker::{Delivery, InternalClient};
 use crate::mapping::Refusal;
 use crate::mapping::{MappingTable, MessageKind};
 use crate::xmpp::{Inbound, Outgoing, SendError, XmppHandle};
@@ -121,7 +123,7 @@ struct Blocked {
 /// The bridge task.
 pub struct Bridge {
     table: Arc<MappingTable>,
-    mqtt: InternalClient,
+    mqtt: MqttSide,
     xmpp: XmppHandle,
     inbound: mpsc::Receiver<Inbound>,
     stats: Arc<BridgeStats>,
@@ -133,13 +135,14 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// Subscribes the in-process client to what the mapping table sends to XMPP.
+    /// Subscribes the MQTT side to what the mapping table sends to XMPP.
     pub async fn new(
         table: Arc<MappingTable>,
-        mut mqtt: InternalClient,
+        mqtt: impl Into<MqttSide>,
         xmpp: XmppHandle,
         inbound: mpsc::Receiver<Inbound>,
     ) -> Result<Bridge, crate::broker::BrokerGone> {
+        let mut mqtt = mqtt.into();
         let filters = table.mqtt_filters();
         if !filters.is_empty() {
             let codes = mqtt.subscribe(&filters, QoS::ExactlyOnce).await?;

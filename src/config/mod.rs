@@ -4,6 +4,7 @@
 //! Every problem is collected and reported at once, each with its file and line (or the
 //! environment variable) and its dotted key. Unknown keys are errors.
 
+mod mqtt;
 mod sections;
 mod source;
 
@@ -18,6 +19,7 @@ use serde::Serialize;
 use crate::broker::BrokerConfig;
 use crate::mapping::MappingTable;
 use crate::xmpp::XmppConfig;
+pub use mqtt::MqttMode;
 pub use source::{ConfigError, ConfigErrors};
 use source::{Context, Section};
 
@@ -68,6 +70,9 @@ pub struct Config {
     pub log: LogConfig,
     /// `[broker]`: the embedded MQTT broker.
     pub broker: BrokerConfig,
+    /// `[mqtt]`: the embedded broker or an upstream one (then `broker` is not used).
+    #[serde(skip)]
+    pub mqtt: MqttMode,
     /// `[xmpp]` and `[mapping]`: the bridge; `None` runs the broker alone.
     #[serde(skip)]
     pub bridge: Option<BridgeSettings>,
@@ -179,17 +184,29 @@ fn build(cx: &mut Context, dict: Dict, base: &Path) -> Config {
         Some(section) => sections::broker(cx, section, base),
         None => BrokerConfig::default(),
     };
+    let mqtt = match root.section(cx, "mqtt") {
+        Some(section) => mqtt::mqtt(cx, section, base),
+        None => MqttMode::Embedded,
+    };
     let xmpp = root
         .section(cx, "xmpp")
         .map(|s| sections::xmpp(cx, s, base));
     let mapping_dir = root
         .section(cx, "mapping")
         .map(|s| sections::mapping_dir(cx, s, base));
-    root.finish(cx, &["log", "broker", "xmpp", "mapping"]);
+    root.finish(cx, &["log", "broker", "mqtt", "xmpp", "mapping"]);
     let bridge = match (xmpp, mapping_dir) {
         (Some(xmpp), dir) => {
             let dir = dir.unwrap_or_else(|| resolve(base, PathBuf::from(DEFAULT_MAPPING_DIR)));
             match MappingTable::load_dir(&dir, &xmpp.domain) {
+                Ok(table) if matches!(mqtt, MqttMode::Upstream(_)) => {
+                    mqtt::check_rules(cx, &table);
+                    Some(BridgeSettings {
+                        xmpp,
+                        mapping_dir: dir.canonicalize().unwrap_or(dir),
+                        mapping: Arc::new(table),
+                    })
+                }
                 Ok(table) => Some(BridgeSettings {
                     xmpp,
                     mapping_dir: dir.canonicalize().unwrap_or(dir),
@@ -209,9 +226,16 @@ fn build(cx: &mut Context, dict: Dict, base: &Path) -> Config {
         }
         (None, None) => None,
     };
+    if matches!(mqtt, MqttMode::Upstream(_)) && bridge.is_none() && !cx.has_errors() {
+        cx.error(
+            "mqtt.mode",
+            "\"upstream\" needs an [xmpp] section: without the bridge there is nothing to run",
+        );
+    }
     Config {
         log,
         broker,
+        mqtt,
         bridge,
     }
 }
@@ -222,6 +246,8 @@ impl Config {
     pub fn to_toml(&self) -> String {
         let mut out =
             toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        out.push('\n');
+        out.push_str(&self.mqtt.describe());
         if let Some(bridge) = &self.bridge {
             out.push('\n');
             out.push_str(

@@ -28,12 +28,12 @@ enum OneOrMany {
 /// A duration as a number of seconds or a human string (`"10s"`, `"1m 30s"`).
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum RawDuration {
+pub(super) enum RawDuration {
     Seconds(u64),
     Text(String),
 }
 
-fn duration(raw: RawDuration) -> Result<Duration, String> {
+pub(super) fn duration(raw: RawDuration) -> Result<Duration, String> {
     match raw {
         RawDuration::Seconds(s) => Ok(Duration::from_secs(s)),
         RawDuration::Text(t) => humantime::parse_duration(&t)
@@ -41,7 +41,7 @@ fn duration(raw: RawDuration) -> Result<Duration, String> {
     }
 }
 
-fn positive_duration(raw: RawDuration) -> Result<Duration, String> {
+pub(super) fn positive_duration(raw: RawDuration) -> Result<Duration, String> {
     let d = duration(raw)?;
     if d.is_zero() {
         Err("must be greater than zero".to_string())
@@ -50,7 +50,7 @@ fn positive_duration(raw: RawDuration) -> Result<Duration, String> {
     }
 }
 
-fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+pub(super) fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
     lo: T,
     hi: T,
 ) -> impl FnOnce(T) -> Result<T, String> {

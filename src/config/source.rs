@@ -109,6 +109,11 @@ impl Context {
         });
     }
 
+    /// Whether any error was recorded so far.
+    pub(super) fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
     /// The errors, or `Ok` when there are none.
     pub(super) fn finish(self) -> Result<(), ConfigErrors> {
         if self.errors.is_empty() {

@@ -116,6 +116,7 @@ mod overlap;
 mod pattern;
 mod rule;
 mod topic;
+mod upstream;
 
 #[cfg(test)]
 mod tests;

@@ -19,7 +19,7 @@
 //!
 //! Bytes become typed stanzas here, once; the bridge sees only `xmpp_parsers` types.
 
-mod backoff;
+pub(crate) mod backoff;
 pub mod config;
 mod connection;
 pub mod error;

@@ -2,8 +2,10 @@
 //! raw sockets with hand-written bytes, mosquitto_pub/sub, Python paho-mqtt).
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part of the harness
 
+pub mod mosquitto;
 pub mod prosody;
 pub mod raw;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,6 +58,7 @@ pub async fn start_broker(tune: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
     let config = Config {
         log: LogConfig::default(),
         broker,
+        mqtt: xmpp_mqtt_bridge::config::MqttMode::Embedded,
         bridge: None,
     };
     let app = App::start(config).await.expect("broker starts");

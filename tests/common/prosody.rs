@@ -15,6 +15,9 @@ use super::free_port;
 pub const DOMAIN: &str = "localhost";
 /// The bridge's component domain.
 pub const COMPONENT: &str = "mqtt.localhost";
+/// A second component domain (same secret), for tests with two bridge instances that must
+/// both hold a component link at once.
+pub const COMPONENT2: &str = "mqtt2.localhost";
 /// The component secret.
 pub const SECRET: &str = "bridge-secret";
 /// Users registered at start, with password `<name>pw`.
@@ -300,6 +303,9 @@ VirtualHost "{DOMAIN}"
 Component "{COMPONENT}"
 	component_secret = "{SECRET}"
 
+Component "{COMPONENT2}"
+	component_secret = "{SECRET}"
+
 Component "conference.{DOMAIN}" "muc"
 	restrict_room_creation = false
 	muc_room_default_public = true
@@ -405,6 +411,11 @@ impl XmppClient {
             Ok(None) => panic!("the slixmpp client ended:\n{}", self.stderr_text()),
             Err(_) => panic!("no event from the slixmpp client in {:?}", super::WAIT),
         }
+    }
+
+    /// The next event, without a time limit; `None` when the client ended.
+    pub async fn next_event_quiet(&mut self) -> Option<serde_json::Value> {
+        self.events.recv().await
     }
 
     /// The next event matching `pred`, passing over the others; panics after [`super::WAIT`].
