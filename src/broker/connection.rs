@@ -27,9 +27,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
+use super::alias::{InboundAliases, OutboundAliases};
 use super::auth::PasswordFile;
 use super::codec::{
-    self, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, reason,
+    self, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Property, ProtocolVersion,
+    Publish, reason,
 };
 use super::config::BrokerConfig;
 use super::internal::INTERNAL_ID_PREFIX;
@@ -116,12 +118,33 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, ctx: Arc<C
         tracing::Span::current().record("client_id", client_id.as_ref() as &str);
         let (link, receiver) = ClientLink::new();
         let closing = CancellationToken::new();
+        let v5 = version == ProtocolVersion::V5;
+        let out = OutLimits {
+            max_packet: (connect.properties.maximum_packet_size())
+                .map_or(usize::MAX, |m| m as usize),
+            aliases: OutboundAliases::new(if v5 {
+                connect.properties.topic_alias_maximum().unwrap_or(0)
+            } else {
+                0
+            }),
+        };
         ctx.tracker.spawn(
-            write_loop(wr, receiver, version, ctx.stats.clone(), closing.clone())
-                .instrument(tracing::Span::current()),
+            write_loop(
+                wr,
+                receiver,
+                version,
+                out,
+                ctx.stats.clone(),
+                closing.clone(),
+            )
+            .instrument(tracing::Span::current()),
         );
         let (accepted, outcome) = oneshot::channel();
-        let keep_alive = connect.keep_alive;
+        let keep_alive = match ctx.cfg.server_keep_alive {
+            Some(server) if v5 => server,
+            _ => connect.keep_alive,
+        };
+        let zero_expiry = connect.properties.session_expiry_interval().unwrap_or(0) == 0;
         let request = ConnectRequest {
             conn,
             peer,
@@ -139,10 +162,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, ctx: Arc<C
         if outcome.await != Ok(ConnectOutcome::Accepted) {
             return;
         }
-        let reader = Reader {
+        let mut reader = Reader {
             conn,
             version,
             link,
+            aliases: InboundAliases::new(if v5 { ctx.cfg.topic_alias_maximum } else { 0 }),
+            zero_expiry,
             ctx: ctx.clone(),
             closing,
         };
@@ -270,6 +295,19 @@ async fn admit(connect: &Connect, ctx: &ConnectionContext) -> Result<(ByteString
         info!("CONNECT asks for enhanced authentication, which is not supported.");
         return Err(reason::BAD_AUTHENTICATION_METHOD);
     }
+    if let Some(will) = &connect.will {
+        if will.qos as u8 > ctx.cfg.maximum_qos {
+            info!(
+                will_qos = will.qos as u8,
+                "Will QoS above the Maximum QoS refused."
+            );
+            return Err(reason::QOS_NOT_SUPPORTED);
+        }
+        if will.retain && !ctx.cfg.retain_available {
+            info!("Retained will refused: retain is not available.");
+            return Err(reason::RETAIN_NOT_SUPPORTED);
+        }
+    }
     if connect.client_id.starts_with(INTERNAL_ID_PREFIX) {
         // In-process sessions (the bridge) must not be taken over from the network.
         info!(client_id = %connect.client_id, "Reserved client id refused.");
@@ -330,13 +368,22 @@ struct Reader {
     conn: ConnId,
     version: ProtocolVersion,
     link: ClientLink,
+    /// MQTT 5 Topic Aliases the client set up.
+    aliases: InboundAliases,
+    /// CONNECT had Session Expiry Interval 0, which DISCONNECT may not raise [MQTT-3.14.2-2].
+    zero_expiry: bool,
     ctx: Arc<ConnectionContext>,
     /// Cancelled by the writer when it closes the connection (takeover, shutdown).
     closing: CancellationToken,
 }
 
 impl Reader {
-    async fn run(self, mut rd: OwnedReadHalf, mut buf: BytesMut, keep_alive: u16) -> CloseCause {
+    async fn run(
+        &mut self,
+        mut rd: OwnedReadHalf,
+        mut buf: BytesMut,
+        keep_alive: u16,
+    ) -> CloseCause {
         // [MQTT-3.1.2-24]: one and a half times the Keep Alive without a packet closes.
         let limit = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let idle = tokio::time::sleep(limit.unwrap_or(Duration::MAX / 4));
@@ -394,7 +441,7 @@ impl Reader {
 
     /// The connection is being closed (taken over, shutting down): one last look at what the
     /// socket already holds, so that a DISCONNECT sent just before is honoured (no will).
-    fn last_words(&self, rd: &OwnedReadHalf, buf: &mut BytesMut) -> CloseCause {
+    fn last_words(&mut self, rd: &OwnedReadHalf, buf: &mut BytesMut) -> CloseCause {
         buf.reserve(READ_CHUNK);
         // Whatever the outcome, the connection ends; only a DISCONNECT changes the cause.
         let _bytes = rd.try_read_buf(buf);
@@ -407,7 +454,7 @@ impl Reader {
 
     /// Decodes every complete packet in `buf`; packets for the router go to `batch`. Returns
     /// the close cause when the connection must end.
-    fn drain(&self, buf: &mut BytesMut, batch: &mut Vec<Packet>) -> Option<CloseCause> {
+    fn drain(&mut self, buf: &mut BytesMut, batch: &mut Vec<Packet>) -> Option<CloseCause> {
         loop {
             let packet = match codec::decode(buf, self.version, self.ctx.cfg.max_packet_size) {
                 Ok(Some(packet)) => packet,
@@ -415,24 +462,30 @@ impl Reader {
                 Err(error) => return Some(self.violation(&error.to_string(), error.reason_code())),
             };
             match packet {
-                Packet::Publish(_)
-                | Packet::PubAck(_)
+                Packet::Publish(mut p) => {
+                    if self.version == ProtocolVersion::V5 {
+                        if let Err((what, code)) = self.check_publish(&mut p) {
+                            return Some(self.violation(what, code));
+                        }
+                    }
+                    batch.push(Packet::Publish(p));
+                }
+                Packet::Subscribe(s)
+                    if !self.ctx.cfg.subscription_identifiers
+                        && s.properties.subscription_identifier().is_some() =>
+                {
+                    return Some(self.violation(
+                        "Subscription Identifier while CONNACK said they are not available \
+                         [5.0 §3.2.2.3.12]",
+                        reason::PROTOCOL_ERROR,
+                    ));
+                }
+                Packet::PubAck(_)
                 | Packet::PubRec(_)
                 | Packet::PubRel(_)
                 | Packet::PubComp(_)
                 | Packet::Subscribe(_)
-                | Packet::Unsubscribe(_) => {
-                    if let Packet::Publish(p) = &packet {
-                        if p.properties.topic_alias().is_some() {
-                            // CONNACK announced Topic Alias Maximum 0 [MQTT-3.3.2-9].
-                            return Some(self.violation(
-                                "Topic Alias above the maximum of 0 [MQTT-3.3.2-9]",
-                                reason::TOPIC_ALIAS_INVALID,
-                            ));
-                        }
-                    }
-                    batch.push(packet);
-                }
+                | Packet::Unsubscribe(_) => batch.push(packet),
                 Packet::PingReq => {
                     self.link.send(Packet::PingResp);
                 }
@@ -459,8 +512,40 @@ impl Reader {
         }
     }
 
+    /// MQTT 5 PUBLISH rules that depend on what CONNACK announced, and the Topic Alias.
+    fn check_publish(&mut self, p: &mut Publish) -> Result<(), (&'static str, u8)> {
+        let cfg = &self.ctx.cfg;
+        if p.qos as u8 > cfg.maximum_qos {
+            return Err((
+                "PUBLISH QoS above the Maximum QoS [MQTT-3.2.2-11]",
+                reason::QOS_NOT_SUPPORTED,
+            ));
+        }
+        if p.retain && !cfg.retain_available {
+            return Err((
+                "retained PUBLISH while Retain Available is 0 [MQTT-3.2.2-14]",
+                reason::RETAIN_NOT_SUPPORTED,
+            ));
+        }
+        let sub_id = |q: &Property| matches!(q, Property::SubscriptionIdentifier(_));
+        if p.properties.0.iter().any(sub_id) {
+            return Err((
+                "Subscription Identifier in a client PUBLISH [MQTT-3.3.4-6]",
+                reason::PROTOCOL_ERROR,
+            ));
+        }
+        self.aliases.resolve(p).map_err(|e| (e.why, e.reason))
+    }
+
     fn client_disconnect(&self, d: &Disconnect) -> CloseCause {
         debug!(reason = d.reason, "Client sent DISCONNECT.");
+        let new_expiry = d.properties.session_expiry_interval();
+        if self.zero_expiry && new_expiry.is_some_and(|e| e != 0) {
+            return self.violation(
+                "DISCONNECT sets a Session Expiry Interval after CONNECT had 0 [MQTT-3.14.2-2]",
+                reason::PROTOCOL_ERROR,
+            );
+        }
         let publish_will = d.reason == reason::DISCONNECT_WITH_WILL;
         self.link.mark_disconnect(publish_will);
         CloseCause::Disconnect {
@@ -476,8 +561,54 @@ impl Reader {
             reason_code = code,
             "Protocol violation; connection closed."
         );
-        self.link.disconnect(code);
+        self.link.disconnect_because(code, what);
         CloseCause::Abnormal
+    }
+}
+
+/// What the client announced about what it can receive (MQTT 5 CONNECT properties).
+struct OutLimits {
+    /// Maximum Packet Size; a packet that would exceed it is never written.
+    max_packet: usize,
+    /// Topic Aliases toward the client.
+    aliases: OutboundAliases,
+}
+
+impl OutLimits {
+    /// Encodes a PUBLISH, with a Topic Alias when one can be used.
+    fn encode_publish(
+        &mut self,
+        mut publish: Publish,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) {
+        if version == ProtocolVersion::V5 {
+            let packet_len = codec::publish_len(&publish, version);
+            let room = self.max_packet.saturating_sub(packet_len);
+            self.aliases.apply(&mut publish, room);
+        }
+        codec::encode(&Packet::Publish(publish), version, out);
+    }
+
+    /// A server DISCONNECT, its Reason String left out when the client could not take it.
+    fn disconnect(&self, reason: u8, text: Option<Box<str>>) -> Packet {
+        let mut d = Disconnect {
+            reason,
+            properties: Properties::new(),
+        };
+        if let Some(text) = text {
+            d.properties
+                .push(Property::ReasonString(ByteString::from(&*text)));
+            let packet = Packet::Disconnect(d);
+            if codec::encoded_len(&packet, ProtocolVersion::V5) <= self.max_packet {
+                return packet;
+            }
+            return Packet::Disconnect(Disconnect {
+                reason,
+                properties: Properties::new(),
+            });
+        }
+        Packet::Disconnect(d)
     }
 }
 
@@ -485,6 +616,7 @@ async fn write_loop(
     mut wr: OwnedWriteHalf,
     mut rx: LinkReceiver,
     version: ProtocolVersion,
+    mut limits: OutLimits,
     stats: Arc<BrokerStats>,
     closing: CancellationToken,
 ) {
@@ -498,21 +630,17 @@ async fn write_loop(
         let mut close = false;
         for item in items.drain(..) {
             match *item {
+                ToClient::Packet(Packet::Publish(publish)) | ToClient::Deliver { publish, .. } => {
+                    limits.encode_publish(publish, version, &mut out);
+                    written += 1;
+                }
                 ToClient::Packet(packet) => {
                     codec::encode(&packet, version, &mut out);
                     written += 1;
                 }
-                ToClient::Deliver { publish, .. } => {
-                    codec::encode(&Packet::Publish(publish), version, &mut out);
-                    written += 1;
-                }
-                ToClient::Disconnect { reason } => {
+                ToClient::Disconnect { reason, text } => {
                     if version == ProtocolVersion::V5 {
-                        let d = Disconnect {
-                            reason,
-                            properties: Properties::new(),
-                        };
-                        codec::encode(&Packet::Disconnect(d), version, &mut out);
+                        codec::encode(&limits.disconnect(reason, text), version, &mut out);
                     }
                     close = true;
                     break;

@@ -16,16 +16,18 @@ use tracing::{debug, info, warn};
 
 use super::codec::{
     ConnAck, LastWill, Packet, Properties, Property, ProtocolVersion, PubResponse, Publish, QoS,
-    RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, reason,
+    RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, publish_len, reason,
 };
 use super::config::BrokerConfig;
+use super::connack::connack_properties;
 use super::guard::{PublishGuard, Refused};
 use super::link::{CloseCause, ConnId, ConnectOutcome, ConnectRequest, Origin, RouterMsg};
 use super::session::{
-    Attached, NEVER_EXPIRES, Offer, Outgoing, Session, SessionId, SubEntry, will_publish,
+    Attached, NEVER_EXPIRES, Offer, Outgoing, Session, SessionId, SubEntry, expiry_of, will_publish,
 };
+use super::shared::{GroupId, SharedGroups};
 use super::stats::BrokerStats;
-use super::topic::{parse_shared, validate_topic_filter};
+use super::topic::{is_wildcard, parse_shared, validate_topic_filter};
 use super::trie::{RetainedTree, SubscriptionTree};
 
 /// How often detached sessions are checked for expiry.
@@ -40,6 +42,15 @@ struct Target {
     qos: QoS,
     retain_as_published: bool,
     subscription_ids: Vec<u32>,
+    /// The share group the message was given to this session by.
+    shared: Option<GroupId>,
+}
+
+/// A retained message and when it expires (MQTT 5 Message Expiry Interval).
+#[derive(Debug)]
+struct Retained {
+    publish: Publish,
+    expires: Option<Instant>,
 }
 
 /// The router's state.
@@ -51,7 +62,9 @@ pub struct Router {
     by_client: HashMap<ByteString, SessionId>,
     by_conn: HashMap<ConnId, SessionId>,
     subs: SubscriptionTree<SessionId, SubEntry>,
-    retained: RetainedTree<Publish>,
+    retained: RetainedTree<Retained>,
+    /// `$share/{group}/{filter}` subscriptions.
+    shared: SharedGroups,
     next_session: SessionId,
     /// Connections taken over whose close has not been reported yet, with the will to
     /// publish unless that close turns out to be a plain DISCONNECT.
@@ -74,6 +87,7 @@ impl Router {
             by_conn: HashMap::new(),
             subs: SubscriptionTree::new(),
             retained: RetainedTree::new(),
+            shared: SharedGroups::new(),
             next_session: 1,
             taken_over: HashMap::new(),
             guard: None,
@@ -121,6 +135,9 @@ impl Router {
                     return;
                 };
                 for packet in packets {
+                    if self.kicked(sid) {
+                        break;
+                    }
                     self.packet(sid, packet);
                 }
             }
@@ -157,6 +174,10 @@ impl Router {
         let now = Instant::now();
         let mut resumed = None;
         if let Some(&sid) = self.by_client.get(&client_id) {
+            // A new connection within the Will Delay Interval cancels the will [MQTT-3.1.3-9].
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.pending_will = None;
+            }
             self.take_over(sid, now);
             // A session that ends with its connection (CleanSession=1, Session Expiry 0) is
             // never resumed, whatever the new CONNECT asks [MQTT-3.1.2-6].
@@ -175,10 +196,11 @@ impl Router {
         } else {
             usize::from(self.cfg.max_inflight.min(receive_maximum).max(1))
         };
-        let mut properties = Properties::new();
-        if version == ProtocolVersion::V5 && assigned_id {
-            properties.push(Property::AssignedClientIdentifier(client_id.clone()));
-        }
+        let properties = if version == ProtocolVersion::V5 && !internal {
+            connack_properties(&self.cfg, &connect, &client_id, assigned_id)
+        } else {
+            Properties::new()
+        };
         let connack = ConnAck {
             session_present,
             code: reason::SUCCESS,
@@ -194,6 +216,8 @@ impl Router {
         };
         session.expiry = expiry;
         session.detached_at = None;
+        session.max_packet =
+            (connect.properties.maximum_packet_size()).map_or(usize::MAX, |m| m as usize);
         session.will = connect.will;
         session.identity = Arc::new(Origin {
             client_id: client_id.clone(),
@@ -205,6 +229,7 @@ impl Router {
             version,
             window,
             internal,
+            kicked: false,
         });
         self.by_conn.insert(conn, sid);
         BrokerStats::add(&self.stats.clients_connected, 1);
@@ -241,7 +266,9 @@ impl Router {
         // The client may have said goodbye just before reconnecting: its DISCONNECT can still
         // be in flight, so the will waits for the old connection's close to be reported.
         if let Some(will) = session.will.take() {
-            if old.link.will_due() {
+            // With a Will Delay, this new connection comes in time: no will [MQTT-3.1.3-9].
+            let delayed = will.properties.will_delay_interval().unwrap_or(0) > 0;
+            if old.link.will_due() && !delayed {
                 self.taken_over.insert(old.conn, (sid, will));
             }
         }
@@ -257,13 +284,22 @@ impl Router {
     }
 
     fn end_session(&mut self, sid: SessionId) {
-        let Some(session) = self.sessions.remove(&sid) else {
+        let Some(mut session) = self.sessions.remove(&sid) else {
             return;
         };
         for filter in session.subscriptions.keys() {
-            self.subs.remove(filter, sid);
+            if parse_shared(filter).is_some() {
+                self.shared.leave(filter, sid);
+            } else {
+                self.subs.remove(filter, sid);
+            }
         }
         self.by_client.remove(&session.client_id);
+        // 5.0 §4.8.2: what a share group gave this session and it did not
+        // acknowledge goes to another member.
+        for message in session.take_shared() {
+            self.redeliver_shared(message, sid);
+        }
         if session.queued() + session.inflight() > 0 {
             debug!(client_id = %session.client_id, queued = session.queued(),
                 inflight = session.inflight(), "Session ended with undelivered messages.");
@@ -301,11 +337,45 @@ impl Router {
         info!(client_id = %session.client_id, ?cause, will = will.is_some() && publish_will,
             "Client disconnected.");
         let ends = session.expiry == 0;
+        let will = will.filter(|_| publish_will);
+        // MQTT 5 Will Delay Interval: the will waits, unless the session ends first
+        // [MQTT-3.1.3-9], 5.0 §3.1.3.2.2.
+        let delay = will
+            .as_ref()
+            .and_then(|w| w.properties.will_delay_interval())
+            .unwrap_or(0);
+        let will = match will {
+            Some(will) if delay > 0 && !ends => {
+                let due = Instant::now() + Duration::from_secs(u64::from(delay));
+                session.pending_will = Some((will, due));
+                None
+            }
+            other => other,
+        };
         if ends {
             self.end_session(sid);
         }
-        if let (Some(will), true) = (will, publish_will) {
+        if let Some(will) = will {
             self.route(will_publish(will), Some(sid));
+        }
+    }
+
+    /// Publishes the delayed wills that are due.
+    fn publish_due_wills(&mut self, now: Instant) {
+        let due: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|s| s.pending_will.as_ref().is_some_and(|(_, at)| *at <= now))
+            .map(|s| s.id)
+            .collect();
+        for sid in due {
+            if let Some((will, _)) = self
+                .sessions
+                .get_mut(&sid)
+                .and_then(|s| s.pending_will.take())
+            {
+                self.route(will_publish(will), Some(sid));
+            }
         }
     }
 
@@ -323,7 +393,41 @@ impl Router {
             .collect();
         for sid in expired {
             debug!(session = sid, "Session expired.");
+            // A will still waiting for its delay goes when the session ends.
+            let will = self
+                .sessions
+                .get_mut(&sid)
+                .and_then(|s| s.pending_will.take());
             self.end_session(sid);
+            if let Some((will, _)) = will {
+                self.route(will_publish(will), None);
+            }
+        }
+        self.publish_due_wills(now);
+        self.retained
+            .retain(|_topic, r| r.expires.is_none_or(|at| at > now));
+    }
+
+    /// Whether the broker is closing this session's connection for a protocol error.
+    fn kicked(&self, sid: SessionId) -> bool {
+        self.sessions
+            .get(&sid)
+            .and_then(|s| s.attached.as_ref())
+            .is_some_and(|a| a.kicked)
+    }
+
+    /// Closes a session's connection for a protocol error found by the router (MQTT 5
+    /// DISCONNECT with `code`); what it still sends is ignored.
+    fn kick(&mut self, sid: SessionId, code: u8, why: &str) {
+        BrokerStats::add(&self.stats.protocol_errors, 1);
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        warn!(client_id = %s.client_id, error = why, reason_code = code,
+            "Protocol violation; connection closed.");
+        if let Some(att) = &mut s.attached {
+            att.kicked = true;
+            att.link.disconnect_because(code, why);
         }
     }
 
@@ -411,10 +515,10 @@ impl Router {
             self.refuse_publish(sid, &publish, refused);
             return;
         }
-        // A Topic Alias belongs to the sender's connection, never to subscribers'.
-        publish
-            .properties
-            .remove_where(|p| matches!(p, Property::TopicAlias(_)));
+        if !self.cfg.retain_available {
+            // 3.1.1 clients cannot be told; their retain flag is ignored.
+            publish.retain = false;
+        }
         match publish.qos {
             QoS::AtMostOnce => self.route(publish, Some(sid)),
             // The acknowledgement is queued before the fan-out so that subscribers' writers
@@ -424,10 +528,22 @@ impl Router {
                 self.route(publish, Some(sid));
             }
             QoS::ExactlyOnce => {
-                let fresh = self
-                    .sessions
-                    .get_mut(&sid)
-                    .is_some_and(|s| s.receive_qos2(pkid));
+                let Some(s) = self.sessions.get_mut(&sid) else {
+                    return;
+                };
+                let fresh = s.receive_qos2(pkid);
+                let v5 = s
+                    .attached
+                    .as_ref()
+                    .is_some_and(|a| !a.internal && a.version == ProtocolVersion::V5);
+                if fresh && v5 && s.incoming_qos2() > usize::from(self.cfg.receive_maximum) {
+                    self.kick(
+                        sid,
+                        reason::RECEIVE_MAXIMUM_EXCEEDED,
+                        "more unreleased QoS 2 messages than the Receive Maximum [MQTT-3.3.4-9]",
+                    );
+                    return;
+                }
                 self.send(sid, Packet::PubRec(PubResponse::new(pkid)));
                 if fresh {
                     self.route(publish, Some(sid));
@@ -476,12 +592,19 @@ impl Router {
 
     /// Stores or clears the retained copy and delivers to every matching subscription.
     pub fn route(&mut self, publish: Publish, origin: Option<SessionId>) {
+        let expires = if publish.properties.is_empty() {
+            None
+        } else {
+            expiry_of(&publish, Instant::now())
+        };
         if publish.retain {
             if publish.payload.is_empty() {
                 self.retained.remove(&publish.topic);
             } else {
                 // Retained copies live long: they must not pin the publisher's read buffer.
-                self.retained.insert(&publish.topic, publish.detached());
+                let publish = publish.detached();
+                self.retained
+                    .insert(&publish.topic.clone(), Retained { publish, expires });
             }
         }
         let mut targets = std::mem::take(&mut self.targets);
@@ -496,6 +619,19 @@ impl Router {
                     qos: entry.options.qos,
                     retain_as_published: entry.options.retain_as_published,
                     subscription_ids: entry.id.into_iter().collect(),
+                    shared: None,
+                });
+            });
+        let sessions = &self.sessions;
+        let online = |sid: SessionId| sessions.get(&sid).is_some_and(|s| s.attached.is_some());
+        self.shared
+            .for_each_match(&publish.topic, online, |gid, sid, entry| {
+                targets.push(Target {
+                    session: sid,
+                    qos: entry.options.qos,
+                    retain_as_published: entry.options.retain_as_published,
+                    subscription_ids: entry.id.into_iter().collect(),
+                    shared: Some(gid),
                 });
             });
         merge_overlapping(&mut targets);
@@ -511,19 +647,59 @@ impl Router {
             for id in target.subscription_ids {
                 copy.properties.push(Property::SubscriptionIdentifier(id));
             }
-            self.deliver(target.session, copy, identity.as_ref());
+            let message = Outgoing {
+                publish: copy,
+                origin: None,
+                expires,
+                shared: target.shared,
+            };
+            self.deliver(target.session, message, identity.as_ref());
         }
         self.targets = targets;
     }
 
-    fn deliver(&mut self, sid: SessionId, publish: Publish, identity: Option<&Arc<Origin>>) {
+    /// Gives a message a member of a share group did not acknowledge to another member.
+    fn redeliver_shared(&mut self, mut message: Outgoing, leaving: SessionId) {
+        let Some(gid) = message.shared else {
+            return;
+        };
+        let sessions = &self.sessions;
+        let online = |sid: SessionId| sessions.get(&sid).is_some_and(|s| s.attached.is_some());
+        let Some((sid, entry)) = self.shared.pick(gid, online, Some(leaving)) else {
+            return;
+        };
+        let p = &mut message.publish;
+        p.properties
+            .remove_where(|q| matches!(q, Property::SubscriptionIdentifier(_)));
+        if let Some(id) = entry.id {
+            p.properties.push(Property::SubscriptionIdentifier(id));
+        }
+        p.qos = p.qos.min(entry.options.qos);
+        p.dup = false;
+        message.origin = None;
+        debug!(session = sid, topic = %p.topic, "Shared message redelivered to another member.");
+        self.deliver(sid, message, None);
+    }
+
+    fn deliver(&mut self, sid: SessionId, mut message: Outgoing, identity: Option<&Arc<Origin>>) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let qos = publish.qos;
+        let qos = message.publish.qos;
+        if s.max_packet != usize::MAX
+            && publish_len(&message.publish, ProtocolVersion::V5) > s.max_packet
+        {
+            // [MQTT-3.1.2-25]: never sent; as if delivered, for this subscriber only.
+            BrokerStats::add(&self.stats.dropped_too_large, 1);
+            debug!(client_id = %s.client_id, topic = %message.publish.topic,
+                max_packet_size = s.max_packet, "Message larger than the client accepts; dropped.");
+            return;
+        }
         let internal = s.attached.as_ref().is_some_and(|a| a.internal);
-        let origin = if internal { identity.cloned() } else { None };
-        match s.offer(Outgoing { publish, origin }, self.cfg.max_queued) {
+        if internal {
+            message.origin = identity.cloned();
+        }
+        match s.offer(message, self.cfg.max_queued) {
             Offer::Send(message) => {
                 let Some(att) = &s.attached else { return };
                 if qos == QoS::AtMostOnce && att.link.backlog() > self.cfg.max_queued {
@@ -569,13 +745,32 @@ impl Router {
                 });
                 continue;
             }
-            if parse_shared(&filter).is_some() {
+            let shared = parse_shared(&filter);
+            let refusal = if shared.is_some() && !self.cfg.shared_subscriptions {
+                Some(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
+            } else if !self.cfg.wildcard_subscriptions && is_wildcard(&filter) {
+                Some(reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED)
+            } else {
+                None
+            };
+            if let Some(code) = refusal {
                 codes.push(match version {
-                    ProtocolVersion::V5 => reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+                    ProtocolVersion::V5 => code,
                     ProtocolVersion::V311 => reason::UNSPECIFIED_ERROR,
                 });
                 continue;
             }
+            if shared.is_some() && options.no_local {
+                self.kick(
+                    sid,
+                    reason::PROTOCOL_ERROR,
+                    "No Local on a shared subscription [MQTT-3.8.3-4]",
+                );
+                return;
+            }
+            let mut options = options;
+            options.qos =
+                QoS::from_u8(self.cfg.maximum_qos).map_or(options.qos, |max| options.qos.min(max));
             let entry = SubEntry {
                 options,
                 id: sub_id,
@@ -584,16 +779,21 @@ impl Router {
                 return;
             };
             let existed = s.subscriptions.insert(filter.clone(), entry).is_some();
-            self.subs.insert(&filter, sid, entry);
             codes.push(options.qos as u8);
+            if let Some(sh) = shared {
+                // Retained messages are not sent for shared subscriptions (5.0 §4.8.2).
+                self.shared.join(&filter, sh.filter, sid, entry);
+                continue;
+            }
+            self.subs.insert(&filter, sid, entry);
             let send_retained = match options.retain_handling {
                 RetainHandling::SendAlways => true,
                 RetainHandling::SendIfNew => !existed,
                 RetainHandling::DoNotSend => false,
             };
             if send_retained {
-                self.retained.for_each_match(&filter, |_topic, msg| {
-                    retained.push((msg.clone(), entry));
+                self.retained.for_each_match(&filter, |_topic, r| {
+                    retained.push((r.publish.clone(), r.expires, entry));
                 });
             }
         }
@@ -603,14 +803,18 @@ impl Router {
             properties: Properties::new(),
         };
         self.send(sid, Packet::SubAck(ack));
-        for (mut msg, entry) in retained {
+        for (mut msg, expires, entry) in retained {
             // [MQTT-3.3.1-8]: retained messages sent on subscribe carry RETAIN=1.
             msg.retain = true;
             msg.qos = msg.qos.min(entry.options.qos);
             if let Some(id) = entry.id {
                 msg.properties.push(Property::SubscriptionIdentifier(id));
             }
-            self.deliver(sid, msg, None);
+            let message = Outgoing {
+                expires,
+                ..Outgoing::new(msg)
+            };
+            self.deliver(sid, message, None);
         }
     }
 
@@ -621,7 +825,11 @@ impl Router {
         let mut codes = Vec::with_capacity(unsub.filters.len());
         for filter in &unsub.filters {
             let existed = s.subscriptions.remove(filter).is_some();
-            self.subs.remove(filter, sid);
+            if parse_shared(filter).is_some() {
+                self.shared.leave(filter, sid);
+            } else {
+                self.subs.remove(filter, sid);
+            }
             codes.push(if existed {
                 reason::SUCCESS
             } else {
@@ -716,6 +924,21 @@ impl Router {
                 self.route(will_publish(will), Some(sid));
             }
         }
+        let delayed: Vec<SessionId> = self
+            .sessions
+            .values()
+            .filter(|s| s.pending_will.is_some())
+            .map(|s| s.id)
+            .collect();
+        for sid in delayed {
+            if let Some((will, _)) = self
+                .sessions
+                .get_mut(&sid)
+                .and_then(|s| s.pending_will.take())
+            {
+                self.route(will_publish(will), None);
+            }
+        }
         for sid in connected {
             if let Some(att) = self.sessions.get_mut(&sid).and_then(|s| s.attached.take()) {
                 att.link.disconnect(reason::SERVER_SHUTTING_DOWN);
@@ -726,7 +949,9 @@ impl Router {
 }
 
 fn dropped(stats: &BrokerStats) -> u64 {
-    BrokerStats::get(&stats.dropped_queue_full) + BrokerStats::get(&stats.dropped_slow_client)
+    BrokerStats::get(&stats.dropped_queue_full)
+        + BrokerStats::get(&stats.dropped_slow_client)
+        + BrokerStats::get(&stats.dropped_too_large)
 }
 
 /// One delivery per session when several of its subscriptions match: the highest QoS, all
@@ -743,6 +968,7 @@ fn merge_overlapping(targets: &mut Vec<Target>) {
         kept.qos = kept.qos.max(later.qos);
         kept.retain_as_published |= later.retain_as_published;
         kept.subscription_ids.append(&mut later.subscription_ids);
+        kept.shared = kept.shared.or(later.shared);
         true
     });
 }
@@ -757,6 +983,7 @@ mod tests {
             qos,
             retain_as_published: false,
             subscription_ids: id.into_iter().collect(),
+            shared: None,
         }
     }
 
