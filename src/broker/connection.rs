@@ -186,14 +186,22 @@ async fn handshake(stream: TcpStream, ctx: &ConnectionContext) -> Option<Admitte
     }
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::new();
-    let connect = match read_connect(&mut rd, &mut buf, ctx).await {
+    let mut level = None;
+    let connect = match read_connect(&mut rd, &mut buf, &mut level, ctx).await {
         Ok(connect) => connect,
         Err(error) => {
             log_handshake_error(&error, &ctx.stats);
-            if let HandshakeError::Decode(DecodeError::UnsupportedProtocolVersion(_)) = error {
-                // [MQTT-3.1.2-2]: CONNACK 0x01 then close (written in 3.1.1 form).
-                let code = reason::UNSUPPORTED_PROTOCOL_VERSION;
-                refuse(&mut wr, ProtocolVersion::V311, code).await;
+            match error {
+                HandshakeError::Decode(DecodeError::UnsupportedProtocolVersion(_)) => {
+                    // [MQTT-3.1.2-2]: CONNACK 0x01 then close (written in 3.1.1 form).
+                    let code = reason::UNSUPPORTED_PROTOCOL_VERSION;
+                    refuse(&mut wr, ProtocolVersion::V311, code).await;
+                }
+                // MQTT 5 (§3.1.4): a CONNECT that fails may get a CONNACK with the reason.
+                HandshakeError::Decode(e) if level == Some(5) => {
+                    refuse(&mut wr, ProtocolVersion::V5, e.reason_code()).await;
+                }
+                _ => {}
             }
             return None;
         }
@@ -227,13 +235,24 @@ fn log_handshake_error(error: &HandshakeError, stats: &BrokerStats) {
     }
 }
 
+/// The protocol level of a CONNECT at the front of `buf`, once readable.
+fn connect_level(buf: &[u8]) -> Option<u8> {
+    let header = 1 + buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    match buf.get(header..header + 7)? {
+        [0, 4, b'M', b'Q', b'T', b'T', level] => Some(*level),
+        _ => None,
+    }
+}
+
 async fn read_connect(
     rd: &mut OwnedReadHalf,
     buf: &mut BytesMut,
+    level: &mut Option<u8>,
     ctx: &ConnectionContext,
 ) -> Result<Box<Connect>, HandshakeError> {
     let deadline = Instant::now() + ctx.cfg.connect_timeout;
     loop {
+        *level = connect_level(buf);
         // CONNECT is parsed by its own protocol level; the version given here is unused.
         if let Some(packet) = codec::decode(buf, ProtocolVersion::V311, ctx.cfg.max_packet_size)? {
             return match packet {
