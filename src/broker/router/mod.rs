@@ -8,27 +8,29 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use bytestring::ByteString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::codec::{
+use crate::broker::codec::{
     ConnAck, LastWill, Packet, Properties, Property, ProtocolVersion, PubResponse, Publish, QoS,
-    RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, publish_len, reason,
+    publish_len, reason,
 };
-use super::config::BrokerConfig;
-use super::connack::connack_properties;
-use super::guard::{PublishGuard, Refused};
-use super::link::{CloseCause, ConnId, ConnectOutcome, ConnectRequest, Origin, RouterMsg};
-use super::session::{
-    Attached, NEVER_EXPIRES, Offer, Outgoing, Session, SessionId, SubEntry, expiry_of, will_publish,
+use crate::broker::config::BrokerConfig;
+use crate::broker::connack::connack_properties;
+use crate::broker::guard::{PublishGuard, Refused};
+use crate::broker::link::{ConnId, ConnectOutcome, ConnectRequest, Origin, RouterMsg};
+use crate::broker::session::{
+    Attached, NEVER_EXPIRES, Offer, Outgoing, Session, SessionId, SubEntry, expiry_of,
 };
-use super::shared::{GroupId, SharedGroups};
-use super::stats::BrokerStats;
-use super::topic::{is_wildcard, parse_shared, validate_topic_filter};
-use super::trie::{RetainedTree, SubscriptionTree};
+use crate::broker::shared::{GroupId, SharedGroups};
+use crate::broker::stats::BrokerStats;
+use crate::broker::trie::{RetainedTree, SubscriptionTree};
+
+mod lifecycle;
+mod subscriptions;
+mod sys;
 
 /// How often detached sessions are checked for expiry.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
@@ -247,187 +249,6 @@ impl Router {
                     att.send_message(message);
                 }
             }
-        }
-    }
-
-    /// Closes the current connection of a session whose client id connects again
-    /// [MQTT-3.1.4-2]; its will is published as for any server-side close.
-    fn take_over(&mut self, sid: SessionId, now: Instant) {
-        let Some(session) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        let Some(old) = session.detach(now) else {
-            return;
-        };
-        self.by_conn.remove(&old.conn);
-        BrokerStats::dec(&self.stats.clients_connected);
-        old.link.disconnect(reason::SESSION_TAKEN_OVER);
-        info!(client_id = %session.client_id, "Session taken over by a new connection.");
-        // The client may have said goodbye just before reconnecting: its DISCONNECT can still
-        // be in flight, so the will waits for the old connection's close to be reported.
-        if let Some(will) = session.will.take() {
-            // With a Will Delay, this new connection comes in time: no will [MQTT-3.1.3-9].
-            let delayed = will.properties.will_delay_interval().unwrap_or(0) > 0;
-            if old.link.will_due() && !delayed {
-                self.taken_over.insert(old.conn, (sid, will));
-            }
-        }
-    }
-
-    fn new_session(&mut self, client_id: ByteString, expiry: u32) -> SessionId {
-        let sid = self.next_session;
-        self.next_session += 1;
-        self.sessions
-            .insert(sid, Box::new(Session::new(sid, client_id.clone(), expiry)));
-        self.by_client.insert(client_id, sid);
-        sid
-    }
-
-    fn end_session(&mut self, sid: SessionId) {
-        let Some(mut session) = self.sessions.remove(&sid) else {
-            return;
-        };
-        for filter in session.subscriptions.keys() {
-            if parse_shared(filter).is_some() {
-                self.shared.leave(filter, sid);
-            } else {
-                self.subs.remove(filter, sid);
-            }
-        }
-        self.by_client.remove(&session.client_id);
-        // 5.0 §4.8.2: what a share group gave this session and it did not
-        // acknowledge goes to another member.
-        for message in session.take_shared() {
-            self.redeliver_shared(message, sid);
-        }
-        if session.queued() + session.inflight() > 0 {
-            debug!(client_id = %session.client_id, queued = session.queued(),
-                inflight = session.inflight(), "Session ended with undelivered messages.");
-        }
-    }
-
-    fn closed(&mut self, conn: ConnId, cause: CloseCause) {
-        if let Some((sid, will)) = self.taken_over.remove(&conn) {
-            if cause.publishes_will() {
-                self.route(will_publish(will), Some(sid));
-            }
-            return;
-        }
-        let Some(sid) = self.by_conn.remove(&conn) else {
-            return;
-        };
-        let Some(session) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        session.detach(Instant::now());
-        BrokerStats::dec(&self.stats.clients_connected);
-        let will = session.will.take();
-        let publish_will = match cause {
-            CloseCause::Disconnect {
-                publish_will,
-                session_expiry,
-            } => {
-                if let Some(expiry) = session_expiry {
-                    session.expiry = expiry;
-                }
-                publish_will
-            }
-            CloseCause::Abnormal => true,
-        };
-        info!(client_id = %session.client_id, ?cause, will = will.is_some() && publish_will,
-            "Client disconnected.");
-        let ends = session.expiry == 0;
-        let will = will.filter(|_| publish_will);
-        // MQTT 5 Will Delay Interval: the will waits, unless the session ends first
-        // [MQTT-3.1.3-9], 5.0 §3.1.3.2.2.
-        let delay = will
-            .as_ref()
-            .and_then(|w| w.properties.will_delay_interval())
-            .unwrap_or(0);
-        let will = match will {
-            Some(will) if delay > 0 && !ends => {
-                let due = Instant::now() + Duration::from_secs(u64::from(delay));
-                session.pending_will = Some((will, due));
-                None
-            }
-            other => other,
-        };
-        if ends {
-            self.end_session(sid);
-        }
-        if let Some(will) = will {
-            self.route(will_publish(will), Some(sid));
-        }
-    }
-
-    /// Publishes the delayed wills that are due.
-    fn publish_due_wills(&mut self, now: Instant) {
-        let due: Vec<SessionId> = self
-            .sessions
-            .values()
-            .filter(|s| s.pending_will.as_ref().is_some_and(|(_, at)| *at <= now))
-            .map(|s| s.id)
-            .collect();
-        for sid in due {
-            if let Some((will, _)) = self
-                .sessions
-                .get_mut(&sid)
-                .and_then(|s| s.pending_will.take())
-            {
-                self.route(will_publish(will), Some(sid));
-            }
-        }
-    }
-
-    fn expire_sessions(&mut self, now: Instant) {
-        let expired: Vec<SessionId> = self
-            .sessions
-            .values()
-            .filter(|s| s.attached.is_none() && s.expiry != NEVER_EXPIRES)
-            .filter(|s| {
-                s.detached_at.is_some_and(|at| {
-                    now.duration_since(at) >= Duration::from_secs(u64::from(s.expiry))
-                })
-            })
-            .map(|s| s.id)
-            .collect();
-        for sid in expired {
-            debug!(session = sid, "Session expired.");
-            // A will still waiting for its delay goes when the session ends.
-            let will = self
-                .sessions
-                .get_mut(&sid)
-                .and_then(|s| s.pending_will.take());
-            self.end_session(sid);
-            if let Some((will, _)) = will {
-                self.route(will_publish(will), None);
-            }
-        }
-        self.publish_due_wills(now);
-        self.retained
-            .retain(|_topic, r| r.expires.is_none_or(|at| at > now));
-    }
-
-    /// Whether the broker is closing this session's connection for a protocol error.
-    fn kicked(&self, sid: SessionId) -> bool {
-        self.sessions
-            .get(&sid)
-            .and_then(|s| s.attached.as_ref())
-            .is_some_and(|a| a.kicked)
-    }
-
-    /// Closes a session's connection for a protocol error found by the router (MQTT 5
-    /// DISCONNECT with `code`); what it still sends is ignored.
-    fn kick(&mut self, sid: SessionId, code: u8, why: &str) {
-        BrokerStats::add(&self.stats.protocol_errors, 1);
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        warn!(client_id = %s.client_id, error = why, reason_code = code,
-            "Protocol violation; connection closed.");
-        if let Some(att) = &mut s.attached {
-            att.kicked = true;
-            att.link.disconnect_because(code, why);
         }
     }
 
@@ -658,29 +479,6 @@ impl Router {
         self.targets = targets;
     }
 
-    /// Gives a message a member of a share group did not acknowledge to another member.
-    fn redeliver_shared(&mut self, mut message: Outgoing, leaving: SessionId) {
-        let Some(gid) = message.shared else {
-            return;
-        };
-        let sessions = &self.sessions;
-        let online = |sid: SessionId| sessions.get(&sid).is_some_and(|s| s.attached.is_some());
-        let Some((sid, entry)) = self.shared.pick(gid, online, Some(leaving)) else {
-            return;
-        };
-        let p = &mut message.publish;
-        p.properties
-            .remove_where(|q| matches!(q, Property::SubscriptionIdentifier(_)));
-        if let Some(id) = entry.id {
-            p.properties.push(Property::SubscriptionIdentifier(id));
-        }
-        p.qos = p.qos.min(entry.options.qos);
-        p.dup = false;
-        message.origin = None;
-        debug!(session = sid, topic = %p.topic, "Shared message redelivered to another member.");
-        self.deliver(sid, message, None);
-    }
-
     fn deliver(&mut self, sid: SessionId, mut message: Outgoing, identity: Option<&Arc<Origin>>) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
@@ -728,230 +526,6 @@ impl Router {
             }
         }
     }
-
-    fn subscribe(&mut self, sid: SessionId, sub: Subscribe) {
-        let Some(version) = self.version(sid) else {
-            return;
-        };
-        let sub_id = sub.properties.subscription_identifier();
-        let mut codes = Vec::with_capacity(sub.filters.len());
-        let mut retained = Vec::new();
-        for (filter, options) in sub.filters {
-            if let Err(error) = validate_topic_filter(&filter) {
-                debug!(%filter, %error, "Invalid topic filter refused.");
-                codes.push(match version {
-                    ProtocolVersion::V5 => reason::TOPIC_FILTER_INVALID,
-                    ProtocolVersion::V311 => reason::UNSPECIFIED_ERROR,
-                });
-                continue;
-            }
-            let shared = parse_shared(&filter);
-            let refusal = if shared.is_some() && !self.cfg.shared_subscriptions {
-                Some(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
-            } else if !self.cfg.wildcard_subscriptions && is_wildcard(&filter) {
-                Some(reason::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED)
-            } else {
-                None
-            };
-            if let Some(code) = refusal {
-                codes.push(match version {
-                    ProtocolVersion::V5 => code,
-                    ProtocolVersion::V311 => reason::UNSPECIFIED_ERROR,
-                });
-                continue;
-            }
-            if shared.is_some() && options.no_local {
-                self.kick(
-                    sid,
-                    reason::PROTOCOL_ERROR,
-                    "No Local on a shared subscription [MQTT-3.8.3-4]",
-                );
-                return;
-            }
-            let mut options = options;
-            options.qos =
-                QoS::from_u8(self.cfg.maximum_qos).map_or(options.qos, |max| options.qos.min(max));
-            let entry = SubEntry {
-                options,
-                id: sub_id,
-            };
-            let Some(s) = self.sessions.get_mut(&sid) else {
-                return;
-            };
-            let existed = s.subscriptions.insert(filter.clone(), entry).is_some();
-            codes.push(options.qos as u8);
-            if let Some(sh) = shared {
-                // Retained messages are not sent for shared subscriptions (5.0 §4.8.2).
-                self.shared.join(&filter, sh.filter, sid, entry);
-                continue;
-            }
-            self.subs.insert(&filter, sid, entry);
-            let send_retained = match options.retain_handling {
-                RetainHandling::SendAlways => true,
-                RetainHandling::SendIfNew => !existed,
-                RetainHandling::DoNotSend => false,
-            };
-            if send_retained {
-                self.retained.for_each_match(&filter, |_topic, r| {
-                    retained.push((r.publish.clone(), r.expires, entry));
-                });
-            }
-        }
-        let ack = SubAck {
-            pkid: sub.pkid,
-            codes,
-            properties: Properties::new(),
-        };
-        self.send(sid, Packet::SubAck(ack));
-        for (mut msg, expires, entry) in retained {
-            // [MQTT-3.3.1-8]: retained messages sent on subscribe carry RETAIN=1.
-            msg.retain = true;
-            msg.qos = msg.qos.min(entry.options.qos);
-            if let Some(id) = entry.id {
-                msg.properties.push(Property::SubscriptionIdentifier(id));
-            }
-            let message = Outgoing {
-                expires,
-                ..Outgoing::new(msg)
-            };
-            self.deliver(sid, message, None);
-        }
-    }
-
-    fn unsubscribe(&mut self, sid: SessionId, unsub: Unsubscribe) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        let mut codes = Vec::with_capacity(unsub.filters.len());
-        for filter in &unsub.filters {
-            let existed = s.subscriptions.remove(filter).is_some();
-            if parse_shared(filter).is_some() {
-                self.shared.leave(filter, sid);
-            } else {
-                self.subs.remove(filter, sid);
-            }
-            codes.push(if existed {
-                reason::SUCCESS
-            } else {
-                reason::NO_SUBSCRIPTION_EXISTED
-            });
-        }
-        let ack = UnsubAck {
-            pkid: unsub.pkid,
-            codes,
-            properties: Properties::new(),
-        };
-        self.send(sid, Packet::UnsubAck(ack));
-    }
-
-    /// Publishes `$SYS/broker/...` statistics as retained messages (as Mosquitto does).
-    pub fn publish_sys(&mut self) {
-        let stats = &self.stats;
-        let values: [(&str, String); 13] = [
-            (
-                "version",
-                format!("xmpp-mqtt-bridge {}", env!("CARGO_PKG_VERSION")),
-            ),
-            (
-                "uptime",
-                format!("{} seconds", self.started.elapsed().as_secs()),
-            ),
-            (
-                "clients/connected",
-                BrokerStats::get(&stats.clients_connected).to_string(),
-            ),
-            ("clients/total", self.sessions.len().to_string()),
-            (
-                "messages/received",
-                BrokerStats::get(&stats.messages_received).to_string(),
-            ),
-            (
-                "messages/sent",
-                BrokerStats::get(&stats.messages_sent).to_string(),
-            ),
-            ("messages/dropped", dropped(stats).to_string()),
-            (
-                "bytes/received",
-                BrokerStats::get(&stats.bytes_received).to_string(),
-            ),
-            (
-                "bytes/sent",
-                BrokerStats::get(&stats.bytes_sent).to_string(),
-            ),
-            ("subscriptions/count", self.subs.len().to_string()),
-            ("retained messages/count", self.retained.len().to_string()),
-            (
-                "connections/accepted",
-                BrokerStats::get(&stats.connections_accepted).to_string(),
-            ),
-            (
-                "connections/refused",
-                BrokerStats::get(&stats.connections_refused).to_string(),
-            ),
-        ];
-        for (name, value) in values {
-            let publish = Publish {
-                dup: false,
-                qos: QoS::AtMostOnce,
-                retain: true,
-                topic: ByteString::from(format!("$SYS/broker/{name}")),
-                pkid: 0,
-                payload: Bytes::from(value),
-                properties: Properties::new(),
-            };
-            self.route(publish, None);
-        }
-    }
-
-    /// Server shutdown: every connected client's will is published (the server closes the
-    /// connection without a DISCONNECT from the client), then every client is disconnected.
-    fn shutdown(&mut self) {
-        let connected: Vec<SessionId> = self
-            .sessions
-            .values()
-            .filter(|s| s.attached.is_some())
-            .map(|s| s.id)
-            .collect();
-        info!(
-            clients = connected.len(),
-            "Broker shutting down; publishing wills."
-        );
-        for (_, (sid, will)) in std::mem::take(&mut self.taken_over) {
-            self.route(will_publish(will), Some(sid));
-        }
-        for &sid in &connected {
-            if let Some(will) = self.sessions.get_mut(&sid).and_then(|s| s.will.take()) {
-                self.route(will_publish(will), Some(sid));
-            }
-        }
-        let delayed: Vec<SessionId> = self
-            .sessions
-            .values()
-            .filter(|s| s.pending_will.is_some())
-            .map(|s| s.id)
-            .collect();
-        for sid in delayed {
-            if let Some((will, _)) = self
-                .sessions
-                .get_mut(&sid)
-                .and_then(|s| s.pending_will.take())
-            {
-                self.route(will_publish(will), None);
-            }
-        }
-        for sid in connected {
-            if let Some(att) = self.sessions.get_mut(&sid).and_then(|s| s.attached.take()) {
-                att.link.disconnect(reason::SERVER_SHUTTING_DOWN);
-            }
-        }
-        self.by_conn.clear();
-    }
-}
-
-fn dropped(stats: &BrokerStats) -> u64 {
-    BrokerStats::get(&stats.dropped_queue_full)
-        + BrokerStats::get(&stats.dropped_slow_client)
-        + BrokerStats::get(&stats.dropped_too_large)
 }
 
 /// One delivery per session when several of its subscriptions match: the highest QoS, all
