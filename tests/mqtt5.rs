@@ -518,6 +518,28 @@ async fn topic_aliases_in_both_directions() {
     broker.stop().await;
 }
 
+/// A failing SUBACK says why in a Reason String, unless the client asked for no problem
+/// information.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_suback_carries_a_reason_string() {
+    let broker = start_broker(|_| {}).await;
+    for (id, request, expect_string) in [("rs-default", None, true), ("rs-off", Some(0), false)] {
+        let properties: Vec<Vec<u8>> = request.map(|v| prop(0x17, &[v])).into_iter().collect();
+        let mut c = raw5_ok(broker.addr, id, &properties).await;
+        c.send(&subscribe5(1, &props(&[]), "a/#/b", 0)).await;
+        let ack = read_packet(&mut c).await;
+        assert_eq!(ack.kind(), 9);
+        let (p, used) = parse_props(&ack.body, 2);
+        assert_eq!(ack.body[2 + used..], [0x8F], "{id}: Topic Filter invalid");
+        let text = p.iter().find(|(i, _)| *i == 0x1F).map(|(_, t)| t.clone());
+        assert_eq!(text.is_some(), expect_string, "{id}: {p:?}");
+        if let Some(text) = text {
+            assert!(text.starts_with("a/#/b: "), "{text}");
+        }
+    }
+    broker.stop().await;
+}
+
 /// CONNACK reflects the configuration; Response Information only when requested.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connack_properties_reflect_the_config() {

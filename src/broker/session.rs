@@ -45,6 +45,8 @@ pub struct Attached {
     /// The broker asked this connection to close (protocol error found by the router):
     /// packets still on their way from it are ignored.
     pub kicked: bool,
+    /// MQTT 5 Request Problem Information: Reason Strings may go on acknowledgements.
+    pub problem_info: bool,
 }
 
 impl Attached {
@@ -447,6 +449,7 @@ mod tests {
             window,
             internal: false,
             kicked: false,
+            problem_info: true,
         }
     }
 

@@ -550,7 +550,15 @@ impl Reader {
     }
 
     fn client_disconnect(&self, d: &Disconnect) -> CloseCause {
-        debug!(reason = d.reason, "Client sent DISCONNECT.");
+        let text = d.properties.find(|p| match p {
+            Property::ReasonString(s) => Some(s.clone()),
+            _ => None,
+        });
+        debug!(
+            reason = d.reason,
+            reason_string = text.as_deref(),
+            "Client sent DISCONNECT."
+        );
         let new_expiry = d.properties.session_expiry_interval();
         if self.zero_expiry && new_expiry.is_some_and(|e| e != 0) {
             return self.violation(

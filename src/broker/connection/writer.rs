@@ -51,6 +51,28 @@ impl OutLimits {
         codec::encode(&Packet::Publish(publish), version, out);
     }
 
+    /// An acknowledgement without its Reason String and User Properties when the client could
+    /// not take it whole [MQTT-3.1.2-25].
+    fn fit(&self, mut packet: Packet, version: ProtocolVersion) -> Packet {
+        if version == ProtocolVersion::V311
+            || self.max_packet == usize::MAX
+            || codec::encoded_len(&packet, version) <= self.max_packet
+        {
+            return packet;
+        }
+        let properties = match &mut packet {
+            Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
+                &mut p.properties
+            }
+            Packet::SubAck(s) => &mut s.properties,
+            Packet::UnsubAck(u) => &mut u.properties,
+            _ => return packet,
+        };
+        properties
+            .remove_where(|p| matches!(p, Property::ReasonString(_) | Property::UserProperty(..)));
+        packet
+    }
+
     /// A server DISCONNECT, its Reason String left out when the client could not take it.
     fn disconnect(&self, reason: u8, text: Option<Box<str>>) -> Packet {
         let mut d = Disconnect {
@@ -96,6 +118,7 @@ pub(super) async fn write_loop(
                     written += 1;
                 }
                 ToClient::Packet(packet) => {
+                    let packet = limits.fit(packet, version);
                     codec::encode(&packet, version, &mut out);
                     written += 1;
                 }

@@ -191,6 +191,10 @@ impl Router {
             }
         }
         let session_present = resumed.is_some();
+        let problem_info = connect.properties.find(|p| match p {
+            Property::RequestProblemInformation(v) => Some(*v),
+            _ => None,
+        }) != Some(0);
         let sid = resumed.unwrap_or_else(|| self.new_session(client_id.clone(), expiry));
         let receive_maximum = connect.properties.receive_maximum().unwrap_or(u16::MAX);
         let window = if internal {
@@ -232,6 +236,7 @@ impl Router {
             window,
             internal,
             kicked: false,
+            problem_info,
         });
         self.by_conn.insert(conn, sid);
         BrokerStats::add(&self.stats.clients_connected, 1);
@@ -300,6 +305,15 @@ impl Router {
             // server-to-client packets.
             other => debug!(packet = other.name(), "Packet not for the router; ignored."),
         }
+    }
+
+    /// Whether Reason Strings may go on acknowledgements to this client (MQTT 5 Request
+    /// Problem Information, default 1) [MQTT-3.1.2-29].
+    fn problem_info(&self, sid: SessionId) -> bool {
+        self.sessions
+            .get(&sid)
+            .and_then(|s| s.attached.as_ref())
+            .is_some_and(|a| a.problem_info && a.version == ProtocolVersion::V5)
     }
 
     fn version(&self, sid: SessionId) -> Option<ProtocolVersion> {
@@ -396,6 +410,8 @@ impl Router {
         let v5 = self.version(sid) == Some(ProtocolVersion::V5);
         let mut response = PubResponse::new(publish.pkid);
         if v5 {
+            // The reason code alone: bridge clients are tested against this short form
+            // (tests/bridge_chat.rs).
             response.reason = refused.reason;
         }
         match publish.qos {

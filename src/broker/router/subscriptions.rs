@@ -19,9 +19,12 @@ impl Router {
         let sub_id = sub.properties.subscription_identifier();
         let mut codes = Vec::with_capacity(sub.filters.len());
         let mut retained = Vec::new();
+        // Reason String for a failing SUBACK (MQTT 5, unless Request Problem Information 0).
+        let mut why: Option<String> = None;
         for (filter, options) in sub.filters {
             if let Err(error) = validate_topic_filter(&filter) {
                 debug!(%filter, %error, "Invalid topic filter refused.");
+                why.get_or_insert_with(|| format!("{filter}: {error}"));
                 codes.push(match version {
                     ProtocolVersion::V5 => reason::TOPIC_FILTER_INVALID,
                     ProtocolVersion::V311 => reason::UNSPECIFIED_ERROR,
@@ -37,6 +40,14 @@ impl Router {
                 None
             };
             if let Some(code) = refusal {
+                why.get_or_insert_with(|| {
+                    let what = if code == reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED {
+                        "shared subscriptions are turned off"
+                    } else {
+                        "wildcard subscriptions are turned off"
+                    };
+                    format!("{filter}: {what}")
+                });
                 codes.push(match version {
                     ProtocolVersion::V5 => code,
                     ProtocolVersion::V311 => reason::UNSPECIFIED_ERROR,
@@ -80,10 +91,14 @@ impl Router {
                 });
             }
         }
+        let mut properties = Properties::new();
+        if let Some(why) = why.filter(|_| self.problem_info(sid)) {
+            properties.push(Property::ReasonString(why.into()));
+        }
         let ack = SubAck {
             pkid: sub.pkid,
             codes,
-            properties: Properties::new(),
+            properties,
         };
         self.send(sid, Packet::SubAck(ack));
         for (mut msg, expires, entry) in retained {
