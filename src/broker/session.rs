@@ -382,6 +382,7 @@ impl Session {
 
     /// Takes every message given to this session by a shared subscription and not yet
     /// acknowledged (in flight or queued), for redelivery to another member of its group.
+    /// Only for a session that is ending: its in-flight state is emptied.
     pub fn take_shared(&mut self) -> Vec<Outgoing> {
         let mut out = Vec::new();
         for m in self.inflight.drain(..) {

@@ -372,6 +372,8 @@ impl Router {
                     .as_ref()
                     .is_some_and(|a| !a.internal && a.version == ProtocolVersion::V5);
                 if fresh && v5 && s.incoming_qos2() > usize::from(self.cfg.receive_maximum) {
+                    // Never acknowledged: a kept session must take it again when resent.
+                    s.release_qos2(pkid);
                     self.kick(
                         sid,
                         reason::RECEIVE_MAXIMUM_EXCEEDED,
