@@ -168,8 +168,10 @@ impl Router {
             }
         }
         self.publish_due_wills(now);
-        self.retained
-            .retain(|_topic, r| r.expires.is_none_or(|at| at > now));
+        if self.retained_expire {
+            self.retained
+                .retain(|_topic, r| r.expires.is_none_or(|at| at > now));
+        }
     }
 
     /// Whether the broker is closing this session's connection for a protocol error.

@@ -65,6 +65,9 @@ pub struct Router {
     by_conn: HashMap<ConnId, SessionId>,
     subs: SubscriptionTree<SessionId, SubEntry>,
     retained: RetainedTree<Retained>,
+    /// A retained message with a Message Expiry Interval was stored: only then does the
+    /// expiry tick walk the retained messages.
+    retained_expire: bool,
     /// `$share/{group}/{filter}` subscriptions.
     shared: SharedGroups,
     next_session: SessionId,
@@ -89,6 +92,7 @@ impl Router {
             by_conn: HashMap::new(),
             subs: SubscriptionTree::new(),
             retained: RetainedTree::new(),
+            retained_expire: false,
             shared: SharedGroups::new(),
             next_session: 1,
             taken_over: HashMap::new(),
@@ -442,6 +446,7 @@ impl Router {
             } else {
                 // Retained copies live long: they must not pin the publisher's read buffer.
                 let publish = publish.detached();
+                self.retained_expire |= expires.is_some();
                 self.retained
                     .insert(&publish.topic.clone(), Retained { publish, expires });
             }
