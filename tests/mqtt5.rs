@@ -739,3 +739,73 @@ async fn mixed_protocol_versions_on_one_topic() {
     assert_eq!(at3, vec![b"from-3.1.1".to_vec(), b"from-5".to_vec()]);
     broker.stop().await;
 }
+
+/// A will whose delay outlasts the session goes when the session ends; DISCONNECT 0x04
+/// publishes the will at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_goes_when_the_session_ends_first_and_on_disconnect_with_will() {
+    let broker = start_broker(|_| {}).await;
+    let mut watcher = raw5_ok(broker.addr, "end-watch", &[]).await;
+    raw_subscribe(&mut watcher, 1, &[], "end/#", 0, 0).await;
+    let connect = |id: &str, delay: u32, expiry: u32| {
+        let will = Will {
+            props: props(&[prop_u32(0x18, delay)]),
+            topic: "end/will",
+            payload: id.as_bytes(),
+            qos: 0,
+            retain: false,
+        };
+        connect5(id, true, 60, &props(&[prop_u32(0x11, expiry)]), Some(will))
+    };
+    let (c, _, _) = raw5(broker.addr, &connect("end-session", 60, 1)).await;
+    let t0 = std::time::Instant::now();
+    drop(c);
+    let got = RawPublish::parse(&read_packet(&mut watcher).await);
+    assert_eq!(got.payload, b"end-session");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "will after {waited:?}: at the session's end (1 s), not after the 60 s delay"
+    );
+    let (mut c, _, _) = raw5(broker.addr, &connect("end-0x04", 0, 0)).await;
+    c.send(&disconnect5(0x04, &props(&[]))).await;
+    let got = RawPublish::parse(&read_packet(&mut watcher).await);
+    assert_eq!(got.payload, b"end-0x04", "Disconnect with Will Message");
+    broker.stop().await;
+}
+
+/// Server Keep Alive replaces the client's value and is enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_keep_alive_is_enforced() {
+    let broker = start_broker(|c| c.server_keep_alive = Some(1)).await;
+    let (mut c, code, connack) =
+        raw5(broker.addr, &connect5("ska", true, 600, &props(&[]), None)).await;
+    assert_eq!(code, 0);
+    assert!(connack.contains(&(0x13, "1".into())), "{connack:?}");
+    let t0 = std::time::Instant::now();
+    expect_disconnect(&mut c, 0x8D, "server keep alive").await;
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "closed after {:?}",
+        t0.elapsed()
+    );
+    broker.stop().await;
+}
+
+/// With retain off, a 3.1.1 client's retained message is delivered but not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retain_off_keeps_nothing_for_3_1_1_clients() {
+    let broker = start_broker(|c| c.retain_available = false).await;
+    let mut live = common::connect(broker.addr, "ro-live").await;
+    live.subscribe("ro/t", rumqttc::QoS::AtLeastOnce).await;
+    let publisher = common::connect(broker.addr, "ro-pub").await;
+    publisher
+        .publish("ro/t", rumqttc::QoS::AtLeastOnce, true, b"r")
+        .await;
+    let got = live.next_publish().await;
+    assert_eq!((&got.payload[..], got.retain), (&b"r"[..], false));
+    let mut late = common::connect(broker.addr, "ro-late").await;
+    late.subscribe("ro/t", rumqttc::QoS::AtLeastOnce).await;
+    late.expect_no_publish(QUIET).await;
+    broker.stop().await;
+}
