@@ -42,6 +42,12 @@
 //!   run side by side and 6 rounds of 0.5 s (after a warm-up of 100 messages each) alternate
 //!   between them, so that bursts of background load hit both alike. p99 still follows the
 //!   machine's background load (a busy 2-core box adds milliseconds): compare several runs.
+//! - **MQTT 5, QoS 1** (`BENCH_SCENARIOS` item `mqtt5`): the fan-in and fan-out QoS 1 loads
+//!   with every client on MQTT 5 (`-V 5`), each PUBLISH carrying two User Properties, and the
+//!   publishers using a Topic Alias (`-D PUBLISH topic-alias 1`: libmosquitto sends the topic
+//!   with the alias once, then the alias alone). Subscribers do not announce a Topic Alias
+//!   Maximum: mosquitto_sub 2.0.11 fails on a PUBLISH that uses one, and Mosquitto 2.0 sends
+//!   none anyway.
 //! - **Idle connection memory**: 5,000 TCP connections each send CONNECT (keep alive 0) and
 //!   get CONNACK; the broker's VmRSS (`/proc/PID/status`) before and 1 s after gives bytes per
 //!   connection. Kernel socket buffers are not in VmRSS.
@@ -52,7 +58,7 @@
 //! (1000), `BENCH_LAT_SECS` (3, in total), `BENCH_LAT_ROUNDS` (6), `BENCH_IDLE_CONNS`
 //! (5000), `BENCH_RUN_TIMEOUT` (60 s), `BENCH_IDLE_TIMEOUT` (3 s), `BENCH_MOSQUITTO_NODELAY`
 //! (1; 0 gives Mosquitto its default, Nagle on), `BENCH_BROKERS` (`ours,mosquitto`),
-//! `BENCH_SCENARIOS` (`fanin,fanout,latency,memory`).
+//! `BENCH_SCENARIOS` (`fanin,fanout,mqtt5,latency,memory`).
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -153,6 +159,18 @@ fn run_all(ctx: &Ctx) -> Results {
             }
         }
     }
+    if s.scenario("mqtt5") {
+        for (i, load) in [Load::fan_in(1, s), Load::fan_out(1, s)]
+            .into_iter()
+            .enumerate()
+        {
+            let load = load.mqtt5();
+            for &kind in &s.brokers {
+                let r = with_broker(ctx, kind, |b| throughput::run(ctx, b, &load));
+                results.get_mut(kind).mqtt5[i] = Some(shown(kind, &load.name, r));
+            }
+        }
+    }
     if s.scenario("latency") {
         for qos in 0..=1u8 {
             for (kind, r) in latency::run(ctx, qos) {
@@ -234,7 +252,7 @@ impl Settings {
                 other => panic!("BENCH_BROKERS: unknown broker `{other}` (ours, mosquitto)"),
             })
             .collect();
-        let scenarios = env_str("BENCH_SCENARIOS", "fanin,fanout,latency,memory")
+        let scenarios = env_str("BENCH_SCENARIOS", "fanin,fanout,mqtt5,latency,memory")
             .split(',')
             .map(|s| s.trim().to_string())
             .collect();
@@ -331,6 +349,8 @@ impl Ctx {
 struct BrokerResults {
     fanin: [Option<Result<throughput::RunResult, String>>; 3],
     fanout: [Option<Result<throughput::RunResult, String>>; 3],
+    /// MQTT 5 QoS 1: fan-in, fan-out.
+    mqtt5: [Option<Result<throughput::RunResult, String>>; 2],
     latency: [Option<Result<latency::LatencyResult, String>>; 2],
     memory: Option<Result<memory::MemoryResult, String>>,
 }
@@ -365,6 +385,8 @@ struct Load {
     publishers: usize,
     per_pub: u64,
     subscribers: usize,
+    /// Every client on MQTT 5, with User Properties and a Topic Alias on each PUBLISH.
+    v5: bool,
 }
 
 impl Load {
@@ -380,6 +402,7 @@ impl Load {
             publishers: FANIN_PUBLISHERS,
             per_pub: total / FANIN_PUBLISHERS as u64,
             subscribers: 1,
+            v5: false,
         }
     }
 
@@ -390,6 +413,16 @@ impl Load {
             publishers: 1,
             per_pub: s.fanout_messages,
             subscribers: s.fanout_subs,
+            v5: false,
+        }
+    }
+
+    /// The same load with every client on MQTT 5.
+    fn mqtt5(self) -> Load {
+        Load {
+            name: format!("MQTT 5 {}", self.name),
+            v5: true,
+            ..self
         }
     }
 
@@ -973,7 +1006,7 @@ mod throughput {
         for (i, file) in files.iter().enumerate() {
             guard.children.push(spawn_publisher(
                 b.port,
-                load.qos,
+                load,
                 i,
                 file,
                 ctx.settings.pub_inflight,
@@ -1085,6 +1118,7 @@ mod throughput {
                     "-i",
                     &format!("bench-sub-{i}"),
                 ])
+                .args(if load.v5 { &["-V", "5"][..] } else { &[] })
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());
@@ -1189,33 +1223,40 @@ mod throughput {
 
     fn spawn_publisher(
         port: u16,
-        qos: u8,
+        load: &Load,
         index: usize,
         file: &Path,
         inflight: u16,
     ) -> Result<Child, String> {
+        let qos = load.qos;
         let stdin = File::open(file).map_err(|e| format!("open {}: {e}", file.display()))?;
-        Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-q",
-                &qos.to_string(),
-            ])
-            .args([
-                "-t",
-                &format!("bench/{index}"),
-                "-i",
-                &format!("bench-pub-{index}"),
-            ])
-            .args(["-M", &inflight.to_string(), "-l"])
-            .stdin(stdin)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start mosquitto_pub: {e}"))
+        let mut cmd = Command::new("mosquitto_pub");
+        if load.v5 {
+            cmd.args(["-V", "5", "-D", "PUBLISH", "topic-alias", "1"])
+                .args(["-D", "PUBLISH", "user-property", "app", "bench"])
+                .args(["-D", "PUBLISH", "user-property", "publisher"])
+                .arg(index.to_string());
+        }
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            &qos.to_string(),
+        ])
+        .args([
+            "-t",
+            &format!("bench/{index}"),
+            "-i",
+            &format!("bench-pub-{index}"),
+        ])
+        .args(["-M", &inflight.to_string(), "-l"])
+        .stdin(stdin)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start mosquitto_pub: {e}"))
     }
 
     /// Publishes probe messages until every subscriber has printed one.
@@ -1748,7 +1789,7 @@ mod report {
         cells: (&Cell<RunResult>, &Cell<RunResult>),
         goals: (Goal, Goal),
     ) {
-        let unit = if label.starts_with("Fan-out") {
+        let unit = if label.contains("an-out") {
             "deliveries/s"
         } else {
             "msg/s"
@@ -1885,6 +1926,15 @@ mod report {
                 (Goal::None, Goal::None),
             );
         }
+        for (i, label) in ["MQTT 5 fan-in", "MQTT 5 fan-out"].into_iter().enumerate() {
+            throughput_rows(
+                &mut t,
+                label,
+                1,
+                (&o.mqtt5[i], &m.mqtt5[i]),
+                (Goal::AtLeast(1.0), Goal::None),
+            );
+        }
         for qos in 0..2 {
             latency_rows(&mut t, qos as u8, (&o.latency[qos], &m.latency[qos]));
         }
@@ -1893,6 +1943,12 @@ mod report {
             for qos in 0..3 {
                 t.collect_error(&format!("fan-in QoS {qos}"), kind, &r.fanin[qos]);
                 t.collect_error(&format!("fan-out QoS {qos}"), kind, &r.fanout[qos]);
+            }
+            for (i, what) in ["MQTT 5 fan-in QoS 1", "MQTT 5 fan-out QoS 1"]
+                .iter()
+                .enumerate()
+            {
+                t.collect_error(what, kind, &r.mqtt5[i]);
             }
             for qos in 0..2 {
                 t.collect_error(&format!("latency QoS {qos}"), kind, &r.latency[qos]);

@@ -20,6 +20,13 @@ pub const DEFAULT_MAX_QUEUED: usize = 1000;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default interval of `$SYS/broker/...` statistics.
 pub const DEFAULT_SYS_INTERVAL: Duration = Duration::from_secs(10);
+/// Default MQTT 5 Receive Maximum announced in CONNACK: QoS 2 messages a client may have
+/// unreleased toward the broker (QoS 1 is acknowledged on arrival).
+pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 1024;
+/// Default MQTT 5 Topic Alias Maximum announced in CONNACK (as Mosquitto's `max_topic_alias`).
+pub const DEFAULT_TOPIC_ALIAS_MAXIMUM: u16 = 10;
+/// Default MQTT 5 Response Information template; `{client_id}` is replaced.
+pub const DEFAULT_RESPONSE_INFORMATION: &str = "reply/{client_id}";
 
 /// The embedded broker's settings.
 #[derive(Debug, Clone, Serialize)]
@@ -45,6 +52,27 @@ pub struct BrokerConfig {
     /// Period of `$SYS/broker/...` statistics; `None` turns them off.
     #[serde(with = "humantime_serde")]
     pub sys_interval: Option<Duration>,
+    /// MQTT 5 Receive Maximum: QoS 2 messages one client may have unreleased toward the broker;
+    /// one more is a DISCONNECT 0x93.
+    pub receive_maximum: u16,
+    /// MQTT 5 Topic Alias Maximum accepted from clients; 0 turns client aliases off.
+    pub topic_alias_maximum: u16,
+    /// Highest QoS accepted from clients and granted to subscriptions (0, 1 or 2).
+    pub maximum_qos: u8,
+    /// Whether retained messages are kept.
+    pub retain_available: bool,
+    /// Whether subscriptions may use `+` and `#`.
+    pub wildcard_subscriptions: bool,
+    /// Whether `$share/{group}/{filter}` subscriptions are accepted.
+    pub shared_subscriptions: bool,
+    /// Whether MQTT 5 Subscription Identifiers are accepted.
+    pub subscription_identifiers: bool,
+    /// MQTT 5 Server Keep Alive: when set, MQTT 5 clients must use this keep alive (seconds)
+    /// instead of their own.
+    pub server_keep_alive: Option<u16>,
+    /// MQTT 5 Response Information sent when a client requests it (`{client_id}` replaced);
+    /// `None` sends none.
+    pub response_information: Option<String>,
 }
 
 impl Default for BrokerConfig {
@@ -59,6 +87,15 @@ impl Default for BrokerConfig {
             allow_anonymous: true,
             password_file: None,
             sys_interval: Some(DEFAULT_SYS_INTERVAL),
+            receive_maximum: DEFAULT_RECEIVE_MAXIMUM,
+            topic_alias_maximum: DEFAULT_TOPIC_ALIAS_MAXIMUM,
+            maximum_qos: 2,
+            retain_available: true,
+            wildcard_subscriptions: true,
+            shared_subscriptions: true,
+            subscription_identifiers: true,
+            server_keep_alive: None,
+            response_information: Some(DEFAULT_RESPONSE_INFORMATION.to_string()),
         }
     }
 }

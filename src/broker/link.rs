@@ -34,6 +34,8 @@ pub enum ToClient {
     Disconnect {
         /// MQTT 5 reason code.
         reason: u8,
+        /// MQTT 5 Reason String, for the client's logs.
+        text: Option<Box<str>>,
     },
 }
 
@@ -89,7 +91,17 @@ impl ClientLink {
     /// Asks the writer to close (with a DISCONNECT for MQTT 5 clients).
     pub fn disconnect(&self, reason: u8) {
         // A closed channel means the connection is already gone, which is what we want.
-        let _ignored = self.tx.send(Box::new(ToClient::Disconnect { reason }));
+        let _ignored = self
+            .tx
+            .send(Box::new(ToClient::Disconnect { reason, text: None }));
+    }
+
+    /// As [`ClientLink::disconnect`], with a Reason String saying why.
+    pub fn disconnect_because(&self, reason: u8, text: &str) {
+        let text = Some(Box::from(text));
+        let _ignored = self
+            .tx
+            .send(Box::new(ToClient::Disconnect { reason, text }));
     }
 
     /// Records that the client sent DISCONNECT (with MQTT 5 reason 0x04 when `publish_will`).

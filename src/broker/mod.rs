@@ -12,15 +12,18 @@
 //! - `topic`, `trie`: topic rules and matching.
 //! - `auth`: the password file.
 
+pub mod alias;
 pub mod auth;
 pub mod codec;
 pub mod config;
+pub mod connack;
 pub mod connection;
 pub mod guard;
 pub mod internal;
 pub mod link;
 pub mod router;
 pub mod session;
+pub mod shared;
 pub mod stats;
 pub mod topic;
 pub mod trie;

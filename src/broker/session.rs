@@ -5,12 +5,12 @@
 //! section 4.3 (QoS flows), 4.4 (redelivery with DUP on reconnect) and 4.6 (ordering).
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
 
 use super::codec::{LastWill, Packet, ProtocolVersion, PubResponse, Publish, QoS};
-use super::codec::{Properties, SubscriptionOptions};
+use super::codec::{Properties, Property, SubscriptionOptions};
 use super::link::{ClientLink, ConnId, Origin};
 use std::sync::Arc;
 
@@ -42,6 +42,11 @@ pub struct Attached {
     pub window: usize,
     /// An in-process client: PUBLISHes go with their origin.
     pub internal: bool,
+    /// The broker asked this connection to close (protocol error found by the router):
+    /// packets still on their way from it are ignored.
+    pub kicked: bool,
+    /// MQTT 5 Request Problem Information: Reason Strings may go on acknowledgements.
+    pub problem_info: bool,
 }
 
 impl Attached {
@@ -73,6 +78,51 @@ pub struct Outgoing {
     pub publish: Publish,
     /// The publisher, for in-process clients.
     pub origin: Option<Arc<Origin>>,
+    /// MQTT 5 Message Expiry: when the message expires.
+    pub expires: Option<Instant>,
+    /// The shared subscription group it was given to, if any (to redeliver it to another
+    /// member should this session end first).
+    pub shared: Option<u64>,
+}
+
+impl Outgoing {
+    /// A message without expiry, not from a shared subscription.
+    pub fn new(publish: Publish) -> Self {
+        Outgoing {
+            publish,
+            origin: None,
+            expires: None,
+            shared: None,
+        }
+    }
+
+    /// Sets the Message Expiry Interval to what is left of it (rounded up); false when the
+    /// message has expired [MQTT-3.3.2-5], [MQTT-3.3.2-6].
+    pub fn refresh_expiry(&mut self, now: Instant) -> bool {
+        let Some(at) = self.expires else {
+            return true;
+        };
+        let left = at.saturating_duration_since(now);
+        if left.is_zero() {
+            return false;
+        }
+        let secs = u32::try_from(left.as_millis().div_ceil(1000)).unwrap_or(u32::MAX);
+        for p in &mut self.publish.properties.0 {
+            if let Property::MessageExpiryInterval(v) = p {
+                *v = secs;
+            }
+        }
+        true
+    }
+}
+
+/// When a message with this Message Expiry Interval (seconds) received `now` expires.
+pub fn expiry_of(publish: &Publish, now: Instant) -> Option<Instant> {
+    if publish.properties.is_empty() {
+        return None;
+    }
+    let secs = publish.properties.message_expiry_interval()?;
+    Some(now + Duration::from_secs(u64::from(secs)))
 }
 
 /// What to send again when a kept session reconnects.
@@ -121,6 +171,11 @@ pub struct Session {
     pub detached_at: Option<Instant>,
     /// The will of the current connection.
     pub will: Option<LastWill>,
+    /// A will waiting for its Will Delay Interval, and when it is due.
+    pub pending_will: Option<(LastWill, Instant)>,
+    /// The client's MQTT 5 Maximum Packet Size (`usize::MAX` when unlimited): larger
+    /// messages are dropped for this client.
+    pub max_packet: usize,
     /// Who this client is as a publisher (client id and authenticated user name).
     pub identity: Arc<Origin>,
     /// Subscriptions by filter, mirrored in the router's trie.
@@ -151,6 +206,8 @@ impl Session {
             expiry,
             detached_at: None,
             will: None,
+            pending_will: None,
+            max_packet: usize::MAX,
             identity,
             subscriptions: HashMap::new(),
             inflight: VecDeque::new(),
@@ -179,6 +236,9 @@ impl Session {
     /// Offers a message for delivery at `qos` (already the minimum of publish and
     /// subscription QoS). `max_queued` bounds the queue.
     pub fn offer(&mut self, mut message: Outgoing, max_queued: usize) -> Offer {
+        if message.expires.is_some() && !message.refresh_expiry(Instant::now()) {
+            return Offer::Discarded;
+        }
         if message.publish.qos == QoS::AtMostOnce {
             message.publish.pkid = 0;
             message.publish.dup = false;
@@ -191,6 +251,7 @@ impl Session {
         if self.attached.is_some() && self.queue.is_empty() && self.inflight.len() < self.window() {
             return Offer::Send(self.start_flight(message));
         }
+
         if self.queue.len() >= max_queued {
             return Offer::Overflow;
         }
@@ -220,16 +281,22 @@ impl Session {
         }
     }
 
-    /// Moves queued messages into the window while it has room.
+    /// Moves queued messages into the window while it has room; expired ones are dropped
+    /// on the way, the others get their remaining Message Expiry Interval.
     pub fn fill_window(&mut self) -> Vec<Outgoing> {
         let mut out = Vec::new();
         if self.attached.is_none() {
             return out;
         }
+        let mut now = None;
         while self.inflight.len() < self.window() {
-            let Some(next) = self.queue.pop_front() else {
+            let Some(mut next) = self.queue.pop_front() else {
                 break;
             };
+            if next.expires.is_some() && !next.refresh_expiry(*now.get_or_insert_with(Instant::now))
+            {
+                continue;
+            }
             out.push(self.start_flight(next));
         }
         if self.queue.is_empty() {
@@ -279,6 +346,11 @@ impl Session {
         }
     }
 
+    /// Incoming QoS 2 messages not yet released.
+    pub fn incoming_qos2(&self) -> usize {
+        self.incoming_qos2.len()
+    }
+
     /// Incoming QoS 2 PUBLISH: true when it is new and must be routed, false for a
     /// retransmission of an id not yet released (method B of MQTT 3.1.1 figure 4.3).
     pub fn receive_qos2(&mut self, pkid: u16) -> bool {
@@ -299,11 +371,30 @@ impl Session {
                 Inflight::Published(m) => {
                     let mut m = m.clone();
                     m.publish.dup = true;
+                    // Onward delivery started: an expired message is still completed.
+                    let _still_valid = m.refresh_expiry(Instant::now());
                     Resend::Publish(m)
                 }
                 Inflight::Released(id) => Resend::Release(*id),
             })
             .collect()
+    }
+
+    /// Takes every message given to this session by a shared subscription and not yet
+    /// acknowledged (in flight or queued), for redelivery to another member of its group.
+    /// Only for a session that is ending: its in-flight state is emptied.
+    pub fn take_shared(&mut self) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for m in self.inflight.drain(..) {
+            if let Inflight::Published(m) = m {
+                if m.shared.is_some() {
+                    out.push(m);
+                }
+            }
+        }
+        self.ids_in_use.clear();
+        out.extend(self.queue.drain(..).filter(|m| m.shared.is_some()));
+        out
     }
 
     /// Drops the connection-bound state that does not survive a reconnect.
@@ -347,10 +438,7 @@ mod tests {
             payload: Bytes::from_static(b"x"),
             properties: Properties::new(),
         };
-        Outgoing {
-            publish,
-            origin: None,
-        }
+        Outgoing::new(publish)
     }
 
     fn attached(window: usize) -> Attached {
@@ -361,6 +449,8 @@ mod tests {
             version: ProtocolVersion::V311,
             window,
             internal: false,
+            kicked: false,
+            problem_info: true,
         }
     }
 
@@ -445,6 +535,30 @@ mod tests {
         ));
         s.attached = Some(attached(10));
         assert_eq!(s.fill_window().len(), 1);
+    }
+
+    #[test]
+    fn queued_messages_expire_and_carry_the_remaining_interval() {
+        let mut s = Session::new(1, "c".into(), NEVER_EXPIRES);
+        let now = Instant::now();
+        let mut gone = publish(QoS::AtLeastOnce);
+        gone.expires = Some(now + Duration::from_millis(20));
+        gone.publish
+            .properties
+            .push(Property::MessageExpiryInterval(1));
+        let mut kept = publish(QoS::AtLeastOnce);
+        kept.expires = Some(now + Duration::from_secs(100));
+        kept.publish
+            .properties
+            .push(Property::MessageExpiryInterval(120));
+        assert!(matches!(s.offer(gone, 10), Offer::Queued));
+        assert!(matches!(s.offer(kept, 10), Offer::Queued));
+        std::thread::sleep(Duration::from_millis(30));
+        s.attached = Some(attached(10));
+        let out = s.fill_window();
+        assert_eq!(out.len(), 1, "the expired message is dropped");
+        let left = out[0].publish.properties.message_expiry_interval().unwrap();
+        assert!((99..=100).contains(&left), "{left}");
     }
 
     #[test]

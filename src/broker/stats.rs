@@ -20,6 +20,8 @@ pub struct BrokerStats {
     pub dropped_queue_full: AtomicU64,
     /// QoS 0 messages dropped because a client did not read fast enough.
     pub dropped_slow_client: AtomicU64,
+    /// Messages not sent to a client because they exceed its MQTT 5 Maximum Packet Size.
+    pub dropped_too_large: AtomicU64,
     /// Bytes read from client sockets.
     pub bytes_received: AtomicU64,
     /// Bytes written to client sockets.

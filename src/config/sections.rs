@@ -122,9 +122,57 @@ pub(super) fn broker(cx: &mut Context, mut s: Section, base: &Path) -> BrokerCon
     let sys_interval = s.take_with(cx, "sys_interval", d.sys_interval, |raw: RawDuration| {
         duration(raw).map(|d| (!d.is_zero()).then_some(d))
     });
+    let receive_maximum = s.take_with(
+        cx,
+        "receive_maximum",
+        d.receive_maximum,
+        in_range(1, u16::MAX),
+    );
+    let topic_alias_maximum = s.take_with(
+        cx,
+        "topic_alias_maximum",
+        d.topic_alias_maximum,
+        in_range(0, u16::MAX),
+    );
+    let maximum_qos = s.take_with(cx, "maximum_qos", d.maximum_qos, in_range(0, 2));
+    let flag = |s: &mut Section, cx: &mut Context, key: &str, default: bool| {
+        s.take::<bool>(cx, key).unwrap_or(default)
+    };
+    let retain_available = flag(&mut s, cx, "retain_available", d.retain_available);
+    let wildcard_subscriptions = flag(
+        &mut s,
+        cx,
+        "wildcard_subscriptions",
+        d.wildcard_subscriptions,
+    );
+    let shared_subscriptions = flag(&mut s, cx, "shared_subscriptions", d.shared_subscriptions);
+    let subscription_identifiers = flag(
+        &mut s,
+        cx,
+        "subscription_identifiers",
+        d.subscription_identifiers,
+    );
+    let server_keep_alive = s.take_with(cx, "server_keep_alive", None, |v: u16| Ok(Some(v)));
+    let response_information = s
+        .take_with(
+            cx,
+            "response_information",
+            d.response_information.clone(),
+            |v: String| Ok(Some(v)),
+        )
+        .filter(|v| !v.is_empty());
     s.finish(
         cx,
         &[
+            "receive_maximum",
+            "topic_alias_maximum",
+            "maximum_qos",
+            "retain_available",
+            "wildcard_subscriptions",
+            "shared_subscriptions",
+            "subscription_identifiers",
+            "server_keep_alive",
+            "response_information",
             "listen",
             "max_connections",
             "max_packet_size",
@@ -146,6 +194,15 @@ pub(super) fn broker(cx: &mut Context, mut s: Section, base: &Path) -> BrokerCon
         allow_anonymous,
         password_file,
         sys_interval,
+        receive_maximum,
+        topic_alias_maximum,
+        maximum_qos,
+        retain_available,
+        wildcard_subscriptions,
+        shared_subscriptions,
+        subscription_identifiers,
+        server_keep_alive,
+        response_information,
     }
 }
 

@@ -52,6 +52,18 @@ pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
     1 + var_int_len(remaining) + remaining
 }
 
+/// The number of bytes [`encode`] appends for a PUBLISH, without building a [`Packet`].
+pub fn publish_len(p: &Publish, version: ProtocolVersion) -> usize {
+    let props = if version == ProtocolVersion::V5 {
+        properties_block_len(&p.properties)
+    } else {
+        0
+    };
+    let pkid = if p.qos == QoS::AtMostOnce { 0 } else { 2 };
+    let remaining = string_len(&p.topic) + pkid + props + p.payload.len();
+    1 + var_int_len(remaining) + remaining
+}
+
 /// Packet type and flags (3.1.1 §2.2, 5.0 §2.1).
 fn first_byte(packet: &Packet) -> u8 {
     match packet {

@@ -13,6 +13,6 @@ mod error;
 mod packet;
 
 pub use decode::decode;
-pub use encode::{encode, encoded_len};
+pub use encode::{encode, encoded_len, publish_len};
 pub use error::DecodeError;
 pub use packet::*;

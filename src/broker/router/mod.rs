@@ -8,25 +8,29 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use bytestring::ByteString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::codec::{
+use crate::broker::codec::{
     ConnAck, LastWill, Packet, Properties, Property, ProtocolVersion, PubResponse, Publish, QoS,
-    RetainHandling, SubAck, Subscribe, UnsubAck, Unsubscribe, reason,
+    publish_len, reason,
 };
-use super::config::BrokerConfig;
-use super::guard::{PublishGuard, Refused};
-use super::link::{CloseCause, ConnId, ConnectOutcome, ConnectRequest, Origin, RouterMsg};
-use super::session::{
-    Attached, NEVER_EXPIRES, Offer, Outgoing, Session, SessionId, SubEntry, will_publish,
+use crate::broker::config::BrokerConfig;
+use crate::broker::connack::connack_properties;
+use crate::broker::guard::{PublishGuard, Refused};
+use crate::broker::link::{ConnId, ConnectOutcome, ConnectRequest, Origin, RouterMsg};
+use crate::broker::session::{
+    Attached, NEVER_EXPIRES, Offer, Outgoing, Session, SessionId, SubEntry, expiry_of,
 };
-use super::stats::BrokerStats;
-use super::topic::{parse_shared, validate_topic_filter};
-use super::trie::{RetainedTree, SubscriptionTree};
+use crate::broker::shared::{GroupId, SharedGroups};
+use crate::broker::stats::BrokerStats;
+use crate::broker::trie::{RetainedTree, SubscriptionTree};
+
+mod lifecycle;
+mod subscriptions;
+mod sys;
 
 /// How often detached sessions are checked for expiry.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
@@ -40,6 +44,15 @@ struct Target {
     qos: QoS,
     retain_as_published: bool,
     subscription_ids: Vec<u32>,
+    /// The share group the message was given to this session by.
+    shared: Option<GroupId>,
+}
+
+/// A retained message and when it expires (MQTT 5 Message Expiry Interval).
+#[derive(Debug)]
+struct Retained {
+    publish: Publish,
+    expires: Option<Instant>,
 }
 
 /// The router's state.
@@ -51,7 +64,12 @@ pub struct Router {
     by_client: HashMap<ByteString, SessionId>,
     by_conn: HashMap<ConnId, SessionId>,
     subs: SubscriptionTree<SessionId, SubEntry>,
-    retained: RetainedTree<Publish>,
+    retained: RetainedTree<Retained>,
+    /// A retained message with a Message Expiry Interval was stored: only then does the
+    /// expiry tick walk the retained messages.
+    retained_expire: bool,
+    /// `$share/{group}/{filter}` subscriptions.
+    shared: SharedGroups,
     next_session: SessionId,
     /// Connections taken over whose close has not been reported yet, with the will to
     /// publish unless that close turns out to be a plain DISCONNECT.
@@ -74,6 +92,8 @@ impl Router {
             by_conn: HashMap::new(),
             subs: SubscriptionTree::new(),
             retained: RetainedTree::new(),
+            retained_expire: false,
+            shared: SharedGroups::new(),
             next_session: 1,
             taken_over: HashMap::new(),
             guard: None,
@@ -121,6 +141,9 @@ impl Router {
                     return;
                 };
                 for packet in packets {
+                    if self.kicked(sid) {
+                        break;
+                    }
                     self.packet(sid, packet);
                 }
             }
@@ -157,6 +180,10 @@ impl Router {
         let now = Instant::now();
         let mut resumed = None;
         if let Some(&sid) = self.by_client.get(&client_id) {
+            // A new connection within the Will Delay Interval cancels the will [MQTT-3.1.3-9].
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.pending_will = None;
+            }
             self.take_over(sid, now);
             // A session that ends with its connection (CleanSession=1, Session Expiry 0) is
             // never resumed, whatever the new CONNECT asks [MQTT-3.1.2-6].
@@ -168,6 +195,10 @@ impl Router {
             }
         }
         let session_present = resumed.is_some();
+        let problem_info = connect.properties.find(|p| match p {
+            Property::RequestProblemInformation(v) => Some(*v),
+            _ => None,
+        }) != Some(0);
         let sid = resumed.unwrap_or_else(|| self.new_session(client_id.clone(), expiry));
         let receive_maximum = connect.properties.receive_maximum().unwrap_or(u16::MAX);
         let window = if internal {
@@ -175,10 +206,11 @@ impl Router {
         } else {
             usize::from(self.cfg.max_inflight.min(receive_maximum).max(1))
         };
-        let mut properties = Properties::new();
-        if version == ProtocolVersion::V5 && assigned_id {
-            properties.push(Property::AssignedClientIdentifier(client_id.clone()));
-        }
+        let properties = if version == ProtocolVersion::V5 && !internal {
+            connack_properties(&self.cfg, &connect, &client_id, assigned_id)
+        } else {
+            Properties::new()
+        };
         let connack = ConnAck {
             session_present,
             code: reason::SUCCESS,
@@ -194,6 +226,8 @@ impl Router {
         };
         session.expiry = expiry;
         session.detached_at = None;
+        session.max_packet =
+            (connect.properties.maximum_packet_size()).map_or(usize::MAX, |m| m as usize);
         session.will = connect.will;
         session.identity = Arc::new(Origin {
             client_id: client_id.clone(),
@@ -205,6 +239,8 @@ impl Router {
             version,
             window,
             internal,
+            kicked: false,
+            problem_info,
         });
         self.by_conn.insert(conn, sid);
         BrokerStats::add(&self.stats.clients_connected, 1);
@@ -222,108 +258,6 @@ impl Router {
                     att.send_message(message);
                 }
             }
-        }
-    }
-
-    /// Closes the current connection of a session whose client id connects again
-    /// [MQTT-3.1.4-2]; its will is published as for any server-side close.
-    fn take_over(&mut self, sid: SessionId, now: Instant) {
-        let Some(session) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        let Some(old) = session.detach(now) else {
-            return;
-        };
-        self.by_conn.remove(&old.conn);
-        BrokerStats::dec(&self.stats.clients_connected);
-        old.link.disconnect(reason::SESSION_TAKEN_OVER);
-        info!(client_id = %session.client_id, "Session taken over by a new connection.");
-        // The client may have said goodbye just before reconnecting: its DISCONNECT can still
-        // be in flight, so the will waits for the old connection's close to be reported.
-        if let Some(will) = session.will.take() {
-            if old.link.will_due() {
-                self.taken_over.insert(old.conn, (sid, will));
-            }
-        }
-    }
-
-    fn new_session(&mut self, client_id: ByteString, expiry: u32) -> SessionId {
-        let sid = self.next_session;
-        self.next_session += 1;
-        self.sessions
-            .insert(sid, Box::new(Session::new(sid, client_id.clone(), expiry)));
-        self.by_client.insert(client_id, sid);
-        sid
-    }
-
-    fn end_session(&mut self, sid: SessionId) {
-        let Some(session) = self.sessions.remove(&sid) else {
-            return;
-        };
-        for filter in session.subscriptions.keys() {
-            self.subs.remove(filter, sid);
-        }
-        self.by_client.remove(&session.client_id);
-        if session.queued() + session.inflight() > 0 {
-            debug!(client_id = %session.client_id, queued = session.queued(),
-                inflight = session.inflight(), "Session ended with undelivered messages.");
-        }
-    }
-
-    fn closed(&mut self, conn: ConnId, cause: CloseCause) {
-        if let Some((sid, will)) = self.taken_over.remove(&conn) {
-            if cause.publishes_will() {
-                self.route(will_publish(will), Some(sid));
-            }
-            return;
-        }
-        let Some(sid) = self.by_conn.remove(&conn) else {
-            return;
-        };
-        let Some(session) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        session.detach(Instant::now());
-        BrokerStats::dec(&self.stats.clients_connected);
-        let will = session.will.take();
-        let publish_will = match cause {
-            CloseCause::Disconnect {
-                publish_will,
-                session_expiry,
-            } => {
-                if let Some(expiry) = session_expiry {
-                    session.expiry = expiry;
-                }
-                publish_will
-            }
-            CloseCause::Abnormal => true,
-        };
-        info!(client_id = %session.client_id, ?cause, will = will.is_some() && publish_will,
-            "Client disconnected.");
-        let ends = session.expiry == 0;
-        if ends {
-            self.end_session(sid);
-        }
-        if let (Some(will), true) = (will, publish_will) {
-            self.route(will_publish(will), Some(sid));
-        }
-    }
-
-    fn expire_sessions(&mut self, now: Instant) {
-        let expired: Vec<SessionId> = self
-            .sessions
-            .values()
-            .filter(|s| s.attached.is_none() && s.expiry != NEVER_EXPIRES)
-            .filter(|s| {
-                s.detached_at.is_some_and(|at| {
-                    now.duration_since(at) >= Duration::from_secs(u64::from(s.expiry))
-                })
-            })
-            .map(|s| s.id)
-            .collect();
-        for sid in expired {
-            debug!(session = sid, "Session expired.");
-            self.end_session(sid);
         }
     }
 
@@ -377,6 +311,15 @@ impl Router {
         }
     }
 
+    /// Whether Reason Strings may go on acknowledgements to this client (MQTT 5 Request
+    /// Problem Information, default 1) [MQTT-3.1.2-29].
+    fn problem_info(&self, sid: SessionId) -> bool {
+        self.sessions
+            .get(&sid)
+            .and_then(|s| s.attached.as_ref())
+            .is_some_and(|a| a.problem_info && a.version == ProtocolVersion::V5)
+    }
+
     fn version(&self, sid: SessionId) -> Option<ProtocolVersion> {
         self.sessions
             .get(&sid)?
@@ -411,10 +354,10 @@ impl Router {
             self.refuse_publish(sid, &publish, refused);
             return;
         }
-        // A Topic Alias belongs to the sender's connection, never to subscribers'.
-        publish
-            .properties
-            .remove_where(|p| matches!(p, Property::TopicAlias(_)));
+        if !self.cfg.retain_available {
+            // 3.1.1 clients cannot be told; their retain flag is ignored.
+            publish.retain = false;
+        }
         match publish.qos {
             QoS::AtMostOnce => self.route(publish, Some(sid)),
             // The acknowledgement is queued before the fan-out so that subscribers' writers
@@ -424,10 +367,24 @@ impl Router {
                 self.route(publish, Some(sid));
             }
             QoS::ExactlyOnce => {
-                let fresh = self
-                    .sessions
-                    .get_mut(&sid)
-                    .is_some_and(|s| s.receive_qos2(pkid));
+                let Some(s) = self.sessions.get_mut(&sid) else {
+                    return;
+                };
+                let fresh = s.receive_qos2(pkid);
+                let v5 = s
+                    .attached
+                    .as_ref()
+                    .is_some_and(|a| !a.internal && a.version == ProtocolVersion::V5);
+                if fresh && v5 && s.incoming_qos2() > usize::from(self.cfg.receive_maximum) {
+                    // Never acknowledged: a kept session must take it again when resent.
+                    s.release_qos2(pkid);
+                    self.kick(
+                        sid,
+                        reason::RECEIVE_MAXIMUM_EXCEEDED,
+                        "more unreleased QoS 2 messages than the Receive Maximum [MQTT-3.3.4-9]",
+                    );
+                    return;
+                }
                 self.send(sid, Packet::PubRec(PubResponse::new(pkid)));
                 if fresh {
                     self.route(publish, Some(sid));
@@ -459,6 +416,8 @@ impl Router {
         let v5 = self.version(sid) == Some(ProtocolVersion::V5);
         let mut response = PubResponse::new(publish.pkid);
         if v5 {
+            // The reason code alone: bridge clients are tested against this short form
+            // (tests/bridge_chat.rs).
             response.reason = refused.reason;
         }
         match publish.qos {
@@ -476,12 +435,20 @@ impl Router {
 
     /// Stores or clears the retained copy and delivers to every matching subscription.
     pub fn route(&mut self, publish: Publish, origin: Option<SessionId>) {
+        let expires = if publish.properties.is_empty() {
+            None
+        } else {
+            expiry_of(&publish, Instant::now())
+        };
         if publish.retain {
             if publish.payload.is_empty() {
                 self.retained.remove(&publish.topic);
             } else {
                 // Retained copies live long: they must not pin the publisher's read buffer.
-                self.retained.insert(&publish.topic, publish.detached());
+                let publish = publish.detached();
+                self.retained_expire |= expires.is_some();
+                self.retained
+                    .insert(&publish.topic.clone(), Retained { publish, expires });
             }
         }
         let mut targets = std::mem::take(&mut self.targets);
@@ -496,6 +463,19 @@ impl Router {
                     qos: entry.options.qos,
                     retain_as_published: entry.options.retain_as_published,
                     subscription_ids: entry.id.into_iter().collect(),
+                    shared: None,
+                });
+            });
+        let sessions = &self.sessions;
+        let online = |sid: SessionId| sessions.get(&sid).is_some_and(|s| s.attached.is_some());
+        self.shared
+            .for_each_match(&publish.topic, online, |gid, sid, entry| {
+                targets.push(Target {
+                    session: sid,
+                    qos: entry.options.qos,
+                    retain_as_published: entry.options.retain_as_published,
+                    subscription_ids: entry.id.into_iter().collect(),
+                    shared: Some(gid),
                 });
             });
         merge_overlapping(&mut targets);
@@ -511,19 +491,36 @@ impl Router {
             for id in target.subscription_ids {
                 copy.properties.push(Property::SubscriptionIdentifier(id));
             }
-            self.deliver(target.session, copy, identity.as_ref());
+            let message = Outgoing {
+                publish: copy,
+                origin: None,
+                expires,
+                shared: target.shared,
+            };
+            self.deliver(target.session, message, identity.as_ref());
         }
         self.targets = targets;
     }
 
-    fn deliver(&mut self, sid: SessionId, publish: Publish, identity: Option<&Arc<Origin>>) {
+    fn deliver(&mut self, sid: SessionId, mut message: Outgoing, identity: Option<&Arc<Origin>>) {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let qos = publish.qos;
+        let qos = message.publish.qos;
+        if s.max_packet != usize::MAX
+            && publish_len(&message.publish, ProtocolVersion::V5) > s.max_packet
+        {
+            // [MQTT-3.1.2-25]: never sent; as if delivered, for this subscriber only.
+            BrokerStats::add(&self.stats.dropped_too_large, 1);
+            debug!(client_id = %s.client_id, topic = %message.publish.topic,
+                max_packet_size = s.max_packet, "Message larger than the client accepts; dropped.");
+            return;
+        }
         let internal = s.attached.as_ref().is_some_and(|a| a.internal);
-        let origin = if internal { identity.cloned() } else { None };
-        match s.offer(Outgoing { publish, origin }, self.cfg.max_queued) {
+        if internal {
+            message.origin = identity.cloned();
+        }
+        match s.offer(message, self.cfg.max_queued) {
             Offer::Send(message) => {
                 let Some(att) = &s.attached else { return };
                 if qos == QoS::AtMostOnce && att.link.backlog() > self.cfg.max_queued {
@@ -552,181 +549,6 @@ impl Router {
             }
         }
     }
-
-    fn subscribe(&mut self, sid: SessionId, sub: Subscribe) {
-        let Some(version) = self.version(sid) else {
-            return;
-        };
-        let sub_id = sub.properties.subscription_identifier();
-        let mut codes = Vec::with_capacity(sub.filters.len());
-        let mut retained = Vec::new();
-        for (filter, options) in sub.filters {
-            if let Err(error) = validate_topic_filter(&filter) {
-                debug!(%filter, %error, "Invalid topic filter refused.");
-                codes.push(match version {
-                    ProtocolVersion::V5 => reason::TOPIC_FILTER_INVALID,
-                    ProtocolVersion::V311 => reason::UNSPECIFIED_ERROR,
-                });
-                continue;
-            }
-            if parse_shared(&filter).is_some() {
-                codes.push(match version {
-                    ProtocolVersion::V5 => reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
-                    ProtocolVersion::V311 => reason::UNSPECIFIED_ERROR,
-                });
-                continue;
-            }
-            let entry = SubEntry {
-                options,
-                id: sub_id,
-            };
-            let Some(s) = self.sessions.get_mut(&sid) else {
-                return;
-            };
-            let existed = s.subscriptions.insert(filter.clone(), entry).is_some();
-            self.subs.insert(&filter, sid, entry);
-            codes.push(options.qos as u8);
-            let send_retained = match options.retain_handling {
-                RetainHandling::SendAlways => true,
-                RetainHandling::SendIfNew => !existed,
-                RetainHandling::DoNotSend => false,
-            };
-            if send_retained {
-                self.retained.for_each_match(&filter, |_topic, msg| {
-                    retained.push((msg.clone(), entry));
-                });
-            }
-        }
-        let ack = SubAck {
-            pkid: sub.pkid,
-            codes,
-            properties: Properties::new(),
-        };
-        self.send(sid, Packet::SubAck(ack));
-        for (mut msg, entry) in retained {
-            // [MQTT-3.3.1-8]: retained messages sent on subscribe carry RETAIN=1.
-            msg.retain = true;
-            msg.qos = msg.qos.min(entry.options.qos);
-            if let Some(id) = entry.id {
-                msg.properties.push(Property::SubscriptionIdentifier(id));
-            }
-            self.deliver(sid, msg, None);
-        }
-    }
-
-    fn unsubscribe(&mut self, sid: SessionId, unsub: Unsubscribe) {
-        let Some(s) = self.sessions.get_mut(&sid) else {
-            return;
-        };
-        let mut codes = Vec::with_capacity(unsub.filters.len());
-        for filter in &unsub.filters {
-            let existed = s.subscriptions.remove(filter).is_some();
-            self.subs.remove(filter, sid);
-            codes.push(if existed {
-                reason::SUCCESS
-            } else {
-                reason::NO_SUBSCRIPTION_EXISTED
-            });
-        }
-        let ack = UnsubAck {
-            pkid: unsub.pkid,
-            codes,
-            properties: Properties::new(),
-        };
-        self.send(sid, Packet::UnsubAck(ack));
-    }
-
-    /// Publishes `$SYS/broker/...` statistics as retained messages (as Mosquitto does).
-    pub fn publish_sys(&mut self) {
-        let stats = &self.stats;
-        let values: [(&str, String); 13] = [
-            (
-                "version",
-                format!("xmpp-mqtt-bridge {}", env!("CARGO_PKG_VERSION")),
-            ),
-            (
-                "uptime",
-                format!("{} seconds", self.started.elapsed().as_secs()),
-            ),
-            (
-                "clients/connected",
-                BrokerStats::get(&stats.clients_connected).to_string(),
-            ),
-            ("clients/total", self.sessions.len().to_string()),
-            (
-                "messages/received",
-                BrokerStats::get(&stats.messages_received).to_string(),
-            ),
-            (
-                "messages/sent",
-                BrokerStats::get(&stats.messages_sent).to_string(),
-            ),
-            ("messages/dropped", dropped(stats).to_string()),
-            (
-                "bytes/received",
-                BrokerStats::get(&stats.bytes_received).to_string(),
-            ),
-            (
-                "bytes/sent",
-                BrokerStats::get(&stats.bytes_sent).to_string(),
-            ),
-            ("subscriptions/count", self.subs.len().to_string()),
-            ("retained messages/count", self.retained.len().to_string()),
-            (
-                "connections/accepted",
-                BrokerStats::get(&stats.connections_accepted).to_string(),
-            ),
-            (
-                "connections/refused",
-                BrokerStats::get(&stats.connections_refused).to_string(),
-            ),
-        ];
-        for (name, value) in values {
-            let publish = Publish {
-                dup: false,
-                qos: QoS::AtMostOnce,
-                retain: true,
-                topic: ByteString::from(format!("$SYS/broker/{name}")),
-                pkid: 0,
-                payload: Bytes::from(value),
-                properties: Properties::new(),
-            };
-            self.route(publish, None);
-        }
-    }
-
-    /// Server shutdown: every connected client's will is published (the server closes the
-    /// connection without a DISCONNECT from the client), then every client is disconnected.
-    fn shutdown(&mut self) {
-        let connected: Vec<SessionId> = self
-            .sessions
-            .values()
-            .filter(|s| s.attached.is_some())
-            .map(|s| s.id)
-            .collect();
-        info!(
-            clients = connected.len(),
-            "Broker shutting down; publishing wills."
-        );
-        for (_, (sid, will)) in std::mem::take(&mut self.taken_over) {
-            self.route(will_publish(will), Some(sid));
-        }
-        for &sid in &connected {
-            if let Some(will) = self.sessions.get_mut(&sid).and_then(|s| s.will.take()) {
-                self.route(will_publish(will), Some(sid));
-            }
-        }
-        for sid in connected {
-            if let Some(att) = self.sessions.get_mut(&sid).and_then(|s| s.attached.take()) {
-                att.link.disconnect(reason::SERVER_SHUTTING_DOWN);
-            }
-        }
-        self.by_conn.clear();
-    }
-}
-
-fn dropped(stats: &BrokerStats) -> u64 {
-    BrokerStats::get(&stats.dropped_queue_full) + BrokerStats::get(&stats.dropped_slow_client)
 }
 
 /// One delivery per session when several of its subscriptions match: the highest QoS, all
@@ -743,6 +565,7 @@ fn merge_overlapping(targets: &mut Vec<Target>) {
         kept.qos = kept.qos.max(later.qos);
         kept.retain_as_published |= later.retain_as_published;
         kept.subscription_ids.append(&mut later.subscription_ids);
+        kept.shared = kept.shared.or(later.shared);
         true
     });
 }
@@ -757,6 +580,7 @@ mod tests {
             qos,
             retain_as_published: false,
             subscription_ids: id.into_iter().collect(),
+            shared: None,
         }
     }
 

@@ -27,28 +27,23 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
+use super::alias::{InboundAliases, OutboundAliases};
 use super::auth::PasswordFile;
 use super::codec::{
-    self, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, ProtocolVersion, reason,
+    self, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties, Property, ProtocolVersion,
+    Publish, reason,
 };
 use super::config::BrokerConfig;
 use super::internal::INTERNAL_ID_PREFIX;
-use super::link::{
-    ClientLink, CloseCause, ConnId, ConnectOutcome, ConnectRequest, LinkReceiver, RouterMsg,
-    ToClient,
-};
+use super::link::{ClientLink, CloseCause, ConnId, ConnectOutcome, ConnectRequest, RouterMsg};
 use super::stats::BrokerStats;
+
+mod writer;
+
+use writer::{OutLimits, write_loop};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 8 * 1024;
-/// Packets written per socket write, at most.
-const WRITE_BATCH: usize = 256;
-/// A write buffer larger than this is freed once written, even under load.
-const KEEP_WRITE_BUFFER: usize = 64 * 1024;
-/// Buffers larger than this are freed when the connection goes idle.
-const IDLE_BUFFER: usize = 1024;
-/// Writer batch slots kept when the connection goes idle.
-const IDLE_ITEMS: usize = 32;
 /// Read reservation while waiting for CONNECT (which is small); later reads use
 /// [`READ_CHUNK`].
 const CONNECT_CHUNK: usize = 512;
@@ -116,12 +111,33 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, ctx: Arc<C
         tracing::Span::current().record("client_id", client_id.as_ref() as &str);
         let (link, receiver) = ClientLink::new();
         let closing = CancellationToken::new();
+        let v5 = version == ProtocolVersion::V5;
+        let out = OutLimits {
+            max_packet: (connect.properties.maximum_packet_size())
+                .map_or(usize::MAX, |m| m as usize),
+            aliases: OutboundAliases::new(if v5 {
+                connect.properties.topic_alias_maximum().unwrap_or(0)
+            } else {
+                0
+            }),
+        };
         ctx.tracker.spawn(
-            write_loop(wr, receiver, version, ctx.stats.clone(), closing.clone())
-                .instrument(tracing::Span::current()),
+            write_loop(
+                wr,
+                receiver,
+                version,
+                out,
+                ctx.stats.clone(),
+                closing.clone(),
+            )
+            .instrument(tracing::Span::current()),
         );
         let (accepted, outcome) = oneshot::channel();
-        let keep_alive = connect.keep_alive;
+        let keep_alive = match ctx.cfg.server_keep_alive {
+            Some(server) if v5 => server,
+            _ => connect.keep_alive,
+        };
+        let zero_expiry = connect.properties.session_expiry_interval().unwrap_or(0) == 0;
         let request = ConnectRequest {
             conn,
             peer,
@@ -139,10 +155,12 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, ctx: Arc<C
         if outcome.await != Ok(ConnectOutcome::Accepted) {
             return;
         }
-        let reader = Reader {
+        let mut reader = Reader {
             conn,
             version,
             link,
+            aliases: InboundAliases::new(if v5 { ctx.cfg.topic_alias_maximum } else { 0 }),
+            zero_expiry,
             ctx: ctx.clone(),
             closing,
         };
@@ -161,14 +179,22 @@ async fn handshake(stream: TcpStream, ctx: &ConnectionContext) -> Option<Admitte
     }
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::new();
-    let connect = match read_connect(&mut rd, &mut buf, ctx).await {
+    let mut level = None;
+    let connect = match read_connect(&mut rd, &mut buf, &mut level, ctx).await {
         Ok(connect) => connect,
         Err(error) => {
             log_handshake_error(&error, &ctx.stats);
-            if let HandshakeError::Decode(DecodeError::UnsupportedProtocolVersion(_)) = error {
-                // [MQTT-3.1.2-2]: CONNACK 0x01 then close (written in 3.1.1 form).
-                let code = reason::UNSUPPORTED_PROTOCOL_VERSION;
-                refuse(&mut wr, ProtocolVersion::V311, code).await;
+            match error {
+                HandshakeError::Decode(DecodeError::UnsupportedProtocolVersion(_)) => {
+                    // [MQTT-3.1.2-2]: CONNACK 0x01 then close (written in 3.1.1 form).
+                    let code = reason::UNSUPPORTED_PROTOCOL_VERSION;
+                    refuse(&mut wr, ProtocolVersion::V311, code).await;
+                }
+                // MQTT 5 (§3.1.4): a CONNECT that fails may get a CONNACK with the reason.
+                HandshakeError::Decode(e) if level == Some(5) => {
+                    refuse(&mut wr, ProtocolVersion::V5, e.reason_code()).await;
+                }
+                _ => {}
             }
             return None;
         }
@@ -202,13 +228,24 @@ fn log_handshake_error(error: &HandshakeError, stats: &BrokerStats) {
     }
 }
 
+/// The protocol level of a CONNECT at the front of `buf`, once readable.
+fn connect_level(buf: &[u8]) -> Option<u8> {
+    let header = 1 + buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    match buf.get(header..header + 7)? {
+        [0, 4, b'M', b'Q', b'T', b'T', level] => Some(*level),
+        _ => None,
+    }
+}
+
 async fn read_connect(
     rd: &mut OwnedReadHalf,
     buf: &mut BytesMut,
+    level: &mut Option<u8>,
     ctx: &ConnectionContext,
 ) -> Result<Box<Connect>, HandshakeError> {
     let deadline = Instant::now() + ctx.cfg.connect_timeout;
     loop {
+        *level = connect_level(buf);
         // CONNECT is parsed by its own protocol level; the version given here is unused.
         if let Some(packet) = codec::decode(buf, ProtocolVersion::V311, ctx.cfg.max_packet_size)? {
             return match packet {
@@ -270,6 +307,19 @@ async fn admit(connect: &Connect, ctx: &ConnectionContext) -> Result<(ByteString
         info!("CONNECT asks for enhanced authentication, which is not supported.");
         return Err(reason::BAD_AUTHENTICATION_METHOD);
     }
+    if let Some(will) = &connect.will {
+        if will.qos as u8 > ctx.cfg.maximum_qos {
+            info!(
+                will_qos = will.qos as u8,
+                "Will QoS above the Maximum QoS refused."
+            );
+            return Err(reason::QOS_NOT_SUPPORTED);
+        }
+        if will.retain && !ctx.cfg.retain_available {
+            info!("Retained will refused: retain is not available.");
+            return Err(reason::RETAIN_NOT_SUPPORTED);
+        }
+    }
     if connect.client_id.starts_with(INTERNAL_ID_PREFIX) {
         // In-process sessions (the bridge) must not be taken over from the network.
         info!(client_id = %connect.client_id, "Reserved client id refused.");
@@ -330,13 +380,22 @@ struct Reader {
     conn: ConnId,
     version: ProtocolVersion,
     link: ClientLink,
+    /// MQTT 5 Topic Aliases the client set up.
+    aliases: InboundAliases,
+    /// CONNECT had Session Expiry Interval 0, which DISCONNECT may not raise [MQTT-3.14.2-2].
+    zero_expiry: bool,
     ctx: Arc<ConnectionContext>,
     /// Cancelled by the writer when it closes the connection (takeover, shutdown).
     closing: CancellationToken,
 }
 
 impl Reader {
-    async fn run(self, mut rd: OwnedReadHalf, mut buf: BytesMut, keep_alive: u16) -> CloseCause {
+    async fn run(
+        &mut self,
+        mut rd: OwnedReadHalf,
+        mut buf: BytesMut,
+        keep_alive: u16,
+    ) -> CloseCause {
         // [MQTT-3.1.2-24]: one and a half times the Keep Alive without a packet closes.
         let limit = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let idle = tokio::time::sleep(limit.unwrap_or(Duration::MAX / 4));
@@ -394,7 +453,7 @@ impl Reader {
 
     /// The connection is being closed (taken over, shutting down): one last look at what the
     /// socket already holds, so that a DISCONNECT sent just before is honoured (no will).
-    fn last_words(&self, rd: &OwnedReadHalf, buf: &mut BytesMut) -> CloseCause {
+    fn last_words(&mut self, rd: &OwnedReadHalf, buf: &mut BytesMut) -> CloseCause {
         buf.reserve(READ_CHUNK);
         // Whatever the outcome, the connection ends; only a DISCONNECT changes the cause.
         let _bytes = rd.try_read_buf(buf);
@@ -407,7 +466,7 @@ impl Reader {
 
     /// Decodes every complete packet in `buf`; packets for the router go to `batch`. Returns
     /// the close cause when the connection must end.
-    fn drain(&self, buf: &mut BytesMut, batch: &mut Vec<Packet>) -> Option<CloseCause> {
+    fn drain(&mut self, buf: &mut BytesMut, batch: &mut Vec<Packet>) -> Option<CloseCause> {
         loop {
             let packet = match codec::decode(buf, self.version, self.ctx.cfg.max_packet_size) {
                 Ok(Some(packet)) => packet,
@@ -415,24 +474,30 @@ impl Reader {
                 Err(error) => return Some(self.violation(&error.to_string(), error.reason_code())),
             };
             match packet {
-                Packet::Publish(_)
-                | Packet::PubAck(_)
+                Packet::Publish(mut p) => {
+                    if self.version == ProtocolVersion::V5 {
+                        if let Err((what, code)) = self.check_publish(&mut p) {
+                            return Some(self.violation(what, code));
+                        }
+                    }
+                    batch.push(Packet::Publish(p));
+                }
+                Packet::Subscribe(s)
+                    if !self.ctx.cfg.subscription_identifiers
+                        && s.properties.subscription_identifier().is_some() =>
+                {
+                    return Some(self.violation(
+                        "Subscription Identifier while CONNACK said they are not available \
+                         [5.0 §3.2.2.3.12]",
+                        reason::PROTOCOL_ERROR,
+                    ));
+                }
+                Packet::PubAck(_)
                 | Packet::PubRec(_)
                 | Packet::PubRel(_)
                 | Packet::PubComp(_)
                 | Packet::Subscribe(_)
-                | Packet::Unsubscribe(_) => {
-                    if let Packet::Publish(p) = &packet {
-                        if p.properties.topic_alias().is_some() {
-                            // CONNACK announced Topic Alias Maximum 0 [MQTT-3.3.2-9].
-                            return Some(self.violation(
-                                "Topic Alias above the maximum of 0 [MQTT-3.3.2-9]",
-                                reason::TOPIC_ALIAS_INVALID,
-                            ));
-                        }
-                    }
-                    batch.push(packet);
-                }
+                | Packet::Unsubscribe(_) => batch.push(packet),
                 Packet::PingReq => {
                     self.link.send(Packet::PingResp);
                 }
@@ -459,8 +524,48 @@ impl Reader {
         }
     }
 
+    /// MQTT 5 PUBLISH rules that depend on what CONNACK announced, and the Topic Alias.
+    fn check_publish(&mut self, p: &mut Publish) -> Result<(), (&'static str, u8)> {
+        let cfg = &self.ctx.cfg;
+        if p.qos as u8 > cfg.maximum_qos {
+            return Err((
+                "PUBLISH QoS above the Maximum QoS [MQTT-3.2.2-11]",
+                reason::QOS_NOT_SUPPORTED,
+            ));
+        }
+        if p.retain && !cfg.retain_available {
+            return Err((
+                "retained PUBLISH while Retain Available is 0 [MQTT-3.2.2-14]",
+                reason::RETAIN_NOT_SUPPORTED,
+            ));
+        }
+        let sub_id = |q: &Property| matches!(q, Property::SubscriptionIdentifier(_));
+        if p.properties.0.iter().any(sub_id) {
+            return Err((
+                "Subscription Identifier in a client PUBLISH [MQTT-3.3.4-6]",
+                reason::PROTOCOL_ERROR,
+            ));
+        }
+        self.aliases.resolve(p).map_err(|e| (e.why, e.reason))
+    }
+
     fn client_disconnect(&self, d: &Disconnect) -> CloseCause {
-        debug!(reason = d.reason, "Client sent DISCONNECT.");
+        let text = d.properties.find(|p| match p {
+            Property::ReasonString(s) => Some(s.clone()),
+            _ => None,
+        });
+        debug!(
+            reason = d.reason,
+            reason_string = text.as_deref(),
+            "Client sent DISCONNECT."
+        );
+        let new_expiry = d.properties.session_expiry_interval();
+        if self.zero_expiry && new_expiry.is_some_and(|e| e != 0) {
+            return self.violation(
+                "DISCONNECT sets a Session Expiry Interval after CONNECT had 0 [MQTT-3.14.2-2]",
+                reason::PROTOCOL_ERROR,
+            );
+        }
         let publish_will = d.reason == reason::DISCONNECT_WITH_WILL;
         self.link.mark_disconnect(publish_will);
         CloseCause::Disconnect {
@@ -476,70 +581,7 @@ impl Reader {
             reason_code = code,
             "Protocol violation; connection closed."
         );
-        self.link.disconnect(code);
+        self.link.disconnect_because(code, what);
         CloseCause::Abnormal
     }
-}
-
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
-    mut rx: LinkReceiver,
-    version: ProtocolVersion,
-    stats: Arc<BrokerStats>,
-    closing: CancellationToken,
-) {
-    let mut items = Vec::new();
-    let mut out = BytesMut::new();
-    loop {
-        if rx.recv_many(&mut items, WRITE_BATCH).await == 0 {
-            break;
-        }
-        let mut written = 0;
-        let mut close = false;
-        for item in items.drain(..) {
-            match *item {
-                ToClient::Packet(packet) => {
-                    codec::encode(&packet, version, &mut out);
-                    written += 1;
-                }
-                ToClient::Deliver { publish, .. } => {
-                    codec::encode(&Packet::Publish(publish), version, &mut out);
-                    written += 1;
-                }
-                ToClient::Disconnect { reason } => {
-                    if version == ProtocolVersion::V5 {
-                        let d = Disconnect {
-                            reason,
-                            properties: Properties::new(),
-                        };
-                        codec::encode(&Packet::Disconnect(d), version, &mut out);
-                    }
-                    close = true;
-                    break;
-                }
-            }
-        }
-        let result = wr.write_all(&out).await;
-        BrokerStats::add(&stats.bytes_sent, out.len() as u64);
-        rx.written(written);
-        // An idle connection keeps no buffers: free them when nothing else is waiting.
-        if out.capacity() > KEEP_WRITE_BUFFER || (rx.is_empty() && out.capacity() > IDLE_BUFFER) {
-            out = BytesMut::new();
-        } else {
-            out.clear();
-        }
-        if rx.is_empty() && items.capacity() > IDLE_ITEMS {
-            items = Vec::new();
-        }
-        if let Err(error) = result {
-            debug!(%error, "Write failed.");
-            break;
-        }
-        if close {
-            break;
-        }
-    }
-    // Best effort: the peer may be gone already.
-    let _ignored = wr.shutdown().await;
-    closing.cancel();
 }
