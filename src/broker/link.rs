@@ -1,16 +1,20 @@
 //! Messages between connection tasks and the router task.
 //!
 //! Connections send [`RouterMsg`] over one bounded channel (back-pressure on publishers); the
-//! router answers each connection over its own unbounded channel whose depth it bounds itself
+//! router answers each connection over its own unbounded queue whose depth it bounds itself
 //! ([`ClientLink::backlog`] and the session's in-flight window), so the router never awaits a
 //! connection: the classic broker self-deadlock cannot happen.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+use futures::task::AtomicWaker;
 
 use bytestring::ByteString;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::codec::{Connect, Packet, ProtocolVersion, Publish};
 
@@ -40,18 +44,43 @@ pub enum ToClient {
 }
 
 /// The router's way to reach one connected client.
-#[derive(Debug, Clone)]
+///
+/// A hand-made queue rather than a tokio channel: a tokio channel costs about 850 bytes per
+/// connection before anything is sent (a cache-padded channel plus a first block of 32
+/// slots), a sixth of an idle connection; this one is a single small allocation, and its
+/// queue only grows while packets wait.
+#[derive(Debug)]
 pub struct ClientLink {
-    /// Items are boxed: tokio allocates a channel's first block of 32 slots up front, and 32
-    /// boxes (256 bytes) instead of 32 packets (3.3 KB) keeps idle connections small.
-    tx: mpsc::UnboundedSender<Box<ToClient>>,
+    shared: Arc<LinkShared>,
+}
+
+/// The state both ends of a link share.
+#[derive(Debug, Default)]
+struct LinkShared {
+    /// Items for the writer; boxed so that the queue stays small per slot.
+    queue: Mutex<VecDeque<Box<ToClient>>>,
+    /// The writer waiting for items.
+    waker: AtomicWaker,
+    /// Live [`ClientLink`] clones; the writer ends when none is left.
+    senders: AtomicUsize,
+    /// The writer is gone: sending fails.
+    closed: AtomicBool,
     /// Packets handed to the writer and not yet written to the socket. The router drops QoS 0
     /// messages for a client whose backlog is over the limit instead of letting memory grow.
-    backlog: Arc<AtomicUsize>,
+    backlog: AtomicUsize,
     /// Set by the reader the moment it decodes DISCONNECT, before the router hears of the
     /// close: a client that disconnects and reconnects at once may have its new CONNECT
     /// reach the router first, and the takeover must still know the old one left cleanly.
-    farewell: Arc<AtomicU8>,
+    farewell: AtomicU8,
+}
+
+impl LinkShared {
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Box<ToClient>>> {
+        // A panic while holding this short lock cannot leave the queue inconsistent.
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// [`ClientLink::mark_disconnect`] values.
@@ -59,49 +88,74 @@ const FAREWELL_NONE: u8 = 0;
 const FAREWELL_CLEAN: u8 = 1;
 const FAREWELL_WITH_WILL: u8 = 2;
 
+/// A drained queue keeps at most this many slots, so that a burst does not pin memory.
+const IDLE_QUEUE_SLOTS: usize = 8;
+
+impl Clone for ClientLink {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        ClientLink {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for ClientLink {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last sender: let the writer see the end.
+            self.shared.waker.wake();
+        }
+    }
+}
+
 impl ClientLink {
     /// A link and the receiving end for the connection's writer.
     pub fn new() -> (ClientLink, LinkReceiver) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let backlog = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(LinkShared {
+            senders: AtomicUsize::new(1),
+            farewell: AtomicU8::new(FAREWELL_NONE),
+            ..LinkShared::default()
+        });
         (
             ClientLink {
-                tx,
-                backlog: backlog.clone(),
-                farewell: Arc::new(AtomicU8::new(FAREWELL_NONE)),
+                shared: shared.clone(),
             },
-            LinkReceiver { rx, backlog },
+            LinkReceiver { shared },
         )
+    }
+
+    fn push(&self, item: ToClient) -> bool {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        self.shared.queue().push_back(Box::new(item));
+        self.shared.waker.wake();
+        true
     }
 
     /// Hands a packet to the writer. False when the connection is gone.
     pub fn send(&self, packet: Packet) -> bool {
-        self.backlog.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(Box::new(ToClient::Packet(packet))).is_ok()
+        self.shared.backlog.fetch_add(1, Ordering::Relaxed);
+        self.push(ToClient::Packet(packet))
     }
 
     /// Hands a PUBLISH with its publisher's identity to an in-process client.
     pub fn deliver(&self, publish: Publish, origin: Option<Arc<Origin>>) -> bool {
-        self.backlog.fetch_add(1, Ordering::Relaxed);
-        self.tx
-            .send(Box::new(ToClient::Deliver { publish, origin }))
-            .is_ok()
+        self.shared.backlog.fetch_add(1, Ordering::Relaxed);
+        self.push(ToClient::Deliver { publish, origin })
     }
 
     /// Asks the writer to close (with a DISCONNECT for MQTT 5 clients).
     pub fn disconnect(&self, reason: u8) {
-        // A closed channel means the connection is already gone, which is what we want.
-        let _ignored = self
-            .tx
-            .send(Box::new(ToClient::Disconnect { reason, text: None }));
+        // A closed link means the connection is already gone, which is what we want.
+        let _gone = self.push(ToClient::Disconnect { reason, text: None });
     }
 
     /// As [`ClientLink::disconnect`], with a Reason String saying why.
     pub fn disconnect_because(&self, reason: u8, text: &str) {
         let text = Some(Box::from(text));
-        let _ignored = self
-            .tx
-            .send(Box::new(ToClient::Disconnect { reason, text }));
+        let _gone = self.push(ToClient::Disconnect { reason, text });
     }
 
     /// Records that the client sent DISCONNECT (with MQTT 5 reason 0x04 when `publish_will`).
@@ -111,42 +165,78 @@ impl ClientLink {
         } else {
             FAREWELL_CLEAN
         };
-        self.farewell.store(v, Ordering::Release);
+        self.shared.farewell.store(v, Ordering::Release);
     }
 
     /// Whether the will must be published when this connection goes away now: false only
     /// when the client said goodbye with a plain DISCONNECT.
     pub fn will_due(&self) -> bool {
-        self.farewell.load(Ordering::Acquire) != FAREWELL_CLEAN
+        self.shared.farewell.load(Ordering::Acquire) != FAREWELL_CLEAN
     }
 
     /// Packets not yet written.
     pub fn backlog(&self) -> usize {
-        self.backlog.load(Ordering::Relaxed)
+        self.shared.backlog.load(Ordering::Relaxed)
     }
 }
 
 /// The writer's end of a [`ClientLink`].
 #[derive(Debug)]
 pub struct LinkReceiver {
-    rx: mpsc::UnboundedReceiver<Box<ToClient>>,
-    backlog: Arc<AtomicUsize>,
+    shared: Arc<LinkShared>,
+}
+
+impl Drop for LinkReceiver {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        // Free what will never be written.
+        std::mem::take(&mut *self.shared.queue());
+    }
 }
 
 impl LinkReceiver {
     /// Waits for at least one item and takes up to `limit`; 0 when every sender is gone.
+    /// Cancel safe: items are taken only when it returns.
     pub async fn recv_many(&mut self, into: &mut Vec<Box<ToClient>>, limit: usize) -> usize {
-        self.rx.recv_many(into, limit).await
+        std::future::poll_fn(|cx| {
+            if let Some(n) = self.take(into, limit) {
+                return Poll::Ready(n);
+            }
+            self.shared.waker.register(cx.waker());
+            // Checked again after registering, or a push in between would be missed.
+            match self.take(into, limit) {
+                Some(n) => Poll::Ready(n),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Takes up to `limit` items: `Some(0)` when every sender is gone and nothing is left,
+    /// `None` when there is nothing yet.
+    #[allow(clippy::vec_box, reason = "items move between queues as pointers; see ClientLink")]
+    fn take(&self, into: &mut Vec<Box<ToClient>>, limit: usize) -> Option<usize> {
+        let mut queue = self.shared.queue();
+        if queue.is_empty() {
+            let gone = self.shared.senders.load(Ordering::Acquire) == 0;
+            return gone.then_some(0);
+        }
+        let n = queue.len().min(limit.max(1));
+        into.extend(queue.drain(..n));
+        if queue.is_empty() && queue.capacity() > IDLE_QUEUE_SLOTS {
+            *queue = VecDeque::new();
+        }
+        Some(n)
     }
 
     /// True when nothing is waiting.
     pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
+        self.shared.queue().is_empty()
     }
 
     /// Marks `n` packets as written.
     pub fn written(&self, n: usize) {
-        self.backlog.fetch_sub(n, Ordering::Relaxed);
+        self.shared.backlog.fetch_sub(n, Ordering::Relaxed);
     }
 }
 

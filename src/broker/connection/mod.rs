@@ -96,7 +96,8 @@ struct Admitted {
 pub async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, ctx: Arc<ConnectionContext>) {
     let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
     async move {
-        let Some(admitted) = handshake(stream, &ctx).await else {
+        // Boxed: its state lives only until CONNECT is read, not for the connection's life.
+        let Some(admitted) = Box::pin(handshake(stream, &ctx)).await else {
             return;
         };
         let Admitted {
@@ -287,7 +288,14 @@ async fn read_some(
                 BrokerStats::add(&stats.bytes_received, n as u64);
                 return Ok(n);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Readiness was stale (left over from the read that emptied the socket): do
+                // not hold the reservation while waiting, or every idle connection keeps a
+                // read buffer (it was most of the memory of an idle connection).
+                if buf.is_empty() {
+                    *buf = BytesMut::new();
+                }
+            }
             Err(e) => return Err(e),
         }
     }
