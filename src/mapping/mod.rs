@@ -118,6 +118,8 @@ mod rule;
 mod topic;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;
