@@ -3,7 +3,7 @@
 # Usage: scripts/fuzz.sh [target...]      (default: every target in fuzz/Cargo.toml)
 #   FUZZ_SECONDS   time per target, default 30; 0 skips fuzzing (e.g. a CI without nightly)
 #   FUZZ_PROFILE   release (default: optimized, the most executions per second) or dev
-#                  (unoptimized: builds several times faster, runs several times slower; CI)
+#                  (unoptimized: a cold build takes about 40% less CPU, runs 2-3x slower; CI)
 # Needs the nightly toolchain (rustup); installs cargo-fuzz when it is missing.
 # The committed seeds in fuzz/corpus/<target>/ are read but never written: what a run discovers
 # goes to fuzz/target/corpus/<target>/ (not committed), a crashing input to fuzz/artifacts/.
