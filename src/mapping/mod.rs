@@ -119,6 +119,8 @@ mod topic;
 mod upstream;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use std::fmt;

@@ -1,0 +1,345 @@
+//! Fault tests of the broker (issue 7): a consumer that stops reading, and a connection storm
+//! with abrupt disconnects. Loopback only, bounded in count and time.
+//!
+//! The broker runs in this test process (see `common::start_broker`), so its resident memory is
+//! this process's `VmRSS`; the test's own clients are written to keep nothing they receive.
+#![allow(
+    clippy::unwrap_used,
+    clippy::let_underscore_must_use,
+    reason = "tests: a failed unwrap is a failed test; ignored results are best-effort cleanup"
+)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::raw::{self, Raw};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+use xmpp_mqtt_bridge::broker::BrokerStats;
+
+/// The tests of this file run one at a time: the memory measurement must not see the other
+/// test's connections.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Resident memory of this process, in bytes.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// The soft limit on open files of this process.
+fn open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let soft = line.split_whitespace().nth(3).unwrap();
+    soft.parse().unwrap_or(u64::MAX)
+}
+
+/// A rumqttc client whose event loop keeps nothing: incoming PUBLISHes are passed to `on_publish`
+/// and dropped. (`common::Client` queues every event, which would show up in the memory
+/// measurement.)
+fn lean_client(
+    addr: SocketAddr,
+    id: &str,
+    mut on_publish: impl FnMut(&rumqttc::Publish) + Send + 'static,
+) -> (AsyncClient, mpsc::UnboundedReceiver<&'static str>) {
+    let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(64 * 1024, 64 * 1024);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => on_publish(&p),
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = tx.send("connack");
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = tx.send("suback");
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = tx.send("closed");
+                    return;
+                }
+            }
+        }
+    });
+    (client, rx)
+}
+
+async fn expect_signal(rx: &mut mpsc::UnboundedReceiver<&'static str>, what: &str) {
+    let got = tokio::time::timeout(common::WAIT, rx.recv()).await;
+    assert_eq!(got, Ok(Some(what)), "waiting for {what}");
+}
+
+/// A raw MQTT 3.1.1 client that subscribes at QoS 1 and then never reads: its receive buffer is
+/// made small so that the kernel holds little for it.
+async fn stalled_subscriber(addr: SocketAddr, filter: &str) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream
+        .write_all(&raw::connect_packet(4, "stalled", true, 0))
+        .await
+        .unwrap();
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    stream
+        .write_all(&raw::subscribe_packet(1, filter, 1))
+        .await
+        .unwrap();
+    let mut suback = [0u8; 5];
+    stream.read_exact(&mut suback).await.unwrap();
+    assert_eq!(
+        suback,
+        [0x90, 0x03, 0x00, 0x01, 0x01],
+        "SUBACK granting QoS 1"
+    );
+    stream
+}
+
+/// A subscriber that stops reading while a publisher floods 125 MiB at QoS 1: the broker's memory
+/// stays bounded by its queue limit (what overflows the stalled session's queue is dropped and
+/// counted, as documented for `max_queued`), and a second subscriber of the same topics gets
+/// every message, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_consumer_keeps_memory_bounded_and_others_unaffected() {
+    let _serial = SERIAL.lock().await;
+    const MESSAGES: u64 = 16_000;
+    /// The publisher stays at most this far ahead of the healthy subscriber, well inside the
+    /// default queue (`max_queued` 1,000): the broker has no end-to-end flow control, so a
+    /// publisher much faster than a healthy reader would overflow that reader's queue too.
+    const AHEAD: u64 = 400;
+    const PAYLOAD: usize = 8 * 1024;
+    const FLOOD: u64 = MESSAGES * PAYLOAD as u64;
+
+    let broker = common::start_broker(|_| {}).await;
+    let addr = broker.addr;
+    let stats: Arc<BrokerStats> = broker.app.broker_stats.clone();
+
+    let _stalled = stalled_subscriber(addr, "flood/#").await;
+
+    // The healthy subscriber only counts and checks the order.
+    let received = Arc::new(AtomicU64::new(0));
+    let in_order = Arc::new(AtomicU64::new(1));
+    let (good, mut good_rx) = {
+        let (received, in_order) = (received.clone(), in_order.clone());
+        lean_client(addr, "healthy", move |p| {
+            let n = u64::from_be_bytes(p.payload[..8].try_into().unwrap());
+            if n != received.load(Ordering::Relaxed) || p.payload.len() != PAYLOAD {
+                in_order.store(0, Ordering::Relaxed);
+            }
+            received.fetch_add(1, Ordering::Relaxed);
+        })
+    };
+    expect_signal(&mut good_rx, "connack").await;
+    good.subscribe("flood/#", QoS::AtLeastOnce).await.unwrap();
+    expect_signal(&mut good_rx, "suback").await;
+
+    let (publisher, mut pub_rx) = lean_client(addr, "flooder", |_| {});
+    expect_signal(&mut pub_rx, "connack").await;
+
+    let baseline = rss_bytes();
+    let peak = Arc::new(AtomicU64::new(baseline));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_bytes(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    let started = Instant::now();
+    let mut peak_at_half = 0;
+    for n in 0..MESSAGES {
+        if n == MESSAGES / 2 {
+            peak_at_half = peak.load(Ordering::Relaxed);
+        }
+        while n.saturating_sub(received.load(Ordering::Relaxed)) > AHEAD {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut payload = vec![0u8; PAYLOAD];
+        payload[..8].copy_from_slice(&n.to_be_bytes());
+        publisher
+            .publish(format!("flood/{}", n % 8), QoS::AtLeastOnce, false, payload)
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.load(Ordering::Relaxed) < MESSAGES && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elapsed = started.elapsed();
+    sampler.abort();
+    let peak = peak.load(Ordering::Relaxed);
+    let growth = peak.saturating_sub(baseline);
+    let second_half = peak.saturating_sub(peak_at_half);
+    eprintln!(
+        "flood of {} MiB to a stalled subscriber: {} received by the healthy one in {:?}; \
+         peak RSS growth {} KiB, of which {} KiB in the second half; dropped for full queues {}",
+        FLOOD >> 20,
+        received.load(Ordering::Relaxed),
+        elapsed,
+        growth >> 10,
+        second_half >> 10,
+        BrokerStats::get(&stats.dropped_queue_full),
+    );
+
+    assert_eq!(
+        received.load(Ordering::Relaxed),
+        MESSAGES,
+        "healthy subscriber"
+    );
+    assert_eq!(
+        in_order.load(Ordering::Relaxed),
+        1,
+        "healthy subscriber order"
+    );
+    assert!(
+        BrokerStats::get(&stats.dropped_queue_full) > 0,
+        "the stalled session's queue overflowed and was counted"
+    );
+    // Had the broker kept the flood for the stalled client, RSS would have grown by about
+    // FLOOD (125 MiB), half of it in the second half. Queue limit plus in-flight window is 1,100
+    // messages (about 9 MiB); the rest of the growth is allocator arenas and socket buffers,
+    // reached early and then reused.
+    assert!(
+        growth < FLOOD / 4,
+        "RSS grew by {} KiB during a {} KiB flood",
+        growth >> 10,
+        FLOOD >> 10
+    );
+    assert!(
+        second_half < FLOOD / 16,
+        "RSS still growing: {} KiB in the second half of a {} KiB flood",
+        second_half >> 10,
+        FLOOD >> 10
+    );
+
+    // The broker still serves new clients.
+    let _late = Raw::mqtt(addr, "late").await;
+    assert!(broker.stop().await, "clean shutdown");
+}
+
+/// 2,000 clients with a will connect at once; 1,000 are then killed (TCP reset, no DISCONNECT)
+/// and 1,000 disconnect normally. The broker stays up, every killed client's will arrives exactly
+/// once at a subscriber, and no will of a normally disconnected client does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_storm_with_abrupt_disconnects_fires_every_will() {
+    let _serial = SERIAL.lock().await;
+    const CLIENTS: usize = 2_000;
+    const KILLED: usize = 1_000;
+
+    // Each client uses one descriptor here and one in the broker (same process).
+    let needed = 2 * CLIENTS as u64 + 200;
+    assert!(
+        open_files_limit() >= needed,
+        "this test needs `ulimit -n` of at least {needed}, have {}",
+        open_files_limit()
+    );
+
+    let broker = common::start_broker(|_| {}).await;
+    let addr = broker.addr;
+    let stats = broker.app.broker_stats.clone();
+
+    let (wills_tx, mut wills) = mpsc::unbounded_channel();
+    let (watcher, mut watcher_rx) = lean_client(addr, "will-watcher", move |p| {
+        let _ = wills_tx.send(p.topic.clone());
+    });
+    expect_signal(&mut watcher_rx, "connack").await;
+    watcher
+        .subscribe("storm/will/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    expect_signal(&mut watcher_rx, "suback").await;
+
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        tasks.push(tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let connect = raw::connect_with_will(
+                &format!("storm-{i}"),
+                true,
+                0,
+                &format!("storm/will/{i}"),
+                "gone",
+                1,
+            );
+            stream.write_all(&connect).await.unwrap();
+            let mut connack = [0u8; 4];
+            stream.read_exact(&mut connack).await.unwrap();
+            assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "client {i}");
+            stream
+        }));
+    }
+    let mut streams = Vec::with_capacity(CLIENTS);
+    for t in tasks {
+        streams.push(
+            tokio::time::timeout(common::WAIT, t)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    let connected_in = started.elapsed();
+    assert!(BrokerStats::get(&stats.clients_connected) >= CLIENTS as u64);
+
+    // Kill the first half abruptly: linger 0 makes close send a TCP reset.
+    let survivors = streams.split_off(KILLED);
+    for stream in streams {
+        // Deprecated because a positive linger blocks the thread on drop; zero never blocks.
+        #[allow(deprecated)]
+        stream.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(stream);
+    }
+    let mut fired = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while fired.len() < KILLED {
+        match tokio::time::timeout_at(deadline, wills.recv()).await {
+            Ok(Some(topic)) => {
+                let i: usize = topic.strip_prefix("storm/will/").unwrap().parse().unwrap();
+                assert!(i < KILLED, "will of client {i}, which was not killed");
+                assert!(fired.insert(i), "will of client {i} twice");
+            }
+            _ => panic!("only {} of {KILLED} wills arrived", fired.len()),
+        }
+    }
+    let wills_in = started.elapsed() - connected_in;
+
+    // The others leave properly: their wills must not fire.
+    for mut stream in survivors {
+        stream.write_all(&[0xE0, 0x00]).await.unwrap();
+    }
+    let extra = tokio::time::timeout(Duration::from_millis(500), wills.recv()).await;
+    assert!(
+        extra.is_err(),
+        "unexpected will after DISCONNECT: {extra:?}"
+    );
+
+    eprintln!(
+        "{CLIENTS} clients connected in {connected_in:?}; {KILLED} wills arrived {wills_in:?} \
+         after the kill"
+    );
+
+    // Still up and serving.
+    let _late = Raw::mqtt(addr, "after-the-storm").await;
+    assert!(broker.stop().await, "clean shutdown");
+}
