@@ -214,7 +214,10 @@ impl LinkReceiver {
 
     /// Takes up to `limit` items: `Some(0)` when every sender is gone and nothing is left,
     /// `None` when there is nothing yet.
-    #[allow(clippy::vec_box, reason = "items move between queues as pointers; see ClientLink")]
+    #[allow(
+        clippy::vec_box,
+        reason = "items move between queues as pointers; see ClientLink"
+    )]
     fn take(&self, into: &mut Vec<Box<ToClient>>, limit: usize) -> Option<usize> {
         let mut queue = self.shared.queue();
         if queue.is_empty() {
