@@ -13,10 +13,36 @@ use tracing::{info, warn};
 
 use std::sync::Arc;
 
-use crate::bridge::{Bridge, BridgeStats, MappingGuard};
-use crate::broker::{Broker, BrokerStats, StartError};
+use crate::audit::{self, AuditStats};
+use crate::bridge::events::{EventSink, Observe};
+use crate::bridge::{BRIDGE_CLIENT_ID, Bridge, BridgeStats, MappingGuard};
+use crate::broker::{Broker, BrokerStats};
 use crate::config::Config;
+use crate::telemetry::admin::{self, Readiness};
+use crate::telemetry::metrics::Metrics;
 use crate::xmpp::{self, XmppHandle};
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The broker could not start.
+    #[error(transparent)]
+    Broker(#[from] crate::broker::StartError),
+    /// The admin listener could not bind.
+    #[error("cannot listen on {addr} (admin): {source}")]
+    Admin {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl From<crate::broker::BrokerGone> for StartError {
+    fn from(e: crate::broker::BrokerGone) -> Self {
+        StartError::Broker(crate::broker::StartError::Broker(e))
+    }
+}
 
 /// Time allowed for connections to drain after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -34,6 +60,12 @@ pub struct App {
     pub xmpp: Option<XmppHandle>,
     /// Bridge counters, when the bridge is configured.
     pub bridge_stats: Option<Arc<BridgeStats>>,
+    /// Where `/metrics`, `/healthz`, `/readyz` are served, when the admin listener is on.
+    pub admin_addr: Option<SocketAddr>,
+    /// The audit writer's state, when the bridge runs with audit on.
+    pub audit: Option<Arc<AuditStats>>,
+    /// Every metric of the process.
+    pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -43,25 +75,47 @@ impl App {
     pub async fn start(config: Config) -> Result<App, StartError> {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let admin_listener = match &config.admin {
+            Some(cfg) => Some(admin::bind(cfg).await.map_err(|source| StartError::Admin {
+                addr: cfg.listen,
+                source,
+            })?),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::new());
         let broker = Broker::start(config.broker, shutdown.child_token(), &tracker).await?;
+        metrics.broker(&broker.stats);
+        let mut audit_stats = None;
         let (xmpp, bridge_stats) = match config.bridge {
             Some(settings) => {
                 let domain = settings.xmpp.domain.clone();
                 let server = settings.xmpp.server.clone();
                 let (handle, inbound) =
                     xmpp::spawn(settings.xmpp, shutdown.child_token(), &tracker);
-                let client = broker
-                    .internal_client("bridge")
-                    .await
-                    .map_err(StartError::Broker)?;
+                metrics.xmpp(&handle);
+                let client = broker.internal_client(BRIDGE_CLIENT_ID).await?;
                 let guard = Arc::new(MappingGuard::new(settings.mapping.clone()));
-                broker
-                    .set_publish_guard(guard)
-                    .await
-                    .map_err(StartError::Broker)?;
+                broker.set_publish_guard(guard).await?;
+                let observers: Vec<Arc<dyn Observe>> = vec![metrics.bridge.clone()];
+                let events = match config.audit {
+                    Some(cfg) => {
+                        let (tx, rx) = tokio::sync::mpsc::channel(cfg.queue_depth);
+                        let (depth, when_full) = (cfg.queue_depth, cfg.when_full);
+                        info!(dir = %cfg.dir.display(), payload = ?cfg.payload, ?when_full,
+                            "Audit trail on.");
+                        let stats = audit::spawn(cfg, rx, &tracker);
+                        metrics.audit(&stats, tx.downgrade(), depth);
+                        audit_stats = Some(stats);
+                        EventSink::new(Some((tx, when_full)), observers)
+                    }
+                    None => {
+                        warn!("No [audit] section (or enabled = false): no audit trail.");
+                        EventSink::new(None, observers)
+                    }
+                };
                 let bridge = Bridge::new(settings.mapping, client, handle.clone(), inbound)
-                    .await
-                    .map_err(StartError::Broker)?;
+                    .await?
+                    .with_events(events);
                 let stats = bridge.stats();
                 tracker.spawn(bridge.run(shutdown.child_token()));
                 info!(%server, %domain, "XMPP bridge configured.");
@@ -72,8 +126,30 @@ impl App {
                 (None, None)
             }
         };
+        let admin_addr = match admin_listener {
+            Some(listener) => {
+                let addr = listener.local_addr().ok();
+                let ready = Readiness {
+                    running: shutdown.clone(),
+                    xmpp: xmpp.clone(),
+                    audit: audit_stats.clone(),
+                };
+                admin::serve(
+                    listener,
+                    metrics.clone(),
+                    ready,
+                    shutdown.child_token(),
+                    &tracker,
+                );
+                addr
+            }
+            None => None,
+        };
         info!(mqtt = ?broker.local_addrs, "Bridge started.");
         Ok(App {
+            admin_addr,
+            audit: audit_stats,
+            metrics,
             mqtt_addrs: broker.local_addrs.clone(),
             broker_stats: broker.stats.clone(),
             broker,

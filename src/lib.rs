@@ -16,6 +16,7 @@
 //! - `app`: wiring and shutdown.
 
 pub mod app;
+pub mod audit;
 pub mod bridge;
 pub mod broker;
 pub mod config;

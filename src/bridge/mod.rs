@@ -14,6 +14,7 @@
 //!   them in the bridge's session queue, and what overflows there is counted and logged.
 
 pub mod envelope;
+pub mod events;
 pub mod translate;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use xmpp_parsers::message::{Id, Lang, Message, MessageType, Thread};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
+use self::events::{Direction, EventSink, Outcome, Translation};
 use self::translate::{FromXmpp, InboundChat, NotCarried, XmppOut, mqtt_to_xmpp, xmpp_to_mqtt};
 use crate::broker::codec::reason;
 use crate::broker::codec::{Properties, Publish, QoS};
@@ -101,14 +103,14 @@ impl PublishGuard for MappingGuard {
     }
 }
 
-/// How a delivery to XMPP ended.
+/// How a delivery to XMPP ended; each carries its event, outcome still to be set.
 enum Settled {
     /// The server confirmed the stanza: acknowledge to the broker.
-    Confirmed(Publish),
-    /// Refused for good (logged): acknowledge so the broker does not keep it.
-    Dropped(Publish),
-    /// The link stopped first: leave it unacknowledged.
-    Unconfirmed,
+    Confirmed(Publish, Box<Translation>),
+    /// Refused for good (logged, outcome set): acknowledge so the broker does not keep it.
+    Dropped(Publish, Box<Translation>),
+    /// The link stopped or gave up first: leave it unacknowledged.
+    Unconfirmed(Box<Translation>),
 }
 
 /// A delivery waiting for room in the XMPP queue.
@@ -116,6 +118,7 @@ struct Blocked {
     outgoing: Outgoing,
     confirmed: tokio::sync::oneshot::Receiver<()>,
     publish: Publish,
+    event: Box<Translation>,
 }
 
 /// The bridge task.
@@ -130,6 +133,8 @@ pub struct Bridge {
     settling: FuturesUnordered<BoxFuture<'static, Settled>>,
     blocked: Option<Blocked>,
     next_id: u64,
+    /// Where translation outcomes go (audit, metrics).
+    events: EventSink,
 }
 
 impl Bridge {
@@ -163,7 +168,14 @@ impl Bridge {
             settling: FuturesUnordered::new(),
             blocked: None,
             next_id: rand::random::<u32>().into(),
+            events: EventSink::default(),
         })
+    }
+
+    /// Sends every translation outcome to `events`.
+    pub fn with_events(mut self, events: EventSink) -> Self {
+        self.events = events;
+        self
     }
 
     /// Counters.
@@ -178,17 +190,28 @@ impl Bridge {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(settled) = self.settling.next(), if !self.settling.is_empty() => {
-                    let publish = match settled {
-                        Settled::Confirmed(publish) => {
+                    let (publish, event) = match settled {
+                        Settled::Confirmed(publish, mut event) => {
                             add(&self.stats.to_xmpp_confirmed);
-                            publish
+                            event.outcome = Outcome::Delivered;
+                            (Some(publish), event)
                         }
-                        Settled::Dropped(publish) => publish,
-                        // The link stopped before confirming: leave it unacknowledged.
-                        Settled::Unconfirmed => continue,
+                        Settled::Dropped(publish, event) => (Some(publish), event),
+                        // Not confirmed: leave it unacknowledged (the broker keeps QoS 1/2).
+                        Settled::Unconfirmed(mut event) => {
+                            event.outcome = Outcome::Dropped {
+                                reason: "not_confirmed",
+                                detail: "the XMPP link stopped or gave up before the server \
+                                    confirmed the stanza".into(),
+                            };
+                            (None, event)
+                        }
                     };
-                    if self.mqtt.ack(&publish).await.is_err() {
-                        break;
+                    self.events.emit(*event).await;
+                    if let Some(publish) = publish {
+                        if self.mqtt.ack(&publish).await.is_err() {
+                            break;
+                        }
                     }
                 }
                 inbound = self.inbound.recv() => match inbound {
@@ -242,12 +265,37 @@ impl Bridge {
             add(&self.stats.ignored_from_xmpp);
             return Ok(());
         };
+        let mut event = Box::new(Translation::start(Direction::XmppToMqtt));
+        event.xmpp = events::XmppSide {
+            from: Some(chat.from.clone()),
+            to: Some(chat.to.clone()),
+            kind: Some(chat.kind.as_str()),
+            id: chat.id.clone(),
+        };
+        if let Some(body) = &chat.body {
+            event.payload = body.clone().into();
+        }
+        if !self.events.admits() {
+            event.outcome = audit_full();
+            self.events.refused_for_audit(&event);
+            let text = "The audit trail is behind; try again later.";
+            self.reply_error(&Inbound::Message(m), DefinedCondition::ResourceConstraint, text);
+            return Ok(());
+        }
         match xmpp_to_mqtt(&self.table, &chat, || {
             String::from(&Element::from(m.clone()))
         }) {
             FromXmpp::Publish(out) => {
                 debug!(rule = %out.rule, topic = %out.topic, from = %chat.from,
                     "XMPP message published to MQTT.");
+                event.rule = Some(out.rule.clone());
+                event.mqtt = events::MqttSide {
+                    topic: Some(out.topic.clone()),
+                    qos: Some(out.qos as u8),
+                    client_id: Some(BRIDGE_CLIENT_ID.into()),
+                    packet_id: None,
+                };
+                event.payload = out.payload.clone();
                 let publish = Publish {
                     dup: false,
                     qos: out.qos,
@@ -259,14 +307,26 @@ impl Bridge {
                 };
                 self.mqtt.publish(publish).await?;
                 add(&self.stats.to_mqtt);
+                event.handed_over();
+                self.events.emit(*event).await;
             }
             FromXmpp::Ignore(why) => {
                 debug!(from = %chat.from, to = %chat.to, why, "XMPP message not carried.");
                 add(&self.stats.ignored_from_xmpp);
+                event.outcome = Outcome::Dropped {
+                    reason: "not_carried",
+                    detail: why.into(),
+                };
+                self.events.emit(*event).await;
             }
             FromXmpp::NoRoute => {
                 info!(from = %chat.from, to = %chat.to, "No mapping rule for this address.");
                 add(&self.stats.refused_from_xmpp);
+                event.outcome = Outcome::Denied {
+                    reason: "no_rule",
+                    detail: "no mapping rule covers this address".into(),
+                };
+                self.events.emit(*event).await;
                 let text = "No mapping rule covers this address.";
                 self.reply_error(&Inbound::Message(m), DefinedCondition::ItemNotFound, text);
             }
@@ -287,9 +347,30 @@ impl Bridge {
     async fn on_mqtt(&mut self, delivery: Delivery) -> Result<(), crate::broker::BrokerGone> {
         let Delivery { publish, origin } = delivery;
         let user = origin.as_ref().and_then(|o| o.username.as_deref());
+        let mut event = Box::new(Translation::start(Direction::MqttToXmpp));
+        event.mqtt = events::MqttSide {
+            topic: Some(publish.topic.to_string()),
+            qos: Some(publish.qos as u8),
+            client_id: origin.as_ref().map(|o| o.client_id.to_string()),
+            packet_id: Some(publish.pkid),
+        };
+        event.payload = publish.payload.clone();
+        if !self.events.admits() {
+            event.outcome = audit_full();
+            self.events.refused_for_audit(&event);
+            self.mqtt.ack(&publish).await?;
+            return Ok(());
+        }
         match mqtt_to_xmpp(&self.table, &publish.topic, &publish.payload, user) {
             Ok(out) => {
                 let id = out.id.clone().unwrap_or_else(|| self.new_id());
+                event.rule = Some(out.rule.clone());
+                event.xmpp = events::XmppSide {
+                    from: Some(out.from.clone()),
+                    to: Some(out.to.clone()),
+                    kind: Some(out.kind.as_str()),
+                    id: Some(id.clone()),
+                };
                 match xmpp_message(&out, id) {
                     Some(message) => {
                         let (outgoing, confirmed) = Outgoing::confirmed(message);
@@ -297,12 +378,18 @@ impl Bridge {
                             outgoing,
                             confirmed,
                             publish,
+                            event,
                         });
                     }
                     None => {
                         warn!(rule = %out.rule, from = %out.from, to = %out.to,
                             "Mapped addresses are not valid JIDs; message dropped.");
                         add(&self.stats.refused_from_mqtt);
+                        event.outcome = Outcome::Dropped {
+                            reason: "bad_jid",
+                            detail: "mapped addresses are not valid JIDs".into(),
+                        };
+                        self.events.emit(*event).await;
                         self.mqtt.ack(&publish).await?;
                     }
                 }
@@ -312,6 +399,15 @@ impl Bridge {
                 warn!(topic = %publish.topic, ?client_id, reason = refusal.label(),
                     error = %refusal, "MQTT message not carried to XMPP.");
                 add(&self.stats.refused_from_mqtt);
+                if let NotCarried::Payload { rule, .. } | NotCarried::Kind { rule, .. } = &refusal
+                {
+                    event.rule = Some(rule.clone());
+                }
+                event.outcome = Outcome::Denied {
+                    reason: refusal.label(),
+                    detail: refusal.to_string(),
+                };
+                self.events.emit(*event).await;
                 self.mqtt.ack(&publish).await?;
             }
         }
@@ -325,32 +421,38 @@ impl Bridge {
             outgoing,
             confirmed,
             publish,
+            mut event,
         } = item;
         match self.xmpp.send(outgoing) {
             Ok(()) => {
                 add(&self.stats.to_xmpp);
-                if publish.qos != QoS::AtMostOnce {
-                    self.settling.push(Box::pin(async move {
-                        match confirmed.await {
-                            Ok(()) => Settled::Confirmed(publish),
-                            Err(_) => Settled::Unconfirmed,
-                        }
-                    }));
-                }
+                event.handed_over();
+                // QoS 0 too, for its audit record (acknowledging it is a no-op).
+                self.settling.push(Box::pin(async move {
+                    match confirmed.await {
+                        Ok(()) => Settled::Confirmed(publish, event),
+                        Err(_) => Settled::Unconfirmed(event),
+                    }
+                }));
             }
             Err(SendError::Full(outgoing)) => {
                 self.blocked = Some(Blocked {
                     outgoing,
                     confirmed,
                     publish,
+                    event,
                 });
             }
             Err(e) => {
                 warn!(error = %e, "Stanza refused by the XMPP link; message dropped.");
                 add(&self.stats.refused_from_mqtt);
+                event.outcome = Outcome::Dropped {
+                    reason: "link_refused",
+                    detail: e.to_string(),
+                };
                 // Acknowledged all the same, or the broker would keep it in flight for ever.
                 self.settling
-                    .push(Box::pin(std::future::ready(Settled::Dropped(publish))));
+                    .push(Box::pin(std::future::ready(Settled::Dropped(publish, event))));
             }
         }
     }
@@ -358,6 +460,17 @@ impl Bridge {
     fn new_id(&mut self) -> String {
         self.next_id = self.next_id.wrapping_add(1);
         format!("mqtt-{:x}-{:x}", std::process::id(), self.next_id)
+    }
+}
+
+/// The client id the bridge's in-process session has (see `app.rs`).
+pub const BRIDGE_CLIENT_ID: &str = "bridge";
+
+/// The outcome of a message refused because the audit queue is full.
+fn audit_full() -> Outcome {
+    Outcome::Denied {
+        reason: "audit_queue_full",
+        detail: "the audit queue is full and audit.when_full is \"refuse\"".into(),
     }
 }
 

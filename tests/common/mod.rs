@@ -57,6 +57,8 @@ pub async fn start_broker(tune: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
         log: LogConfig::default(),
         broker,
         bridge: None,
+        audit: None,
+        admin: None,
     };
     let app = App::start(config).await.expect("broker starts");
     TestBroker {
