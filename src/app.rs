@@ -94,8 +94,6 @@ impl App {
                     xmpp::spawn(settings.xmpp, shutdown.child_token(), &tracker);
                 metrics.xmpp(&handle);
                 let client = broker.internal_client(BRIDGE_CLIENT_ID).await?;
-                let guard = Arc::new(MappingGuard::new(settings.mapping.clone()));
-                broker.set_publish_guard(guard).await?;
                 let observers: Vec<Arc<dyn Observe>> = vec![metrics.bridge.clone()];
                 let events = match config.audit {
                     Some(cfg) => {
@@ -113,6 +111,9 @@ impl App {
                         EventSink::new(None, observers)
                     }
                 };
+                metrics.audit_lost(events.lost());
+                let guard = MappingGuard::new(settings.mapping.clone()).with_events(events.clone());
+                broker.set_publish_guard(Arc::new(guard)).await?;
                 let bridge = Bridge::new(settings.mapping, client, handle.clone(), inbound)
                     .await?
                     .with_events(events);

@@ -390,7 +390,11 @@ mod audit_cli {
                 }
                 println!(
                     "{}: {} files, {} records, {} problems",
-                    if report.ok() { "intact" } else { "TAMPERED OR DAMAGED" },
+                    if report.ok() {
+                        "intact"
+                    } else {
+                        "TAMPERED OR DAMAGED"
+                    },
                     report.files,
                     report.records,
                     report.problems.len()
@@ -435,7 +439,11 @@ mod audit_cli {
     }
 
     fn print(raw: &str, line: &Line, table: bool) -> bool {
-        let text = if table { table_row(line) } else { raw.to_string() };
+        let text = if table {
+            table_row(line)
+        } else {
+            raw.to_string()
+        };
         // A closed pipe (`| head`) ends the output quietly.
         writeln!(std::io::stdout(), "{text}").is_ok()
     }
@@ -450,7 +458,8 @@ mod audit_cli {
             rule: f.rule.clone(),
             outcome: f.outcome.clone(),
         };
-        let lines = read_all(dir).map_err(|e| (1, format!("cannot read {}: {e}", dir.display())))?;
+        let lines =
+            read_all(dir).map_err(|e| (1, format!("cannot read {}: {e}", dir.display())))?;
         if table {
             println!("{TABLE_HEADER}");
         }
@@ -465,7 +474,8 @@ mod audit_cli {
     fn tail(dir: &Path, last: usize, format: &str) -> Result<ExitCode, Failure> {
         let table = table(format)?;
         let keep = Filter::default();
-        let lines = read_all(dir).map_err(|e| (1, format!("cannot read {}: {e}", dir.display())))?;
+        let lines =
+            read_all(dir).map_err(|e| (1, format!("cannot read {}: {e}", dir.display())))?;
         if table {
             println!("{TABLE_HEADER}");
         }
@@ -501,8 +511,20 @@ mod audit_cli {
                 }
                 continue;
             };
-            let Ok(bytes) = std::fs::read(path) else { continue };
-            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+            let Ok(bytes) = std::fs::read(path) else {
+                continue;
+            };
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
+            if start == bytes.len() {
+                // Nothing new here; once a newer file exists, this one is finished.
+                if let Some((n, _)) = files.iter().find(|(n, _)| *n > number) {
+                    current = Some((*n, 0));
+                    partial.clear();
+                }
+                continue;
+            }
             partial.push_str(&String::from_utf8_lossy(&bytes[start..]));
             current = Some((number, bytes.len() as u64));
             while let Some(end) = partial.find('\n') {
@@ -511,13 +533,6 @@ mod audit_cli {
                 if let Ok(line) = serde_json::from_str::<Line>(raw) {
                     if keep.keeps(&line) && !print(raw, &line, table) {
                         return Ok(ExitCode::SUCCESS);
-                    }
-                    if line.kind == "checkpoint" {
-                        current = files.iter().find(|(n, _)| *n > number).map(|(n, _)| (*n, 0));
-                        if current.is_none() {
-                            // The next file does not exist yet: wait for it.
-                            current = Some((number + 1, 0));
-                        }
                     }
                 }
             }

@@ -146,20 +146,104 @@ mod tests {
         let t = |s: &str| Some(humantime::parse_rfc3339_weak(s).unwrap());
         let cases: Vec<(Filter, bool)> = vec![
             (Filter::default(), true),
-            (Filter { jid: Some("alice@example.org".into()), ..Filter::default() }, true),
-            (Filter { jid: Some("alice@example.org/phone".into()), ..Filter::default() }, true),
-            (Filter { jid: Some("alice@example.org/pc".into()), ..Filter::default() }, false),
-            (Filter { jid: Some("BOB@mqtt.example.org".into()), ..Filter::default() }, true),
-            (Filter { jid: Some("carol@example.org".into()), ..Filter::default() }, false),
-            (Filter { topic: Some("users/bob/#".into()), ..Filter::default() }, true),
-            (Filter { topic: Some("users/+/outbox/#".into()), ..Filter::default() }, false),
-            (Filter { rule: Some("chat".into()), ..Filter::default() }, true),
-            (Filter { rule: Some("news".into()), ..Filter::default() }, false),
-            (Filter { outcome: Some("denied".into()), ..Filter::default() }, false),
-            (Filter { since: t("2026-11-26T00:59:59Z"), ..Filter::default() }, true),
-            (Filter { since: t("2026-11-26T01:00:01Z"), ..Filter::default() }, false),
-            (Filter { until: t("2026-11-26T01:00:00Z"), ..Filter::default() }, false),
-            (Filter { until: t("2026-11-26T01:00:01Z"), ..Filter::default() }, true),
+            (
+                Filter {
+                    jid: Some("alice@example.org".into()),
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    jid: Some("alice@example.org/phone".into()),
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    jid: Some("alice@example.org/pc".into()),
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    jid: Some("BOB@mqtt.example.org".into()),
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    jid: Some("carol@example.org".into()),
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    topic: Some("users/bob/#".into()),
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    topic: Some("users/+/outbox/#".into()),
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    rule: Some("chat".into()),
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    rule: Some("news".into()),
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    outcome: Some("denied".into()),
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    since: t("2026-11-26T00:59:59Z"),
+                    ..Filter::default()
+                },
+                true,
+            ),
+            (
+                Filter {
+                    since: t("2026-11-26T01:00:01Z"),
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    until: t("2026-11-26T01:00:00Z"),
+                    ..Filter::default()
+                },
+                false,
+            ),
+            (
+                Filter {
+                    until: t("2026-11-26T01:00:01Z"),
+                    ..Filter::default()
+                },
+                true,
+            ),
         ];
         for (i, (f, want)) in cases.into_iter().enumerate() {
             assert_eq!(f.keeps(&r), want, "case {i}: {f:?}");

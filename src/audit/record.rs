@@ -7,7 +7,6 @@
 //! `checkpoint` (last line of a closed file). The verifier works on the raw text, so nothing
 //! depends on how a JSON library orders or escapes members.
 
-use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -207,7 +206,9 @@ impl Line {
         let hash = sha256_hex(body.as_bytes());
         let mut text = body;
         text.pop(); // the closing brace
-        let _ = write!(text, ",\"hash\":\"{hash}\"}}\n");
+        text.push_str(",\"hash\":\"");
+        text.push_str(&hash);
+        text.push_str("\"}\n");
         (text, hash)
     }
 }
@@ -240,9 +241,11 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 /// Lowercase hex.
 pub fn to_hex(data: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(data.len() * 2);
     for b in data {
-        let _ = write!(s, "{b:02x}");
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
     s
 }
@@ -294,7 +297,10 @@ mod tests {
         let hash = Line::record(&event(b"x"), PayloadPolicy::HashOnly);
         assert!(hash.sha256.is_some() && hash.payload.is_none());
         let none = Line::record(&event(b"x"), PayloadPolicy::None);
-        assert_eq!((none.sha256, none.payload, none.size), (None, None, Some(1)));
+        assert_eq!(
+            (none.sha256, none.payload, none.size),
+            (None, None, Some(1))
+        );
         assert_eq!("hash-only".parse(), Ok(PayloadPolicy::HashOnly));
         assert!("half".parse::<PayloadPolicy>().is_err());
     }

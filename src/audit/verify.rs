@@ -26,10 +26,10 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = self
-            .file
-            .file_name()
-            .map_or_else(|| self.file.display().to_string(), |n| n.to_string_lossy().into());
+        let name = self.file.file_name().map_or_else(
+            || self.file.display().to_string(),
+            |n| n.to_string_lossy().into(),
+        );
         if self.line == 0 {
             write!(f, "{name}: {}", self.message)
         } else {
@@ -83,7 +83,11 @@ pub fn verify(dir: &Path) -> std::io::Result<Report> {
         expected_seq: None,
     };
     if files.is_empty() {
-        c.problem(dir, 0, "no audit files (audit-NNNNNNNN.jsonl) in this folder");
+        c.problem(
+            dir,
+            0,
+            "no audit files (audit-NNNNNNNN.jsonl) in this folder",
+        );
         return Ok(c.report);
     }
     let last = files.len() - 1;
@@ -252,7 +256,11 @@ fn check_file(c: &mut Checker, number: u64, path: &Path, text: &str, newest: boo
                 path.display()
             ));
         } else {
-            c.problem(path, lines, "truncated: the file ends without its checkpoint");
+            c.problem(
+                path,
+                lines,
+                "truncated: the file ends without its checkpoint",
+            );
         }
     }
 }

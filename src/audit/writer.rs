@@ -265,7 +265,11 @@ impl Writer {
         }
         self.prev = hash;
         self.stats.files_closed.fetch_add(1, Ordering::Relaxed);
-        debug!(file = open.number, records = open.records, "Audit file closed.");
+        debug!(
+            file = open.number,
+            records = open.records,
+            "Audit file closed."
+        );
         Ok(())
     }
 

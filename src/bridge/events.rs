@@ -7,11 +7,12 @@
 //! writer through a bounded channel.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tracing::error;
+use tracing::{error, warn};
 
 /// Which way a message crosses the bridge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -177,6 +178,7 @@ pub enum WhenFull {
 pub struct EventSink {
     audit: Option<(mpsc::Sender<Translation>, WhenFull)>,
     observers: Vec<Arc<dyn Observe>>,
+    lost: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for EventSink {
@@ -194,7 +196,11 @@ impl EventSink {
         audit: Option<(mpsc::Sender<Translation>, WhenFull)>,
         observers: Vec<Arc<dyn Observe>>,
     ) -> Self {
-        EventSink { audit, observers }
+        EventSink {
+            audit,
+            observers,
+            lost: Arc::default(),
+        }
     }
 
     /// Whether new traffic may be taken: false only under [`WhenFull::Refuse`] with a full
@@ -213,6 +219,30 @@ impl EventSink {
         for o in &self.observers {
             o.observe(event);
         }
+    }
+
+    /// Emits one event without waiting, for callers that cannot wait (the broker's publish
+    /// guard). When the audit queue is full the record is not written: that is logged and
+    /// counted (`lost`), never silent.
+    pub fn try_emit(&self, event: Translation) {
+        for o in &self.observers {
+            o.observe(&event);
+        }
+        if let Some((tx, _)) = &self.audit {
+            if let Err(e) = tx.try_send(event) {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+                let full = matches!(e, mpsc::error::TrySendError::Full(_));
+                warn!(
+                    full,
+                    "Audit queue full or closed; a broker-side refusal is not audited."
+                );
+            }
+        }
+    }
+
+    /// Records not written because the queue was full when [`try_emit`](Self::try_emit) ran.
+    pub fn lost(&self) -> Arc<AtomicU64> {
+        self.lost.clone()
     }
 
     /// Emits one event: observers first, then the audit queue (waiting for room under
@@ -253,12 +283,24 @@ mod tests {
     }
 
     #[test]
+    fn try_emit_counts_what_does_not_fit() {
+        let (tx, _rx) = mpsc::channel(1);
+        let sink = EventSink::new(Some((tx, WhenFull::Block)), Vec::new());
+        sink.try_emit(Translation::start(Direction::MqttToXmpp));
+        sink.try_emit(Translation::start(Direction::MqttToXmpp));
+        assert_eq!(sink.lost().load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
     fn outcome_labels() {
         let d = Outcome::Denied {
             reason: "no_rule",
             detail: "x".into(),
         };
-        assert_eq!((d.label(), d.reason(), d.detail()), ("denied", Some("no_rule"), Some("x")));
+        assert_eq!(
+            (d.label(), d.reason(), d.detail()),
+            ("denied", Some("no_rule"), Some("x"))
+        );
         assert_eq!(Outcome::Delivered.reason(), None);
     }
 }

@@ -71,12 +71,23 @@ fn add(counter: &AtomicU64) {
 /// the reason code (0x87 Not authorized for identity, 0x99 Payload format invalid).
 pub struct MappingGuard {
     table: Arc<MappingTable>,
+    /// Refusals are translation outcomes too: audited and counted.
+    events: EventSink,
 }
 
 impl MappingGuard {
     /// A guard for the rules of `table`.
     pub fn new(table: Arc<MappingTable>) -> Self {
-        MappingGuard { table }
+        MappingGuard {
+            table,
+            events: EventSink::default(),
+        }
+    }
+
+    /// Reports every refusal to `events` (without waiting: the guard runs in the router).
+    pub fn with_events(mut self, events: EventSink) -> Self {
+        self.events = events;
+        self
     }
 }
 
@@ -94,10 +105,25 @@ impl PublishGuard for MappingGuard {
                         reason::PAYLOAD_FORMAT_INVALID
                     }
                 };
-                Err(Refused {
-                    reason,
-                    why: e.to_string(),
-                })
+                let mut event = Translation::start(Direction::MqttToXmpp);
+                event.mqtt = events::MqttSide {
+                    topic: Some(topic.to_string()),
+                    ..events::MqttSide::default()
+                };
+                event.payload = bytes::Bytes::copy_from_slice(payload);
+                if let NotCarried::Payload { rule, .. } | NotCarried::Kind { rule, .. } = &e {
+                    event.rule = Some(rule.clone());
+                }
+                let why = e.to_string();
+                event.outcome = Outcome::Denied {
+                    reason: e.label(),
+                    detail: match user {
+                        Some(user) => format!("publisher `{user}`: {why}"),
+                        None => format!("anonymous publisher: {why}"),
+                    },
+                };
+                self.events.try_emit(event);
+                Err(Refused { reason, why })
             }
         }
     }
@@ -279,7 +305,11 @@ impl Bridge {
             event.outcome = audit_full();
             self.events.refused_for_audit(&event);
             let text = "The audit trail is behind; try again later.";
-            self.reply_error(&Inbound::Message(m), DefinedCondition::ResourceConstraint, text);
+            self.reply_error(
+                &Inbound::Message(m),
+                DefinedCondition::ResourceConstraint,
+                text,
+            );
             return Ok(());
         }
         match xmpp_to_mqtt(&self.table, &chat, || {
@@ -399,8 +429,7 @@ impl Bridge {
                 warn!(topic = %publish.topic, ?client_id, reason = refusal.label(),
                     error = %refusal, "MQTT message not carried to XMPP.");
                 add(&self.stats.refused_from_mqtt);
-                if let NotCarried::Payload { rule, .. } | NotCarried::Kind { rule, .. } = &refusal
-                {
+                if let NotCarried::Payload { rule, .. } | NotCarried::Kind { rule, .. } = &refusal {
                     event.rule = Some(rule.clone());
                 }
                 event.outcome = Outcome::Denied {
@@ -452,7 +481,9 @@ impl Bridge {
                 };
                 // Acknowledged all the same, or the broker would keep it in flight for ever.
                 self.settling
-                    .push(Box::pin(std::future::ready(Settled::Dropped(publish, event))));
+                    .push(Box::pin(std::future::ready(Settled::Dropped(
+                        publish, event,
+                    ))));
             }
         }
     }

@@ -298,8 +298,12 @@ pub(super) fn audit(cx: &mut Context, mut s: Section, base: &Path) -> Option<Aud
         cfg.max_file_bytes,
         in_range(4096, u64::MAX),
     );
-    cfg.rotate_interval =
-        s.take_with(cx, "rotate_interval", cfg.rotate_interval, positive_duration);
+    cfg.rotate_interval = s.take_with(
+        cx,
+        "rotate_interval",
+        cfg.rotate_interval,
+        positive_duration,
+    );
     cfg.retention_days = s.take_with(cx, "retention_days", cfg.retention_days, |d: u32| Ok(d));
     cfg.legal_hold = s.take::<bool>(cx, "legal_hold").unwrap_or(cfg.legal_hold);
     cfg.sync = s.take::<bool>(cx, "sync").unwrap_or(cfg.sync);

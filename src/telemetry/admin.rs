@@ -72,7 +72,11 @@ impl Readiness {
         line(
             "broker",
             running,
-            if running { "listening" } else { "shutting down" },
+            if running {
+                "listening"
+            } else {
+                "shutting down"
+            },
         );
         if let Some(xmpp) = &self.xmpp {
             match xmpp.state() {
@@ -86,7 +90,15 @@ impl Readiness {
         }
         if let Some(audit) = &self.audit {
             let w = audit.is_writable();
-            line("audit", w, if w { "writable" } else { "cannot write the trail" });
+            line(
+                "audit",
+                w,
+                if w {
+                    "writable"
+                } else {
+                    "cannot write the trail"
+                },
+            );
         }
         (ok, body)
     }
@@ -140,7 +152,11 @@ pub fn serve(
 }
 
 /// Reads one request head and answers it.
-async fn respond(mut stream: TcpStream, metrics: &Metrics, ready: &Readiness) -> std::io::Result<()> {
+async fn respond(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    ready: &Readiness,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     let complete = tokio::time::timeout(READ_TIMEOUT, async {
@@ -204,7 +220,11 @@ fn route(head: &[u8], metrics: &Metrics, ready: &Readiness) -> (u16, &'static st
     }
     let path = target.split('?').next().unwrap_or_default();
     if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
-        return (404, TEXT, "not found; try /metrics, /healthz or /readyz\n".into());
+        return (
+            404,
+            TEXT,
+            "not found; try /metrics, /healthz or /readyz\n".into(),
+        );
     }
     if method != "GET" && method != "HEAD" {
         return (405, TEXT, "only GET\n".into());
@@ -237,6 +257,9 @@ mod tests {
         assert_eq!(get("garbage\r\n\r\n"), 400);
         r.running.cancel();
         let (status, _, body) = route(b"GET /readyz HTTP/1.1\r\n\r\n", &m, &r);
-        assert_eq!((status, body.as_str()), (503, "broker: FAIL (shutting down)\n"));
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "broker: FAIL (shutting down)\n")
+        );
     }
 }

@@ -29,8 +29,8 @@ use crate::xmpp::{LinkState, XmppHandle};
 
 /// Bucket bounds of the translation latency histogram, in seconds (10 µs to 1 s).
 const LATENCY_BUCKETS: [f64; 12] = [
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
-    0.1, 1.0,
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.1,
+    1.0,
 ];
 
 /// Metric names, declared once.
@@ -304,9 +304,11 @@ impl Metrics {
         };
         let state = link.clone();
         let results = [
-            m.gauge("xmpp_link_up", "1 while the component link is connected.", move || {
-                f64::from(u8::from(matches!(state.state(), LinkState::Connected)))
-            }),
+            m.gauge(
+                "xmpp_link_up",
+                "1 while the component link is connected.",
+                move || f64::from(u8::from(matches!(state.state(), LinkState::Connected))),
+            ),
             m.counter(
                 "xmpp_link_connects_total",
                 "Successful component handshakes.",
@@ -381,9 +383,11 @@ impl Metrics {
                 "Audit files deleted by retention.",
                 g(|s| &s.files_deleted),
             ),
-            m.gauge("audit_writable", "1 while the audit trail can be written.", move || {
-                f64::from(u8::from(writable.is_writable()))
-            }),
+            m.gauge(
+                "audit_writable",
+                "1 while the audit trail can be written.",
+                move || f64::from(u8::from(writable.is_writable())),
+            ),
             m.gauge(
                 "audit_lag_seconds",
                 "Age of the last written record's message when it was written.",
@@ -398,11 +402,25 @@ impl Metrics {
                         .map_or(0.0, |tx| depth.saturating_sub(tx.capacity()) as f64)
                 },
             ),
-            m.gauge("audit_queue_capacity", "Size of the audit queue.", move || {
-                depth as f64
-            }),
+            m.gauge(
+                "audit_queue_capacity",
+                "Size of the audit queue.",
+                move || depth as f64,
+            ),
         ];
         self.add(m, results);
+    }
+
+    /// Adds the count of refusals that found the audit queue full (see
+    /// [`EventSink::try_emit`](crate::bridge::events::EventSink::try_emit)).
+    pub fn audit_lost(&self, lost: Arc<std::sync::atomic::AtomicU64>) {
+        let mut m = Mirror::default();
+        let r = m.counter(
+            "audit_records_unwritten_total",
+            "Broker-side refusals not audited because the audit queue was full.",
+            move || lost.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        self.add(m, [r]);
     }
 
     fn add<const N: usize>(&self, m: Mirror, results: [prometheus::Result<()>; N]) {
@@ -459,9 +477,11 @@ mod tests {
         assert!(text.contains(
             "bridge_messages_not_carried_total{direction=\"xmpp_to_mqtt\",outcome=\"denied\",reason=\"no_rule\"} 1"
         ));
-        assert!(text.contains(
-            "bridge_translation_duration_seconds_count{direction=\"xmpp_to_mqtt\"} 1"
-        ));
+        assert!(
+            text.contains(
+                "bridge_translation_duration_seconds_count{direction=\"xmpp_to_mqtt\"} 1"
+            )
+        );
     }
 
     #[test]
