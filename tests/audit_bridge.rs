@@ -475,7 +475,10 @@ async fn under_back_pressure_a_failing_trail_holds_traffic_until_it_recovers() {
         let _ = p;
         early += 1;
     }
-    assert!(early <= 5, "{early} messages crossed while the trail could not be written");
+    assert!(
+        early <= 5,
+        "{early} messages crossed while the trail could not be written"
+    );
     alice.expect_no_message(Duration::from_millis(100)).await;
     std::fs::remove_file(&blocker).unwrap();
     std::fs::create_dir(&blocker).unwrap();
@@ -483,7 +486,10 @@ async fn under_back_pressure_a_failing_trail_holds_traffic_until_it_recovers() {
         bob.next_publish().await;
     }
     let stats = broker.app.audit.clone().unwrap();
-    until("all 8 audited", || stats.records_written.load(Ordering::Relaxed) == 8).await;
+    until("all 8 audited", || {
+        stats.records_written.load(Ordering::Relaxed) == 8
+    })
+    .await;
     drop(alice);
     assert!(broker.stop().await);
     let ids: Vec<String> = records(&dir)

@@ -497,3 +497,80 @@ async fn query_filters_and_tail_follows() {
     let seqs: Vec<u64> = parse(&seen.join("\n")).iter().map(|l| l.seq).collect();
     assert_eq!(seqs, vec![38, 39, 40, 41, 42, 43, 44, 45]);
 }
+
+#[test]
+fn audit_and_admin_config_errors_name_file_line_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mappings = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+    let path = tmp.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[xmpp]\nsecret = \"s\"\n\n[mapping]\ndir = \"{}\"\n\n[audit]\npayload = \"half\"\n\
+             when_full = \"drop\"\nmax_file_size = 10\nrotate_interval = \"soon\"\n\
+             retension_days = 3\n\n[audit.rules]\nchat-inbox = \"full\"\nnobody = \"full\"\n\
+             chat-outbox = \"all\"\n\n[admin]\nlisten = \"9464\"\n",
+            mappings.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    let file = path.display().to_string();
+    for expected in [
+        format!("{file}:8: audit.payload: `half` is not a payload policy"),
+        format!("{file}:9: audit.when_full: `drop` is not a policy"),
+        format!("{file}:10: audit.max_file_size: 10 is out of range"),
+        format!("{file}:11: audit.rotate_interval: `soon` is not a duration"),
+        format!("{file}:12: audit.retension_days: unknown key (did you mean `retention_days`?)"),
+        "audit.rules.chat-outbox: `all` is not a payload policy".to_string(),
+        "audit.rules.nobody: no mapping rule is named `nobody`".to_string(),
+        format!("{file}:20: admin.listen: `9464` is not an IP:port address"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing `{expected}` in:\n{stderr}"
+        );
+    }
+    // A valid [audit] section shows in the effective configuration, relative dir resolved.
+    std::fs::write(
+        &path,
+        format!(
+            "[xmpp]\nsecret = \"s\"\n\n[mapping]\ndir = \"{}\"\n\n[audit]\ndir = \"trail\"\n\
+             payload = \"full\"\nwhen_full = \"refuse\"\n\n[audit.rules]\nchat-inbox = \"none\"\n\
+             \n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            mappings.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trail = tmp.path().join("trail").display().to_string();
+    for expected in [
+        format!("dir = \"{trail}\""),
+        "payload = \"full\"".to_string(),
+        "when_full = \"refuse\"".to_string(),
+        "chat-inbox = \"none\"".to_string(),
+        "listen = \"127.0.0.1:0\"".to_string(),
+    ] {
+        assert!(
+            stdout.contains(&expected),
+            "missing `{expected}` in:\n{stdout}"
+        );
+    }
+}
