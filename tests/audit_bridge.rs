@@ -138,6 +138,28 @@ fn records(dir: &Path) -> Vec<Line> {
         .collect()
 }
 
+/// The metric names in the expressions of docker/grafana-dashboard.json.
+fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/grafana-dashboard.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if ["bridge_", "mqtt_", "xmpp_", "audit_"]
+                    .iter()
+                    .any(|p| word.starts_with(p))
+                {
+                    names.insert(word.to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_is_audited_and_counted() {
     let prosody = Prosody::start();
@@ -265,6 +287,15 @@ async fn every_message_is_audited_and_counted() {
         !m.contains("bob-phone") && !m.contains("alice@"),
         "no per-client labels"
     );
+    // Every metric the shipped Grafana dashboard queries is exposed.
+    let used = dashboard_metrics();
+    assert!(used.len() >= 20, "{used:?}");
+    for name in used {
+        assert!(
+            m.lines().any(|l| l.starts_with(&name)),
+            "the dashboard uses `{name}`, which /metrics does not expose"
+        );
+    }
     assert_eq!(get(admin, "/healthz").await, (200, "alive\n".into()));
     let (status, body) = get(admin, "/readyz").await;
     assert_eq!(status, 200, "{body}");
