@@ -574,3 +574,41 @@ fn audit_and_admin_config_errors_name_file_line_and_key() {
         );
     }
 }
+
+#[tokio::test]
+async fn files_rotate_by_age_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let mut cfg = config(&dir);
+    cfg.max_file_bytes = u64::MAX;
+    cfg.rotate_interval = Duration::from_millis(200);
+    let tracker = TaskTracker::new();
+    let (tx, rx) = mpsc::channel(16);
+    audit::spawn(cfg, rx, &tracker);
+    tx.send(event(0)).await.unwrap();
+    // The writer's once-a-second housekeeping closes the file once it is 200 ms old, even
+    // with no traffic; the next record opens file 2.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let closed = list_files(&dir)
+            .unwrap()
+            .first()
+            .is_some_and(|(_, p)| lines(p).last().is_some_and(|l| l.contains("checkpoint")));
+        if closed {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "file 1 never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tx.send(event(1)).await.unwrap();
+    drop(tx);
+    tracker.close();
+    tracker.wait().await;
+    assert_eq!(list_files(&dir).unwrap().len(), 2);
+    let r = verify(&dir).unwrap();
+    assert!(r.ok(), "{:#?}", r.problems);
+    assert_eq!(r.records, 2);
+}
