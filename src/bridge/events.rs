@@ -14,6 +14,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
+use super::translate::NotCarried;
+
 /// Which way a message crosses the bridge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -57,6 +59,30 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// A refusal.
+    pub fn denied(reason: &'static str, detail: impl Into<String>) -> Self {
+        Outcome::Denied {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    /// A message accepted but not carried.
+    pub fn dropped(reason: &'static str, detail: impl Into<String>) -> Self {
+        Outcome::Dropped {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    /// The refusal of a message because the audit queue is full (`when_full = "refuse"`).
+    pub fn audit_full() -> Self {
+        Outcome::denied(
+            "audit_queue_full",
+            "the audit queue is full and audit.when_full is \"refuse\"",
+        )
+    }
+
     /// The label used in metrics and audit records.
     pub fn label(&self) -> &'static str {
         match self {
@@ -148,6 +174,68 @@ impl Translation {
             outcome: Outcome::Published,
             handoff: None,
         }
+    }
+
+    /// A message from XMPP, taken now.
+    pub fn from_xmpp(from: &str, to: &str, kind: &'static str, id: Option<&str>) -> Box<Self> {
+        let mut t = Box::new(Translation::start(Direction::XmppToMqtt));
+        t.xmpp = XmppSide {
+            from: Some(from.to_string()),
+            to: Some(to.to_string()),
+            kind: Some(kind),
+            id: id.map(str::to_string),
+        };
+        t
+    }
+
+    /// A message from MQTT, taken now.
+    pub fn from_mqtt(
+        topic: &str,
+        qos: Option<u8>,
+        client_id: Option<String>,
+        packet_id: Option<u16>,
+        payload: Bytes,
+    ) -> Box<Self> {
+        let mut t = Box::new(Translation::start(Direction::MqttToXmpp));
+        t.mqtt = MqttSide {
+            topic: Some(topic.to_string()),
+            qos,
+            client_id,
+            packet_id,
+        };
+        t.payload = payload;
+        t
+    }
+
+    /// The MQTT side an XMPP message was translated to by `rule`.
+    pub fn to_mqtt(&mut self, rule: &str, topic: &str, qos: u8, client_id: &str, payload: Bytes) {
+        self.rule = Some(rule.to_string());
+        self.mqtt = MqttSide {
+            topic: Some(topic.to_string()),
+            qos: Some(qos),
+            client_id: Some(client_id.to_string()),
+            packet_id: None,
+        };
+        self.payload = payload;
+    }
+
+    /// The XMPP side an MQTT message was translated to by `rule`.
+    pub fn to_xmpp(&mut self, rule: &str, from: &str, to: &str, kind: &'static str, id: &str) {
+        self.rule = Some(rule.to_string());
+        self.xmpp = XmppSide {
+            from: Some(from.to_string()),
+            to: Some(to.to_string()),
+            kind: Some(kind),
+            id: Some(id.to_string()),
+        };
+    }
+
+    /// An MQTT message refused by the translation.
+    pub fn refused(&mut self, refusal: &NotCarried, detail: String) {
+        if let NotCarried::Payload { rule, .. } | NotCarried::Kind { rule, .. } = refusal {
+            self.rule = Some(rule.clone());
+        }
+        self.outcome = Outcome::denied(refusal.label(), detail);
     }
 
     /// Marks the hand-over to the other side now.

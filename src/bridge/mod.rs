@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -32,7 +33,7 @@ use xmpp_parsers::message::{Id, Lang, Message, MessageType, Thread};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
-use self::events::{Direction, EventSink, Outcome, Translation};
+use self::events::{EventSink, Outcome, Translation};
 use self::translate::{FromXmpp, InboundChat, NotCarried, XmppOut, mqtt_to_xmpp, xmpp_to_mqtt};
 use crate::broker::codec::reason;
 use crate::broker::codec::{Properties, Publish, QoS};
@@ -105,24 +106,12 @@ impl PublishGuard for MappingGuard {
                         reason::PAYLOAD_FORMAT_INVALID
                     }
                 };
-                let mut event = Translation::start(Direction::MqttToXmpp);
-                event.mqtt = events::MqttSide {
-                    topic: Some(topic.to_string()),
-                    ..events::MqttSide::default()
-                };
-                event.payload = bytes::Bytes::copy_from_slice(payload);
-                if let NotCarried::Payload { rule, .. } | NotCarried::Kind { rule, .. } = &e {
-                    event.rule = Some(rule.clone());
-                }
                 let why = e.to_string();
-                event.outcome = Outcome::Denied {
-                    reason: e.label(),
-                    detail: match user {
-                        Some(user) => format!("publisher `{user}`: {why}"),
-                        None => format!("anonymous publisher: {why}"),
-                    },
-                };
-                self.events.try_emit(event);
+                let payload = Bytes::copy_from_slice(payload);
+                let mut event = Translation::from_mqtt(topic, None, None, None, payload);
+                let who = user.map_or("anonymous publisher".into(), |u| format!("publisher `{u}`"));
+                event.refused(&e, format!("{who}: {why}"));
+                self.events.try_emit(*event);
                 Err(Refused { reason, why })
             }
         }
@@ -225,11 +214,8 @@ impl Bridge {
                         Settled::Dropped(publish, event) => (Some(publish), event),
                         // Not confirmed: leave it unacknowledged (the broker keeps QoS 1/2).
                         Settled::Unconfirmed(mut event) => {
-                            event.outcome = Outcome::Dropped {
-                                reason: "not_confirmed",
-                                detail: "the XMPP link stopped or gave up before the server \
-                                    confirmed the stanza".into(),
-                            };
+                            let why = "the link stopped or gave up before the server confirmed it";
+                            event.outcome = Outcome::dropped("not_confirmed", why);
                             (None, event)
                         }
                     };
@@ -291,18 +277,13 @@ impl Bridge {
             add(&self.stats.ignored_from_xmpp);
             return Ok(());
         };
-        let mut event = Box::new(Translation::start(Direction::XmppToMqtt));
-        event.xmpp = events::XmppSide {
-            from: Some(chat.from.clone()),
-            to: Some(chat.to.clone()),
-            kind: Some(chat.kind.as_str()),
-            id: chat.id.clone(),
-        };
-        if let Some(body) = &chat.body {
-            event.payload = body.clone().into();
-        }
+        let id = chat.id.as_deref();
+        let mut event = Translation::from_xmpp(&chat.from, &chat.to, chat.kind.as_str(), id);
+        // What a record of a message not carried keeps: its body.
+        let body = |chat: &InboundChat| chat.body.clone().map(Bytes::from).unwrap_or_default();
         if !self.events.admits() {
-            event.outcome = audit_full();
+            event.payload = body(&chat);
+            event.outcome = Outcome::audit_full();
             self.events.refused_for_audit(&event);
             let text = "The audit trail is behind; try again later.";
             self.reply_error(
@@ -318,14 +299,8 @@ impl Bridge {
             FromXmpp::Publish(out) => {
                 debug!(rule = %out.rule, topic = %out.topic, from = %chat.from,
                     "XMPP message published to MQTT.");
-                event.rule = Some(out.rule.clone());
-                event.mqtt = events::MqttSide {
-                    topic: Some(out.topic.clone()),
-                    qos: Some(out.qos as u8),
-                    client_id: Some(BRIDGE_CLIENT_ID.into()),
-                    packet_id: None,
-                };
-                event.payload = out.payload.clone();
+                let (rule, qos, payload) = (&out.rule, out.qos as u8, out.payload.clone());
+                event.to_mqtt(rule, &out.topic, qos, BRIDGE_CLIENT_ID, payload);
                 let publish = Publish {
                     dup: false,
                     qos: out.qos,
@@ -343,19 +318,15 @@ impl Bridge {
             FromXmpp::Ignore(why) => {
                 debug!(from = %chat.from, to = %chat.to, why, "XMPP message not carried.");
                 add(&self.stats.ignored_from_xmpp);
-                event.outcome = Outcome::Dropped {
-                    reason: "not_carried",
-                    detail: why.into(),
-                };
+                event.payload = body(&chat);
+                event.outcome = Outcome::dropped("not_carried", why);
                 self.events.emit(*event).await;
             }
             FromXmpp::NoRoute => {
                 info!(from = %chat.from, to = %chat.to, "No mapping rule for this address.");
                 add(&self.stats.refused_from_xmpp);
-                event.outcome = Outcome::Denied {
-                    reason: "no_rule",
-                    detail: "no mapping rule covers this address".into(),
-                };
+                event.payload = body(&chat);
+                event.outcome = Outcome::denied("no_rule", "no mapping rule covers this address");
                 self.events.emit(*event).await;
                 let text = "No mapping rule covers this address.";
                 self.reply_error(&Inbound::Message(m), DefinedCondition::ItemNotFound, text);
@@ -377,16 +348,12 @@ impl Bridge {
     async fn on_mqtt(&mut self, delivery: Delivery) -> Result<(), crate::broker::BrokerGone> {
         let Delivery { publish, origin } = delivery;
         let user = origin.as_ref().and_then(|o| o.username.as_deref());
-        let mut event = Box::new(Translation::start(Direction::MqttToXmpp));
-        event.mqtt = events::MqttSide {
-            topic: Some(publish.topic.to_string()),
-            qos: Some(publish.qos as u8),
-            client_id: origin.as_ref().map(|o| o.client_id.to_string()),
-            packet_id: Some(publish.pkid),
-        };
-        event.payload = publish.payload.clone();
+        let client_id = origin.as_ref().map(|o| o.client_id.to_string());
+        let (qos, pkid, payload) = (publish.qos as u8, publish.pkid, publish.payload.clone());
+        let mut event =
+            Translation::from_mqtt(&publish.topic, Some(qos), client_id, Some(pkid), payload);
         if !self.events.admits() {
-            event.outcome = audit_full();
+            event.outcome = Outcome::audit_full();
             self.events.refused_for_audit(&event);
             self.mqtt.ack(&publish).await?;
             return Ok(());
@@ -394,13 +361,7 @@ impl Bridge {
         match mqtt_to_xmpp(&self.table, &publish.topic, &publish.payload, user) {
             Ok(out) => {
                 let id = out.id.clone().unwrap_or_else(|| self.new_id());
-                event.rule = Some(out.rule.clone());
-                event.xmpp = events::XmppSide {
-                    from: Some(out.from.clone()),
-                    to: Some(out.to.clone()),
-                    kind: Some(out.kind.as_str()),
-                    id: Some(id.clone()),
-                };
+                event.to_xmpp(&out.rule, &out.from, &out.to, out.kind.as_str(), &id);
                 match xmpp_message(&out, id) {
                     Some(message) => {
                         let (outgoing, confirmed) = Outgoing::confirmed(message);
@@ -415,10 +376,8 @@ impl Bridge {
                         warn!(rule = %out.rule, from = %out.from, to = %out.to,
                             "Mapped addresses are not valid JIDs; message dropped.");
                         add(&self.stats.refused_from_mqtt);
-                        event.outcome = Outcome::Dropped {
-                            reason: "bad_jid",
-                            detail: "mapped addresses are not valid JIDs".into(),
-                        };
+                        let why = "mapped addresses are not valid JIDs";
+                        event.outcome = Outcome::dropped("bad_jid", why);
                         self.events.emit(*event).await;
                         self.mqtt.ack(&publish).await?;
                     }
@@ -429,13 +388,7 @@ impl Bridge {
                 warn!(topic = %publish.topic, ?client_id, reason = refusal.label(),
                     error = %refusal, "MQTT message not carried to XMPP.");
                 add(&self.stats.refused_from_mqtt);
-                if let NotCarried::Payload { rule, .. } | NotCarried::Kind { rule, .. } = &refusal {
-                    event.rule = Some(rule.clone());
-                }
-                event.outcome = Outcome::Denied {
-                    reason: refusal.label(),
-                    detail: refusal.to_string(),
-                };
+                event.refused(&refusal, refusal.to_string());
                 self.events.emit(*event).await;
                 self.mqtt.ack(&publish).await?;
             }
@@ -475,10 +428,7 @@ impl Bridge {
             Err(e) => {
                 warn!(error = %e, "Stanza refused by the XMPP link; message dropped.");
                 add(&self.stats.refused_from_mqtt);
-                event.outcome = Outcome::Dropped {
-                    reason: "link_refused",
-                    detail: e.to_string(),
-                };
+                event.outcome = Outcome::dropped("link_refused", e.to_string());
                 // Acknowledged all the same, or the broker would keep it in flight for ever.
                 self.settling
                     .push(Box::pin(std::future::ready(Settled::Dropped(
@@ -496,14 +446,6 @@ impl Bridge {
 
 /// The client id the bridge's in-process session has (see `app.rs`).
 pub const BRIDGE_CLIENT_ID: &str = "bridge";
-
-/// The outcome of a message refused because the audit queue is full.
-fn audit_full() -> Outcome {
-    Outcome::Denied {
-        reason: "audit_queue_full",
-        detail: "the audit queue is full and audit.when_full is \"refuse\"".into(),
-    }
-}
 
 fn kind_of(t: &MessageType) -> Option<MessageKind> {
     match t {
