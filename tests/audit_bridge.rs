@@ -417,7 +417,7 @@ async fn an_unwritable_trail_fails_readiness_refuses_traffic_and_recovers() {
             .await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let deadline = tokio::time::Instant::now() + common::WAIT;
     while refused + carried < 8 && tokio::time::Instant::now() < deadline {
         tokio::select! {
             e = alice.next_event() => if e["event"] == "error" {
