@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::prosody::{Prosody, XmppClient};
-use common::{TestBroker, connect_with, options};
+use common::{TestBroker, options};
 use rumqttc::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use xmpp_mqtt_bridge::app::App;
@@ -80,10 +80,29 @@ async fn start_bridge(prosody: &Prosody, users: &Path, audit: AuditConfig) -> Te
     }
 }
 
+/// An MQTT client logged in as `user`. Says why when there is no CONNACK; a connection
+/// error (rumqttc gives up after 5 s, which a loaded machine running Prosody and three
+/// bridges has hit) is retried once.
 async fn mqtt_user(broker: &TestBroker, user: &str, id: &str) -> common::Client {
-    let mut opts = options(broker.addr, id);
-    opts.set_credentials(user, format!("{user}pw"));
-    connect_with(opts).await
+    let mut last = String::new();
+    for _ in 0..2 {
+        let mut opts = options(broker.addr, id);
+        opts.set_credentials(user, format!("{user}pw"));
+        let (client, eventloop) = rumqttc::AsyncClient::new(opts, 1000);
+        let mut c = common::spawn_loop(client, eventloop);
+        let deadline = tokio::time::Instant::now() + common::WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, c.events.recv()).await {
+                Ok(Some(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))))) => return c,
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => last = e,
+                Ok(None) => last = "event loop ended".into(),
+                Err(_) => last = "timed out".into(),
+            }
+            break;
+        }
+    }
+    panic!("{user} got no CONNACK: {last}");
 }
 
 /// One HTTP/1.1 GET on the admin listener: status and body.
