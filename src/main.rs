@@ -474,8 +474,22 @@ mod audit_cli {
     fn tail(dir: &Path, last: usize, format: &str) -> Result<ExitCode, Failure> {
         let table = table(format)?;
         let keep = Filter::default();
-        let lines =
-            read_all(dir).map_err(|e| (1, format!("cannot read {}: {e}", dir.display())))?;
+        let cannot = |e: std::io::Error| (1, format!("cannot read {}: {e}", dir.display()));
+        // One snapshot for both the last records and where following starts, so that a
+        // record written meanwhile is printed once: in neither part twice, in none never.
+        let files = list_files(dir).map_err(cannot)?;
+        let mut lines = Vec::new();
+        let mut current = None;
+        for (n, path) in &files {
+            let bytes = std::fs::read(path).map_err(cannot)?;
+            let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            for raw in String::from_utf8_lossy(&bytes[..complete]).lines() {
+                if let Ok(line) = serde_json::from_str::<Line>(raw) {
+                    lines.push((raw.to_string(), line));
+                }
+            }
+            current = Some((*n, complete as u64));
+        }
         if table {
             println!("{TABLE_HEADER}");
         }
@@ -485,14 +499,7 @@ mod audit_cli {
                 return Ok(ExitCode::SUCCESS);
             }
         }
-        // Follow: the newest file from its current end, then each newer file from its start.
-        let mut current = list_files(dir)
-            .ok()
-            .and_then(|f| f.last().cloned())
-            .map(|(n, p)| {
-                let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-                (n, len)
-            });
+        // Follow: the newest file from the snapshot's end, then each newer file from its start.
         let mut partial = String::new();
         loop {
             std::thread::sleep(TAIL_POLL);

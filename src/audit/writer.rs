@@ -3,7 +3,9 @@
 //! 1. At start it finds the last file of the trail. A file left without checkpoint (a crash)
 //!    gets one now, marked `recovered`, so the chain goes on from it.
 //! 2. Each batch of events becomes lines, chained and hashed, written with one `write` call
-//!    (fsync'd when `sync` is set). File I/O runs on the blocking pool.
+//!    (fsync'd when `sync` is set). The writer has its own thread (with a small
+//!    single-threaded runtime for the queue and the timer), so file I/O never blocks the
+//!    bridge's workers and costs no hand-off per batch.
 //! 3. A file that reaches `max_file_bytes` or `rotate_interval` is closed with a checkpoint;
 //!    the next one opens with the next record.
 //! 4. A failed write is logged, counted and retried every second with the same events; the
@@ -81,27 +83,37 @@ pub fn spawn(
     };
     // The first scan happens before anything is written, so `/readyz` is right at once.
     writer.housekeeping();
-    tracker.spawn(run(writer, events));
-    stats
-}
-
-/// Runs `f` on the writer in the blocking pool.
-async fn blocking<T: Send + 'static>(
-    w: Writer,
-    f: impl FnOnce(&mut Writer) -> T + Send + 'static,
-) -> Option<(Writer, T)> {
-    let task = tokio::task::spawn_blocking(move || {
-        let mut w = w;
-        let out = f(&mut w);
-        (w, out)
-    });
-    match task.await {
-        Ok(v) => Some(v),
+    // A plain thread, not the blocking pool: a runtime waits for its blocking tasks when it
+    // shuts down, and a writer retrying a dead disk must not keep the process from exiting.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let started = std::thread::Builder::new()
+        .name("audit-writer".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => rt.block_on(run(writer, events)),
+                Err(e) => error!(error = %e, "Cannot start the audit writer's runtime."),
+            }
+            drop(done_tx);
+        });
+    match started {
+        // The tracker waits for the writer (shutdown flushes the trail).
+        Ok(_) => {
+            tracker.spawn(async move {
+                // Err only means the thread ended, which is what is awaited.
+                if done_rx.await.is_ok() {
+                    debug!("Audit writer ended.");
+                }
+            });
+        }
         Err(e) => {
-            error!(error = %e, "Audit writer I/O task failed.");
-            None
+            stats.writable.store(false, Ordering::Relaxed);
+            error!(error = %e, "Cannot start the audit writer thread.");
         }
     }
+    stats
 }
 
 async fn run(mut w: Writer, mut events: mpsc::Receiver<Translation>) {
@@ -114,39 +126,21 @@ async fn run(mut w: Writer, mut events: mpsc::Receiver<Translation>) {
                 if n == 0 {
                     break;
                 }
-                let mut pending = std::mem::take(&mut batch);
-                loop {
-                    let Some((back, (result, events_back))) = blocking(w, move |w| {
-                        let r = w.write_batch(&pending);
-                        (r, pending)
-                    }).await else { return };
-                    w = back;
-                    pending = events_back;
-                    match result {
-                        Ok(()) => break,
-                        Err(e) => {
-                            w.failed(&e);
-                            tokio::time::sleep(RETRY).await;
-                        }
-                    }
+                while let Err(e) = w.write_batch(&batch) {
+                    w.failed(&e);
+                    tokio::time::sleep(RETRY).await;
                 }
-                pending.clear();
-                batch = pending;
+                batch.clear();
             }
-            _ = tick.tick() => {
-                let Some((back, ())) = blocking(w, Writer::housekeeping).await else { return };
-                w = back;
-            }
+            _ = tick.tick() => w.housekeeping(),
         }
     }
-    if let Some((w, result)) = blocking(w, Writer::close).await {
-        match result {
-            Ok(()) => info!(
-                records = AuditStats::get(&w.stats.records_written),
-                "Audit trail closed."
-            ),
-            Err(e) => error!(error = %e, "Cannot close the audit file with a checkpoint."),
-        }
+    match w.close() {
+        Ok(()) => info!(
+            records = AuditStats::get(&w.stats.records_written),
+            "Audit trail closed."
+        ),
+        Err(e) => error!(error = %e, "Cannot close the audit file with a checkpoint."),
     }
 }
 
