@@ -58,11 +58,19 @@
 //! the same cores, so the figures are throughput-bound CPU (batched reads and writes); the
 //! bridge at a low rate would spend more per message on wake-ups.
 //!
+//! ## 4. What the audit trail costs (goal: full audit under 10 % of throughput)
+//! The set-up of part 3 (bridge binary, test peer, no Prosody, so the bridge is what limits
+//! the rate), once per audit mode in separate bridge processes: no `[audit]` section, then
+//! `payload = "hash-only"`, then `payload = "full"` (files in the temporary directory,
+//! default rotation, no fsync). Each mode: `BENCH_BRIDGE_REPS` runs of
+//! `BENCH_BRIDGE_CPU_MESSAGES` per direction, median rate and bridge CPU per message. The
+//! ratio is the audited rate over the rate without audit.
+//!
 //! Tunables (environment, defaults in brackets): `BENCH_BRIDGE_MESSAGES` (20000),
 //! `BENCH_BRIDGE_REPS` (3), `BENCH_BRIDGE_WINDOW` (1000), `BENCH_BRIDGE_LAT_RATE` (500),
 //! `BENCH_BRIDGE_LAT_SECS` (4, per path), `BENCH_BRIDGE_LAT_ROUNDS` (4),
 //! `BENCH_BRIDGE_CPU_MESSAGES` (100000), `BENCH_BRIDGE_RUN_TIMEOUT` (30 s),
-//! `BENCH_BRIDGE_PARTS` (`prosody,cpu`: parts 1 and 2, part 3).
+//! `BENCH_BRIDGE_PARTS` (`prosody,cpu,audit`: parts 1 and 2, part 3, part 4).
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -134,13 +142,16 @@ fn main() {
     if s.parts.contains("cpu") {
         without_prosody(&s, dir.path(), &mut report);
     }
+    if s.parts.contains("audit") {
+        audit_modes(&s, dir.path(), &mut report);
+    }
     report.finish(started.elapsed());
 }
 
 /// Parts 1 and 2: throughput and latency through a real Prosody.
 fn with_prosody(s: &Settings, dir: &Path, report: &mut Report) {
     let prosody = Prosody::start(&dir.join("prosody"));
-    let bridge = BridgeProc::start(dir, "prosody", prosody.component_port);
+    let bridge = BridgeProc::start(dir, "prosody", prosody.component_port, "");
     let stop = Arc::new(AtomicBool::new(false));
     let mut alice = C2s::login(prosody.c2s_port, "alice", &stop);
     let mut bob = C2s::login(prosody.c2s_port, "bob", &stop);
@@ -233,7 +244,7 @@ fn with_prosody(s: &Settings, dir: &Path, report: &mut Report) {
 fn without_prosody(s: &Settings, dir: &Path, report: &mut Report) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the test peer");
     let peer_port = listener.local_addr().expect("peer address").port();
-    let bridge = BridgeProc::start(dir, "peer", peer_port);
+    let bridge = BridgeProc::start(dir, "peer", peer_port, "");
     let stop = Arc::new(AtomicBool::new(false));
     let peer = Peer::accept(&listener, &stop);
     let filters = ["users/bob/inbox/#", "bench/#"];
@@ -275,6 +286,97 @@ fn without_prosody(s: &Settings, dir: &Path, report: &mut Report) {
     }
 }
 
+/// Part 4: part 3's set-up with audit off, hash-only and full.
+fn audit_modes(s: &Settings, dir: &Path, report: &mut Report) {
+    let trail = |mode: &str| {
+        format!(
+            "[audit]\ndir = \"{}\"\npayload = \"{mode}\"\n",
+            dir.join(format!("audit-{mode}")).display()
+        )
+    };
+    let modes = [
+        ("off", String::new()),
+        ("hash-only", trail("hash-only")),
+        ("full", trail("full")),
+    ];
+    let mut results: Vec<(&str, Vec<Tput>, Vec<Tput>)> = Vec::new();
+    for (mode, extra) in &modes {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the test peer");
+        let peer_port = listener.local_addr().expect("peer address").port();
+        let bridge = BridgeProc::start(dir, &format!("audit-{mode}"), peer_port, extra);
+        let stop = Arc::new(AtomicBool::new(false));
+        let peer = Peer::accept(&listener, &stop);
+        let sub = MqttSub::connect(bridge.port, "bob-sub", &["users/bob/inbox/#"], &stop);
+        let mut publ = Publisher::connect(bridge.port, "bob-pub", &stop);
+        let outbox = format!("users/bob/outbox/alice@{DOMAIN}");
+        probe("peer -> MQTT", &sub.rx, |m| peer.blast(m, 1));
+        probe("MQTT -> peer", &peer.rx, |m| {
+            publ.publish(&outbox, &json_body(m))
+        });
+        let pids = Pids {
+            bridge: bridge.pid(),
+            prosody: 0,
+        };
+        let n = s.cpu_messages;
+        println!("\nAudit {mode} ({n} messages per run):");
+        let (mut xm, mut mx) = (Vec::new(), Vec::new());
+        for _ in 0..s.reps {
+            xm.push(throughput(s, &pids, "peer -> MQTT", &sub.rx, n, |base| {
+                peer.blast(base, n)
+            }));
+            mx.push(throughput(s, &pids, "MQTT -> peer", &peer.rx, n, |base| {
+                publ.blast(&outbox, base, n, s.window)
+            }));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let warnings = bridge.log_warnings();
+        if !warnings.is_empty() {
+            println!("\nBridge log (audit {mode}), warnings and errors: {warnings}");
+        }
+        results.push((mode, xm, mx));
+    }
+    let rate = |v: &[Tput]| median(v.iter().map(|r| r.rate).collect());
+    let cpu = |v: &[Tput]| median(v.iter().map(Tput::bridge_cpu_us).collect());
+    let Some((_, off_xm, off_mx)) = results.first() else {
+        return;
+    };
+    let (off_xm, off_mx) = (rate(off_xm), rate(off_mx));
+    for (mode, xm, mx) in &results[1..] {
+        for (dir, runs, off) in [("XMPP → MQTT", xm, off_xm), ("MQTT → XMPP", mx, off_mx)] {
+            let r = rate(runs);
+            let ratio = if off > 0.0 { r / off } else { 0.0 };
+            let lost: u64 = runs.iter().map(|t| t.lost).sum();
+            let goal = if *mode == "full" {
+                format!("≥ 0.90 {}", verdict(ratio >= 0.9 && lost == 0))
+            } else {
+                "—".into()
+            };
+            report.row([
+                format!("{dir} throughput, no Prosody, audit {mode} (msg/s, median)"),
+                format!("{r:.0} ({:.2} µs/msg)", cpu(runs)),
+                format!("{off:.0} (audit off)"),
+                format!("{ratio:.2}"),
+                goal,
+            ]);
+        }
+    }
+    for (mode, xm, mx) in &results {
+        let lost: u64 = xm.iter().chain(mx.iter()).map(|t| t.lost).sum();
+        if lost > 0 {
+            report
+                .notes
+                .push(format!("Audit {mode}: {lost} messages lost in the runs."));
+        }
+    }
+    if let Some((_, xm, mx)) = results.first() {
+        report.notes.push(format!(
+            "Audit off: bridge CPU {:.2} µs/msg XMPP → MQTT, {:.2} µs/msg MQTT → XMPP.",
+            cpu(xm),
+            cpu(mx)
+        ));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Settings and the report
 
@@ -301,7 +403,8 @@ impl Settings {
             lat_rounds: env_num("BENCH_BRIDGE_LAT_ROUNDS", 4),
             cpu_messages: env_num("BENCH_BRIDGE_CPU_MESSAGES", 100_000),
             run_timeout: Duration::from_secs(env_num("BENCH_BRIDGE_RUN_TIMEOUT", 30)),
-            parts: std::env::var("BENCH_BRIDGE_PARTS").unwrap_or_else(|_| "prosody,cpu".into()),
+            parts: std::env::var("BENCH_BRIDGE_PARTS")
+                .unwrap_or_else(|_| "prosody,cpu,audit".into()),
         };
         let bad = s.messages == 0
             || s.reps == 0
@@ -1367,7 +1470,8 @@ struct BridgeProc {
 }
 
 impl BridgeProc {
-    fn start(dir: &Path, name: &str, xmpp_port: u16) -> BridgeProc {
+    /// `extra`: TOML appended to the config (e.g. an `[audit]` section).
+    fn start(dir: &Path, name: &str, xmpp_port: u16, extra: &str) -> BridgeProc {
         let users = dir.join(format!("{name}-users"));
         xmpp_mqtt_bridge::broker::auth::set_user(&users, "bob", b"bobpw")
             .expect("write the password file");
@@ -1378,7 +1482,8 @@ impl BridgeProc {
             "[log]\nlevel = \"{}\"\n\n[broker]\nlisten = \"127.0.0.1:{port}\"\n\
              max_queued = 1000000\npassword_file = \"{}\"\nsys_interval = \"0s\"\n\n\
              [xmpp]\nserver = \"127.0.0.1:{xmpp_port}\"\ndomain = \"{COMPONENT}\"\n\
-             secret = \"{SECRET}\"\n\n[mapping]\ndir = \"{}\"\n",
+             secret = \"{SECRET}\"\n\n[mapping]\ndir = \"{}\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\n{extra}",
             std::env::var("BENCH_BRIDGE_LOG").unwrap_or_else(|_| "warn".into()),
             users.display(),
             mappings.display()

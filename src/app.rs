@@ -5,17 +5,21 @@
 //! drain has a grace period; whether it finished is logged.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use std::sync::Arc;
-
-use crate::bridge::{Bridge, BridgeStats, MappingGuard};
+use crate::audit::{self, AuditConfig, AuditStats};
+use crate::bridge::events::{EventSink, Observe};
+use crate::bridge::{BRIDGE_CLIENT_ID, Bridge, BridgeStats, MappingGuard};
 use crate::broker::{Broker, BrokerStats};
 use crate::config::{BridgeSettings, Config, MqttMode};
+use crate::telemetry::admin::{self, Readiness};
+use crate::telemetry::metrics::Metrics;
 use crate::upstream::{self, UpstreamConfig, UpstreamError, UpstreamStats};
 use crate::xmpp::{self, LinkState, XmppHandle};
 
@@ -31,6 +35,20 @@ pub enum StartError {
     /// Upstream mode without the bridge's settings (`[xmpp]`).
     #[error("upstream mode needs the bridge ([xmpp] and [mapping])")]
     NoBridge,
+    /// The admin listener could not bind.
+    #[error("cannot listen on {addr} (admin): {source}")]
+    Admin {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl From<crate::broker::BrokerGone> for StartError {
+    fn from(e: crate::broker::BrokerGone) -> Self {
+        StartError::Broker(crate::broker::StartError::Broker(e))
+    }
 }
 
 /// Time allowed for connections to drain after shutdown starts.
@@ -39,10 +57,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// A running application.
 #[derive(Debug)]
 pub struct App {
-    /// Where the MQTT listeners are bound.
+    /// Where the MQTT listeners are bound (none in upstream mode).
     pub mqtt_addrs: Vec<SocketAddr>,
-    /// Broker counters.
-    pub broker_stats: std::sync::Arc<BrokerStats>,
+    /// Broker counters (all zero in upstream mode).
+    pub broker_stats: Arc<BrokerStats>,
     /// The embedded broker (for in-process clients); `None` in upstream mode.
     pub broker: Option<Broker>,
     /// Upstream client counters, in upstream mode.
@@ -51,39 +69,118 @@ pub struct App {
     pub xmpp: Option<XmppHandle>,
     /// Bridge counters, when the bridge is configured.
     pub bridge_stats: Option<Arc<BridgeStats>>,
+    /// Where `/metrics`, `/healthz`, `/readyz` are served, when the admin listener is on.
+    pub admin_addr: Option<SocketAddr>,
+    /// The audit writer's state, when the bridge runs with audit on.
+    pub audit: Option<Arc<AuditStats>>,
+    /// Every metric of the process.
+    pub metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+}
+
+/// What both modes share while starting.
+struct Start {
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    metrics: Arc<Metrics>,
+    admin: Option<TcpListener>,
+}
+
+impl Start {
+    /// Binds the admin listener first: a port clash fails before anything serves.
+    async fn new(config: &Config) -> Result<Start, StartError> {
+        let admin = match &config.admin {
+            Some(cfg) => Some(admin::bind(cfg).await.map_err(|source| StartError::Admin {
+                addr: cfg.listen,
+                source,
+            })?),
+            None => None,
+        };
+        Ok(Start {
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            metrics: Arc::new(Metrics::new()),
+            admin,
+        })
+    }
+
+    /// The sink of translation events: metrics always, the audit trail when configured.
+    fn events(&self, audit: Option<AuditConfig>) -> (EventSink, Option<Arc<AuditStats>>) {
+        let observers: Vec<Arc<dyn Observe>> = vec![self.metrics.bridge.clone()];
+        let (events, stats) = match audit {
+            Some(cfg) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(cfg.queue_depth);
+                let (depth, when_full) = (cfg.queue_depth, cfg.when_full);
+                info!(dir = %cfg.dir.display(), payload = ?cfg.payload, ?when_full,
+                    "Audit trail on.");
+                let stats = audit::spawn(cfg, rx, &self.tracker);
+                self.metrics.audit(&stats, tx.downgrade(), depth);
+                (
+                    EventSink::new(Some((tx, when_full)), observers),
+                    Some(stats),
+                )
+            }
+            None => {
+                warn!("No [audit] section (or enabled = false): no audit trail.");
+                (EventSink::new(None, observers), None)
+            }
+        };
+        self.metrics.audit_lost(events.lost());
+        (events, stats)
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` when the admin listener is configured.
+    fn serve_admin(
+        &mut self,
+        xmpp: Option<XmppHandle>,
+        audit: Option<Arc<AuditStats>>,
+    ) -> Option<SocketAddr> {
+        let listener = self.admin.take()?;
+        let addr = listener.local_addr().ok();
+        let ready = Readiness {
+            running: self.shutdown.clone(),
+            xmpp,
+            audit,
+        };
+        admin::serve(
+            listener,
+            self.metrics.clone(),
+            ready,
+            self.shutdown.child_token(),
+            &self.tracker,
+        );
+        addr
+    }
 }
 
 impl App {
     /// Starts every component. Fails before serving anything if a port cannot be bound.
     pub async fn start(config: Config) -> Result<App, StartError> {
+        let mut s = Start::new(&config).await?;
         if let MqttMode::Upstream(upstream) = config.mqtt {
-            return Self::start_upstream(*upstream, config.bridge).await;
+            return Self::start_upstream(s, *upstream, config.bridge, config.audit).await;
         }
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let broker = Broker::start(config.broker, shutdown.child_token(), &tracker).await?;
+        let broker = Broker::start(config.broker, s.shutdown.child_token(), &s.tracker).await?;
+        s.metrics.broker(&broker.stats);
+        let mut audit_stats = None;
         let (xmpp, bridge_stats) = match config.bridge {
             Some(settings) => {
                 let domain = settings.xmpp.domain.clone();
                 let server = settings.xmpp.server.clone();
                 let (handle, inbound) =
-                    xmpp::spawn(settings.xmpp, shutdown.child_token(), &tracker);
-                let client = broker
-                    .internal_client("bridge")
-                    .await
-                    .map_err(crate::broker::StartError::Broker)?;
-                let guard = Arc::new(MappingGuard::new(settings.mapping.clone()));
-                broker
-                    .set_publish_guard(guard)
-                    .await
-                    .map_err(crate::broker::StartError::Broker)?;
+                    xmpp::spawn(settings.xmpp, s.shutdown.child_token(), &s.tracker);
+                s.metrics.xmpp(&handle);
+                let client = broker.internal_client(BRIDGE_CLIENT_ID).await?;
+                let (events, stats) = s.events(config.audit);
+                audit_stats = stats;
+                let guard = MappingGuard::new(settings.mapping.clone()).with_events(events.clone());
+                broker.set_publish_guard(Arc::new(guard)).await?;
                 let bridge = Bridge::new(settings.mapping, client, handle.clone(), inbound)
-                    .await
-                    .map_err(crate::broker::StartError::Broker)?;
+                    .await?
+                    .with_events(events);
                 let stats = bridge.stats();
-                tracker.spawn(bridge.run(shutdown.child_token()));
+                s.tracker.spawn(bridge.run(s.shutdown.child_token()));
                 info!(%server, %domain, "XMPP bridge configured.");
                 (Some(handle), Some(stats))
             }
@@ -92,6 +189,7 @@ impl App {
                 (None, None)
             }
         };
+        let admin_addr = s.serve_admin(xmpp.clone(), audit_stats.clone());
         info!(mqtt = ?broker.local_addrs, "Bridge started.");
         Ok(App {
             mqtt_addrs: broker.local_addrs.clone(),
@@ -100,8 +198,11 @@ impl App {
             upstream_stats: None,
             xmpp,
             bridge_stats,
-            shutdown,
-            tracker,
+            admin_addr,
+            audit: audit_stats,
+            metrics: s.metrics,
+            shutdown: s.shutdown,
+            tracker: s.tracker,
         })
     }
 
@@ -110,18 +211,20 @@ impl App {
     /// refuses it the component while the active one holds it) takes no MQTT traffic; with
     /// the same `client_id` as the active one, it resumes the active's session.
     async fn start_upstream(
+        mut s: Start,
         cfg: UpstreamConfig,
         settings: Option<BridgeSettings>,
+        audit: Option<AuditConfig>,
     ) -> Result<App, StartError> {
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
         // Config validation refuses upstream mode without [xmpp].
         let Some(settings) = settings else {
             return Err(StartError::NoBridge);
         };
+        let (shutdown, tracker) = (s.shutdown.clone(), s.tracker.clone());
         let domain = settings.xmpp.domain.clone();
         let server = settings.xmpp.server.clone();
         let (handle, inbound) = xmpp::spawn(settings.xmpp, shutdown.child_token(), &tracker);
+        s.metrics.xmpp(&handle);
         let table = settings.mapping.clone();
         // The upstream connection follows the XMPP link (see `upstream::Worker::run`).
         let mut link = handle.subscribe_state();
@@ -151,11 +254,13 @@ impl App {
         let upstream_server = format!("{}:{}", cfg.host, cfg.port);
         let client = upstream::spawn(cfg, wiring, shutdown.child_token(), &tracker)?;
         let upstream_stats = client.stats();
+        let (events, audit_stats) = s.events(audit);
         let bridge = Bridge::new(settings.mapping, client, handle.clone(), inbound)
-            .await
-            .map_err(crate::broker::StartError::Broker)?;
+            .await?
+            .with_events(events);
         let bridge_stats = bridge.stats();
         tracker.spawn(bridge.run(shutdown.child_token()));
+        let admin_addr = s.serve_admin(Some(handle.clone()), audit_stats.clone());
         info!(%server, %domain, upstream = %upstream_server,
             "Bridge started in upstream mode; MQTT is connected while the XMPP link is up.");
         Ok(App {
@@ -165,6 +270,9 @@ impl App {
             upstream_stats: Some(upstream_stats),
             xmpp: Some(handle),
             bridge_stats: Some(bridge_stats),
+            admin_addr,
+            audit: audit_stats,
+            metrics: s.metrics,
             shutdown,
             tracker,
         })

@@ -13,10 +13,13 @@
 //! - `mapping`: JID <-> topic rules, compiled once, validated with file and line.
 //! - `xmpp`: the XEP-0114 component link to the legacy XMPP server.
 //! - `bridge`: the core; moves messages between the two through the mapping table.
-//! - `telemetry`: logging.
+//! - `audit`: the tamper-evident trail of translated traffic (writer, verify, query).
+//! - `telemetry`: logging, Prometheus metrics, the admin listener (`/metrics`, `/healthz`,
+//!   `/readyz`).
 //! - `app`: wiring and shutdown.
 
 pub mod app;
+pub mod audit;
 pub mod bridge;
 pub mod broker;
 pub mod config;

@@ -60,6 +60,8 @@ async fn start_bridge(prosody: &Prosody, mappings: &Path, users: &Path) -> TestB
             mapping_dir: mappings.to_path_buf(),
             mapping: Arc::new(table),
         }),
+        audit: None,
+        admin: None,
     };
     xmpp_mqtt_bridge::telemetry::init(&config.log);
     let app = App::start(config).await.unwrap();

@@ -148,7 +148,11 @@ fn bad_password_file_is_a_config_error() {
     );
 }
 
-struct Running(Child);
+/// The bridge process and the folder its audit trail goes to.
+struct Running(
+    Child,
+    #[allow(dead_code, reason = "kept until the process ends")] tempfile::TempDir,
+);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -158,11 +162,15 @@ impl Drop for Running {
 }
 
 fn start_bridge(port: u16, extra_env: &[(&str, &str)]) -> Running {
+    let audit = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(bin());
     cmd.arg("run")
         .arg("--config")
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/bridge.toml"))
         .env("BRIDGE_BROKER__LISTEN", format!("127.0.0.1:{port}"))
+        // Tests run in parallel: no fixed admin port, no audit files in the source tree.
+        .env("BRIDGE_ADMIN__LISTEN", "127.0.0.1:0")
+        .env("BRIDGE_AUDIT__DIR", audit.path())
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -170,7 +178,7 @@ fn start_bridge(port: u16, extra_env: &[(&str, &str)]) -> Running {
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    Running(cmd.spawn().expect("start the bridge"))
+    Running(cmd.spawn().expect("start the bridge"), audit)
 }
 
 fn wait_for_port(port: u16) {

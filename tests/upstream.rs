@@ -302,6 +302,8 @@ async fn mqtt_311_carries_both_ways_and_drops_its_own_echoes() {
             mapping_dir: maps.path().to_path_buf(),
             mapping: Arc::new(table),
         }),
+        audit: None,
+        admin: None,
     };
     let app = App::start(config).await.unwrap();
     wait_upstream_connects(&app, 1).await;

@@ -14,6 +14,7 @@
 //!   them in the bridge's session queue, and what overflows there is counted and logged.
 
 pub mod envelope;
+pub mod events;
 pub mod mqtt_side;
 pub mod translate;
 
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -32,6 +34,7 @@ use xmpp_parsers::message::{Id, Lang, Message, MessageType, Thread};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
+use self::events::{EventSink, Outcome, Translation};
 use self::mqtt_side::MqttSide;
 use self::translate::{FromXmpp, InboundChat, NotCarried, XmppOut, mqtt_to_xmpp, xmpp_to_mqtt};
 use crate::broker::Delivery;
@@ -71,12 +74,23 @@ fn add(counter: &AtomicU64) {
 /// the reason code (0x87 Not authorized for identity, 0x99 Payload format invalid).
 pub struct MappingGuard {
     table: Arc<MappingTable>,
+    /// Refusals are translation outcomes too: audited and counted.
+    events: EventSink,
 }
 
 impl MappingGuard {
     /// A guard for the rules of `table`.
     pub fn new(table: Arc<MappingTable>) -> Self {
-        MappingGuard { table }
+        MappingGuard {
+            table,
+            events: EventSink::default(),
+        }
+    }
+
+    /// Reports every refusal to `events` (without waiting: the guard runs in the router).
+    pub fn with_events(mut self, events: EventSink) -> Self {
+        self.events = events;
+        self
     }
 }
 
@@ -94,23 +108,26 @@ impl PublishGuard for MappingGuard {
                         reason::PAYLOAD_FORMAT_INVALID
                     }
                 };
-                Err(Refused {
-                    reason,
-                    why: e.to_string(),
-                })
+                let why = e.to_string();
+                let payload = Bytes::copy_from_slice(payload);
+                let mut event = Translation::from_mqtt(topic, None, None, None, payload);
+                let who = user.map_or("anonymous publisher".into(), |u| format!("publisher `{u}`"));
+                event.refused(&e, format!("{who}: {why}"));
+                self.events.try_emit(*event);
+                Err(Refused { reason, why })
             }
         }
     }
 }
 
-/// How a delivery to XMPP ended.
+/// How a delivery to XMPP ended; each carries its event, outcome still to be set.
 enum Settled {
     /// The server confirmed the stanza: acknowledge to the broker.
-    Confirmed(Publish),
-    /// Refused for good (logged): acknowledge so the broker does not keep it.
-    Dropped(Publish),
-    /// The link stopped first: leave it unacknowledged.
-    Unconfirmed,
+    Confirmed(Publish, Box<Translation>),
+    /// Refused for good (logged, outcome set): acknowledge so the broker does not keep it.
+    Dropped(Publish, Box<Translation>),
+    /// The link stopped or gave up first: leave it unacknowledged.
+    Unconfirmed(Box<Translation>),
 }
 
 /// A delivery waiting for room in the XMPP queue.
@@ -118,6 +135,7 @@ struct Blocked {
     outgoing: Outgoing,
     confirmed: tokio::sync::oneshot::Receiver<()>,
     publish: Publish,
+    event: Box<Translation>,
 }
 
 /// The bridge task.
@@ -132,6 +150,8 @@ pub struct Bridge {
     settling: FuturesUnordered<BoxFuture<'static, Settled>>,
     blocked: Option<Blocked>,
     next_id: u64,
+    /// Where translation outcomes go (audit, metrics).
+    events: EventSink,
 }
 
 impl Bridge {
@@ -166,7 +186,14 @@ impl Bridge {
             settling: FuturesUnordered::new(),
             blocked: None,
             next_id: rand::random::<u32>().into(),
+            events: EventSink::default(),
         })
+    }
+
+    /// Sends every translation outcome to `events`.
+    pub fn with_events(mut self, events: EventSink) -> Self {
+        self.events = events;
+        self
     }
 
     /// Counters.
@@ -181,17 +208,25 @@ impl Bridge {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(settled) = self.settling.next(), if !self.settling.is_empty() => {
-                    let publish = match settled {
-                        Settled::Confirmed(publish) => {
+                    let (publish, event) = match settled {
+                        Settled::Confirmed(publish, mut event) => {
                             add(&self.stats.to_xmpp_confirmed);
-                            publish
+                            event.outcome = Outcome::Delivered;
+                            (Some(publish), event)
                         }
-                        Settled::Dropped(publish) => publish,
-                        // The link stopped before confirming: leave it unacknowledged.
-                        Settled::Unconfirmed => continue,
+                        Settled::Dropped(publish, event) => (Some(publish), event),
+                        // Not confirmed: leave it unacknowledged (the broker keeps QoS 1/2).
+                        Settled::Unconfirmed(mut event) => {
+                            let why = "the link stopped or gave up before the server confirmed it";
+                            event.outcome = Outcome::dropped("not_confirmed", why);
+                            (None, event)
+                        }
                     };
-                    if self.mqtt.ack(&publish).await.is_err() {
-                        break;
+                    self.events.emit(*event).await;
+                    if let Some(publish) = publish {
+                        if self.mqtt.ack(&publish).await.is_err() {
+                            break;
+                        }
                     }
                 }
                 inbound = self.inbound.recv() => match inbound {
@@ -245,12 +280,30 @@ impl Bridge {
             add(&self.stats.ignored_from_xmpp);
             return Ok(());
         };
+        let id = chat.id.as_deref();
+        let mut event = Translation::from_xmpp(&chat.from, &chat.to, chat.kind.as_str(), id);
+        // What a record of a message not carried keeps: its body.
+        let body = |chat: &InboundChat| chat.body.clone().map(Bytes::from).unwrap_or_default();
+        if !self.events.admits() {
+            event.payload = body(&chat);
+            event.outcome = Outcome::audit_full();
+            self.events.refused_for_audit(&event);
+            let text = "The audit trail is behind; try again later.";
+            self.reply_error(
+                &Inbound::Message(m),
+                DefinedCondition::ResourceConstraint,
+                text,
+            );
+            return Ok(());
+        }
         match xmpp_to_mqtt(&self.table, &chat, || {
             String::from(&Element::from(m.clone()))
         }) {
             FromXmpp::Publish(out) => {
                 debug!(rule = %out.rule, topic = %out.topic, from = %chat.from,
                     "XMPP message published to MQTT.");
+                let (rule, qos, payload) = (&out.rule, out.qos as u8, out.payload.clone());
+                event.to_mqtt(rule, &out.topic, qos, BRIDGE_CLIENT_ID, payload);
                 let publish = Publish {
                     dup: false,
                     qos: out.qos,
@@ -262,14 +315,22 @@ impl Bridge {
                 };
                 self.mqtt.publish(publish).await?;
                 add(&self.stats.to_mqtt);
+                event.handed_over();
+                self.events.emit(*event).await;
             }
             FromXmpp::Ignore(why) => {
                 debug!(from = %chat.from, to = %chat.to, why, "XMPP message not carried.");
                 add(&self.stats.ignored_from_xmpp);
+                event.payload = body(&chat);
+                event.outcome = Outcome::dropped("not_carried", why);
+                self.events.emit(*event).await;
             }
             FromXmpp::NoRoute => {
                 info!(from = %chat.from, to = %chat.to, "No mapping rule for this address.");
                 add(&self.stats.refused_from_xmpp);
+                event.payload = body(&chat);
+                event.outcome = Outcome::denied("no_rule", "no mapping rule covers this address");
+                self.events.emit(*event).await;
                 let text = "No mapping rule covers this address.";
                 self.reply_error(&Inbound::Message(m), DefinedCondition::ItemNotFound, text);
             }
@@ -290,9 +351,20 @@ impl Bridge {
     async fn on_mqtt(&mut self, delivery: Delivery) -> Result<(), crate::broker::BrokerGone> {
         let Delivery { publish, origin } = delivery;
         let user = origin.as_ref().and_then(|o| o.username.as_deref());
+        let client_id = origin.as_ref().map(|o| o.client_id.to_string());
+        let (qos, pkid, payload) = (publish.qos as u8, publish.pkid, publish.payload.clone());
+        let mut event =
+            Translation::from_mqtt(&publish.topic, Some(qos), client_id, Some(pkid), payload);
+        if !self.events.admits() {
+            event.outcome = Outcome::audit_full();
+            self.events.refused_for_audit(&event);
+            self.mqtt.ack(&publish).await?;
+            return Ok(());
+        }
         match mqtt_to_xmpp(&self.table, &publish.topic, &publish.payload, user) {
             Ok(out) => {
                 let id = out.id.clone().unwrap_or_else(|| self.new_id());
+                event.to_xmpp(&out.rule, &out.from, &out.to, out.kind.as_str(), &id);
                 match xmpp_message(&out, id) {
                     Some(message) => {
                         let (outgoing, confirmed) = Outgoing::confirmed(message);
@@ -300,12 +372,16 @@ impl Bridge {
                             outgoing,
                             confirmed,
                             publish,
+                            event,
                         });
                     }
                     None => {
                         warn!(rule = %out.rule, from = %out.from, to = %out.to,
                             "Mapped addresses are not valid JIDs; message dropped.");
                         add(&self.stats.refused_from_mqtt);
+                        let why = "mapped addresses are not valid JIDs";
+                        event.outcome = Outcome::dropped("bad_jid", why);
+                        self.events.emit(*event).await;
                         self.mqtt.ack(&publish).await?;
                     }
                 }
@@ -315,6 +391,8 @@ impl Bridge {
                 warn!(topic = %publish.topic, ?client_id, reason = refusal.label(),
                     error = %refusal, "MQTT message not carried to XMPP.");
                 add(&self.stats.refused_from_mqtt);
+                event.refused(&refusal, refusal.to_string());
+                self.events.emit(*event).await;
                 self.mqtt.ack(&publish).await?;
             }
         }
@@ -328,32 +406,37 @@ impl Bridge {
             outgoing,
             confirmed,
             publish,
+            mut event,
         } = item;
         match self.xmpp.send(outgoing) {
             Ok(()) => {
                 add(&self.stats.to_xmpp);
-                if publish.qos != QoS::AtMostOnce {
-                    self.settling.push(Box::pin(async move {
-                        match confirmed.await {
-                            Ok(()) => Settled::Confirmed(publish),
-                            Err(_) => Settled::Unconfirmed,
-                        }
-                    }));
-                }
+                event.handed_over();
+                // QoS 0 too, for its audit record (acknowledging it is a no-op).
+                self.settling.push(Box::pin(async move {
+                    match confirmed.await {
+                        Ok(()) => Settled::Confirmed(publish, event),
+                        Err(_) => Settled::Unconfirmed(event),
+                    }
+                }));
             }
             Err(SendError::Full(outgoing)) => {
                 self.blocked = Some(Blocked {
                     outgoing,
                     confirmed,
                     publish,
+                    event,
                 });
             }
             Err(e) => {
                 warn!(error = %e, "Stanza refused by the XMPP link; message dropped.");
                 add(&self.stats.refused_from_mqtt);
+                event.outcome = Outcome::dropped("link_refused", e.to_string());
                 // Acknowledged all the same, or the broker would keep it in flight for ever.
                 self.settling
-                    .push(Box::pin(std::future::ready(Settled::Dropped(publish))));
+                    .push(Box::pin(std::future::ready(Settled::Dropped(
+                        publish, event,
+                    ))));
             }
         }
     }
@@ -363,6 +446,9 @@ impl Bridge {
         format!("mqtt-{:x}-{:x}", std::process::id(), self.next_id)
     }
 }
+
+/// The client id the bridge's in-process session has (see `app.rs`).
+pub const BRIDGE_CLIENT_ID: &str = "bridge";
 
 fn kind_of(t: &MessageType) -> Option<MessageKind> {
     match t {

@@ -16,8 +16,10 @@ use figment::providers::{Env, Format, Toml};
 use figment::value::Dict;
 use serde::Serialize;
 
+use crate::audit::AuditConfig;
 use crate::broker::BrokerConfig;
 use crate::mapping::MappingTable;
+use crate::telemetry::admin::AdminConfig;
 use crate::xmpp::XmppConfig;
 pub use mqtt::MqttMode;
 pub use source::{ConfigError, ConfigErrors};
@@ -31,6 +33,8 @@ pub const DEFAULT_MAPPING_DIR: &str = "../mappings";
 pub const DEFAULT_XMPP_SERVER: &str = "127.0.0.1:5347";
 /// Default component domain.
 pub const DEFAULT_XMPP_DOMAIN: &str = "mqtt.localhost";
+/// Default audit trail folder, relative to the configuration file.
+pub const DEFAULT_AUDIT_DIR: &str = "../audit";
 /// Prefix of environment overrides; `__` separates section and key.
 pub const ENV_PREFIX: &str = "BRIDGE_";
 
@@ -76,6 +80,10 @@ pub struct Config {
     /// `[xmpp]` and `[mapping]`: the bridge; `None` runs the broker alone.
     #[serde(skip)]
     pub bridge: Option<BridgeSettings>,
+    /// `[audit]`: the trail of translated traffic; `None` when off (or no `[audit]` section).
+    pub audit: Option<AuditConfig>,
+    /// `[admin]`: `/metrics`, `/healthz`, `/readyz`; `None` when off. On by default.
+    pub admin: Option<AdminConfig>,
 }
 
 /// The bridge's settings: the component link and the compiled mapping table.
@@ -194,7 +202,17 @@ fn build(cx: &mut Context, dict: Dict, base: &Path) -> Config {
     let mapping_dir = root
         .section(cx, "mapping")
         .map(|s| sections::mapping_dir(cx, s, base));
-    root.finish(cx, &["log", "broker", "mqtt", "xmpp", "mapping"]);
+    let audit = root
+        .section(cx, "audit")
+        .and_then(|s| sections::audit(cx, s, base));
+    let admin = match root.section(cx, "admin") {
+        Some(section) => sections::admin(cx, section),
+        None => Some(AdminConfig::default()),
+    };
+    root.finish(
+        cx,
+        &["log", "broker", "mqtt", "xmpp", "mapping", "audit", "admin"],
+    );
     let bridge = match (xmpp, mapping_dir) {
         (Some(xmpp), dir) => {
             let dir = dir.unwrap_or_else(|| resolve(base, PathBuf::from(DEFAULT_MAPPING_DIR)));
@@ -232,11 +250,23 @@ fn build(cx: &mut Context, dict: Dict, base: &Path) -> Config {
             "\"upstream\" needs an [xmpp] section: without the bridge there is nothing to run",
         );
     }
+    if let (Some(audit), Some(bridge)) = (&audit, &bridge) {
+        for rule in audit.rules.keys() {
+            if !bridge.mapping.rules().iter().any(|r| r.name == *rule) {
+                cx.error(
+                    &format!("audit.rules.{rule}"),
+                    format!("no mapping rule is named `{rule}`"),
+                );
+            }
+        }
+    }
     Config {
         log,
         broker,
         mqtt,
         bridge,
+        audit,
+        admin,
     }
 }
 

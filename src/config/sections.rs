@@ -10,8 +10,11 @@ use serde::Deserialize;
 
 use super::source::{Context, Section};
 use super::{DEFAULT_XMPP_DOMAIN, DEFAULT_XMPP_SERVER, LogConfig, LogFormat, resolve};
+use crate::audit::{AuditConfig, PayloadPolicy};
+use crate::bridge::events::WhenFull;
 use crate::broker::BrokerConfig;
 use crate::broker::auth::PasswordFile;
+use crate::telemetry::admin::AdminConfig;
 use crate::xmpp::XmppConfig;
 
 /// Largest packet MQTT can express (remaining length 268,435,455 plus a 5-byte header).
@@ -315,4 +318,81 @@ pub(super) fn mapping_dir(cx: &mut Context, mut s: Section, base: &Path) -> Path
     let dir = s.take::<PathBuf>(cx, "dir").map(|p| resolve(base, p));
     s.finish(cx, &["dir"]);
     dir.unwrap_or_else(|| resolve(base, PathBuf::from(super::DEFAULT_MAPPING_DIR)))
+}
+
+/// `[audit]`: the trail of translated traffic; `None` when `enabled = false`.
+pub(super) fn audit(cx: &mut Context, mut s: Section, base: &Path) -> Option<AuditConfig> {
+    let enabled = s.take::<bool>(cx, "enabled").unwrap_or(true);
+    let dir = s
+        .take::<PathBuf>(cx, "dir")
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from(super::DEFAULT_AUDIT_DIR));
+    let mut cfg = AuditConfig::new(resolve(base, dir));
+    cfg.payload = s.take_with(cx, "payload", cfg.payload, |p: String| p.parse());
+    if let Some(rules) = s.take::<std::collections::BTreeMap<String, String>>(cx, "rules") {
+        for (rule, policy) in rules {
+            match policy.parse::<PayloadPolicy>() {
+                Ok(p) => {
+                    cfg.rules.insert(rule, p);
+                }
+                Err(e) => cx.error(&format!("audit.rules.{rule}"), e),
+            }
+        }
+    }
+    cfg.queue_depth = s.take_with(cx, "queue_depth", cfg.queue_depth, in_range(1, 10_000_000));
+    cfg.when_full = s.take_with(cx, "when_full", cfg.when_full, |w: String| {
+        match w.as_str() {
+            "block" => Ok(WhenFull::Block),
+            "refuse" => Ok(WhenFull::Refuse),
+            other => Err(format!(
+                "`{other}` is not a policy; use \"block\" (back-pressure) or \"refuse\""
+            )),
+        }
+    });
+    cfg.max_file_bytes = s.take_with(
+        cx,
+        "max_file_size",
+        cfg.max_file_bytes,
+        in_range(4096, u64::MAX),
+    );
+    cfg.rotate_interval = s.take_with(
+        cx,
+        "rotate_interval",
+        cfg.rotate_interval,
+        positive_duration,
+    );
+    cfg.retention_days = s.take_with(cx, "retention_days", cfg.retention_days, |d: u32| Ok(d));
+    cfg.legal_hold = s.take::<bool>(cx, "legal_hold").unwrap_or(cfg.legal_hold);
+    cfg.sync = s.take::<bool>(cx, "sync").unwrap_or(cfg.sync);
+    s.finish(
+        cx,
+        &[
+            "enabled",
+            "dir",
+            "payload",
+            "rules",
+            "queue_depth",
+            "when_full",
+            "max_file_size",
+            "rotate_interval",
+            "retention_days",
+            "legal_hold",
+            "sync",
+        ],
+    );
+    enabled.then_some(cfg)
+}
+
+/// `[admin]`: the HTTP listener for `/metrics`, `/healthz` and `/readyz`; `None` when
+/// `enabled = false`.
+pub(super) fn admin(cx: &mut Context, mut s: Section) -> Option<AdminConfig> {
+    let enabled = s.take::<bool>(cx, "enabled").unwrap_or(true);
+    let d = AdminConfig::default();
+    let listen = s.take_with(cx, "listen", d.listen, |a: String| {
+        a.trim()
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("`{a}` is not an IP:port address (e.g. \"127.0.0.1:9464\")"))
+    });
+    s.finish(cx, &["enabled", "listen"]);
+    enabled.then_some(AdminConfig { listen })
 }

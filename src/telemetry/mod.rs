@@ -1,4 +1,8 @@
-//! Logging (`tracing`): human-readable or JSON lines on stderr.
+//! Logging (`tracing`): human-readable or JSON lines on stderr; Prometheus metrics
+//! ([`metrics`]); the admin listener with `/metrics`, `/healthz`, `/readyz` ([`admin`]).
+
+pub mod admin;
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

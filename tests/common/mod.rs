@@ -60,6 +60,8 @@ pub async fn start_broker(tune: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
         broker,
         mqtt: xmpp_mqtt_bridge::config::MqttMode::Embedded,
         bridge: None,
+        audit: None,
+        admin: None,
     };
     let app = App::start(config).await.expect("broker starts");
     TestBroker {

@@ -79,6 +79,8 @@ pub async fn start_bridge(prosody: &Prosody, upstream: UpstreamConfig) -> App {
             mapping_dir: mappings,
             mapping: Arc::new(table),
         }),
+        audit: None,
+        admin: None,
     };
     xmpp_mqtt_bridge::telemetry::init(&config.log);
     let app = App::start(config).await.unwrap();
@@ -254,7 +256,8 @@ impl Instance {
              [xmpp]\nserver = \"{xmpp}\"\ndomain = \"{domain}\"\nsecret = \"{SECRET}\"\n\
              ping_interval = \"500ms\"\nread_timeout = \"3s\"\nreconnect_min = \"100ms\"\n\
              reconnect_max = \"1s\"\n\n\
-             [mapping]\ndir = \"{maps}\"\n",
+             [mapping]\ndir = \"{maps}\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n",
             port = m.port(),
             xmpp = prosody.component_addr(),
             maps = repo("mappings").display(),

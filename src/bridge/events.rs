@@ -1,0 +1,394 @@
+//! The bridge's one observable event: a [`Translation`], emitted once per message the bridge
+//! carries or refuses to carry, when its outcome is known. The audit writer and the metrics
+//! both consume it, so a record and a counter can never disagree.
+//!
+//! The bridge knows nothing of files or Prometheus: it emits into an [`EventSink`], which
+//! calls the synchronous [`Observe`]rs (metrics) and then queues the event for the audit
+//! writer through a bounded channel.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tracing::{error, warn};
+
+use super::translate::NotCarried;
+
+/// Which way a message crosses the bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From the XMPP link to the broker.
+    XmppToMqtt,
+    /// From the broker to the XMPP link.
+    MqttToXmpp,
+}
+
+impl Direction {
+    /// The label used in metrics and audit records.
+    pub fn label(self) -> &'static str {
+        match self {
+            Direction::XmppToMqtt => "xmpp_to_mqtt",
+            Direction::MqttToXmpp => "mqtt_to_xmpp",
+        }
+    }
+}
+
+/// How a message ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// XMPP → MQTT: handed to the broker for routing.
+    Published,
+    /// MQTT → XMPP: the XMPP server confirmed it has the stanza (a ping round trip after it).
+    Delivered,
+    /// Refused by policy (no rule, identity, payload format, audit queue full).
+    Denied {
+        /// A short stable label (bounded set, used as a metric label).
+        reason: &'static str,
+        /// Human-readable detail.
+        detail: String,
+    },
+    /// Accepted but not carried (nothing to carry, link refused, never confirmed).
+    Dropped {
+        /// A short stable label (bounded set, used as a metric label).
+        reason: &'static str,
+        /// Human-readable detail.
+        detail: String,
+    },
+}
+
+impl Outcome {
+    /// A refusal.
+    pub fn denied(reason: &'static str, detail: impl Into<String>) -> Self {
+        Outcome::Denied {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    /// A message accepted but not carried.
+    pub fn dropped(reason: &'static str, detail: impl Into<String>) -> Self {
+        Outcome::Dropped {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    /// The refusal of a message because the audit queue is full (`when_full = "refuse"`).
+    pub fn audit_full() -> Self {
+        Outcome::denied(
+            "audit_queue_full",
+            "the audit queue is full and audit.when_full is \"refuse\"",
+        )
+    }
+
+    /// The label used in metrics and audit records.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Published => "published",
+            Outcome::Delivered => "delivered",
+            Outcome::Denied { .. } => "denied",
+            Outcome::Dropped { .. } => "dropped",
+        }
+    }
+
+    /// The reason label of a refusal.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            Outcome::Denied { reason, .. } | Outcome::Dropped { reason, .. } => Some(reason),
+            Outcome::Published | Outcome::Delivered => None,
+        }
+    }
+
+    /// The detail of a refusal.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Outcome::Denied { detail, .. } | Outcome::Dropped { detail, .. } => Some(detail),
+            Outcome::Published | Outcome::Delivered => None,
+        }
+    }
+}
+
+/// The XMPP side of a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct XmppSide {
+    /// Sender JID.
+    pub from: Option<String>,
+    /// Recipient JID.
+    pub to: Option<String>,
+    /// Message type (`chat`, `groupchat`, ...).
+    pub kind: Option<&'static str>,
+    /// Stanza id.
+    pub id: Option<String>,
+}
+
+/// The MQTT side of a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MqttSide {
+    /// Topic.
+    pub topic: Option<String>,
+    /// QoS level.
+    pub qos: Option<u8>,
+    /// Client id of the publisher (MQTT → XMPP) or of the bridge's session (XMPP → MQTT).
+    pub client_id: Option<String>,
+    /// Packet id of the delivery to the bridge's session (0 for QoS 0).
+    pub packet_id: Option<u16>,
+}
+
+/// One message through the bridge and how it ended.
+#[derive(Debug, Clone)]
+pub struct Translation {
+    /// When the bridge took the message.
+    pub time: SystemTime,
+    /// Monotonic twin of `time`, for latencies.
+    pub started: Instant,
+    /// Which way.
+    pub direction: Direction,
+    /// The mapping rule that carried or refused it, when one applies.
+    pub rule: Option<String>,
+    /// XMPP side.
+    pub xmpp: XmppSide,
+    /// MQTT side.
+    pub mqtt: MqttSide,
+    /// The MQTT payload (as published, or as received), or the XMPP body when there is none.
+    pub payload: Bytes,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Time from taking the message to handing it to the other side (translation latency);
+    /// `None` when it was not handed over.
+    pub handoff: Option<Duration>,
+}
+
+impl Translation {
+    /// A message taken now; outcome to be set.
+    pub fn start(direction: Direction) -> Self {
+        Translation {
+            time: SystemTime::now(),
+            started: Instant::now(),
+            direction,
+            rule: None,
+            xmpp: XmppSide::default(),
+            mqtt: MqttSide::default(),
+            payload: Bytes::new(),
+            outcome: Outcome::Published,
+            handoff: None,
+        }
+    }
+
+    /// A message from XMPP, taken now.
+    pub fn from_xmpp(from: &str, to: &str, kind: &'static str, id: Option<&str>) -> Box<Self> {
+        let mut t = Box::new(Translation::start(Direction::XmppToMqtt));
+        t.xmpp = XmppSide {
+            from: Some(from.to_string()),
+            to: Some(to.to_string()),
+            kind: Some(kind),
+            id: id.map(str::to_string),
+        };
+        t
+    }
+
+    /// A message from MQTT, taken now.
+    pub fn from_mqtt(
+        topic: &str,
+        qos: Option<u8>,
+        client_id: Option<String>,
+        packet_id: Option<u16>,
+        payload: Bytes,
+    ) -> Box<Self> {
+        let mut t = Box::new(Translation::start(Direction::MqttToXmpp));
+        t.mqtt = MqttSide {
+            topic: Some(topic.to_string()),
+            qos,
+            client_id,
+            packet_id,
+        };
+        t.payload = payload;
+        t
+    }
+
+    /// The MQTT side an XMPP message was translated to by `rule`.
+    pub fn to_mqtt(&mut self, rule: &str, topic: &str, qos: u8, client_id: &str, payload: Bytes) {
+        self.rule = Some(rule.to_string());
+        self.mqtt = MqttSide {
+            topic: Some(topic.to_string()),
+            qos: Some(qos),
+            client_id: Some(client_id.to_string()),
+            packet_id: None,
+        };
+        self.payload = payload;
+    }
+
+    /// The XMPP side an MQTT message was translated to by `rule`.
+    pub fn to_xmpp(&mut self, rule: &str, from: &str, to: &str, kind: &'static str, id: &str) {
+        self.rule = Some(rule.to_string());
+        self.xmpp = XmppSide {
+            from: Some(from.to_string()),
+            to: Some(to.to_string()),
+            kind: Some(kind),
+            id: Some(id.to_string()),
+        };
+    }
+
+    /// An MQTT message refused by the translation.
+    pub fn refused(&mut self, refusal: &NotCarried, detail: String) {
+        if let NotCarried::Payload { rule, .. } | NotCarried::Kind { rule, .. } = refusal {
+            self.rule = Some(rule.clone());
+        }
+        self.outcome = Outcome::denied(refusal.label(), detail);
+    }
+
+    /// Marks the hand-over to the other side now.
+    pub fn handed_over(&mut self) {
+        self.handoff = Some(self.started.elapsed());
+    }
+}
+
+/// A synchronous consumer of events (metrics). Must be cheap: it runs on the bridge task.
+pub trait Observe: Send + Sync {
+    /// Sees one event.
+    fn observe(&self, event: &Translation);
+}
+
+/// What the bridge does when the audit queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenFull {
+    /// Wait for room: the bridge stops taking messages (back-pressure on both sides).
+    Block,
+    /// Refuse new messages (XMPP: `<resource-constraint/>`; MQTT: not carried) until there is
+    /// room; the refusals are counted.
+    Refuse,
+}
+
+/// Where the bridge sends its events.
+#[derive(Clone, Default)]
+pub struct EventSink {
+    audit: Option<(mpsc::Sender<Translation>, WhenFull)>,
+    observers: Vec<Arc<dyn Observe>>,
+    lost: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for EventSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSink")
+            .field("audit", &self.audit.as_ref().map(|(_, w)| w))
+            .field("observers", &self.observers.len())
+            .finish()
+    }
+}
+
+impl EventSink {
+    /// A sink feeding `audit` (the writer's queue, when audit is on) and `observers`.
+    pub fn new(
+        audit: Option<(mpsc::Sender<Translation>, WhenFull)>,
+        observers: Vec<Arc<dyn Observe>>,
+    ) -> Self {
+        EventSink {
+            audit,
+            observers,
+            lost: Arc::default(),
+        }
+    }
+
+    /// Whether new traffic may be taken: false only under [`WhenFull::Refuse`] with a full
+    /// audit queue. The bridge is the queue's only producer and emits at most one event per
+    /// message it takes, so after a `true` the event of that message finds room.
+    pub fn admits(&self) -> bool {
+        match &self.audit {
+            Some((tx, WhenFull::Refuse)) => tx.capacity() > 0,
+            _ => true,
+        }
+    }
+
+    /// Reports a message refused because the audit queue is full: to the observers only
+    /// (there is no room to audit it; it was not carried).
+    pub fn refused_for_audit(&self, event: &Translation) {
+        for o in &self.observers {
+            o.observe(event);
+        }
+    }
+
+    /// Emits one event without waiting, for callers that cannot wait (the broker's publish
+    /// guard). When the audit queue is full the record is not written: that is logged and
+    /// counted (`lost`), never silent.
+    pub fn try_emit(&self, event: Translation) {
+        for o in &self.observers {
+            o.observe(&event);
+        }
+        if let Some((tx, _)) = &self.audit {
+            if let Err(e) = tx.try_send(event) {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+                let full = matches!(e, mpsc::error::TrySendError::Full(_));
+                warn!(
+                    full,
+                    "Audit queue full or closed; a broker-side refusal is not audited."
+                );
+            }
+        }
+    }
+
+    /// Records not written because the queue was full when [`try_emit`](Self::try_emit) ran.
+    pub fn lost(&self) -> Arc<AtomicU64> {
+        self.lost.clone()
+    }
+
+    /// Emits one event: observers first, then the audit queue (waiting for room under
+    /// [`WhenFull::Block`]; under `Refuse` room was checked with [`admits`](Self::admits)).
+    pub async fn emit(&self, event: Translation) {
+        for o in &self.observers {
+            o.observe(&event);
+        }
+        if let Some((tx, _)) = &self.audit {
+            if tx.send(event).await.is_err() {
+                error!("Audit writer stopped; an audit record is lost.");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refuse_policy_admits_only_with_room() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let sink = EventSink::new(Some((tx, WhenFull::Refuse)), Vec::new());
+        assert!(sink.admits());
+        sink.emit(Translation::start(Direction::XmppToMqtt)).await;
+        assert!(!sink.admits(), "queue of one is full");
+        assert!(rx.recv().await.is_some());
+        assert!(sink.admits());
+    }
+
+    #[tokio::test]
+    async fn block_policy_always_admits() {
+        let (tx, _rx) = mpsc::channel(1);
+        let sink = EventSink::new(Some((tx, WhenFull::Block)), Vec::new());
+        sink.emit(Translation::start(Direction::MqttToXmpp)).await;
+        assert!(sink.admits());
+    }
+
+    #[test]
+    fn try_emit_counts_what_does_not_fit() {
+        let (tx, _rx) = mpsc::channel(1);
+        let sink = EventSink::new(Some((tx, WhenFull::Block)), Vec::new());
+        sink.try_emit(Translation::start(Direction::MqttToXmpp));
+        sink.try_emit(Translation::start(Direction::MqttToXmpp));
+        assert_eq!(sink.lost().load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn outcome_labels() {
+        let d = Outcome::Denied {
+            reason: "no_rule",
+            detail: "x".into(),
+        };
+        assert_eq!(
+            (d.label(), d.reason(), d.detail()),
+            ("denied", Some("no_rule"), Some("x"))
+        );
+        assert_eq!(Outcome::Delivered.reason(), None);
+    }
+}

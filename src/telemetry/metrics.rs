@@ -1,0 +1,501 @@
+//! Prometheus metrics: one registry, metrics grouped per component under their own prefix
+//! (`bridge_`, `mqtt_`, `xmpp_`, `audit_`).
+//!
+//! Two kinds of source:
+//! - [`BridgeMetrics`] observes the bridge's [`Translation`] events (the same events the
+//!   audit trail records), so counts per rule, direction and outcome match the trail.
+//! - The components' own atomic counters (broker, XMPP link, audit writer) are mirrored into
+//!   Prometheus counters and gauges when scraped ([`Mirror`]); the hot paths keep their
+//!   relaxed atomics and pay nothing for Prometheus.
+//!
+//! Labels are bounded: rule names come from the mapping files, directions, outcomes and
+//! reasons are fixed sets. Nothing is labelled by client id, JID or topic.
+
+use std::sync::Arc;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
+};
+use tokio::sync::mpsc::WeakSender;
+use tracing::warn;
+
+use crate::audit::AuditStats;
+use crate::bridge::events::{Observe, Outcome, Translation};
+use crate::broker::BrokerStats;
+use crate::xmpp::{LinkState, XmppHandle};
+
+/// Bucket bounds of the translation latency histogram, in seconds (10 µs to 1 s).
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.1,
+    1.0,
+];
+
+/// Metric names, declared once.
+pub mod names {
+    /// Messages through the bridge by direction, rule and outcome.
+    pub const BRIDGE_MESSAGES: &str = "bridge_messages_total";
+    /// Messages refused or dropped, by direction, outcome and reason.
+    pub const BRIDGE_NOT_CARRIED: &str = "bridge_messages_not_carried_total";
+    /// From taking a message to handing it to the other side.
+    pub const BRIDGE_LATENCY: &str = "bridge_translation_duration_seconds";
+}
+
+/// Counts the bridge's events.
+#[derive(Debug)]
+pub struct BridgeMetrics {
+    messages: IntCounterVec,
+    not_carried: IntCounterVec,
+    latency: HistogramVec,
+}
+
+impl BridgeMetrics {
+    fn new() -> prometheus::Result<Self> {
+        Ok(BridgeMetrics {
+            messages: IntCounterVec::new(
+                Opts::new(
+                    names::BRIDGE_MESSAGES,
+                    "Messages the bridge carried or refused, by direction, rule and outcome.",
+                ),
+                &["direction", "rule", "outcome"],
+            )?,
+            not_carried: IntCounterVec::new(
+                Opts::new(
+                    names::BRIDGE_NOT_CARRIED,
+                    "Messages denied or dropped, by direction, outcome and reason.",
+                ),
+                &["direction", "outcome", "reason"],
+            )?,
+            latency: HistogramVec::new(
+                HistogramOpts::new(
+                    names::BRIDGE_LATENCY,
+                    "Time from the bridge taking a message to handing it to the other side.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["direction"],
+            )?,
+        })
+    }
+}
+
+impl Observe for BridgeMetrics {
+    fn observe(&self, e: &Translation) {
+        let direction = e.direction.label();
+        let rule = e.rule.as_deref().unwrap_or("");
+        self.messages
+            .with_label_values(&[direction, rule, e.outcome.label()])
+            .inc();
+        if let Some(reason) = e.outcome.reason() {
+            self.not_carried
+                .with_label_values(&[direction, e.outcome.label(), reason])
+                .inc();
+        }
+        // One event per message, so each hand-over is observed once.
+        if let (Some(d), Outcome::Published | Outcome::Delivered) = (e.handoff, &e.outcome) {
+            self.latency
+                .with_label_values(&[direction])
+                .observe(d.as_secs_f64());
+        }
+    }
+}
+
+type ReadU64 = Box<dyn Fn() -> u64 + Send + Sync>;
+type ReadF64 = Box<dyn Fn() -> f64 + Send + Sync>;
+
+enum Mirrored {
+    Counter(IntCounter, ReadU64),
+    Gauge(Gauge, ReadF64),
+}
+
+/// Prometheus counters and gauges whose values are read from elsewhere when scraped.
+#[derive(Default)]
+pub struct Mirror {
+    items: Vec<Mirrored>,
+}
+
+impl Mirror {
+    /// A `_total` counter read from `read` (which must never go down).
+    pub fn counter(
+        &mut self,
+        name: &str,
+        help: &str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> prometheus::Result<()> {
+        let c = IntCounter::new(name, help)?;
+        self.items.push(Mirrored::Counter(c, Box::new(read)));
+        Ok(())
+    }
+
+    /// A counter with constant labels (one series of a labelled family).
+    pub fn counter_with(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) -> prometheus::Result<()> {
+        let mut opts = Opts::new(name, help);
+        for (k, v) in labels {
+            opts = opts.const_label(*k, *v);
+        }
+        let c = IntCounter::with_opts(opts)?;
+        self.items.push(Mirrored::Counter(c, Box::new(read)));
+        Ok(())
+    }
+
+    /// A gauge read from `read`.
+    pub fn gauge(
+        &mut self,
+        name: &str,
+        help: &str,
+        read: impl Fn() -> f64 + Send + Sync + 'static,
+    ) -> prometheus::Result<()> {
+        let g = Gauge::new(name, help)?;
+        self.items.push(Mirrored::Gauge(g, Box::new(read)));
+        Ok(())
+    }
+}
+
+impl Collector for Mirror {
+    fn desc(&self) -> Vec<&Desc> {
+        self.items
+            .iter()
+            .flat_map(|m| match m {
+                Mirrored::Counter(c, _) => c.desc(),
+                Mirrored::Gauge(g, _) => g.desc(),
+            })
+            .collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut out = Vec::with_capacity(self.items.len());
+        for m in &self.items {
+            match m {
+                Mirrored::Counter(c, read) => {
+                    let now = read();
+                    let was = c.get();
+                    if now > was {
+                        c.inc_by(now - was);
+                    }
+                    out.extend(c.collect());
+                }
+                Mirrored::Gauge(g, read) => {
+                    g.set(read());
+                    out.extend(g.collect());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The process's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// The bridge's event counters (an [`Observe`]r for the bridge's event sink).
+    pub bridge: Arc<BridgeMetrics>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn register(registry: &Registry, c: Box<dyn Collector>) {
+    if let Err(e) = registry.register(c) {
+        warn!(error = %e, "Metric not registered.");
+    }
+}
+
+impl Metrics {
+    /// An empty registry with the bridge's event metrics.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let bridge = match BridgeMetrics::new() {
+            Ok(b) => Arc::new(b),
+            // The names and labels are constants checked by the tests; this cannot happen.
+            Err(e) => panic!("bridge metric definitions are invalid: {e}"),
+        };
+        register(&registry, Box::new(bridge.messages.clone()));
+        register(&registry, Box::new(bridge.not_carried.clone()));
+        register(&registry, Box::new(bridge.latency.clone()));
+        Metrics { registry, bridge }
+    }
+
+    /// Adds the broker's counters.
+    pub fn broker(&self, stats: &Arc<BrokerStats>) {
+        let mut m = Mirror::default();
+        let g = |f: fn(&BrokerStats) -> &std::sync::atomic::AtomicU64| {
+            let s = stats.clone();
+            move || BrokerStats::get(f(&s))
+        };
+        let results = [
+            m.gauge("mqtt_connections", "MQTT clients connected now.", {
+                let read = g(|s| &s.clients_connected);
+                move || read() as f64
+            }),
+            m.counter(
+                "mqtt_connections_accepted_total",
+                "TCP connections accepted.",
+                g(|s| &s.connections_accepted),
+            ),
+            m.counter(
+                "mqtt_connections_refused_total",
+                "TCP connections refused at max_connections.",
+                g(|s| &s.connections_refused),
+            ),
+            m.counter(
+                "mqtt_messages_received_total",
+                "PUBLISH packets received from clients.",
+                g(|s| &s.messages_received),
+            ),
+            m.counter(
+                "mqtt_messages_sent_total",
+                "PUBLISH packets sent to clients.",
+                g(|s| &s.messages_sent),
+            ),
+            m.counter_with(
+                "mqtt_messages_dropped_total",
+                "Messages the broker dropped, by reason.",
+                &[("reason", "queue_full")],
+                g(|s| &s.dropped_queue_full),
+            ),
+            m.counter_with(
+                "mqtt_messages_dropped_total",
+                "Messages the broker dropped, by reason.",
+                &[("reason", "slow_client")],
+                g(|s| &s.dropped_slow_client),
+            ),
+            m.counter(
+                "mqtt_received_bytes_total",
+                "Bytes read from client sockets.",
+                g(|s| &s.bytes_received),
+            ),
+            m.counter(
+                "mqtt_sent_bytes_total",
+                "Bytes written to client sockets.",
+                g(|s| &s.bytes_sent),
+            ),
+            m.counter(
+                "mqtt_publishes_refused_total",
+                "Client publishes refused on bridged topics.",
+                g(|s| &s.publishes_refused),
+            ),
+            m.counter(
+                "mqtt_protocol_errors_total",
+                "Connections closed for a protocol violation.",
+                g(|s| &s.protocol_errors),
+            ),
+        ];
+        self.add(m, results);
+    }
+
+    /// Adds the XMPP link's state and counters.
+    pub fn xmpp(&self, link: &XmppHandle) {
+        use crate::xmpp::stats::XmppStats;
+        let stats = link.stats();
+        let mut m = Mirror::default();
+        let g = |f: fn(&XmppStats) -> &std::sync::atomic::AtomicU64| {
+            let s = stats.clone();
+            move || XmppStats::get(f(&s))
+        };
+        let state = link.clone();
+        let results = [
+            m.gauge(
+                "xmpp_link_up",
+                "1 while the component link is connected.",
+                move || f64::from(u8::from(matches!(state.state(), LinkState::Connected))),
+            ),
+            m.counter(
+                "xmpp_link_connects_total",
+                "Successful component handshakes.",
+                g(|s| &s.connects),
+            ),
+            m.counter(
+                "xmpp_link_disconnects_total",
+                "Established links that ended (each is followed by a reconnect).",
+                g(|s| &s.disconnects),
+            ),
+            m.counter(
+                "xmpp_link_connect_failures_total",
+                "Connection attempts that failed before the handshake.",
+                g(|s| &s.connect_failures),
+            ),
+            m.counter(
+                "xmpp_stanzas_received_total",
+                "Stanzas read from the server.",
+                g(|s| &s.stanzas_in),
+            ),
+            m.counter(
+                "xmpp_stanzas_sent_total",
+                "Stanzas written to the server (re-sends included).",
+                g(|s| &s.stanzas_out),
+            ),
+            m.counter(
+                "xmpp_stanzas_confirmed_total",
+                "Outbound stanzas confirmed by a ping round trip.",
+                g(|s| &s.confirmed),
+            ),
+            m.counter(
+                "xmpp_stanzas_resent_total",
+                "Outbound stanzas written again after a reconnect.",
+                g(|s| &s.resent),
+            ),
+            m.counter(
+                "xmpp_queue_overflow_total",
+                "Outbound stanzas refused because the queue was full.",
+                g(|s| &s.queue_overflow),
+            ),
+            m.counter(
+                "xmpp_bad_stanzas_total",
+                "Inbound stanzas that failed to parse.",
+                g(|s| &s.bad_stanzas),
+            ),
+        ];
+        self.add(m, results);
+    }
+
+    /// Adds the audit writer's counters and its queue.
+    pub fn audit(&self, stats: &Arc<AuditStats>, queue: WeakSender<Translation>, depth: usize) {
+        let mut m = Mirror::default();
+        let g = |f: fn(&AuditStats) -> &std::sync::atomic::AtomicU64| {
+            let s = stats.clone();
+            move || AuditStats::get(f(&s))
+        };
+        let writable = stats.clone();
+        let lag = stats.clone();
+        let results = [
+            m.counter(
+                "audit_records_written_total",
+                "Audit records written.",
+                g(|s| &s.records_written),
+            ),
+            m.counter(
+                "audit_write_errors_total",
+                "Failed audit writes (each is retried).",
+                g(|s| &s.write_errors),
+            ),
+            m.counter(
+                "audit_files_deleted_total",
+                "Audit files deleted by retention.",
+                g(|s| &s.files_deleted),
+            ),
+            m.gauge(
+                "audit_writable",
+                "1 while the audit trail can be written.",
+                move || f64::from(u8::from(writable.is_writable())),
+            ),
+            m.gauge(
+                "audit_lag_seconds",
+                "Age of the last written record's message when it was written.",
+                move || AuditStats::get(&lag.lag_micros) as f64 / 1e6,
+            ),
+            m.gauge(
+                "audit_queue_depth",
+                "Events waiting for the audit writer.",
+                move || {
+                    queue
+                        .upgrade()
+                        .map_or(0.0, |tx| depth.saturating_sub(tx.capacity()) as f64)
+                },
+            ),
+            m.gauge(
+                "audit_queue_capacity",
+                "Size of the audit queue.",
+                move || depth as f64,
+            ),
+        ];
+        self.add(m, results);
+    }
+
+    /// Adds the count of refusals that found the audit queue full (see
+    /// [`EventSink::try_emit`](crate::bridge::events::EventSink::try_emit)).
+    pub fn audit_lost(&self, lost: Arc<std::sync::atomic::AtomicU64>) {
+        let mut m = Mirror::default();
+        let r = m.counter(
+            "audit_records_unwritten_total",
+            "Broker-side refusals not audited because the audit queue was full.",
+            move || lost.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        self.add(m, [r]);
+    }
+
+    fn add<const N: usize>(&self, m: Mirror, results: [prometheus::Result<()>; N]) {
+        for r in results {
+            if let Err(e) = r {
+                warn!(error = %e, "Metric not defined.");
+            }
+        }
+        register(&self.registry, Box::new(m));
+    }
+
+    /// Everything in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            warn!(error = %e, "Cannot encode metrics.");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use crate::bridge::events::Direction;
+
+    #[test]
+    fn events_become_counters_and_latency() {
+        let m = Metrics::new();
+        let mut e = Translation::start(Direction::XmppToMqtt);
+        e.rule = Some("chat".into());
+        e.handoff = Some(std::time::Duration::from_micros(40));
+        m.bridge.observe(&e);
+        e.outcome = Outcome::Denied {
+            reason: "no_rule",
+            detail: String::new(),
+        };
+        e.rule = None;
+        m.bridge.observe(&e);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "bridge_messages_total{direction=\"xmpp_to_mqtt\",outcome=\"published\",rule=\"chat\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            "bridge_messages_not_carried_total{direction=\"xmpp_to_mqtt\",outcome=\"denied\",reason=\"no_rule\"} 1"
+        ));
+        assert!(
+            text.contains(
+                "bridge_translation_duration_seconds_count{direction=\"xmpp_to_mqtt\"} 1"
+            )
+        );
+    }
+
+    #[test]
+    fn mirrored_atomics_are_read_when_scraped() {
+        let m = Metrics::new();
+        let stats = Arc::new(BrokerStats::default());
+        m.broker(&stats);
+        BrokerStats::add(&stats.messages_received, 5);
+        BrokerStats::add(&stats.dropped_slow_client, 2);
+        let text = m.render();
+        assert!(text.contains("mqtt_messages_received_total 5"), "{text}");
+        assert!(text.contains("mqtt_messages_dropped_total{reason=\"slow_client\"} 2"));
+        assert!(text.contains("mqtt_messages_dropped_total{reason=\"queue_full\"} 0"));
+        BrokerStats::add(&stats.messages_received, 1);
+        assert!(m.render().contains("mqtt_messages_received_total 6"));
+    }
+}
