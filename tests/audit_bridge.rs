@@ -251,6 +251,13 @@ async fn every_message_is_audited_and_counted() {
     })
     .await;
 
+    // The broker's gauges are sampled once a second: wait for a sample with every session.
+    let gauges = broker.app.broker_stats.clone();
+    until("the gauges sampled", || {
+        gauges.gauges.sessions.load(Ordering::Relaxed) == 3
+    })
+    .await;
+
     // /metrics after the known load.
     let (status, m) = get(admin, "/metrics").await;
     assert_eq!(status, 200);
@@ -300,6 +307,13 @@ async fn every_message_is_audited_and_counted() {
     assert_eq!(s("xmpp_link_connects_total"), 1.0);
     // bob, carol and the bridge's own in-process session.
     assert_eq!(s("mqtt_connections"), 3.0);
+    assert_eq!(s("mqtt_sessions"), 3.0);
+    // At least the bridge's own filter (the shipped outbox rule).
+    assert!(s("mqtt_subscriptions") >= 1.0);
+    assert_eq!(s("mqtt_retained_messages"), 0.0);
+    assert_eq!(s("mqtt_inflight_messages") + s("mqtt_queued_messages"), 0.0);
+    // Everything toward XMPP was confirmed (the delivered records above).
+    assert_eq!(s("xmpp_outbound_queue_stanzas"), 0.0);
     assert_eq!(s("mqtt_publishes_refused_total"), 1.0);
     assert!(s("mqtt_messages_received_total") >= 4.0);
     assert!(s("mqtt_received_bytes_total") > 0.0);

@@ -30,6 +30,31 @@ pub struct BrokerStats {
     pub publishes_refused: AtomicU64,
     /// Connections closed for a protocol violation.
     pub protocol_errors: AtomicU64,
+    /// Gauges the router samples once a second (see [`BrokerGauges`]).
+    pub gauges: BrokerGauges,
+}
+
+/// The router's state in numbers, sampled once a second (exact counts would cost the hot
+/// path a write per change).
+#[derive(Debug, Default)]
+pub struct BrokerGauges {
+    /// Sessions, connected or kept for an offline client.
+    pub sessions: AtomicU64,
+    /// Subscriptions (a share group counts once).
+    pub subscriptions: AtomicU64,
+    /// Retained messages.
+    pub retained: AtomicU64,
+    /// QoS 1/2 messages sent and not yet acknowledged, over all sessions.
+    pub inflight: AtomicU64,
+    /// Messages waiting in session queues (offline clients, full windows).
+    pub queued: AtomicU64,
+}
+
+impl BrokerGauges {
+    /// Stores a sampled value.
+    pub fn set(gauge: &AtomicU64, value: usize) {
+        gauge.store(value as u64, Ordering::Relaxed);
+    }
 }
 
 impl BrokerStats {

@@ -269,6 +269,12 @@ impl Metrics {
                 &[("reason", "slow_client")],
                 g(|s| &s.dropped_slow_client),
             ),
+            m.counter_with(
+                "mqtt_messages_dropped_total",
+                "Messages the broker dropped, by reason.",
+                &[("reason", "too_large")],
+                g(|s| &s.dropped_too_large),
+            ),
             m.counter(
                 "mqtt_received_bytes_total",
                 "Bytes read from client sockets.",
@@ -289,6 +295,46 @@ impl Metrics {
                 "Connections closed for a protocol violation.",
                 g(|s| &s.protocol_errors),
             ),
+            m.gauge(
+                "mqtt_sessions",
+                "Sessions, connected or kept offline (sampled each second).",
+                {
+                    let read = g(|s| &s.gauges.sessions);
+                    move || read() as f64
+                },
+            ),
+            m.gauge(
+                "mqtt_subscriptions",
+                "Subscriptions, a share group counted once (sampled each second).",
+                {
+                    let read = g(|s| &s.gauges.subscriptions);
+                    move || read() as f64
+                },
+            ),
+            m.gauge(
+                "mqtt_retained_messages",
+                "Retained messages (sampled each second).",
+                {
+                    let read = g(|s| &s.gauges.retained);
+                    move || read() as f64
+                },
+            ),
+            m.gauge(
+                "mqtt_inflight_messages",
+                "QoS 1/2 messages sent to clients, not yet acknowledged (sampled each second).",
+                {
+                    let read = g(|s| &s.gauges.inflight);
+                    move || read() as f64
+                },
+            ),
+            m.gauge(
+                "mqtt_queued_messages",
+                "Messages waiting in session queues (sampled each second).",
+                {
+                    let read = g(|s| &s.gauges.queued);
+                    move || read() as f64
+                },
+            ),
         ];
         self.add(m, results);
     }
@@ -308,6 +354,14 @@ impl Metrics {
                 "xmpp_link_up",
                 "1 while the component link is connected.",
                 move || f64::from(u8::from(matches!(state.state(), LinkState::Connected))),
+            ),
+            m.gauge(
+                "xmpp_outbound_queue_stanzas",
+                "Stanzas toward XMPP waiting to be written or confirmed by the server.",
+                {
+                    let link = link.clone();
+                    move || link.queued() as f64
+                },
             ),
             m.counter(
                 "xmpp_link_connects_total",

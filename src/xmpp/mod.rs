@@ -250,6 +250,8 @@ pub struct XmppHandle {
     outbox: mpsc::Sender<Queued>,
     /// `queue_depth` permits: one per stanza waiting or unconfirmed.
     slots: Arc<Semaphore>,
+    /// The number of `slots` permits.
+    depth: usize,
     state: watch::Receiver<LinkState>,
     stats: Arc<XmppStats>,
     overflow: Arc<Overflow>,
@@ -326,6 +328,11 @@ impl XmppHandle {
         self.state.clone()
     }
 
+    /// Stanzas queued toward the server: waiting to be written or for confirmation.
+    pub fn queued(&self) -> usize {
+        self.depth.saturating_sub(self.slots.available_permits())
+    }
+
     /// The link's counters.
     pub fn stats(&self) -> Arc<XmppStats> {
         self.stats.clone()
@@ -354,6 +361,7 @@ pub fn spawn(
     let handle = XmppHandle {
         outbox: out_tx,
         slots: slots.clone(),
+        depth,
         state: state_rx,
         stats: stats.clone(),
         overflow: overflow.clone(),

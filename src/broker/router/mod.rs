@@ -121,7 +121,10 @@ impl Router {
                         self.handle(msg);
                     }
                 }
-                _ = expiry.tick() => self.expire_sessions(Instant::now()),
+                _ = expiry.tick() => {
+                    self.expire_sessions(Instant::now());
+                    self.sample_gauges();
+                }
                 _ = sys.tick(), if self.cfg.sys_interval.is_some() => self.publish_sys(),
             }
         }

@@ -5,7 +5,7 @@ use bytestring::ByteString;
 
 use super::Router;
 use crate::broker::codec::{Properties, Publish, QoS};
-use crate::broker::stats::BrokerStats;
+use crate::broker::stats::{BrokerGauges, BrokerStats};
 
 impl Router {
     /// Publishes `$SYS/broker/...` statistics as retained messages (as Mosquitto does).
@@ -65,6 +65,22 @@ impl Router {
             };
             self.route(publish, None);
         }
+    }
+}
+
+impl Router {
+    /// Updates the gauges in [`BrokerStats`] (metrics read them at scrape time).
+    pub(super) fn sample_gauges(&self) {
+        let g = &self.stats.gauges;
+        let (inflight, queued) = self
+            .sessions
+            .values()
+            .fold((0, 0), |(i, q), s| (i + s.inflight(), q + s.queued()));
+        BrokerGauges::set(&g.sessions, self.sessions.len());
+        BrokerGauges::set(&g.subscriptions, self.subs.len() + self.shared.len());
+        BrokerGauges::set(&g.retained, self.retained.len());
+        BrokerGauges::set(&g.inflight, inflight);
+        BrokerGauges::set(&g.queued, queued);
     }
 }
 
