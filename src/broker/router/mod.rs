@@ -419,9 +419,12 @@ impl Router {
         let v5 = self.version(sid) == Some(ProtocolVersion::V5);
         let mut response = PubResponse::new(publish.pkid);
         if v5 {
-            // The reason code alone: bridge clients are tested against this short form
-            // (tests/bridge_chat.rs).
             response.reason = refused.reason;
+            // Unless the client asked for no problem information [MQTT-3.1.2-29].
+            if self.problem_info(sid) {
+                let why = ByteString::from(refused.why);
+                response.properties.push(Property::ReasonString(why));
+            }
         }
         match publish.qos {
             QoS::AtMostOnce => {}
