@@ -33,6 +33,9 @@ pub const DEFAULT_RESPONSE_INFORMATION: &str = "reply/{client_id}";
 pub struct BrokerConfig {
     /// TCP listeners for MQTT (3.1.1 and 5.0 on each).
     pub listen: Vec<SocketAddr>,
+    /// Threads of the broker's own runtime (router and connections); 1 keeps every wake-up
+    /// on one thread, as Mosquitto does.
+    pub worker_threads: usize,
     /// Connections beyond this are closed right after accept.
     pub max_connections: usize,
     /// Largest packet accepted from a client; larger ones close the connection.
@@ -79,6 +82,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            worker_threads: 1,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
             max_inflight: DEFAULT_MAX_INFLIGHT,

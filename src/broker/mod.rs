@@ -67,6 +67,66 @@ pub enum StartError {
     /// The broker stopped while starting an in-process client.
     #[error(transparent)]
     Broker(#[from] BrokerGone),
+    /// The broker's runtime (its threads) could not start.
+    #[error("cannot start the broker's runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// The runtime the router and every connection run on, in threads of their own.
+///
+/// One worker by default (`worker_threads = 1`): a QoS 1 message wakes the router, the
+/// subscriber's writer and the publisher's writer, and on a runtime shared with the bridge
+/// those wake-ups crossed worker threads (QoS 1 latency p50 39-43 µs against Mosquitto's
+/// 19-20 µs; 25-27 µs here, at the same throughput: the broker needs well under a core).
+/// The bridge's XML work stays on the application's runtime, on the other cores. A
+/// multi-thread runtime with one worker measured better than a current-thread one (QoS 2
+/// fan-in 4.0× against 3.3-3.8× Mosquitto's).
+struct BrokerRuntime {
+    handle: tokio::runtime::Handle,
+    /// The broker's tasks; the runtime's threads end once all of them have.
+    tracker: TaskTracker,
+}
+
+impl BrokerRuntime {
+    fn start(
+        threads: usize,
+        shutdown: CancellationToken,
+        app: &TaskTracker,
+    ) -> std::io::Result<BrokerRuntime> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .enable_all()
+            .thread_name("mqtt-broker")
+            .build()?;
+        let handle = runtime.handle().clone();
+        let tracker = TaskTracker::new();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let tasks = tracker.clone();
+        std::thread::Builder::new()
+            .name("mqtt-broker".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    shutdown.cancelled().await;
+                    tasks.close();
+                    tasks.wait().await;
+                });
+                // Dropping the runtime here ends its blocking threads too.
+                drop(runtime);
+                let _app_gone = done_tx.send(());
+            })?;
+        // The application's shutdown waits for the broker's drain.
+        app.spawn(async move {
+            let _stopped = done_rx.await;
+        });
+        Ok(BrokerRuntime { handle, tracker })
+    }
+
+    fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn_on(task, &self.handle);
+    }
 }
 
 /// A running broker.
@@ -81,8 +141,9 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Loads the password file, binds every listener, and spawns the router and the accept
-    /// loops on `tracker`. Everything stops when `shutdown` is cancelled: listeners stop
+    /// Loads the password file, binds every listener, and starts the router and the accept
+    /// loops on a runtime of the broker's own (see [`BrokerRuntime`]); `tracker` learns when
+    /// the broker has finished. Everything stops when `shutdown` is cancelled: listeners stop
     /// accepting, wills are published, clients are disconnected.
     pub async fn start(
         cfg: BrokerConfig,
@@ -93,28 +154,32 @@ impl Broker {
             Some(path) => Some(Arc::new(PasswordFile::load(path)?)),
             None => None,
         };
+        // Bound here, synchronously, so that a bind error is reported before anything runs;
+        // registered with the broker's runtime inside it.
         let mut listeners = Vec::with_capacity(cfg.listen.len());
         for &addr in &cfg.listen {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { addr, source })?;
-            let local = listener
-                .local_addr()
-                .map_err(|source| StartError::Bind { addr, source })?;
-            listeners.push((listener, local));
+            let bind = || -> std::io::Result<(std::net::TcpListener, SocketAddr)> {
+                let listener = std::net::TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                let local = listener.local_addr()?;
+                Ok((listener, local))
+            };
+            listeners.push(bind().map_err(|source| StartError::Bind { addr, source })?);
         }
+        let runtime = BrokerRuntime::start(cfg.worker_threads, shutdown.clone(), tracker)
+            .map_err(StartError::Runtime)?;
         let cfg = Arc::new(cfg);
         let stats = Arc::new(BrokerStats::default());
         let (router_tx, router_rx) = mpsc::channel(ROUTER_INBOX);
         let router = Router::new(cfg.clone(), stats.clone());
-        tracker.spawn(router.run(router_rx, shutdown.clone()));
+        runtime.spawn(router.run(router_rx, shutdown.clone()));
         let ctx = Arc::new(ConnectionContext {
             cfg: cfg.clone(),
             stats: stats.clone(),
             router: router_tx.clone(),
             users,
             shutdown: shutdown.clone(),
-            tracker: tracker.clone(),
+            tracker: runtime.tracker.clone(),
         });
         let slots = Arc::new(Semaphore::new(cfg.max_connections));
         let ids = Arc::new(AtomicU64::new(1));
@@ -122,12 +187,13 @@ impl Broker {
         for (listener, local) in listeners {
             info!(addr = %local, "MQTT listener ready.");
             local_addrs.push(local);
-            tracker.spawn(accept_loop(
-                listener,
-                ctx.clone(),
-                slots.clone(),
-                ids.clone(),
-            ));
+            let (ctx, slots, ids) = (ctx.clone(), slots.clone(), ids.clone());
+            runtime.spawn(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => accept_loop(listener, ctx, slots, ids).await,
+                    Err(error) => error!(addr = %local, %error, "MQTT listener lost."),
+                }
+            });
         }
         Ok(Broker {
             local_addrs,

@@ -95,6 +95,7 @@ pub(super) fn broker(cx: &mut Context, mut s: Section, base: &Path) -> BrokerCon
         d.max_connections,
         in_range(1, 1_000_000),
     );
+    let worker_threads = s.take_with(cx, "worker_threads", d.worker_threads, in_range(1, 1024));
     let max_packet_size = s.take_with(
         cx,
         "max_packet_size",
@@ -177,6 +178,7 @@ pub(super) fn broker(cx: &mut Context, mut s: Section, base: &Path) -> BrokerCon
             "server_keep_alive",
             "response_information",
             "listen",
+            "worker_threads",
             "max_connections",
             "max_packet_size",
             "max_inflight",
@@ -189,6 +191,7 @@ pub(super) fn broker(cx: &mut Context, mut s: Section, base: &Path) -> BrokerCon
     );
     BrokerConfig {
         listen,
+        worker_threads,
         max_connections,
         max_packet_size,
         max_inflight,
