@@ -232,11 +232,17 @@ impl Metrics {
             let s = stats.clone();
             move || BrokerStats::get(f(&s))
         };
+        // A gauge's value as Prometheus wants it.
+        let gv = |f| {
+            let read = g(f);
+            move || read() as f64
+        };
         let results = [
-            m.gauge("mqtt_connections", "MQTT clients connected now.", {
-                let read = g(|s| &s.clients_connected);
-                move || read() as f64
-            }),
+            m.gauge(
+                "mqtt_connections",
+                "MQTT clients connected now.",
+                gv(|s| &s.clients_connected),
+            ),
             m.counter(
                 "mqtt_connections_accepted_total",
                 "TCP connections accepted.",
@@ -298,42 +304,27 @@ impl Metrics {
             m.gauge(
                 "mqtt_sessions",
                 "Sessions, connected or kept offline (sampled each second).",
-                {
-                    let read = g(|s| &s.gauges.sessions);
-                    move || read() as f64
-                },
+                gv(|s| &s.gauges.sessions),
             ),
             m.gauge(
                 "mqtt_subscriptions",
                 "Subscriptions, a share group counted once (sampled each second).",
-                {
-                    let read = g(|s| &s.gauges.subscriptions);
-                    move || read() as f64
-                },
+                gv(|s| &s.gauges.subscriptions),
             ),
             m.gauge(
                 "mqtt_retained_messages",
                 "Retained messages (sampled each second).",
-                {
-                    let read = g(|s| &s.gauges.retained);
-                    move || read() as f64
-                },
+                gv(|s| &s.gauges.retained),
             ),
             m.gauge(
                 "mqtt_inflight_messages",
                 "QoS 1/2 messages sent to clients, not yet acknowledged (sampled each second).",
-                {
-                    let read = g(|s| &s.gauges.inflight);
-                    move || read() as f64
-                },
+                gv(|s| &s.gauges.inflight),
             ),
             m.gauge(
                 "mqtt_queued_messages",
                 "Messages waiting in session queues (sampled each second).",
-                {
-                    let read = g(|s| &s.gauges.queued);
-                    move || read() as f64
-                },
+                gv(|s| &s.gauges.queued),
             ),
         ];
         self.add(m, results);
