@@ -8,11 +8,12 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*"; }
 
 # 1. Debian packages: MQTT reference clients and broker (tests and benchmark baseline),
-#    Prosody for the XMPP side. Installed only when missing.
+#    Prosody and ejabberd for the XMPP side. Installed only when missing.
 need=()
 command -v mosquitto_pub >/dev/null || need+=(mosquitto-clients)
 command -v mosquitto >/dev/null && [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v prosody >/dev/null || need+=(prosody)
+[ -x /usr/sbin/ejabberdctl ] || need+=(ejabberd)
 command -v python3 >/dev/null || need+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
@@ -20,7 +21,20 @@ if [ ${#need[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
+  # Keep packages from starting their services (ejabberd's would take the XMPP ports): the
+  # tests start their own servers. policy-rc.d exiting 101 is Debian's way to say so.
+  policy=/usr/sbin/policy-rc.d added_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo_cmd tee "$policy" >/dev/null
+    $sudo_cmd chmod +x "$policy"
+    added_policy=1
+    trap '$sudo_cmd rm -f "$policy"' EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${need[@]}"
+  if [ -n "$added_policy" ]; then
+    $sudo_cmd rm -f "$policy"
+    trap - EXIT
+  fi
 fi
 
 # 2. Python test clients (paho-mqtt 2.x, slixmpp) in a project-local virtualenv.

@@ -78,7 +78,7 @@ fn upstream_keys_are_checked_with_file_line_and_key() {
         &format!(
             "[mqtt]\nmode = \"upstream\"\n\n[mqtt.upstream]\nserver = \"broker\"\n\
              sesion_expiry = \"1h\"\nshare_group = \"a/b\"\nca_file = \"ca.pem\"\n\
-             password = \"p\"\nkeep_alive = 0\n\n{XMPP}"
+             password = \"p\"\nkeep_alive = 0\npong_relay = \"bridge/+\"\n\n{XMPP}"
         ),
     );
     let (code, _, stderr) = check_config(&path);
@@ -93,6 +93,7 @@ fn upstream_keys_are_checked_with_file_line_and_key() {
         format!("{file}:8: mqtt.upstream.ca_file:"),
         format!("{file}:9: mqtt.upstream.password: a password needs a `username`"),
         format!("{file}:10: mqtt.upstream.keep_alive:"),
+        format!("{file}:11: mqtt.upstream.pong_relay: must not contain wildcards"),
     ] {
         assert!(
             stderr.contains(&expected),
@@ -151,6 +152,7 @@ fn a_valid_upstream_config_prints_without_the_password() {
         "client_id = \"bridge-a\"",
         "session_expiry = \"2h\"",
         "share_group = \"bridges\"",
+        "pong_relay = \"bridge/keepalive\"",
         "password = \"<redacted>\"",
     ] {
         assert!(

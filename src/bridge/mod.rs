@@ -172,6 +172,7 @@ impl Bridge {
                 }
             }
         }
+        mqtt.enable_pong_relay(&xmpp);
         info!(
             rules = table.rules().len(),
             subscriptions = filters.len(),
@@ -260,6 +261,12 @@ impl Bridge {
             Inbound::Message(message) => self.message_from_xmpp(message).await,
             Inbound::Presence(presence) => {
                 debug!(from = ?presence.from, "Presence not bridged yet; ignored.");
+                Ok(())
+            }
+            Inbound::ForeignPong(id) => {
+                if self.mqtt.relay_pong(&id).await.is_err() {
+                    debug!(%id, "Pong for another instance not relayed: MQTT side stopped.");
+                }
                 Ok(())
             }
             iq @ Inbound::Iq(_) => {

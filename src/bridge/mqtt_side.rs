@@ -8,10 +8,16 @@
 //! | loop guard | No Local | No Local + origin User Property |
 //! | subscribe | SUBACK codes returned | recorded; (re)subscribed per session, failures logged |
 //! | ack | to the broker session | on the connection the delivery came on |
+//! | keepalive pongs of other instances | cannot be relayed (logged) | relayed through the broker |
+
+use std::sync::Arc;
+
+use tracing::warn;
 
 use crate::broker::codec::{Publish, QoS};
 use crate::broker::{BrokerGone, Delivery, InternalClient};
 use crate::upstream::UpstreamClient;
+use crate::xmpp::XmppHandle;
 
 /// Where the bridge's MQTT traffic goes.
 #[derive(Debug)]
@@ -57,6 +63,31 @@ impl MqttSide {
         match self {
             MqttSide::Embedded(c) => c.recv().await,
             MqttSide::Upstream(c) => c.recv().await,
+        }
+    }
+
+    /// Takes relayed keepalive pongs for the XMPP link (upstream mode: instances share the
+    /// broker; an embedded broker has no other instance to hear from).
+    pub fn enable_pong_relay(&self, xmpp: &XmppHandle) {
+        if let MqttSide::Upstream(c) = self {
+            let link = xmpp.clone();
+            c.enable_pong_relay(xmpp.ping_token(), Arc::new(move |id| link.relayed_pong(id)));
+        }
+    }
+
+    /// Passes the pong of another instance's ping on to that instance.
+    pub async fn relay_pong(&self, id: &str) -> Result<(), BrokerGone> {
+        let Some(owner) = XmppHandle::owner_of_ping(id) else {
+            return Ok(());
+        };
+        match self {
+            MqttSide::Embedded(_) => {
+                warn!(%id, "A keepalive answer for another bridge instance arrived: several \
+                    instances hold this component domain (ejabberd balances it). Without a \
+                    shared broker (upstream mode) their keepalives fail; run them in upstream mode.");
+                Ok(())
+            }
+            MqttSide::Upstream(c) => c.relay_pong(owner, id).await,
         }
     }
 

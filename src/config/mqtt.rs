@@ -6,7 +6,7 @@ use super::resolve;
 use super::sections::{RawDuration, in_range, positive_duration};
 use super::source::{Context, Section};
 use crate::mapping::MappingTable;
-use crate::upstream::config::{DEFAULT_CA_FILE, TlsConfig, check_share_group};
+use crate::upstream::config::{DEFAULT_CA_FILE, TlsConfig, check_pong_relay, check_share_group};
 use crate::upstream::{Protocol, UpstreamConfig};
 
 /// The MQTT side of the bridge.
@@ -52,6 +52,10 @@ impl MqttMode {
         if let Some(g) = &u.share_group {
             out.push_str(&format!("share_group = {g:?}\n"));
         }
+        out.push_str(&format!(
+            "pong_relay = {:?}\n",
+            u.pong_relay.as_deref().unwrap_or("")
+        ));
         out
     }
 }
@@ -97,6 +101,7 @@ const KNOWN: &[&str] = &[
     "reconnect_max",
     "max_inflight",
     "share_group",
+    "pong_relay",
     "protocol",
 ];
 
@@ -229,6 +234,9 @@ fn upstream(cx: &mut Context, mut s: Section, base: &Path) -> UpstreamConfig {
     cfg.max_inflight = s.take_with(cx, "max_inflight", cfg.max_inflight, in_range(1, u16::MAX));
     cfg.share_group = s.take_with(cx, "share_group", None, |g: String| {
         check_share_group(&g).map(|()| Some(g))
+    });
+    cfg.pong_relay = s.take_with(cx, "pong_relay", cfg.pong_relay, |p: String| {
+        check_pong_relay(&p).map(|()| (!p.is_empty()).then_some(p))
     });
     cfg.protocol = s.take_with(cx, "protocol", cfg.protocol, |p: String| match p.as_str() {
         "auto" => Ok(Protocol::Auto),

@@ -15,8 +15,11 @@ pub fn init(cfg: &LogConfig) {
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| EnvFilter::new(&cfg.level));
+    // Colours only on a terminal: a log file or journald gets plain text (and `grep` works).
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours)
         .with_writer(std::io::stderr);
     // An error only means a subscriber is already installed.
     let _already_set = match cfg.format {

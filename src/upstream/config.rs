@@ -34,6 +34,9 @@ pub struct TlsConfig {
     pub client_auth: Option<(PathBuf, PathBuf)>,
 }
 
+/// Default `pong_relay` prefix (the shipped Mosquitto ACL lets the bridge account use it).
+pub const DEFAULT_PONG_RELAY: &str = "bridge/keepalive";
+
 /// The upstream broker connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
@@ -63,6 +66,11 @@ pub struct UpstreamConfig {
     /// `$share/{group}/` prefix for the bridge's subscriptions, so that several instances
     /// split the MQTT → XMPP traffic; `None` subscribes plainly.
     pub share_group: Option<String>,
+    /// Topic prefix on which instances relay keepalive pongs to each other
+    /// (`{prefix}/{link token}`): where the XMPP server balances one component domain between
+    /// several instances (ejabberd), the answer to one instance's ping may reach another.
+    /// `None` turns the relay off.
+    pub pong_relay: Option<String>,
 }
 
 impl UpstreamConfig {
@@ -80,6 +88,7 @@ impl UpstreamConfig {
             reconnect_max: DEFAULT_RECONNECT_MAX,
             max_inflight: DEFAULT_MAX_INFLIGHT,
             share_group: None,
+            pong_relay: Some(DEFAULT_PONG_RELAY.to_string()),
             protocol: Protocol::Auto,
         }
     }
@@ -91,6 +100,21 @@ impl UpstreamConfig {
             None => filter.to_string(),
         }
     }
+}
+
+/// Problems in a `pong_relay` prefix: a topic name without wildcards, not starting with `$`
+/// (the broker's namespace), no trailing `/`. Empty turns the relay off.
+pub fn check_pong_relay(prefix: &str) -> Result<(), String> {
+    if prefix.contains(['+', '#', '\0']) {
+        return Err("must not contain wildcards (`+`, `#`) or NUL".into());
+    }
+    if prefix.starts_with('$') {
+        return Err("must not start with `$` (topics the broker reserves)".into());
+    }
+    if prefix.ends_with('/') {
+        return Err("must not end with `/` (the link token is appended as a level)".into());
+    }
+    Ok(())
 }
 
 /// Problems in a share group name: it is one topic level without wildcards.
@@ -116,6 +140,15 @@ mod tests {
         assert_eq!(c.subscription("a/+/b"), "a/+/b");
         c.share_group = Some("bridges".into());
         assert_eq!(c.subscription("a/+/b"), "$share/bridges/a/+/b");
+    }
+
+    #[test]
+    fn pong_relay_prefixes() {
+        assert!(check_pong_relay("bridge/keepalive").is_ok());
+        assert!(check_pong_relay("").is_ok(), "empty turns the relay off");
+        for bad in ["a/+", "a/#", "$bridge", "bridge/", "a\0b"] {
+            assert!(check_pong_relay(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

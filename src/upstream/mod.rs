@@ -97,7 +97,18 @@ struct Shared {
     epoch: AtomicU64,
     /// Filters (with their QoS) to subscribe on each new session.
     filters: Mutex<Vec<(String, QoS)>>,
+    /// Where pongs for this instance's XMPP link arrive, and what takes them.
+    relay: Mutex<Option<PongRelay>>,
     stats: Arc<UpstreamStats>,
+}
+
+/// This instance's end of the keepalive pong relay (see [`UpstreamConfig::pong_relay`]).
+#[derive(Clone)]
+pub(crate) struct PongRelay {
+    /// `{prefix}/{token}`, subscribed without a share group.
+    topic: String,
+    /// Hands a relayed pong's id to the XMPP link.
+    deliver: Arc<dyn Fn(String) + Send + Sync>,
 }
 
 impl Shared {
@@ -123,6 +134,8 @@ pub struct UpstreamClient {
     filter_qos: HashMap<String, QoS>,
     subscribe_now: mpsc::Sender<()>,
     origin: String,
+    /// The relay prefix from the config, `None` when off.
+    pong_relay: Option<String>,
 }
 
 impl std::fmt::Debug for UpstreamClient {
@@ -168,8 +181,10 @@ pub fn spawn(
         echoes: Mutex::new(Echoes::default()),
         epoch: AtomicU64::new(0),
         filters: Mutex::new(Vec::new()),
+        relay: Mutex::new(None),
         stats,
     });
+    let pong_relay = cfg.pong_relay.clone();
     let worker = worker::Worker {
         cfg,
         shared: shared.clone(),
@@ -191,6 +206,7 @@ pub fn spawn(
         filter_qos: wiring.filter_qos,
         subscribe_now: subscribe_tx,
         origin: wiring.origin,
+        pong_relay,
     })
 }
 
@@ -325,6 +341,44 @@ impl UpstreamClient {
         let handle = self.shared.handle()?;
         handle
             .ack(publish.qos, publish.pkid)
+            .await
+            .map_err(|_| BrokerGone)
+    }
+
+    /// Receives pongs for the XMPP link whose ping token is `token` on
+    /// `{pong_relay}/{token}` (subscribed on every connection, without a share group) and hands
+    /// each id to `deliver`. Does nothing when the relay is off.
+    pub fn enable_pong_relay(&self, token: &str, deliver: Arc<dyn Fn(String) + Send + Sync>) {
+        let Some(prefix) = &self.pong_relay else {
+            return;
+        };
+        let relay = PongRelay {
+            topic: format!("{prefix}/{token}"),
+            deliver,
+        };
+        if let Ok(mut r) = self.shared.relay.lock() {
+            *r = Some(relay);
+        }
+        if self.subscribe_now.try_send(()).is_err() {
+            debug!("Subscription request already pending.");
+        }
+    }
+
+    /// Publishes the pong `id` for the instance whose link token is `owner` (QoS 1: a lost
+    /// relay only makes that instance's ping time out, but costs it a reconnect).
+    pub async fn relay_pong(&self, owner: &str, id: &str) -> Result<(), BrokerGone> {
+        let Some(prefix) = &self.pong_relay else {
+            return Ok(());
+        };
+        let handle = self.shared.handle()?;
+        handle
+            .publish(
+                format!("{prefix}/{owner}"),
+                QoS::AtLeastOnce,
+                false,
+                bytes::Bytes::copy_from_slice(id.as_bytes()),
+                &self.origin,
+            )
             .await
             .map_err(|_| BrokerGone)
     }

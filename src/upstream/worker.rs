@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::proto::{ConnError, Incoming, Loop, Message, Protocol};
-use super::{Identify, Shared, UpstreamConfig, add, connection_v4};
+use super::{Identify, PongRelay, Shared, UpstreamConfig, add, connection_v4};
 use crate::broker::Delivery;
 use crate::broker::codec::{Properties, Publish, QoS};
 use crate::broker::link::Origin;
@@ -193,13 +193,17 @@ impl Worker {
             Ok(f) => f.clone(),
             Err(_) => return,
         };
-        if filters.is_empty() {
-            return;
-        }
-        let list: Vec<(String, QoS)> = filters
+        let mut list: Vec<(String, QoS)> = filters
             .iter()
             .map(|(f, qos)| (self.cfg.subscription(f), *qos))
             .collect();
+        // Pongs for this instance come to it alone: no share group.
+        if let Some(relay) = self.relay() {
+            list.push((relay.topic, QoS::AtLeastOnce));
+        }
+        if list.is_empty() {
+            return;
+        }
         for (filter, qos) in &list {
             info!(%filter, ?qos, "Subscribing upstream.");
         }
@@ -224,7 +228,21 @@ impl Worker {
         }
     }
 
+    fn relay(&self) -> Option<PongRelay> {
+        self.shared.relay.lock().ok()?.clone()
+    }
+
     fn deliver(&mut self, m: Message) {
+        if let Some(relay) = self.relay() {
+            if m.topic == relay.topic.as_bytes() {
+                self.ack_now(&m);
+                match std::str::from_utf8(&m.payload) {
+                    Ok(id) => (relay.deliver)(id.to_owned()),
+                    Err(_) => warn!("Relayed pong with a non-UTF-8 id; ignored."),
+                }
+                return;
+            }
+        }
         let looped = if self.shared.v311() {
             self.shared
                 .echoes

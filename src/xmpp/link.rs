@@ -51,6 +51,8 @@ pub(crate) struct Worker {
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) overflow: Arc<Overflow>,
     pub(crate) ping_prefix: String,
+    /// Pongs of our pings that reached another instance and were relayed back.
+    pub(crate) relayed: mpsc::Receiver<String>,
 }
 
 /// An outbound stanza in the queue, kept until confirmed.
@@ -92,6 +94,8 @@ struct Outbound {
     /// `from` and `to` of our pings.
     ping_from: Jid,
     ping_to: Jid,
+    /// See [`Worker::relayed`].
+    relayed: mpsc::Receiver<String>,
 }
 
 impl Worker {
@@ -111,6 +115,7 @@ impl Worker {
             slots,
             overflow,
             ping_prefix,
+            relayed,
         } = self;
         let jids = Jid::new(&cfg.domain).and_then(|d| Ok((d, Jid::new(&cfg.server_domain)?)));
         let service = Service::new(&cfg.domain, ping_prefix.clone());
@@ -138,6 +143,7 @@ impl Worker {
             overflow,
             ping_from,
             ping_to,
+            relayed,
         };
         let mut backoff = Backoff::new(out.cfg.reconnect_min, out.cfg.reconnect_max);
         let mut last_failure: Option<&'static str> = None;
@@ -327,6 +333,7 @@ impl Outbound {
                     Some(Control::Ended(e)) => return End::Lost(e),
                     None => return End::Lost(LinkError::Closed),
                 },
+                Some(id) = self.relayed.recv() => self.pong(&id),
                 _ = tokio::time::sleep_until(overdue.unwrap_or_else(Instant::now)),
                     if overdue.is_some() => {
                     if !stall.check() {
@@ -428,7 +435,11 @@ impl Outbound {
                 if !self.pings.in_flight() {
                     self.ping(&mut w).await?;
                 }
-                match ctl.recv().await {
+                let msg = tokio::select! {
+                    msg = ctl.recv() => msg,
+                    Some(id) = self.relayed.recv() => Some(Control::Pong(id)),
+                };
+                match msg {
                     Some(Control::Pong(id)) => self.pong(&id),
                     Some(Control::Write(el)) => w.send(Wire::Element(el)).await?,
                     Some(Control::Ended(e)) => return Err(e),

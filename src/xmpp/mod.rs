@@ -52,6 +52,10 @@ pub use self::stats::XmppStats;
 /// are answered by the adapter and never show up here.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Inbound {
+    /// The answer to a keepalive ping of another bridge instance on the same component
+    /// domain, by ping id; relay it with [`XmppHandle::owner_of_ping`] to the instance that
+    /// sent the ping (it confirms that instance's stanzas).
+    ForeignPong(String),
     /// A message to an address of the component domain.
     Message(Message),
     /// A presence (subscription, directed presence, ...).
@@ -75,6 +79,7 @@ impl Inbound {
             Inbound::Message(m) => m.to.clone(),
             Inbound::Presence(p) => p.to.clone(),
             Inbound::Iq(iq) => iq.to().cloned(),
+            Inbound::ForeignPong(_) => None,
         }?;
         service::error_stanza(&head, from, type_, condition, text)
     }
@@ -260,6 +265,10 @@ pub struct XmppHandle {
     /// Ids for stanzas sent without one: `{id_prefix}{n}`.
     id_prefix: Arc<str>,
     next_id: Arc<AtomicU64>,
+    /// Identifies this link's pings (`{PING_ID_PREFIX}{token}-{n}`).
+    token: Arc<str>,
+    /// Pongs relayed from other instances, to the link's writer.
+    relayed: mpsc::Sender<String>,
 }
 
 impl XmppHandle {
@@ -337,7 +346,37 @@ impl XmppHandle {
     pub fn stats(&self) -> Arc<XmppStats> {
         self.stats.clone()
     }
+
+    /// What identifies this link's pings; another instance that receives one of our pongs
+    /// relays it to the topic named after this token.
+    pub fn ping_token(&self) -> &str {
+        &self.token
+    }
+
+    /// The token of the link that sent ping `id` (see [`Self::ping_token`]).
+    pub fn owner_of_ping(id: &str) -> Option<&str> {
+        let rest = id.strip_prefix(PING_ID_PREFIX)?;
+        let (token, _n) = rest.rsplit_once('-')?;
+        (!token.is_empty()).then_some(token)
+    }
+
+    /// A pong for one of this link's pings, received by another instance and relayed here:
+    /// it confirms what the ping covered, as if it had come on our own stream. Pongs of
+    /// earlier connections are ignored. Never waits; dropped (the ping then times out and the
+    /// link reconnects, losing nothing) if the link is not reading them.
+    pub fn relayed_pong(&self, id: String) {
+        if self.relayed.try_send(id).is_err() {
+            debug!("Relayed pong dropped: the link is not taking them.");
+        }
+    }
 }
+
+/// Relayed pongs waiting for the link's writer (one ping is in flight at a time, so a few
+/// slots are plenty).
+const RELAYED_PONGS: usize = 16;
+
+/// Every ping id starts with this, followed by the link's token.
+pub(crate) const PING_ID_PREFIX: &str = "xmb-ping-";
 
 /// Starts the link on `tracker`. It connects, reconnects forever with backoff, and stops when
 /// `shutdown` is cancelled (confirming what it can within `shutdown_grace`, then closing the
@@ -357,6 +396,7 @@ pub fn spawn(
     let overflow = Arc::new(Overflow::default());
     // Unique per link: ids of stanzas and pings we make up cannot collide with older runs.
     let token = format!("{:08x}", rand::random::<u32>());
+    let (relayed_tx, relayed_rx) = mpsc::channel(RELAYED_PONGS);
     let domain = Jid::new(&cfg.domain).map_or_else(|_| cfg.domain.clone(), |j| j.to_string());
     let handle = XmppHandle {
         outbox: out_tx,
@@ -368,6 +408,8 @@ pub fn spawn(
         domain,
         id_prefix: format!("xmb-{token}-").into(),
         next_id: Arc::new(AtomicU64::new(1)),
+        token: token.as_str().into(),
+        relayed: relayed_tx,
     };
     let worker = link::Worker {
         cfg,
@@ -378,8 +420,25 @@ pub fn spawn(
         outbox: out_rx,
         slots,
         overflow,
-        ping_prefix: format!("xmb-ping-{token}-"),
+        ping_prefix: format!("{PING_ID_PREFIX}{token}-"),
+        relayed: relayed_rx,
     };
     tracker.spawn(worker.run());
     (handle, in_rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::XmppHandle;
+
+    #[test]
+    fn the_owner_of_a_ping_is_the_token_in_its_id() {
+        assert_eq!(
+            XmppHandle::owner_of_ping("xmb-ping-a5bc9afb-12"),
+            Some("a5bc9afb")
+        );
+        for not_a_ping in ["xmb-ping--3", "xmb-ping-abc", "disco-1", "xmb-a5bc9afb-1"] {
+            assert_eq!(XmppHandle::owner_of_ping(not_a_ping), None, "{not_a_ping}");
+        }
+    }
 }

@@ -105,6 +105,12 @@ impl Reader<'_> {
                         return LinkError::Closed;
                     }
                 }
+                Action::ForeignPong(id) => {
+                    // Never waits: a pong lost here only makes its owner's ping time out.
+                    if self.inbound.try_send(Inbound::ForeignPong(id)).is_err() {
+                        debug!("Pong for another bridge instance dropped: the bridge is busy.");
+                    }
+                }
                 Action::Bad { error, name, reply } => {
                     XmppStats::add(&self.stats.stanzas_in, 1);
                     XmppStats::add(&self.stats.bad_stanzas, 1);

@@ -38,6 +38,9 @@ pub(crate) enum Action {
     Reply(Element),
     /// The answer to one of our pings (result or error), by id.
     Pong(String),
+    /// The answer to a ping of another bridge instance holding the same component domain
+    /// (ejabberd balances routes to a domain between its connections, iq results included).
+    ForeignPong(String),
     /// A stanza that does not parse: count it, log `error`, write `reply` if there is one.
     Bad {
         /// The parser's complaint.
@@ -131,6 +134,11 @@ impl Service {
                 if id.starts_with(&self.ping_prefix) =>
             {
                 return Action::Pong(id.clone());
+            }
+            Iq::Result { ref id, .. } | Iq::Error { ref id, .. }
+                if id.starts_with(super::PING_ID_PREFIX) =>
+            {
+                return Action::ForeignPong(id.clone());
             }
             Iq::Get {
                 from,
@@ -290,6 +298,13 @@ impl Head {
                 id: Some(iq.id().to_owned()),
                 answerable: matches!(iq, Iq::Get { .. } | Iq::Set { .. }),
             },
+            Inbound::ForeignPong(id) => Self {
+                kind: Kind::Iq,
+                from: None,
+                to: None,
+                id: Some(id.clone()),
+                answerable: false,
+            },
         }
     }
 
@@ -413,6 +428,27 @@ mod tests {
             panic!("not an error")
         };
         assert_eq!(error.defined_condition, DefinedCondition::ItemNotFound);
+    }
+
+    #[test]
+    fn pongs_of_other_instances_are_told_apart_from_ours_and_other_results() {
+        for (id, foreign) in [("xmb-ping-other-3", true), ("xmb-ping-t-3", false)] {
+            let action = classify(&format!(
+                "<iq {C} type='result' id='{id}' from='localhost' to='mqtt.localhost'/>"
+            ));
+            match action {
+                Action::ForeignPong(got) if foreign => assert_eq!(got, id),
+                Action::Pong(got) if !foreign => assert_eq!(got, id),
+                other => panic!("{id}: {other:?}"),
+            }
+        }
+        let action = classify(&format!(
+            "<iq {C} type='result' id='disco-1' from='localhost' to='mqtt.localhost'/>"
+        ));
+        assert!(
+            matches!(action, Action::Deliver(Inbound::Iq(_), _)),
+            "{action:?}"
+        );
     }
 
     #[test]

@@ -26,6 +26,24 @@ pub const USERS: [&str; 3] = ["alice", "bob", "carol"];
 /// How long Prosody may take to open its ports.
 const START_LIMIT: Duration = Duration::from_secs(15);
 
+/// What the test XMPP clients and bridges need from a server (Prosody or ejabberd).
+pub trait XmppServer {
+    /// Port for XMPP clients (no TLS required, PLAIN allowed).
+    fn c2s_port(&self) -> u16;
+    /// `127.0.0.1:<component port>` for the bridge (XEP-0114).
+    fn component_addr(&self) -> String;
+}
+
+impl XmppServer for Prosody {
+    fn c2s_port(&self) -> u16 {
+        self.c2s_port
+    }
+
+    fn component_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.component_port)
+    }
+}
+
 /// A running Prosody.
 pub struct Prosody {
     dir: tempfile::TempDir,
@@ -329,12 +347,12 @@ pub struct XmppClient {
 
 impl XmppClient {
     /// Starts the client and waits until it is logged in and has sent its presence.
-    pub async fn connect(prosody: &Prosody, user: &str) -> XmppClient {
+    pub async fn connect(server: &impl XmppServer, user: &str) -> XmppClient {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
         let jid = format!("{user}@{DOMAIN}");
         let mut child = tokio::process::Command::new(super::python())
             .arg(super::test_file("clients/xmpp_client.py"))
-            .args(["--port", &prosody.c2s_port().to_string(), "--jid", &jid])
+            .args(["--port", &server.c2s_port().to_string(), "--jid", &jid])
             .args(["--password", &format!("{user}pw"), "--timeout", "55"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

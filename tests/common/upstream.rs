@@ -21,7 +21,7 @@ use xmpp_mqtt_bridge::upstream::UpstreamConfig;
 use xmpp_mqtt_bridge::xmpp::{LinkState, XmppConfig};
 
 use super::mosquitto::Mosquitto;
-use super::prosody::{COMPONENT, Prosody, SECRET, XmppClient};
+use super::prosody::{COMPONENT, Prosody, SECRET, XmppClient, XmppServer};
 
 pub const BRIDGE_USER: &str = "xmpp-bridge";
 pub const BRIDGE_PASSWORD: &str = "bridgepw";
@@ -236,7 +236,7 @@ impl Instance {
     pub fn spawn(
         dir: &Path,
         name: &str,
-        prosody: &Prosody,
+        prosody: &impl XmppServer,
         m: &Mosquitto,
         domain: &str,
         client_id: &str,
