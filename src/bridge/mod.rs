@@ -16,6 +16,8 @@
 pub mod envelope;
 pub mod events;
 pub mod mqtt_side;
+pub mod presence;
+pub mod presence_store;
 pub mod translate;
 
 use std::sync::Arc;
@@ -36,11 +38,14 @@ use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
 use self::events::{EventSink, Outcome, Translation};
 use self::mqtt_side::MqttSide;
+use self::presence::{Action as PresenceAction, PresenceBook, PresenceConfig};
+use self::presence_store::SubscriberStore;
 use self::translate::{FromXmpp, InboundChat, NotCarried, XmppOut, mqtt_to_xmpp, xmpp_to_mqtt};
 use crate::broker::Delivery;
 use crate::broker::codec::reason;
 use crate::broker::codec::{Properties, Publish, QoS};
 use crate::broker::guard::{PublishGuard, Refused};
+use crate::broker::session_events::SessionEvent;
 use crate::mapping::Refusal;
 use crate::mapping::{MappingTable, MessageKind};
 use crate::xmpp::{Inbound, Outgoing, SendError, XmppHandle};
@@ -74,6 +79,8 @@ fn add(counter: &AtomicU64) {
 /// the reason code (0x87 Not authorized for identity, 0x99 Payload format invalid).
 pub struct MappingGuard {
     table: Arc<MappingTable>,
+    /// Status and legacy presence topics, when presence is on.
+    presence: Option<PresenceConfig>,
     /// Refusals are translation outcomes too: audited and counted.
     events: EventSink,
 }
@@ -83,8 +90,15 @@ impl MappingGuard {
     pub fn new(table: Arc<MappingTable>) -> Self {
         MappingGuard {
             table,
+            presence: None,
             events: EventSink::default(),
         }
+    }
+
+    /// Also guards the presence topics (a user's own status topic only; no legacy topic).
+    pub fn with_presence(mut self, presence: Option<PresenceConfig>) -> Self {
+        self.presence = presence;
+        self
     }
 
     /// Reports every refusal to `events` (without waiting: the guard runs in the router).
@@ -96,6 +110,12 @@ impl MappingGuard {
 
 impl PublishGuard for MappingGuard {
     fn check(&self, topic: &str, payload: &[u8], user: Option<&str>) -> Result<(), Refused> {
+        if let Some(Err(why)) = self.presence.as_ref().map(|p| p.check_publish(topic, user)) {
+            return Err(Refused {
+                reason: reason::NOT_AUTHORIZED,
+                why,
+            });
+        }
         match mqtt_to_xmpp(&self.table, topic, payload, user) {
             Ok(_) | Err(NotCarried::Mapping(Refusal::NoRule)) => Ok(()),
             Err(e) => {
@@ -152,6 +172,36 @@ pub struct Bridge {
     next_id: u64,
     /// Where translation outcomes go (audit, metrics).
     events: EventSink,
+    /// Presence both ways, when configured.
+    presence: Option<PresenceSide>,
+    /// The broker's session events (presence), when presence is on.
+    session_events: Option<mpsc::Receiver<SessionEvent>>,
+}
+
+/// Presence state and where its subscribers are saved.
+struct PresenceSide {
+    book: PresenceBook,
+    store: Box<dyn SubscriberStore>,
+    status_topic: presence::LevelPattern,
+}
+
+/// Why presence could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PresenceStartError {
+    /// The subscriber store is unreadable.
+    #[error(transparent)]
+    Store(#[from] presence_store::StoreError),
+    /// The broker stopped.
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerGone),
+}
+
+/// The next session event; pending for ever without a receiver.
+async fn next_session_event(rx: &mut Option<mpsc::Receiver<SessionEvent>>) -> Option<SessionEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Bridge {
@@ -187,7 +237,40 @@ impl Bridge {
             blocked: None,
             next_id: rand::random::<u32>().into(),
             events: EventSink::default(),
+            presence: None,
+            session_events: None,
         })
+    }
+
+    /// Turns presence on: loads the subscribers from `store`, subscribes to the status
+    /// topics, and probes every subscribed contact for its current presence.
+    pub async fn with_presence(
+        mut self,
+        cfg: &PresenceConfig,
+        mut store: Box<dyn SubscriberStore>,
+        session_events: mpsc::Receiver<SessionEvent>,
+    ) -> Result<Bridge, PresenceStartError> {
+        let subscribers = store.load()?;
+        let book = PresenceBook::new(self.table.domain(), cfg.legacy_topic.clone(), subscribers);
+        let filter = cfg.status_topic.filter();
+        let codes = self
+            .mqtt
+            .subscribe(std::slice::from_ref(&filter), QoS::AtLeastOnce)
+            .await?;
+        if codes.first().is_some_and(|&c| c >= 0x80) {
+            warn!(%filter, "Status topic subscription refused by the broker.");
+        }
+        let probes = book.startup();
+        info!(subscriptions = book.subscribers.pairs().count(), status = %filter,
+            "Presence on.");
+        self.presence = Some(PresenceSide {
+            book,
+            store,
+            status_topic: cfg.status_topic.clone(),
+        });
+        self.session_events = Some(session_events);
+        self.presence_actions(probes).await?;
+        Ok(self)
     }
 
     /// Sends every translation outcome to `events`.
@@ -229,6 +312,14 @@ impl Bridge {
                         }
                     }
                 }
+                event = next_session_event(&mut self.session_events) => match event {
+                    Some(event) => {
+                        if self.on_session_event(&event).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => self.session_events = None,
+                },
                 inbound = self.inbound.recv() => match inbound {
                     Some(inbound) => {
                         if self.on_xmpp(inbound).await.is_err() {
@@ -259,8 +350,12 @@ impl Bridge {
         match inbound {
             Inbound::Message(message) => self.message_from_xmpp(message).await,
             Inbound::Presence(presence) => {
-                debug!(from = ?presence.from, "Presence not bridged yet; ignored.");
-                Ok(())
+                let Some(side) = &mut self.presence else {
+                    debug!(from = ?presence.from, "Presence is off; ignored.");
+                    return Ok(());
+                };
+                let actions = side.book.on_xmpp(&self.table, &presence);
+                self.presence_actions(actions).await
             }
             iq @ Inbound::Iq(_) => {
                 // Requests get <service-unavailable/>; results and errors get nothing.
@@ -348,7 +443,88 @@ impl Bridge {
         }
     }
 
+    /// A broker session event: presence of the client's user.
+    async fn on_session_event(
+        &mut self,
+        event: &SessionEvent,
+    ) -> Result<(), crate::broker::BrokerGone> {
+        let Some(side) = &mut self.presence else {
+            return Ok(());
+        };
+        let actions = side.book.on_session(&self.table, event);
+        self.presence_actions(actions).await
+    }
+
+    /// A publish on a status topic: `Some` when it was one (handled), else the delivery back.
+    async fn on_status(
+        &mut self,
+        delivery: Delivery,
+    ) -> Result<Option<Delivery>, crate::broker::BrokerGone> {
+        let Some(side) = &mut self.presence else {
+            return Ok(Some(delivery));
+        };
+        let Some(owner) = side.status_topic.capture(&delivery.publish.topic) else {
+            return Ok(Some(delivery));
+        };
+        let user = delivery.origin.as_ref().and_then(|o| o.username.as_deref());
+        let actions = if user != Some(owner.as_str()) {
+            // The broker's guard refuses these; a message from before it was installed.
+            warn!(topic = %delivery.publish.topic, ?user, "Status of another user ignored.");
+            Vec::new()
+        } else {
+            match presence::Status::parse(&delivery.publish.payload) {
+                Ok(status) => side.book.on_status(&self.table, &owner, status),
+                Err(e) => {
+                    warn!(topic = %delivery.publish.topic, error = %e, "Status not understood.");
+                    Vec::new()
+                }
+            }
+        };
+        self.presence_actions(actions).await?;
+        self.mqtt.ack(&delivery.publish).await?;
+        Ok(None)
+    }
+
+    /// Carries out what the presence book decided.
+    async fn presence_actions(
+        &mut self,
+        actions: Vec<PresenceAction>,
+    ) -> Result<(), crate::broker::BrokerGone> {
+        for action in actions {
+            match action {
+                PresenceAction::Send(p) => {
+                    if let Err(e) = self.xmpp.send(Outgoing::new(*p)) {
+                        warn!(error = %e, "Presence not sent to XMPP.");
+                    }
+                }
+                PresenceAction::Publish { topic, payload } => {
+                    let publish = Publish {
+                        dup: false,
+                        qos: QoS::AtLeastOnce,
+                        retain: true,
+                        topic: topic.into(),
+                        pkid: 0,
+                        payload,
+                        properties: Properties::new(),
+                    };
+                    self.mqtt.publish(publish).await?;
+                }
+                PresenceAction::Save => {
+                    if let Some(side) = &mut self.presence {
+                        if let Err(e) = side.store.save(&side.book.subscribers) {
+                            warn!(error = %e, "Presence subscribers not saved.");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn on_mqtt(&mut self, delivery: Delivery) -> Result<(), crate::broker::BrokerGone> {
+        let Some(delivery) = self.on_status(delivery).await? else {
+            return Ok(());
+        };
         let Delivery { publish, origin } = delivery;
         let user = origin.as_ref().and_then(|o| o.username.as_deref());
         let client_id = origin.as_ref().map(|o| o.client_id.to_string());

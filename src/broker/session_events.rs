@@ -152,8 +152,10 @@ impl SessionEventSender {
             Err(mpsc::error::TrySendError::Full(event)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 if !self.overflowing.swap(true, Ordering::Relaxed) {
-                    warn!(client_id = event.client_id(),
-                        "Session-event listener is behind; dropping session events.");
+                    warn!(
+                        client_id = event.client_id(),
+                        "Session-event listener is behind; dropping session events."
+                    );
                 }
             }
             // The listener stopped: nobody to tell.

@@ -62,6 +62,7 @@ pub async fn start_broker(tune: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
         bridge: None,
         audit: None,
         admin: None,
+        presence: None,
     };
     let app = App::start(config).await.expect("broker starts");
     TestBroker {

@@ -8,10 +8,10 @@ use tracing::{debug, info, warn};
 
 use super::Router;
 use super::notify::departure;
-use crate::broker::session_events::{Departure, SessionEvent};
 use crate::broker::codec::reason;
 use crate::broker::link::{CloseCause, ConnId};
 use crate::broker::session::{NEVER_EXPIRES, Session, SessionId};
+use crate::broker::session_events::{Departure, SessionEvent};
 use crate::broker::stats::BrokerStats;
 use crate::broker::topic::parse_shared;
 
