@@ -448,15 +448,19 @@ impl PresenceBook {
         let (b, c) = (bridged.as_str(), contact.as_str());
         match type_ {
             Type::Subscribe => {
+                let new = self.subscribers.add(b, c);
                 let mut out = Vec::new();
-                if self.subscribers.add(b, c) {
+                if new {
                     out.push(Action::Save);
                 }
                 out.push(answer(Presence::subscribed()));
                 let current = self.current(&user, bridged, Jid::from(contact.clone()));
                 out.push(Action::Send(Box::new(current)));
-                // Ask for the contact's presence back (XMPP → MQTT direction).
-                out.push(answer(Presence::subscribe()));
+                if new {
+                    // Ask for the contact's presence back (XMPP → MQTT direction); only for
+                    // a new subscriber, so two auto-approving ends cannot loop.
+                    out.push(answer(Presence::subscribe()));
+                }
                 out
             }
             Type::Unsubscribe => {

@@ -117,6 +117,11 @@ fn subscribe_is_approved_saved_answered_and_reciprocated() {
     // Again: nothing new to save.
     let again = b.on_xmpp(&t, &from_alice(Type::Subscribe));
     assert!(!again.contains(&Action::Save));
+    assert_eq!(
+        sent(&again).len(),
+        2,
+        "no subscribe back for a known subscriber"
+    );
     // Probe from a subscriber: current presence; from a stranger: unsubscribed.
     let probe = sent(&b.on_xmpp(&t, &from_alice(Type::Probe)));
     assert!(probe[0].contains("unavailable"), "{probe:?}");
