@@ -183,15 +183,14 @@ impl App {
                     .with_events(events.clone())
                     .with_presence(config.presence.clone());
                 broker.set_publish_guard(Arc::new(guard)).await?;
+                let session_events = broker.session_events(SESSION_EVENT_DEPTH).await?;
                 let mut bridge = Bridge::new(settings.mapping, client, handle.clone(), inbound)
                     .await?
-                    .with_events(events);
+                    .with_events(events)
+                    .with_session_events(session_events);
                 if let Some(presence) = &config.presence {
-                    let session_events = broker.session_events(SESSION_EVENT_DEPTH).await?;
                     let store = Box::new(FileStore::new(&presence.file));
-                    bridge = bridge
-                        .with_presence(presence, store, session_events)
-                        .await?;
+                    bridge = bridge.with_presence(presence, store).await?;
                 }
                 let stats = bridge.stats();
                 s.tracker.spawn(bridge.run(s.shutdown.child_token()));

@@ -61,7 +61,10 @@ async fn connect_subscribe_unsubscribe_and_normal_disconnect() {
         other => panic!("{other:?}"),
     }
     // A refused filter is not reported.
-    c.client.subscribe("bad/#/x", QoS::AtMostOnce).await.unwrap();
+    c.client
+        .subscribe("bad/#/x", QoS::AtMostOnce)
+        .await
+        .unwrap();
     c.client.unsubscribe("rooms/+/x").await.unwrap();
     match next(&mut rx).await {
         SessionEvent::Unsubscribed { filters, .. } => assert_eq!(filters, vec!["rooms/+/x"]),
@@ -86,9 +89,15 @@ async fn lost_connections_keep_alive_takeover_and_wills() {
     raw.send(&raw::connect_with_will("w", true, 60, "wills/w", "bye", 0))
         .await;
     raw.read_exact(4).await;
-    assert!(matches!(next(&mut rx).await, SessionEvent::Connected { .. }));
+    assert!(matches!(
+        next(&mut rx).await,
+        SessionEvent::Connected { .. }
+    ));
     drop(raw);
-    assert_eq!(departure(&next(&mut rx).await), (Departure::ConnectionLost, false));
+    assert_eq!(
+        departure(&next(&mut rx).await),
+        (Departure::ConnectionLost, false)
+    );
     match next(&mut rx).await {
         SessionEvent::WillPublished {
             client_id, topic, ..
@@ -100,17 +109,32 @@ async fn lost_connections_keep_alive_takeover_and_wills() {
     let mut raw = Raw::connect(broker.addr).await;
     raw.send(&raw::connect_packet(4, "k", true, 1)).await;
     raw.read_exact(4).await;
-    assert!(matches!(next(&mut rx).await, SessionEvent::Connected { .. }));
+    assert!(matches!(
+        next(&mut rx).await,
+        SessionEvent::Connected { .. }
+    ));
     let silent = Instant::now();
-    assert_eq!(departure(&next(&mut rx).await), (Departure::KeepAliveTimeout, false));
+    assert_eq!(
+        departure(&next(&mut rx).await),
+        (Departure::KeepAliveTimeout, false)
+    );
     assert!(silent.elapsed() >= Duration::from_millis(1400));
 
     // The same client id again: the first is taken over, the second connected.
     let _first = Raw::mqtt(broker.addr, "t").await;
-    assert!(matches!(next(&mut rx).await, SessionEvent::Connected { .. }));
+    assert!(matches!(
+        next(&mut rx).await,
+        SessionEvent::Connected { .. }
+    ));
     let _second = Raw::mqtt(broker.addr, "t").await;
-    assert_eq!(departure(&next(&mut rx).await), (Departure::TakenOver, false));
-    assert!(matches!(next(&mut rx).await, SessionEvent::Connected { .. }));
+    assert_eq!(
+        departure(&next(&mut rx).await),
+        (Departure::TakenOver, false)
+    );
+    assert!(matches!(
+        next(&mut rx).await,
+        SessionEvent::Connected { .. }
+    ));
 
     // In-process clients (the bridge) are never reported.
     let _internal = b.internal_client("quiet").await.unwrap();

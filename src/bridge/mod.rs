@@ -16,6 +16,7 @@
 pub mod envelope;
 pub mod events;
 pub mod mqtt_side;
+pub mod muc;
 pub mod presence;
 pub mod presence_store;
 pub mod translate;
@@ -38,6 +39,7 @@ use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
 use self::events::{EventSink, Outcome, Translation};
 use self::mqtt_side::MqttSide;
+use self::muc::{RoomAction, Rooms, Verdict};
 use self::presence::{Action as PresenceAction, PresenceBook, PresenceConfig};
 use self::presence_store::SubscriberStore;
 use self::translate::{FromXmpp, InboundChat, NotCarried, XmppOut, mqtt_to_xmpp, xmpp_to_mqtt};
@@ -48,7 +50,7 @@ use crate::broker::guard::{PublishGuard, Refused};
 use crate::broker::session_events::SessionEvent;
 use crate::mapping::Refusal;
 use crate::mapping::{MappingTable, MessageKind};
-use crate::xmpp::{Inbound, Outgoing, SendError, XmppHandle};
+use crate::xmpp::{Inbound, Outgoing, SendError, Stanza, XmppHandle};
 
 /// How often a delivery refused by a full XMPP queue is offered again.
 const RETRY_FULL_QUEUE: Duration = Duration::from_millis(50);
@@ -81,6 +83,8 @@ pub struct MappingGuard {
     table: Arc<MappingTable>,
     /// Status and legacy presence topics, when presence is on.
     presence: Option<PresenceConfig>,
+    /// Group chat error topics: written by the bridge only.
+    error_topic: presence::LevelPattern,
     /// Refusals are translation outcomes too: audited and counted.
     events: EventSink,
 }
@@ -91,6 +95,8 @@ impl MappingGuard {
         MappingGuard {
             table,
             presence: None,
+            error_topic: presence::LevelPattern::parse(muc::ERROR_TOPIC, "user")
+                .unwrap_or_else(|_| unreachable!("the constant is a valid pattern")),
             events: EventSink::default(),
         }
     }
@@ -110,6 +116,12 @@ impl MappingGuard {
 
 impl PublishGuard for MappingGuard {
     fn check(&self, topic: &str, payload: &[u8], user: Option<&str>) -> Result<(), Refused> {
+        if self.error_topic.capture(topic).is_some() {
+            return Err(Refused {
+                reason: reason::NOT_AUTHORIZED,
+                why: "error topics are written by the bridge only".into(),
+            });
+        }
         if let Some(Err(why)) = self.presence.as_ref().map(|p| p.check_publish(topic, user)) {
             return Err(Refused {
                 reason: reason::NOT_AUTHORIZED,
@@ -174,8 +186,10 @@ pub struct Bridge {
     events: EventSink,
     /// Presence both ways, when configured.
     presence: Option<PresenceSide>,
-    /// The broker's session events (presence), when presence is on.
+    /// The broker's session events (presence, rooms), in embedded mode.
     session_events: Option<mpsc::Receiver<SessionEvent>>,
+    /// Bridged occupants of group chat rooms, in embedded mode.
+    rooms: Option<Rooms>,
 }
 
 /// Presence state and where its subscribers are saved.
@@ -239,6 +253,7 @@ impl Bridge {
             events: EventSink::default(),
             presence: None,
             session_events: None,
+            rooms: None,
         })
     }
 
@@ -248,7 +263,6 @@ impl Bridge {
         mut self,
         cfg: &PresenceConfig,
         mut store: Box<dyn SubscriberStore>,
-        session_events: mpsc::Receiver<SessionEvent>,
     ) -> Result<Bridge, PresenceStartError> {
         let subscribers = store.load()?;
         let book = PresenceBook::new(self.table.domain(), cfg.legacy_topic.clone(), subscribers);
@@ -268,9 +282,16 @@ impl Bridge {
             store,
             status_topic: cfg.status_topic.clone(),
         });
-        self.session_events = Some(session_events);
         self.presence_actions(probes).await?;
         Ok(self)
+    }
+
+    /// Hears of MQTT clients' sessions (embedded broker): presence and room membership.
+    /// Group chat (rules carrying `groupchat`) is on from here.
+    pub fn with_session_events(mut self, session_events: mpsc::Receiver<SessionEvent>) -> Self {
+        self.session_events = Some(session_events);
+        self.rooms = Some(Rooms::new(self.table.domain()));
+        self
     }
 
     /// Sends every translation outcome to `events`.
@@ -350,6 +371,9 @@ impl Bridge {
         match inbound {
             Inbound::Message(message) => self.message_from_xmpp(message).await,
             Inbound::Presence(presence) => {
+                if let Some(actions) = self.rooms.as_mut().and_then(|r| r.on_presence(&presence)) {
+                    return self.room_actions(actions).await;
+                }
                 let Some(side) = &mut self.presence else {
                     debug!(from = ?presence.from, "Presence is off; ignored.");
                     return Ok(());
@@ -370,6 +394,18 @@ impl Bridge {
     }
 
     async fn message_from_xmpp(&mut self, m: Message) -> Result<(), crate::broker::BrokerGone> {
+        if let Some(rooms) = &self.rooms {
+            if m.type_ == MessageType::Error {
+                if let Some(action) = rooms.on_error_message(&m) {
+                    return self.room_actions(vec![action]).await;
+                }
+            } else if m.type_ == MessageType::Groupchat {
+                if let Verdict::Skip(why) = rooms.verdict(&m) {
+                    debug!(from = ?m.from, to = ?m.to, why, "Groupchat copy not carried.");
+                    return Ok(());
+                }
+            }
+        }
         let Some(chat) = inbound_chat(&m) else {
             // Errors and messages without addresses are never answered (no error loops).
             add(&self.stats.ignored_from_xmpp);
@@ -448,11 +484,64 @@ impl Bridge {
         &mut self,
         event: &SessionEvent,
     ) -> Result<(), crate::broker::BrokerGone> {
+        if let Some(rooms) = &mut self.rooms {
+            let actions = rooms.on_session(&self.table, event);
+            self.room_actions(actions).await?;
+        }
         let Some(side) = &mut self.presence else {
             return Ok(());
         };
         let actions = side.book.on_session(&self.table, event);
         self.presence_actions(actions).await
+    }
+
+    /// Carries out what the room book decided.
+    async fn room_actions(
+        &mut self,
+        actions: Vec<RoomAction>,
+    ) -> Result<(), crate::broker::BrokerGone> {
+        for action in actions {
+            match action {
+                RoomAction::Presence(p) => self.send_stanza(Stanza::Presence(*p)),
+                RoomAction::Iq(iq) => self.send_stanza(Stanza::Iq(*iq)),
+                RoomAction::Error(e) => self.room_error(e).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A room error: published on the user's error topic and audited (`denied`).
+    async fn room_error(&mut self, e: muc::RoomError) -> Result<(), crate::broker::BrokerGone> {
+        warn!(user = %e.user, room = %e.room, condition = %e.condition, text = ?e.text,
+            "Group chat error reported to the MQTT user.");
+        let payload = e.payload();
+        let me = format!("{}@{}", e.user, self.table.domain());
+        let occupant = format!("{}/{}", e.room, e.nick);
+        let mut event = Translation::from_xmpp(&occupant, &me, "groupchat", None);
+        event.to_mqtt("groupchat", &e.topic, 1, BRIDGE_CLIENT_ID, payload.clone());
+        let detail = match &e.text {
+            Some(text) => format!("{}: {text}", e.condition),
+            None => e.condition.clone(),
+        };
+        event.outcome = Outcome::denied("room_error", detail);
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: e.topic.into(),
+            pkid: 0,
+            payload,
+            properties: Properties::new(),
+        };
+        self.mqtt.publish(publish).await?;
+        self.events.emit(*event).await;
+        Ok(())
+    }
+
+    fn send_stanza(&self, stanza: Stanza) {
+        if let Err(e) = self.xmpp.send(Outgoing::new(stanza)) {
+            warn!(error = %e, "Stanza not sent to XMPP.");
+        }
     }
 
     /// A publish on a status topic: `Some` when it was one (handled), else the delivery back.
