@@ -372,16 +372,19 @@ impl Bridge {
             Inbound::Message(message) => self.message_from_xmpp(message).await,
             Inbound::Presence(presence) => {
                 if let Some(actions) = self.rooms.as_mut().and_then(|r| r.on_presence(&presence)) {
+                    debug!(from = ?presence.from, actions = actions.len(), "Room presence.");
                     return self.room_actions(actions).await;
                 }
                 let Some(side) = &mut self.presence else {
-                    debug!(from = ?presence.from, "Presence is off; ignored.");
+                    debug!(from = ?presence.from, to = ?presence.to, type_ = ?presence.type_,
+                        "Presence is off; ignored.");
                     return Ok(());
                 };
                 let actions = side.book.on_xmpp(&self.table, &presence);
                 self.presence_actions(actions).await
             }
             iq @ Inbound::Iq(_) => {
+                debug!(?iq, "Iq from XMPP.");
                 // Requests get <service-unavailable/>; results and errors get nothing.
                 self.reply_error(
                     &iq,

@@ -30,7 +30,6 @@ use xmpp_parsers::message::Message;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::muc::Muc;
 use xmpp_parsers::muc::muc::History;
-use xmpp_parsers::muc::user::{MucUser, Status as MucStatus};
 use xmpp_parsers::presence::{Presence, Type};
 
 use super::presence::LevelPattern;
@@ -42,6 +41,7 @@ pub const ERROR_TOPIC: &str = "users/{user}/errors";
 
 const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 const NS_DELAY: &str = "urn:xmpp:delay";
+const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 
 /// A room error, for the MQTT client and the audit trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,19 +269,14 @@ impl Rooms {
             // Another occupant's presence: occupants are not bridged as presence.
             return Some(Vec::new());
         }
-        let status = p
-            .payloads
-            .iter()
-            .find_map(|e| MucUser::try_from(e.clone()).ok())
-            .map(|u| u.status)
-            .unwrap_or_default();
+        let created = status_codes(&p.payloads).any(|c| c == "201");
         let mut out = Vec::new();
         match p.type_ {
             Type::None => {
                 if let Some(m) = self.rooms.get_mut(&room).and_then(|m| m.get_mut(&user)) {
                     m.joined = true;
                 }
-                if status.contains(&MucStatus::RoomHasBeenCreated) {
+                if created {
                     out.extend(self.instant_room(&room, &user));
                 }
             }
@@ -380,6 +375,16 @@ impl Rooms {
             Verdict::Skip("another bridged occupant's copy")
         }
     }
+}
+
+/// The status codes of the `<x xmlns='http://jabber.org/protocol/muc#user'/>` among
+/// `payloads` (read by hand: a typed parse fails on details that do not matter here).
+fn status_codes(payloads: &[Element]) -> impl Iterator<Item = &str> {
+    payloads
+        .iter()
+        .filter(|e| e.is("x", NS_MUC_USER))
+        .flat_map(|x| x.children().filter(|c| c.name() == "status"))
+        .filter_map(|s| s.attr("code"))
 }
 
 /// The condition and text of the `<error/>` among `payloads`.

@@ -10,6 +10,8 @@ pub struct Paho {
     child: tokio::process::Child,
     stdin: Option<tokio::process::ChildStdin>,
     events: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    /// Events passed over while waiting for another one, kept for later reads.
+    backlog: std::collections::VecDeque<serde_json::Value>,
 }
 
 /// How to start one.
@@ -73,6 +75,7 @@ impl Paho {
             child,
             stdin,
             events,
+            backlog: std::collections::VecDeque::new(),
         };
         let ev = paho.wait_for(|e| e["event"] == "connected").await;
         assert_eq!(ev["reason"], 0, "{} not accepted: {ev}", o.client_id);
@@ -121,16 +124,22 @@ impl Paho {
         self.wait_for(|e| e["event"] == "unsubscribed").await;
     }
 
-    /// The next event matching `pred`; panics after [`super::WAIT`].
+    /// The next event matching `pred` (backlog first); the others stay in the backlog.
+    /// Panics after [`super::WAIT`].
     pub async fn wait_for(
         &mut self,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
+        if let Some(i) = self.backlog.iter().position(&pred) {
+            if let Some(v) = self.backlog.remove(i) {
+                return v;
+            }
+        }
         let deadline = tokio::time::Instant::now() + super::WAIT;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
                 Ok(Some(v)) if pred(&v) => return v,
-                Ok(Some(_)) => continue,
+                Ok(Some(v)) => self.backlog.push_back(v),
                 Ok(None) => panic!("the paho client ended"),
                 Err(_) => panic!("no matching paho event in {:?}", super::WAIT),
             }
@@ -139,7 +148,11 @@ impl Paho {
 
     /// Messages arriving within `quiet` (after which nothing more came).
     pub async fn messages_for(&mut self, quiet: Duration) -> Vec<serde_json::Value> {
-        let mut out = Vec::new();
+        let mut out: Vec<serde_json::Value> = self
+            .backlog
+            .drain(..)
+            .filter(|v| v["event"] == "message")
+            .collect();
         while let Ok(Some(v)) = tokio::time::timeout(quiet, self.events.recv()).await {
             if v["event"] == "message" {
                 out.push(v);
