@@ -2,7 +2,8 @@
 //! connect, subscribe, unsubscribe, leave in each way, and when wills fire.
 #![allow(
     clippy::unwrap_used,
-    reason = "tests: a failed unwrap is a failed test"
+    clippy::let_underscore_must_use,
+    reason = "tests: a failed unwrap is a failed test; ignored results are best-effort cleanup"
 )]
 
 mod common;

@@ -19,6 +19,7 @@ pub mod mqtt_side;
 pub mod muc;
 pub mod presence;
 pub mod presence_store;
+mod social;
 pub mod translate;
 
 use std::sync::Arc;
@@ -39,9 +40,10 @@ use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
 use self::events::{EventSink, Outcome, Translation};
 use self::mqtt_side::MqttSide;
-use self::muc::{RoomAction, Rooms, Verdict};
-use self::presence::{Action as PresenceAction, PresenceBook, PresenceConfig};
-use self::presence_store::SubscriberStore;
+use self::muc::{Rooms, Verdict};
+use self::presence::PresenceConfig;
+pub use self::social::PresenceStartError;
+use self::social::{PresenceSide, next_session_event};
 use self::translate::{FromXmpp, InboundChat, NotCarried, XmppOut, mqtt_to_xmpp, xmpp_to_mqtt};
 use crate::broker::Delivery;
 use crate::broker::codec::reason;
@@ -50,7 +52,7 @@ use crate::broker::guard::{PublishGuard, Refused};
 use crate::broker::session_events::SessionEvent;
 use crate::mapping::Refusal;
 use crate::mapping::{MappingTable, MessageKind};
-use crate::xmpp::{Inbound, Outgoing, SendError, Stanza, XmppHandle};
+use crate::xmpp::{Inbound, Outgoing, SendError, XmppHandle};
 
 /// How often a delivery refused by a full XMPP queue is offered again.
 const RETRY_FULL_QUEUE: Duration = Duration::from_millis(50);
@@ -192,32 +194,6 @@ pub struct Bridge {
     rooms: Option<Rooms>,
 }
 
-/// Presence state and where its subscribers are saved.
-struct PresenceSide {
-    book: PresenceBook,
-    store: Box<dyn SubscriberStore>,
-    status_topic: presence::LevelPattern,
-}
-
-/// Why presence could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum PresenceStartError {
-    /// The subscriber store is unreadable.
-    #[error(transparent)]
-    Store(#[from] presence_store::StoreError),
-    /// The broker stopped.
-    #[error(transparent)]
-    Broker(#[from] crate::broker::BrokerGone),
-}
-
-/// The next session event; pending for ever without a receiver.
-async fn next_session_event(rx: &mut Option<mpsc::Receiver<SessionEvent>>) -> Option<SessionEvent> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
 impl Bridge {
     /// Subscribes the MQTT side to what the mapping table sends to XMPP.
     pub async fn new(
@@ -255,43 +231,6 @@ impl Bridge {
             session_events: None,
             rooms: None,
         })
-    }
-
-    /// Turns presence on: loads the subscribers from `store`, subscribes to the status
-    /// topics, and probes every subscribed contact for its current presence.
-    pub async fn with_presence(
-        mut self,
-        cfg: &PresenceConfig,
-        mut store: Box<dyn SubscriberStore>,
-    ) -> Result<Bridge, PresenceStartError> {
-        let subscribers = store.load()?;
-        let book = PresenceBook::new(self.table.domain(), cfg.legacy_topic.clone(), subscribers);
-        let filter = cfg.status_topic.filter();
-        let codes = self
-            .mqtt
-            .subscribe(std::slice::from_ref(&filter), QoS::AtLeastOnce)
-            .await?;
-        if codes.first().is_some_and(|&c| c >= 0x80) {
-            warn!(%filter, "Status topic subscription refused by the broker.");
-        }
-        let probes = book.startup();
-        info!(subscriptions = book.subscribers.pairs().count(), status = %filter,
-            "Presence on.");
-        self.presence = Some(PresenceSide {
-            book,
-            store,
-            status_topic: cfg.status_topic.clone(),
-        });
-        self.presence_actions(probes).await?;
-        Ok(self)
-    }
-
-    /// Hears of MQTT clients' sessions (embedded broker): presence and room membership.
-    /// Group chat (rules carrying `groupchat`) is on from here.
-    pub fn with_session_events(mut self, session_events: mpsc::Receiver<SessionEvent>) -> Self {
-        self.session_events = Some(session_events);
-        self.rooms = Some(Rooms::new(self.table.domain()));
-        self
     }
 
     /// Sends every translation outcome to `events`.
@@ -370,19 +309,7 @@ impl Bridge {
     async fn on_xmpp(&mut self, inbound: Inbound) -> Result<(), crate::broker::BrokerGone> {
         match inbound {
             Inbound::Message(message) => self.message_from_xmpp(message).await,
-            Inbound::Presence(presence) => {
-                if let Some(actions) = self.rooms.as_mut().and_then(|r| r.on_presence(&presence)) {
-                    debug!(from = ?presence.from, actions = actions.len(), "Room presence.");
-                    return self.room_actions(actions).await;
-                }
-                let Some(side) = &mut self.presence else {
-                    debug!(from = ?presence.from, to = ?presence.to, type_ = ?presence.type_,
-                        "Presence is off; ignored.");
-                    return Ok(());
-                };
-                let actions = side.book.on_xmpp(&self.table, &presence);
-                self.presence_actions(actions).await
-            }
+            Inbound::Presence(presence) => self.on_presence(&presence).await,
             iq @ Inbound::Iq(_) => {
                 debug!(?iq, "Iq from XMPP.");
                 // Requests get <service-unavailable/>; results and errors get nothing.
@@ -480,137 +407,6 @@ impl Bridge {
         if let Err(e) = self.xmpp.send(Outgoing::new(reply)) {
             debug!(error = %e, "Error reply not sent.");
         }
-    }
-
-    /// A broker session event: presence of the client's user.
-    async fn on_session_event(
-        &mut self,
-        event: &SessionEvent,
-    ) -> Result<(), crate::broker::BrokerGone> {
-        if let Some(rooms) = &mut self.rooms {
-            let actions = rooms.on_session(&self.table, event);
-            self.room_actions(actions).await?;
-        }
-        let Some(side) = &mut self.presence else {
-            return Ok(());
-        };
-        let actions = side.book.on_session(&self.table, event);
-        self.presence_actions(actions).await
-    }
-
-    /// Carries out what the room book decided.
-    async fn room_actions(
-        &mut self,
-        actions: Vec<RoomAction>,
-    ) -> Result<(), crate::broker::BrokerGone> {
-        for action in actions {
-            match action {
-                RoomAction::Presence(p) => self.send_stanza(Stanza::Presence(*p)),
-                RoomAction::Iq(iq) => self.send_stanza(Stanza::Iq(*iq)),
-                RoomAction::Error(e) => self.room_error(e).await?,
-            }
-        }
-        Ok(())
-    }
-
-    /// A room error: published on the user's error topic and audited (`denied`).
-    async fn room_error(&mut self, e: muc::RoomError) -> Result<(), crate::broker::BrokerGone> {
-        warn!(user = %e.user, room = %e.room, condition = %e.condition, text = ?e.text,
-            "Group chat error reported to the MQTT user.");
-        let payload = e.payload();
-        let me = format!("{}@{}", e.user, self.table.domain());
-        let occupant = format!("{}/{}", e.room, e.nick);
-        let mut event = Translation::from_xmpp(&occupant, &me, "groupchat", None);
-        event.to_mqtt("groupchat", &e.topic, 1, BRIDGE_CLIENT_ID, payload.clone());
-        let detail = match &e.text {
-            Some(text) => format!("{}: {text}", e.condition),
-            None => e.condition.clone(),
-        };
-        event.outcome = Outcome::denied("room_error", detail);
-        let publish = Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            topic: e.topic.into(),
-            pkid: 0,
-            payload,
-            properties: Properties::new(),
-        };
-        self.mqtt.publish(publish).await?;
-        self.events.emit(*event).await;
-        Ok(())
-    }
-
-    fn send_stanza(&self, stanza: Stanza) {
-        if let Err(e) = self.xmpp.send(Outgoing::new(stanza)) {
-            warn!(error = %e, "Stanza not sent to XMPP.");
-        }
-    }
-
-    /// A publish on a status topic: `Some` when it was one (handled), else the delivery back.
-    async fn on_status(
-        &mut self,
-        delivery: Delivery,
-    ) -> Result<Option<Delivery>, crate::broker::BrokerGone> {
-        let Some(side) = &mut self.presence else {
-            return Ok(Some(delivery));
-        };
-        let Some(owner) = side.status_topic.capture(&delivery.publish.topic) else {
-            return Ok(Some(delivery));
-        };
-        let user = delivery.origin.as_ref().and_then(|o| o.username.as_deref());
-        let actions = if user != Some(owner.as_str()) {
-            // The broker's guard refuses these; a message from before it was installed.
-            warn!(topic = %delivery.publish.topic, ?user, "Status of another user ignored.");
-            Vec::new()
-        } else {
-            match presence::Status::parse(&delivery.publish.payload) {
-                Ok(status) => side.book.on_status(&self.table, &owner, status),
-                Err(e) => {
-                    warn!(topic = %delivery.publish.topic, error = %e, "Status not understood.");
-                    Vec::new()
-                }
-            }
-        };
-        self.presence_actions(actions).await?;
-        self.mqtt.ack(&delivery.publish).await?;
-        Ok(None)
-    }
-
-    /// Carries out what the presence book decided.
-    async fn presence_actions(
-        &mut self,
-        actions: Vec<PresenceAction>,
-    ) -> Result<(), crate::broker::BrokerGone> {
-        for action in actions {
-            match action {
-                PresenceAction::Send(p) => {
-                    if let Err(e) = self.xmpp.send(Outgoing::new(*p)) {
-                        warn!(error = %e, "Presence not sent to XMPP.");
-                    }
-                }
-                PresenceAction::Publish { topic, payload } => {
-                    let publish = Publish {
-                        dup: false,
-                        qos: QoS::AtLeastOnce,
-                        retain: true,
-                        topic: topic.into(),
-                        pkid: 0,
-                        payload,
-                        properties: Properties::new(),
-                    };
-                    self.mqtt.publish(publish).await?;
-                }
-                PresenceAction::Save => {
-                    if let Some(side) = &mut self.presence {
-                        if let Err(e) = side.store.save(&side.book.subscribers) {
-                            warn!(error = %e, "Presence subscribers not saved.");
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 
     async fn on_mqtt(&mut self, delivery: Delivery) -> Result<(), crate::broker::BrokerGone> {
