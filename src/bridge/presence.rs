@@ -31,7 +31,7 @@ use crate::broker::session_events::{Departure, SessionEvent};
 use crate::mapping::{MappingTable, escape_level, unescape_level};
 
 /// `[presence]`: presence both ways (embedded broker only).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PresenceConfig {
     /// Where an MQTT user sets its show and status text (capture `{user}`).
     pub status_topic: LevelPattern,
@@ -72,6 +72,12 @@ impl PresenceConfig {
 pub struct LevelPattern {
     levels: Vec<String>,
     capture: usize,
+}
+
+impl serde::Serialize for LevelPattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.levels.join("/"))
+    }
 }
 
 impl LevelPattern {

@@ -85,7 +85,6 @@ pub struct Config {
     /// `[admin]`: `/metrics`, `/healthz`, `/readyz`; `None` when off. On by default.
     pub admin: Option<AdminConfig>,
     /// `[presence]`: presence both ways; `None` when off (or no `[presence]` section).
-    #[serde(skip)]
     pub presence: Option<crate::bridge::presence::PresenceConfig>,
 }
 
