@@ -17,6 +17,7 @@ use common::paho::{Paho, PahoOptions};
 use common::prosody::{Prosody, XmppClient};
 use serde_json::{Value, json};
 use xmpp_mqtt_bridge::app::App;
+use xmpp_mqtt_bridge::audit::{AuditConfig, query};
 use xmpp_mqtt_bridge::broker::BrokerConfig;
 use xmpp_mqtt_bridge::config::{BridgeSettings, Config, LogConfig};
 use xmpp_mqtt_bridge::mapping::MappingTable;
@@ -37,7 +38,7 @@ qos = 1
 format = "json"
 "#;
 
-/// The bridge with the shipped rules plus a room rule.
+/// The bridge with the shipped rules plus a room rule; its audit trail in `dir/audit`.
 async fn start_bridge(prosody: &Prosody, dir: &Path) -> TestBroker {
     let mappings = dir.join("mappings");
     std::fs::create_dir_all(&mappings).unwrap();
@@ -78,7 +79,7 @@ async fn start_bridge(prosody: &Prosody, dir: &Path) -> TestBroker {
             mapping_dir: mappings,
             mapping: Arc::new(table),
         }),
-        audit: None,
+        audit: Some(AuditConfig::new(dir.join("audit"))),
         admin: None,
         presence: None,
     };
@@ -287,4 +288,25 @@ async fn a_nick_conflict_is_reported_on_the_error_topic() {
     // Nobody but the bridge may publish on an error topic.
     assert_eq!(bob.publish("users/bob/errors", "{}", false).await, 0x87);
     broker.stop().await;
+
+    // Both room errors are in the audit trail, denied with their condition.
+    let denied: Vec<_> = query::read_all(&dir.path().join("audit"))
+        .unwrap()
+        .into_iter()
+        .map(|(_, l)| l)
+        .filter(|l| l.kind == "record" && l.reason.as_deref() == Some("room_error"))
+        .collect();
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    assert_eq!(denied[0].outcome.as_deref(), Some("denied"));
+    assert!(
+        denied[0].detail.as_deref().unwrap().starts_with("conflict"),
+        "{denied:?}"
+    );
+    assert!(
+        denied[1]
+            .detail
+            .as_deref()
+            .unwrap()
+            .starts_with("not-acceptable")
+    );
 }
