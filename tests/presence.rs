@@ -259,8 +259,12 @@ async fn subscriptions_survive_a_restart_and_probes_are_answered() {
     let saved = std::fs::read_to_string(state.path().join("presence/subscribers.json")).unwrap();
     assert!(saved.contains("alice@localhost"), "{saved}");
 
-    // A new bridge process reads the subscriber file.
+    // A new bridge reads the subscriber file: at start it tells alice bob is offline (nobody
+    // is connected yet), then bob's client connects.
     let broker = start_bridge(&prosody, state.path()).await;
+    let p = presence_from_bob(&mut alice).await;
+    assert_eq!(p["type"], "unavailable", "{p}");
+    settle(&mut alice).await;
     let phone = Paho::connect(paho(&broker, "bob-phone", "311", 60)).await;
     let p = presence_from_bob(&mut alice).await;
     assert_eq!(p["type"], "available", "{p}");

@@ -312,17 +312,23 @@ impl PresenceBook {
         (jid.as_str() == text && table.covers_jid(&text)).then_some(jid)
     }
 
-    /// The probes to send at start: every subscriber, from the JID it is subscribed to.
+    /// What to send at start, per saved subscription: `unavailable` (nobody is connected
+    /// yet; a contact may still show the user online from before a crash or restart), then a
+    /// probe for the contact's own presence.
     pub fn startup(&self) -> Vec<Action> {
-        self.subscribers
-            .pairs()
-            .filter_map(|(bridged, contact)| {
-                let p = Presence::probe()
-                    .with_from(Jid::new(bridged).ok()?)
-                    .with_to(Jid::new(contact).ok()?);
-                Some(Action::Send(Box::new(p)))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for (bridged, contact) in self.subscribers.pairs() {
+            let (Ok(from), Ok(to)) = (Jid::new(bridged), Jid::new(contact)) else {
+                continue;
+            };
+            let gone = Presence::unavailable()
+                .with_from(from.clone())
+                .with_to(to.clone());
+            out.push(Action::Send(Box::new(gone)));
+            let probe = Presence::probe().with_from(from).with_to(to);
+            out.push(Action::Send(Box::new(probe)));
+        }
+        out
     }
 
     /// A broker session event.

@@ -261,13 +261,17 @@ fn legacy_presence_is_aggregated_per_bare_jid_and_published_on_change() {
 }
 
 #[test]
-fn startup_probes_every_subscriber() {
+fn startup_says_offline_and_probes_every_subscriber() {
     let (t, mut b) = (table(), book());
     b.on_xmpp(&t, &from_alice(Type::Subscribe));
     let xml = sent(&b.startup());
-    assert_eq!(xml.len(), 1);
+    assert_eq!(xml.len(), 2);
     assert!(
-        xml[0].contains("probe") && xml[0].contains("alice@example.org"),
+        xml[0].contains("unavailable") && xml[0].contains("alice@example.org"),
+        "{xml:?}"
+    );
+    assert!(
+        xml[1].contains("probe") && xml[1].contains("alice@example.org"),
         "{xml:?}"
     );
 }
