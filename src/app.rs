@@ -15,6 +15,8 @@ use tracing::{info, warn};
 
 use crate::audit::{self, AuditConfig, AuditStats};
 use crate::bridge::events::{EventSink, Observe};
+use crate::bridge::presence::SESSION_EVENT_DEPTH;
+use crate::bridge::presence_store::FileStore;
 use crate::bridge::{BRIDGE_CLIENT_ID, Bridge, BridgeStats, MappingGuard};
 use crate::broker::{Broker, BrokerStats};
 use crate::config::{BridgeSettings, Config, MqttMode};
@@ -35,6 +37,9 @@ pub enum StartError {
     /// Upstream mode without the bridge's settings (`[xmpp]`).
     #[error("upstream mode needs the bridge ([xmpp] and [mapping])")]
     NoBridge,
+    /// Presence could not start (its subscriber file).
+    #[error("presence: {0}")]
+    Presence(#[from] crate::bridge::PresenceStartError),
     /// The admin listener could not bind.
     #[error("cannot listen on {addr} (admin): {source}")]
     Admin {
@@ -174,11 +179,19 @@ impl App {
                 let client = broker.internal_client(BRIDGE_CLIENT_ID).await?;
                 let (events, stats) = s.events(config.audit);
                 audit_stats = stats;
-                let guard = MappingGuard::new(settings.mapping.clone()).with_events(events.clone());
+                let guard = MappingGuard::new(settings.mapping.clone())
+                    .with_events(events.clone())
+                    .with_presence(config.presence.clone());
                 broker.set_publish_guard(Arc::new(guard)).await?;
-                let bridge = Bridge::new(settings.mapping, client, handle.clone(), inbound)
+                let session_events = broker.session_events(SESSION_EVENT_DEPTH).await?;
+                let mut bridge = Bridge::new(settings.mapping, client, handle.clone(), inbound)
                     .await?
-                    .with_events(events);
+                    .with_events(events)
+                    .with_session_events(session_events);
+                if let Some(presence) = &config.presence {
+                    let store = Box::new(FileStore::new(&presence.file));
+                    bridge = bridge.with_presence(presence, store).await?;
+                }
                 let stats = bridge.stats();
                 s.tracker.spawn(bridge.run(s.shutdown.child_token()));
                 info!(%server, %domain, "XMPP bridge configured.");

@@ -72,6 +72,7 @@ async fn start_bridge(prosody: &Prosody, users: &Path, audit: AuditConfig) -> Te
         admin: Some(AdminConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
         }),
+        presence: None,
     };
     xmpp_mqtt_bridge::telemetry::init(&config.log);
     let app = App::start(config).await.unwrap();

@@ -62,6 +62,7 @@ async fn start_bridge(prosody: &Prosody, mappings: &Path, users: &Path) -> TestB
         }),
         audit: None,
         admin: None,
+        presence: None,
     };
     xmpp_mqtt_bridge::telemetry::init(&config.log);
     let app = App::start(config).await.unwrap();

@@ -304,6 +304,7 @@ async fn mqtt_311_carries_both_ways_and_drops_its_own_echoes() {
         }),
         audit: None,
         admin: None,
+        presence: None,
     };
     let app = App::start(config).await.unwrap();
     wait_upstream_connects(&app, 1).await;

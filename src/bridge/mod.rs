@@ -16,6 +16,10 @@
 pub mod envelope;
 pub mod events;
 pub mod mqtt_side;
+pub mod muc;
+pub mod presence;
+pub mod presence_store;
+mod social;
 pub mod translate;
 
 use std::sync::Arc;
@@ -36,11 +40,16 @@ use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
 use self::events::{EventSink, Outcome, Translation};
 use self::mqtt_side::MqttSide;
+use self::muc::{Rooms, Verdict};
+use self::presence::PresenceConfig;
+pub use self::social::PresenceStartError;
+use self::social::{PresenceSide, next_session_event};
 use self::translate::{FromXmpp, InboundChat, NotCarried, XmppOut, mqtt_to_xmpp, xmpp_to_mqtt};
 use crate::broker::Delivery;
 use crate::broker::codec::reason;
 use crate::broker::codec::{Properties, Publish, QoS};
 use crate::broker::guard::{PublishGuard, Refused};
+use crate::broker::session_events::SessionEvent;
 use crate::mapping::Refusal;
 use crate::mapping::{MappingTable, MessageKind};
 use crate::xmpp::{Inbound, Outgoing, SendError, XmppHandle};
@@ -74,6 +83,10 @@ fn add(counter: &AtomicU64) {
 /// the reason code (0x87 Not authorized for identity, 0x99 Payload format invalid).
 pub struct MappingGuard {
     table: Arc<MappingTable>,
+    /// Status and legacy presence topics, when presence is on.
+    presence: Option<PresenceConfig>,
+    /// Group chat error topics: written by the bridge only.
+    error_topic: presence::LevelPattern,
     /// Refusals are translation outcomes too: audited and counted.
     events: EventSink,
 }
@@ -83,8 +96,17 @@ impl MappingGuard {
     pub fn new(table: Arc<MappingTable>) -> Self {
         MappingGuard {
             table,
+            presence: None,
+            error_topic: presence::LevelPattern::parse(muc::ERROR_TOPIC, "user")
+                .unwrap_or_else(|_| unreachable!("the constant is a valid pattern")),
             events: EventSink::default(),
         }
+    }
+
+    /// Also guards the presence topics (a user's own status topic only; no legacy topic).
+    pub fn with_presence(mut self, presence: Option<PresenceConfig>) -> Self {
+        self.presence = presence;
+        self
     }
 
     /// Reports every refusal to `events` (without waiting: the guard runs in the router).
@@ -96,6 +118,18 @@ impl MappingGuard {
 
 impl PublishGuard for MappingGuard {
     fn check(&self, topic: &str, payload: &[u8], user: Option<&str>) -> Result<(), Refused> {
+        if self.error_topic.capture(topic).is_some() {
+            return Err(Refused {
+                reason: reason::NOT_AUTHORIZED,
+                why: "error topics are written by the bridge only".into(),
+            });
+        }
+        if let Some(Err(why)) = self.presence.as_ref().map(|p| p.check_publish(topic, user)) {
+            return Err(Refused {
+                reason: reason::NOT_AUTHORIZED,
+                why,
+            });
+        }
         match mqtt_to_xmpp(&self.table, topic, payload, user) {
             Ok(_) | Err(NotCarried::Mapping(Refusal::NoRule)) => Ok(()),
             Err(e) => {
@@ -152,6 +186,12 @@ pub struct Bridge {
     next_id: u64,
     /// Where translation outcomes go (audit, metrics).
     events: EventSink,
+    /// Presence both ways, when configured.
+    presence: Option<PresenceSide>,
+    /// The broker's session events (presence, rooms), in embedded mode.
+    session_events: Option<mpsc::Receiver<SessionEvent>>,
+    /// Bridged occupants of group chat rooms, in embedded mode.
+    rooms: Option<Rooms>,
 }
 
 impl Bridge {
@@ -188,6 +228,9 @@ impl Bridge {
             blocked: None,
             next_id: rand::random::<u32>().into(),
             events: EventSink::default(),
+            presence: None,
+            session_events: None,
+            rooms: None,
         })
     }
 
@@ -230,6 +273,14 @@ impl Bridge {
                         }
                     }
                 }
+                event = next_session_event(&mut self.session_events) => match event {
+                    Some(event) => {
+                        if self.on_session_event(&event).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => self.session_events = None,
+                },
                 inbound = self.inbound.recv() => match inbound {
                     Some(inbound) => {
                         if self.on_xmpp(inbound).await.is_err() {
@@ -259,10 +310,7 @@ impl Bridge {
     async fn on_xmpp(&mut self, inbound: Inbound) -> Result<(), crate::broker::BrokerGone> {
         match inbound {
             Inbound::Message(message) => self.message_from_xmpp(message).await,
-            Inbound::Presence(presence) => {
-                debug!(from = ?presence.from, "Presence not bridged yet; ignored.");
-                Ok(())
-            }
+            Inbound::Presence(presence) => self.on_presence(&presence).await,
             Inbound::ForeignPong(id) => {
                 if self.mqtt.relay_pong(&id).await.is_err() {
                     debug!(%id, "Pong for another instance not relayed: MQTT side stopped.");
@@ -270,6 +318,7 @@ impl Bridge {
                 Ok(())
             }
             iq @ Inbound::Iq(_) => {
+                debug!(?iq, "Iq from XMPP.");
                 // Requests get <service-unavailable/>; results and errors get nothing.
                 self.reply_error(
                     &iq,
@@ -282,6 +331,18 @@ impl Bridge {
     }
 
     async fn message_from_xmpp(&mut self, m: Message) -> Result<(), crate::broker::BrokerGone> {
+        if let Some(rooms) = &self.rooms {
+            if m.type_ == MessageType::Error {
+                if let Some(action) = rooms.on_error_message(&m) {
+                    return self.room_actions(vec![action]).await;
+                }
+            } else if m.type_ == MessageType::Groupchat {
+                if let Verdict::Skip(why) = rooms.verdict(&m) {
+                    debug!(from = ?m.from, to = ?m.to, why, "Groupchat copy not carried.");
+                    return Ok(());
+                }
+            }
+        }
         let Some(chat) = inbound_chat(&m) else {
             // Errors and messages without addresses are never answered (no error loops).
             add(&self.stats.ignored_from_xmpp);
@@ -356,6 +417,9 @@ impl Bridge {
     }
 
     async fn on_mqtt(&mut self, delivery: Delivery) -> Result<(), crate::broker::BrokerGone> {
+        let Some(delivery) = self.on_status(delivery).await? else {
+            return Ok(());
+        };
         let Delivery { publish, origin } = delivery;
         let user = origin.as_ref().and_then(|o| o.username.as_deref());
         let client_id = origin.as_ref().map(|o| o.client_id.to_string());

@@ -263,9 +263,10 @@ pub enum CloseCause {
         /// MQTT 5: a new Session Expiry Interval sent with DISCONNECT.
         session_expiry: Option<u32>,
     },
-    /// Network error, EOF without DISCONNECT, keep-alive timeout, protocol error: the will is
-    /// published.
+    /// Network error, EOF without DISCONNECT, protocol error: the will is published.
     Abnormal,
+    /// Nothing arrived within 1.5 times the Keep Alive: the will is published.
+    KeepAliveTimeout,
 }
 
 impl CloseCause {
@@ -273,7 +274,7 @@ impl CloseCause {
     pub fn publishes_will(self) -> bool {
         match self {
             CloseCause::Disconnect { publish_will, .. } => publish_will,
-            CloseCause::Abnormal => true,
+            CloseCause::Abnormal | CloseCause::KeepAliveTimeout => true,
         }
     }
 }
@@ -338,6 +339,8 @@ pub enum RouterMsg {
     },
     /// Installs the check every client PUBLISH passes (see `guard`).
     SetGuard(Arc<dyn super::guard::PublishGuard>),
+    /// Installs the session-events listener (see `session_events`).
+    SetSessionEvents(super::session_events::SessionEventSender),
     /// The connection ended.
     Closed {
         /// The connection.

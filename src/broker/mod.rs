@@ -23,6 +23,7 @@ pub mod internal;
 pub mod link;
 pub mod router;
 pub mod session;
+pub mod session_events;
 pub mod shared;
 pub mod stats;
 pub mod topic;
@@ -212,6 +213,20 @@ impl Broker {
             .send(RouterMsg::SetGuard(guard))
             .await
             .map_err(|_| BrokerGone)
+    }
+
+    /// Starts telling a listener about network clients' sessions (see [`session_events`]):
+    /// returns its receiver, `depth` events deep. A second call replaces the first listener.
+    pub async fn session_events(
+        &self,
+        depth: usize,
+    ) -> Result<tokio::sync::mpsc::Receiver<session_events::SessionEvent>, BrokerGone> {
+        let (tx, rx) = session_events::SessionEventSender::channel(depth);
+        self.router
+            .send(RouterMsg::SetSessionEvents(tx))
+            .await
+            .map_err(|_| BrokerGone)?;
+        Ok(rx)
     }
 
     /// A new in-process client session named `client_id` (see [`InternalClient`]).

@@ -84,6 +84,8 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// `[admin]`: `/metrics`, `/healthz`, `/readyz`; `None` when off. On by default.
     pub admin: Option<AdminConfig>,
+    /// `[presence]`: presence both ways; `None` when off (or no `[presence]` section).
+    pub presence: Option<crate::bridge::presence::PresenceConfig>,
 }
 
 /// The bridge's settings: the component link and the compiled mapping table.
@@ -209,10 +211,25 @@ fn build(cx: &mut Context, dict: Dict, base: &Path) -> Config {
         Some(section) => sections::admin(cx, section),
         None => Some(AdminConfig::default()),
     };
+    let presence = root
+        .section(cx, "presence")
+        .and_then(|s| sections::presence(cx, s, base));
     root.finish(
         cx,
-        &["log", "broker", "mqtt", "xmpp", "mapping", "audit", "admin"],
+        &[
+            "log", "broker", "mqtt", "xmpp", "mapping", "audit", "admin", "presence",
+        ],
     );
+    if presence.is_some() && xmpp.is_none() {
+        cx.error("presence", "a [presence] section needs an [xmpp] section");
+    }
+    if presence.is_some() && matches!(mqtt, MqttMode::Upstream(_)) {
+        cx.error(
+            "presence",
+            "presence needs the embedded broker (it learns who is connected from its sessions); \
+             set enabled = false in upstream mode",
+        );
+    }
     let bridge = match (xmpp, mapping_dir) {
         (Some(xmpp), dir) => {
             let dir = dir.unwrap_or_else(|| resolve(base, PathBuf::from(DEFAULT_MAPPING_DIR)));
@@ -267,6 +284,7 @@ fn build(cx: &mut Context, dict: Dict, base: &Path) -> Config {
         bridge,
         audit,
         admin,
+        presence,
     }
 }
 

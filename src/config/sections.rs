@@ -12,6 +12,7 @@ use super::source::{Context, Section};
 use super::{DEFAULT_XMPP_DOMAIN, DEFAULT_XMPP_SERVER, LogConfig, LogFormat, resolve};
 use crate::audit::{AuditConfig, PayloadPolicy};
 use crate::bridge::events::WhenFull;
+use crate::bridge::presence::PresenceConfig;
 use crate::broker::BrokerConfig;
 use crate::broker::auth::PasswordFile;
 use crate::telemetry::admin::AdminConfig;
@@ -398,4 +399,43 @@ pub(super) fn admin(cx: &mut Context, mut s: Section) -> Option<AdminConfig> {
     });
     s.finish(cx, &["enabled", "listen"]);
     enabled.then_some(AdminConfig { listen })
+}
+
+/// `[presence]`: presence both ways; `None` when `enabled = false`.
+pub(super) fn presence(cx: &mut Context, mut s: Section, base: &Path) -> Option<PresenceConfig> {
+    use crate::bridge::presence::{
+        DEFAULT_FILE, DEFAULT_LEGACY_TOPIC, DEFAULT_STATUS_TOPIC, LevelPattern,
+    };
+    let enabled = s.take::<bool>(cx, "enabled").unwrap_or(true);
+    let pattern = |name: &'static str| move |p: String| LevelPattern::parse(&p, name);
+    let default = |p: &str, name: &str| LevelPattern::parse(p, name).ok();
+    let status_topic = s.take_with(
+        cx,
+        "status_topic",
+        default(DEFAULT_STATUS_TOPIC, "user"),
+        |p: String| pattern("user")(p).map(Some),
+    );
+    let legacy_topic = s.take_with(
+        cx,
+        "legacy_topic",
+        default(DEFAULT_LEGACY_TOPIC, "jid"),
+        |p: String| pattern("jid")(p).map(Some),
+    );
+    let file = s
+        .take::<PathBuf>(cx, "file")
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_FILE));
+    s.finish(cx, &["enabled", "status_topic", "legacy_topic", "file"]);
+    let (status_topic, legacy_topic) = (status_topic?, legacy_topic?);
+    if status_topic.filter() == legacy_topic.filter() {
+        cx.error(
+            "presence.legacy_topic",
+            "must differ from presence.status_topic",
+        );
+    }
+    enabled.then(|| PresenceConfig {
+        status_topic,
+        legacy_topic,
+        file: resolve(base, file),
+    })
 }

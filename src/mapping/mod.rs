@@ -314,6 +314,19 @@ pub enum Refusal {
     },
 }
 
+/// `s` as one topic level, escaped as rules escape JID parts (`%`, `/`, `+`, `#`, NUL, a
+/// leading `$`).
+pub fn escape_level(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    escape::escape_into(s, &mut out);
+    out
+}
+
+/// Reverses [`escape_level`]; `None` for a level escaping cannot produce.
+pub fn unescape_level(level: &str) -> Option<String> {
+    escape::unescape(level).map(std::borrow::Cow::into_owned)
+}
+
 /// The compiled, validated mapping rules. Immutable; `Send + Sync`, shared by `Arc`.
 #[derive(Debug, Clone)]
 pub struct MappingTable {

@@ -10,6 +10,8 @@ Commands come as JSON lines on stdin, events go out as JSON lines on stdout (flu
   {"cmd": "disco_info", "to": J, "tag": T}                            -> disco_info | iq_error
   {"cmd": "disco_items", "to": J, "tag": T}                           -> disco_items | iq_error
   {"cmd": "ping", "to": J, "tag": T}                                  -> pong | iq_error
+  {"cmd": "presence", "to": J, "type": T, "show": S, "status": X}    send presence (all optional;
+                                                                      no "to": broadcast)
   {"cmd": "quit"}
 
   {"event": "ready"}                        logged in, presence sent
@@ -17,6 +19,7 @@ Commands come as JSON lines on stdin, events go out as JSON lines on stdout (flu
   {"event": "error", "stanza": "message"|"presence", "from", "id", "type", "condition"}
   {"event": "disco_info", "tag", "identities": [[category, type, name]], "features": [...]}
   {"event": "disco_items", "tag", "items": [...]}
+  {"event": "presence", "from", "type", "show", "status"}   every presence received
   {"event": "pong", "tag"}
   {"event": "iq_error", "tag", "condition"}
   {"event": "failed", "reason"}             could not log in
@@ -57,6 +60,7 @@ class Client(slixmpp.ClientXMPP):
         self.add_event_handler("message", self.on_message)
         self.add_event_handler("message_error", self.on_message_error)
         self.add_event_handler("presence_error", self.on_presence_error)
+        self.add_event_handler("presence", self.on_presence)
         self.add_event_handler("failed_auth", lambda _: emit(event="failed", reason="auth"))
         self.ready = asyncio.Event()
 
@@ -85,6 +89,15 @@ class Client(slixmpp.ClientXMPP):
             body=msg["body"],
         )
 
+    def on_presence(self, pres):
+        emit(
+            event="presence",
+            **{"from": str(pres["from"])},
+            type=pres["type"],
+            show=pres["show"],
+            status=pres["status"],
+        )
+
     def on_presence_error(self, pres):
         emit(
             event="error",
@@ -104,6 +117,13 @@ class Client(slixmpp.ClientXMPP):
             if "id" in cmd:
                 msg["id"] = cmd["id"]
             msg.send()
+        elif kind == "presence":
+            self.send_presence(
+                pto=cmd.get("to"),
+                ptype=cmd.get("type"),
+                pshow=cmd.get("show"),
+                pstatus=cmd.get("status"),
+            )
         elif kind == "raw":
             self.send_raw(cmd["xml"])
         elif kind in ("disco_info", "disco_items", "ping"):

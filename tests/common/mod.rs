@@ -4,6 +4,7 @@
 
 pub mod ejabberd;
 pub mod mosquitto;
+pub mod paho;
 pub mod prosody;
 pub mod raw;
 pub mod upstream;
@@ -63,6 +64,7 @@ pub async fn start_broker(tune: impl FnOnce(&mut BrokerConfig)) -> TestBroker {
         bridge: None,
         audit: None,
         admin: None,
+        presence: None,
     };
     let app = App::start(config).await.expect("broker starts");
     TestBroker {

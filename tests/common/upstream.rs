@@ -81,6 +81,7 @@ pub async fn start_bridge(prosody: &Prosody, upstream: UpstreamConfig) -> App {
         }),
         audit: None,
         admin: None,
+        presence: None,
     };
     xmpp_mqtt_bridge::telemetry::init(&config.log);
     let app = App::start(config).await.unwrap();

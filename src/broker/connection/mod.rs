@@ -453,7 +453,7 @@ impl Reader {
                 () = &mut idle => {
                     info!(keep_alive, "Keep-alive timeout; closing.");
                     self.link.disconnect(reason::KEEP_ALIVE_TIMEOUT);
-                    return CloseCause::Abnormal;
+                    return CloseCause::KeepAliveTimeout;
                 }
             }
         }

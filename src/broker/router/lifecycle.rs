@@ -7,9 +7,11 @@ use bytestring::ByteString;
 use tracing::{debug, info, warn};
 
 use super::Router;
+use super::notify::departure;
 use crate::broker::codec::reason;
 use crate::broker::link::{CloseCause, ConnId};
-use crate::broker::session::{NEVER_EXPIRES, Session, SessionId, will_publish};
+use crate::broker::session::{NEVER_EXPIRES, Session, SessionId};
+use crate::broker::session_events::{Departure, SessionEvent};
 use crate::broker::stats::BrokerStats;
 use crate::broker::topic::parse_shared;
 
@@ -23,13 +25,23 @@ impl Router {
         let Some(old) = session.detach(now) else {
             return;
         };
+        let will = session.will.take();
+        self.notify(sid, |client_id, username| SessionEvent::Disconnected {
+            client_id,
+            username,
+            why: Departure::TakenOver,
+            will_delayed: false,
+        });
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         self.by_conn.remove(&old.conn);
         BrokerStats::dec(&self.stats.clients_connected);
         old.link.disconnect(reason::SESSION_TAKEN_OVER);
         info!(client_id = %session.client_id, "Session taken over by a new connection.");
         // The client may have said goodbye just before reconnecting: its DISCONNECT can still
         // be in flight, so the will waits for the old connection's close to be reported.
-        if let Some(will) = session.will.take() {
+        if let Some(will) = will {
             // With a Will Delay, this new connection comes in time: no will [MQTT-3.1.3-9].
             let delayed = will.properties.will_delay_interval().unwrap_or(0) > 0;
             if old.link.will_due() && !delayed {
@@ -73,7 +85,8 @@ impl Router {
     pub(super) fn closed(&mut self, conn: ConnId, cause: CloseCause) {
         if let Some((sid, will)) = self.taken_over.remove(&conn) {
             if cause.publishes_will() {
-                self.route(will_publish(will), Some(sid));
+                let who = self.identity_for_events(sid);
+                self.publish_will(will, Some(sid), who.as_ref());
             }
             return;
         }
@@ -96,7 +109,7 @@ impl Router {
                 }
                 publish_will
             }
-            CloseCause::Abnormal => true,
+            CloseCause::Abnormal | CloseCause::KeepAliveTimeout => true,
         };
         info!(client_id = %session.client_id, ?cause, will = will.is_some() && publish_will,
             "Client disconnected.");
@@ -116,11 +129,20 @@ impl Router {
             }
             other => other,
         };
+        let will_delayed = session.pending_will.is_some();
+        let why = departure(cause);
+        self.notify(sid, |client_id, username| SessionEvent::Disconnected {
+            client_id,
+            username,
+            why,
+            will_delayed,
+        });
+        let who = will.as_ref().and_then(|_| self.identity_for_events(sid));
         if ends {
             self.end_session(sid);
         }
         if let Some(will) = will {
-            self.route(will_publish(will), Some(sid));
+            self.publish_will(will, Some(sid), who.as_ref());
         }
     }
 
@@ -138,7 +160,8 @@ impl Router {
                 .get_mut(&sid)
                 .and_then(|s| s.pending_will.take())
             {
-                self.route(will_publish(will), Some(sid));
+                let who = self.identity_for_events(sid);
+                self.publish_will(will, Some(sid), who.as_ref());
             }
         }
     }
@@ -162,9 +185,10 @@ impl Router {
                 .sessions
                 .get_mut(&sid)
                 .and_then(|s| s.pending_will.take());
+            let who = self.identity_for_events(sid);
             self.end_session(sid);
             if let Some((will, _)) = will {
-                self.route(will_publish(will), None);
+                self.publish_will(will, None, who.as_ref());
             }
         }
         self.publish_due_wills(now);
@@ -211,11 +235,13 @@ impl Router {
             "Broker shutting down; publishing wills."
         );
         for (_, (sid, will)) in std::mem::take(&mut self.taken_over) {
-            self.route(will_publish(will), Some(sid));
+            let who = self.identity_for_events(sid);
+            self.publish_will(will, Some(sid), who.as_ref());
         }
         for &sid in &connected {
             if let Some(will) = self.sessions.get_mut(&sid).and_then(|s| s.will.take()) {
-                self.route(will_publish(will), Some(sid));
+                let who = self.identity_for_events(sid);
+                self.publish_will(will, Some(sid), who.as_ref());
             }
         }
         let delayed: Vec<SessionId> = self
@@ -230,10 +256,17 @@ impl Router {
                 .get_mut(&sid)
                 .and_then(|s| s.pending_will.take())
             {
-                self.route(will_publish(will), None);
+                let who = self.identity_for_events(sid);
+                self.publish_will(will, None, who.as_ref());
             }
         }
         for sid in connected {
+            self.notify(sid, |client_id, username| SessionEvent::Disconnected {
+                client_id,
+                username,
+                why: Departure::ServerShutdown,
+                will_delayed: false,
+            });
             if let Some(att) = self.sessions.get_mut(&sid).and_then(|s| s.attached.take()) {
                 att.link.disconnect(reason::SERVER_SHUTTING_DOWN);
             }

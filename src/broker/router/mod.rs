@@ -29,6 +29,7 @@ use crate::broker::stats::BrokerStats;
 use crate::broker::trie::{RetainedTree, SubscriptionTree};
 
 mod lifecycle;
+mod notify;
 mod subscriptions;
 mod sys;
 
@@ -76,6 +77,8 @@ pub struct Router {
     taken_over: HashMap<ConnId, (SessionId, LastWill)>,
     /// Checks client publishes before routing (installed by the bridge).
     guard: Option<Arc<dyn PublishGuard>>,
+    /// Who hears of sessions connecting, leaving, subscribing (installed by the bridge).
+    session_events: Option<crate::broker::session_events::SessionEventSender>,
     /// Scratch space reused by every fan-out.
     targets: Vec<Target>,
     started: Instant,
@@ -97,6 +100,7 @@ impl Router {
             next_session: 1,
             taken_over: HashMap::new(),
             guard: None,
+            session_events: None,
             targets: Vec::new(),
             started: Instant::now(),
         }
@@ -159,6 +163,7 @@ impl Router {
             }
             RouterMsg::Closed { conn, cause } => self.closed(conn, cause),
             RouterMsg::SetGuard(guard) => self.set_guard(guard),
+            RouterMsg::SetSessionEvents(tx) => self.set_session_events(tx),
         }
     }
 
@@ -250,6 +255,16 @@ impl Router {
         info!(%client_id, %peer, ?version, clean_start = connect.clean_start, session_present,
             keep_alive = connect.keep_alive, "Client connected.");
         let _receiver_gone = accepted.send(ConnectOutcome::Accepted);
+        self.notify(sid, |client_id, username| {
+            crate::broker::session_events::SessionEvent::Connected {
+                client_id,
+                username,
+                protocol: version,
+            }
+        });
+        let Some(session) = self.sessions.get_mut(&sid) else {
+            return;
+        };
         if session_present {
             let again = session.resend_inflight();
             let fresh = session.fill_window();

@@ -9,6 +9,7 @@ use crate::broker::codec::{
     UnsubAck, Unsubscribe, reason,
 };
 use crate::broker::session::{Outgoing, SessionId, SubEntry};
+use crate::broker::session_events::SessionEvent;
 use crate::broker::topic::{is_wildcard, parse_shared, validate_topic_filter};
 
 impl Router {
@@ -18,6 +19,7 @@ impl Router {
         };
         let sub_id = sub.properties.subscription_identifier();
         let mut codes = Vec::with_capacity(sub.filters.len());
+        let mut granted = Vec::new();
         let mut retained = Vec::new();
         // Reason String for a failing SUBACK (MQTT 5, unless Request Problem Information 0).
         let mut why: Option<String> = None;
@@ -74,6 +76,9 @@ impl Router {
             };
             let existed = s.subscriptions.insert(filter.clone(), entry).is_some();
             codes.push(options.qos as u8);
+            if self.session_events.is_some() {
+                granted.push(filter.clone());
+            }
             if let Some(sh) = shared {
                 // Retained messages are not sent for shared subscriptions (5.0 §4.8.2).
                 self.shared.join(&filter, sh.filter, sid, entry);
@@ -101,6 +106,13 @@ impl Router {
             properties,
         };
         self.send(sid, Packet::SubAck(ack));
+        if !granted.is_empty() {
+            self.notify(sid, |client_id, username| SessionEvent::Subscribed {
+                client_id,
+                username,
+                filters: granted,
+            });
+        }
         for (mut msg, expires, entry) in retained {
             // [MQTT-3.3.1-8]: retained messages sent on subscribe carry RETAIN=1.
             msg.retain = true;
@@ -121,8 +133,13 @@ impl Router {
             return;
         };
         let mut codes = Vec::with_capacity(unsub.filters.len());
+        let mut removed = Vec::new();
+        let listening = self.session_events.is_some();
         for filter in &unsub.filters {
             let existed = s.subscriptions.remove(filter).is_some();
+            if existed && listening {
+                removed.push(filter.clone());
+            }
             if parse_shared(filter).is_some() {
                 self.shared.leave(filter, sid);
             } else {
@@ -140,6 +157,13 @@ impl Router {
             properties: Properties::new(),
         };
         self.send(sid, Packet::UnsubAck(ack));
+        if !removed.is_empty() {
+            self.notify(sid, |client_id, username| SessionEvent::Unsubscribed {
+                client_id,
+                username,
+                filters: removed,
+            });
+        }
     }
 
     /// Gives a message a member of a share group did not acknowledge to another member.

@@ -1,0 +1,232 @@
+//! Presence and group chat inside the bridge task: the broker's session events, status
+//! publishes and presence stanzas go to [`super::presence::PresenceBook`] and
+//! [`super::muc::Rooms`] (both sans-IO); this file carries out what they decide.
+
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::events::{Outcome, Translation};
+use super::muc::{self, RoomAction, Rooms};
+use super::presence::{self, Action as PresenceAction, PresenceBook, PresenceConfig};
+use super::presence_store::{self, SubscriberStore};
+use super::{BRIDGE_CLIENT_ID, Bridge};
+use crate::broker::Delivery;
+use crate::broker::codec::{Properties, Publish, QoS};
+use crate::broker::session_events::SessionEvent;
+use crate::xmpp::{Outgoing, Stanza};
+
+/// Presence state and where its subscribers are saved.
+pub(super) struct PresenceSide {
+    book: PresenceBook,
+    store: Box<dyn SubscriberStore>,
+    status_topic: presence::LevelPattern,
+}
+
+/// Why presence could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PresenceStartError {
+    /// The subscriber store is unreadable.
+    #[error(transparent)]
+    Store(#[from] presence_store::StoreError),
+    /// The broker stopped.
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerGone),
+}
+
+/// The next session event; pending for ever without a receiver.
+pub(super) async fn next_session_event(
+    rx: &mut Option<mpsc::Receiver<SessionEvent>>,
+) -> Option<SessionEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Bridge {
+    /// Turns presence on: loads the subscribers from `store`, subscribes to the status
+    /// topics, and probes every subscribed contact for its current presence.
+    pub async fn with_presence(
+        mut self,
+        cfg: &PresenceConfig,
+        mut store: Box<dyn SubscriberStore>,
+    ) -> Result<Bridge, PresenceStartError> {
+        let subscribers = store.load()?;
+        let book = PresenceBook::new(self.table.domain(), cfg.legacy_topic.clone(), subscribers);
+        let filter = cfg.status_topic.filter();
+        let codes = self
+            .mqtt
+            .subscribe(std::slice::from_ref(&filter), QoS::AtLeastOnce)
+            .await?;
+        if codes.first().is_some_and(|&c| c >= 0x80) {
+            warn!(%filter, "Status topic subscription refused by the broker.");
+        }
+        let probes = book.startup();
+        info!(subscriptions = book.subscribers.pairs().count(), status = %filter,
+            "Presence on.");
+        self.presence = Some(PresenceSide {
+            book,
+            store,
+            status_topic: cfg.status_topic.clone(),
+        });
+        self.presence_actions(probes).await?;
+        Ok(self)
+    }
+
+    /// Hears of MQTT clients' sessions (embedded broker): presence and room membership.
+    /// Group chat (rules carrying `groupchat`) is on from here.
+    pub fn with_session_events(mut self, session_events: mpsc::Receiver<SessionEvent>) -> Self {
+        self.session_events = Some(session_events);
+        self.rooms = Some(Rooms::new(self.table.domain()));
+        self
+    }
+
+    /// A presence stanza from XMPP: a room's, else the presence book's.
+    pub(super) async fn on_presence(
+        &mut self,
+        presence: &xmpp_parsers::presence::Presence,
+    ) -> Result<(), crate::broker::BrokerGone> {
+        if let Some(actions) = self.rooms.as_mut().and_then(|r| r.on_presence(presence)) {
+            debug!(from = ?presence.from, actions = actions.len(), "Room presence.");
+            return self.room_actions(actions).await;
+        }
+        let Some(side) = &mut self.presence else {
+            debug!(from = ?presence.from, to = ?presence.to, type_ = ?presence.type_,
+                "Presence is off; ignored.");
+            return Ok(());
+        };
+        let actions = side.book.on_xmpp(&self.table, presence);
+        self.presence_actions(actions).await
+    }
+
+    /// A broker session event: presence of the client's user.
+    pub(super) async fn on_session_event(
+        &mut self,
+        event: &SessionEvent,
+    ) -> Result<(), crate::broker::BrokerGone> {
+        if let Some(rooms) = &mut self.rooms {
+            let actions = rooms.on_session(&self.table, event);
+            self.room_actions(actions).await?;
+        }
+        let Some(side) = &mut self.presence else {
+            return Ok(());
+        };
+        let actions = side.book.on_session(&self.table, event);
+        self.presence_actions(actions).await
+    }
+
+    /// Carries out what the room book decided.
+    pub(super) async fn room_actions(
+        &mut self,
+        actions: Vec<RoomAction>,
+    ) -> Result<(), crate::broker::BrokerGone> {
+        for action in actions {
+            match action {
+                RoomAction::Presence(p) => self.send_stanza(Stanza::Presence(*p)),
+                RoomAction::Iq(iq) => self.send_stanza(Stanza::Iq(*iq)),
+                RoomAction::Error(e) => self.room_error(e).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A room error: published on the user's error topic and audited (`denied`).
+    async fn room_error(&mut self, e: muc::RoomError) -> Result<(), crate::broker::BrokerGone> {
+        warn!(user = %e.user, room = %e.room, condition = %e.condition, text = ?e.text,
+            "Group chat error reported to the MQTT user.");
+        let payload = e.payload();
+        let me = format!("{}@{}", e.user, self.table.domain());
+        let occupant = format!("{}/{}", e.room, e.nick);
+        let mut event = Translation::from_xmpp(&occupant, &me, "groupchat", None);
+        event.to_mqtt("groupchat", &e.topic, 1, BRIDGE_CLIENT_ID, payload.clone());
+        let detail = match &e.text {
+            Some(text) => format!("{}: {text}", e.condition),
+            None => e.condition.clone(),
+        };
+        event.outcome = Outcome::denied("room_error", detail);
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: e.topic.into(),
+            pkid: 0,
+            payload,
+            properties: Properties::new(),
+        };
+        self.mqtt.publish(publish).await?;
+        self.events.emit(*event).await;
+        Ok(())
+    }
+
+    fn send_stanza(&self, stanza: Stanza) {
+        if let Err(e) = self.xmpp.send(Outgoing::new(stanza)) {
+            warn!(error = %e, "Stanza not sent to XMPP.");
+        }
+    }
+
+    /// A publish on a status topic: `Some` when it was one (handled), else the delivery back.
+    pub(super) async fn on_status(
+        &mut self,
+        delivery: Delivery,
+    ) -> Result<Option<Delivery>, crate::broker::BrokerGone> {
+        let Some(side) = &mut self.presence else {
+            return Ok(Some(delivery));
+        };
+        let Some(owner) = side.status_topic.capture(&delivery.publish.topic) else {
+            return Ok(Some(delivery));
+        };
+        let user = delivery.origin.as_ref().and_then(|o| o.username.as_deref());
+        let actions = if user != Some(owner.as_str()) {
+            // The broker's guard refuses these; a message from before it was installed.
+            warn!(topic = %delivery.publish.topic, ?user, "Status of another user ignored.");
+            Vec::new()
+        } else {
+            match presence::Status::parse(&delivery.publish.payload) {
+                Ok(status) => side.book.on_status(&self.table, &owner, status),
+                Err(e) => {
+                    warn!(topic = %delivery.publish.topic, error = %e, "Status not understood.");
+                    Vec::new()
+                }
+            }
+        };
+        self.presence_actions(actions).await?;
+        self.mqtt.ack(&delivery.publish).await?;
+        Ok(None)
+    }
+
+    /// Carries out what the presence book decided.
+    pub(super) async fn presence_actions(
+        &mut self,
+        actions: Vec<PresenceAction>,
+    ) -> Result<(), crate::broker::BrokerGone> {
+        for action in actions {
+            match action {
+                PresenceAction::Send(p) => {
+                    if let Err(e) = self.xmpp.send(Outgoing::new(*p)) {
+                        warn!(error = %e, "Presence not sent to XMPP.");
+                    }
+                }
+                PresenceAction::Publish { topic, payload } => {
+                    let publish = Publish {
+                        dup: false,
+                        qos: QoS::AtLeastOnce,
+                        retain: true,
+                        topic: topic.into(),
+                        pkid: 0,
+                        payload,
+                        properties: Properties::new(),
+                    };
+                    self.mqtt.publish(publish).await?;
+                }
+                PresenceAction::Save => {
+                    if let Some(side) = &mut self.presence {
+                        if let Err(e) = side.store.save(&side.book.subscribers) {
+                            warn!(error = %e, "Presence subscribers not saved.");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
