@@ -26,6 +26,7 @@ pub mod session;
 pub mod shared;
 pub mod stats;
 pub mod topic;
+pub mod tracking;
 pub mod trie;
 
 use std::net::SocketAddr;
