@@ -406,15 +406,24 @@ impl Session {
     /// Only for a session that is ending: its in-flight state is emptied.
     pub fn take_shared(&mut self) -> Vec<Outgoing> {
         let mut out = Vec::new();
+        let ended = |m: &Outgoing| m.settle(&self.client_id, Settlement::Dropped("session_ended"));
         for m in self.inflight.drain(..) {
             if let Inflight::Published(m) = m {
                 if m.shared.is_some() {
                     out.push(m);
+                } else {
+                    ended(&m);
                 }
             }
         }
         self.ids_in_use.clear();
-        out.extend(self.queue.drain(..).filter(|m| m.shared.is_some()));
+        for m in self.queue.drain(..) {
+            if m.shared.is_some() {
+                out.push(m);
+            } else {
+                ended(&m);
+            }
+        }
         out
     }
 
