@@ -152,9 +152,14 @@ struct Paho {
 impl Paho {
     /// Starts paho with `args` (after `--port` and `--user`) and waits for it to be subscribed.
     async fn start(broker: &TestBroker, user: &str, args: &[&str]) -> Paho {
+        Paho::start_on(broker.port(), user, args).await
+    }
+
+    /// As [`Paho::start`], on any broker's port.
+    async fn start_on(port: u16, user: &str, args: &[&str]) -> Paho {
         let mut child = tokio::process::Command::new(common::python())
             .arg(common::test_file("clients/paho_chat.py"))
-            .args(["--port", &broker.port().to_string(), "--user", user])
+            .args(["--port", &port.to_string(), "--user", user])
             .args(args)
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -623,4 +628,80 @@ async fn thread_subject_and_delay_both_ways() {
             .starts_with("2026-01-02T05:00:00"),
         "{m}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_mode_mqtt5_publisher_gets_the_xmpp_receipt_and_its_origin_id_crosses() {
+    use common::upstream::{mosquitto, start_bridge, upstream_config, wait_upstream_connects};
+    let prosody = Prosody::start();
+    let m = mosquitto();
+    let app = start_bridge(&prosody, upstream_config(&m, "bridge-receipts")).await;
+    wait_upstream_connects(&app, 1).await;
+    let mut alice =
+        XmppClient::connect_script(&prosody, "alice", "clients/xmpp_chat_client.py", &[]).await;
+    // The Response Topic must be one bob may read under the shipped ACL: his inbox.
+    let args = [
+        "--sub",
+        "users/bob/inbox/#",
+        "--pub",
+        "users/bob/outbox/alice@localhost",
+        r#"{"body":"via the cluster","id":"u-1"}"#,
+        "--response-topic",
+        "users/bob/inbox/replies",
+        "--correlation",
+        "corr-u",
+        "--prop",
+        "origin-id=o-u-1",
+        "--count",
+        "1",
+    ];
+    let mut bob = Paho::start_on(m.port(), "bob", &args).await;
+    let got = alice
+        .wait_for(|e| e["event"] == "message" && e["body"] == "via the cluster")
+        .await;
+    assert_eq!(
+        (got["origin_id"].as_str(), got["receipt_request"].as_bool()),
+        (Some("o-u-1"), Some(true))
+    );
+    let r = bob.message().await;
+    assert_eq!(
+        (r["topic"].as_str(), r["correlation"].as_str()),
+        (Some("users/bob/inbox/replies"), Some("corr-u"))
+    );
+    assert_eq!(envelope(&r)["id"], "u-1");
+    bob.finish().await;
+    assert!(app.stop(Duration::from_secs(5)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_mode_sends_no_receipt_to_xmpp_it_cannot_know_the_subscriber_acknowledged() {
+    use common::upstream::{mosquitto, start_bridge, upstream_config, wait_upstream_connects};
+    let prosody = Prosody::start();
+    let m = mosquitto();
+    let app = start_bridge(&prosody, upstream_config(&m, "bridge-no-receipt")).await;
+    wait_upstream_connects(&app, 1).await;
+    let mut alice =
+        XmppClient::connect_script(&prosody, "alice", "clients/xmpp_chat_client.py", &[]).await;
+    let mut bob = Paho::start_on(
+        m.port(),
+        "bob",
+        &["--sub", "users/bob/inbox/#", "--count", "1"],
+    )
+    .await;
+    let send = json!({"cmd": "chat", "to": BOB, "id": "u-2", "body": "through mosquitto", "receipt": true});
+    alice.command(send).await;
+    let got = bob.message().await;
+    assert_eq!(
+        envelope(&got)["receipt"],
+        true,
+        "the request is carried to MQTT"
+    );
+    assert_eq!(
+        user_property(&got, "xmpp-bridge-origin"),
+        Some("mqtt.localhost")
+    );
+    bob.finish().await;
+    // bob acknowledged to Mosquitto, but the bridge cannot see that: no receipt.
+    no_receipt(&mut alice).await;
+    assert!(app.stop(Duration::from_secs(5)).await);
 }

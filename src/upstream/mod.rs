@@ -293,6 +293,7 @@ impl UpstreamClient {
                 publish.retain,
                 publish.payload,
                 &self.origin,
+                &publish.properties,
             )
             .await
             .map_err(|_| BrokerGone)
