@@ -542,4 +542,111 @@ format = "text"
             "no_rule"
         );
     }
+
+    #[test]
+    fn receipts_and_chat_states_go_to_sub_topics() {
+        let t = table();
+        let mut state = chat(
+            "alice@example.org/pc",
+            "bob@mqtt.example.org",
+            MessageKind::Chat,
+            None,
+        );
+        state.extras.state = Some(ChatState::Composing);
+        let FromXmpp::Publish(out) = xmpp_to_mqtt(&t, &state, xml) else {
+            panic!()
+        };
+        assert_eq!(out.topic, "users/bob/inbox/alice@example.org/chatstate");
+        assert_eq!(
+            (out.qos, out.retain, out.carried),
+            (QoS::AtMostOnce, false, Carried::State(ChatState::Composing))
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.payload).unwrap();
+        assert_eq!(v["state"], "composing");
+
+        // A receipt comes as type normal from most clients; the chat rule carries it.
+        let mut receipt = chat(
+            "alice@example.org/pc",
+            "bob@mqtt.example.org",
+            MessageKind::Normal,
+            None,
+        );
+        receipt.extras.received = Some("m7".into());
+        let FromXmpp::Publish(out) = xmpp_to_mqtt(&t, &receipt, xml) else {
+            panic!()
+        };
+        assert_eq!(out.topic, "users/bob/inbox/alice@example.org/receipt");
+        assert_eq!(out.carried, Carried::Receipt("m7".into()));
+
+        let mut m = chat(
+            "alice@example.org/pc",
+            "bob@mqtt.example.org",
+            MessageKind::Chat,
+            Some("x"),
+        );
+        m.extras.origin_id = Some("o1".into());
+        m.extras.replaces = Some("m0".into());
+        let FromXmpp::Publish(out) = xmpp_to_mqtt(&t, &m, xml) else {
+            panic!()
+        };
+        assert_eq!(
+            out.user_properties,
+            vec![
+                ("origin-id", "o1".to_string()),
+                ("replaces", "m0".to_string())
+            ]
+        );
+        let plain = chat(
+            "alice@example.org/pc",
+            "bob@mqtt.example.org",
+            MessageKind::Chat,
+            Some("x"),
+        );
+        let FromXmpp::Publish(out) = xmpp_to_mqtt(&t, &plain, xml) else {
+            panic!()
+        };
+        assert!(out.user_properties.is_empty());
+    }
+
+    #[test]
+    fn chat_states_from_mqtt_are_checked_like_messages() {
+        let t = table();
+        let topic = "users/bob/outbox/alice@example.org/chatstate";
+        let out = mqtt_to_xmpp(&t, topic, br#"{"state":"paused"}"#, Some("bob")).unwrap();
+        assert_eq!(
+            (out.body.as_str(), out.extras.state),
+            ("", Some(ChatState::Paused))
+        );
+        assert_eq!(out.to, "alice@example.org");
+        let err = mqtt_to_xmpp(&t, topic, br#"{"state":"paused"}"#, Some("eve")).unwrap_err();
+        assert_eq!(err.label(), "not_your_topic");
+        let err = mqtt_to_xmpp(&t, topic, br#"{"state":"typing"}"#, Some("bob")).unwrap_err();
+        assert_eq!(err.label(), "bad_payload");
+        let err = mqtt_to_xmpp(&t, "users/bob/chatstate", b"x", Some("bob")).unwrap_err();
+        assert_eq!(err.label(), "no_rule");
+    }
+
+    #[test]
+    fn user_properties_fill_what_the_payload_left_out() {
+        let t = table();
+        let mut out = mqtt_to_xmpp(
+            &t,
+            "users/bob/outbox/a@example.org",
+            br#"{"body":"x","replaces":"p"}"#,
+            Some("bob"),
+        )
+        .unwrap();
+        let mut props = Properties::new();
+        props.push(Property::UserProperty("origin-id".into(), "o9".into()));
+        props.push(Property::UserProperty("replaces".into(), "ignored".into()));
+        props.push(Property::UserProperty("delay".into(), "not a date".into()));
+        apply_user_properties(&mut out, &props);
+        assert_eq!(out.extras.origin_id.as_deref(), Some("o9"));
+        assert_eq!(
+            out.extras.replaces.as_deref(),
+            Some("p"),
+            "the payload wins"
+        );
+        assert_eq!(out.extras.delay, None, "an invalid date is ignored");
+    }
 }
