@@ -3,7 +3,8 @@
 //! session queue and several subscribers. Raw MQTT sockets with hand-written bytes.
 #![allow(
     clippy::unwrap_used,
-    reason = "tests: a failed unwrap is a failed test"
+    clippy::let_underscore_must_use,
+    reason = "tests: a failed unwrap is a failed test; ignored results are best-effort cleanup"
 )]
 
 mod common;
