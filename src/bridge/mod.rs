@@ -12,6 +12,11 @@
 //!   after it), so the broker keeps what the server has not confirmed.
 //! - When the link's queue is full, the bridge stops taking deliveries; the broker then keeps
 //!   them in the bridge's session queue, and what overflows there is counted and logged.
+//! - Receipts ([`receipts`], `receipt_flow`): a message from XMPP with a receipt request is
+//!   published with a tracking token and `<received/>` goes back when the first MQTT
+//!   subscriber acknowledged it; an XMPP client's receipt for a message from MQTT goes to the
+//!   publisher's Response Topic or the `receipt` sub-topic. Chat states travel on the
+//!   `chatstate` sub-topic; corrections are accepted only from the original sender.
 
 pub mod envelope;
 pub mod events;
