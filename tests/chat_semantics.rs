@@ -292,7 +292,20 @@ async fn receipt_only_after_the_mqtt_subscriber_acknowledged() {
     let receipt = receipt_for(&mut alice, "r-1").await;
     assert_eq!(receipt["from"], BOB);
     let line = s.audited("receipt_sent", None).await;
-    assert_eq!(line.mqtt.unwrap().client_id.as_deref(), Some("bob-raw"));
+    let mqtt = line.mqtt.unwrap();
+    assert_eq!(
+        (mqtt.client_id.as_deref(), mqtt.qos),
+        (Some("bob-raw"), Some(1))
+    );
+    assert_eq!(
+        mqtt.topic.as_deref(),
+        Some("users/bob/inbox/alice@localhost")
+    );
+    let xmpp = line.xmpp.unwrap();
+    assert_eq!(
+        (xmpp.id.as_deref(), xmpp.kind.as_deref()),
+        (Some("r-1"), Some("chat"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -353,10 +353,9 @@ impl Bridge {
                             && out.qos != QoS::AtMostOnce =>
                     {
                         let to = translate::bare(&chat.to);
-                        Some(
-                            self.receipts
-                                .track(&chat.from, to, id, &out.rule, &out.topic),
-                        )
+                        let (kind, qos) = (chat.kind.as_str(), out.qos as u8);
+                        let receipts = &mut self.receipts;
+                        Some(receipts.track(&chat.from, to, id, kind, &out.rule, &out.topic, qos))
                     }
                     _ => None,
                 };

@@ -190,9 +190,15 @@ impl Bridge {
             }
         };
         let mut event =
-            Translation::from_xmpp(&entry.sender, &entry.recipient, "chat", Some(&entry.id));
+            Translation::from_xmpp(&entry.sender, &entry.recipient, entry.kind, Some(&entry.id));
         let subscriber = client_id.as_deref().unwrap_or("");
-        event.to_mqtt(&entry.rule, &entry.topic, 1, subscriber, Bytes::new());
+        event.to_mqtt(
+            &entry.rule,
+            &entry.topic,
+            entry.qos,
+            subscriber,
+            Bytes::new(),
+        );
         if client_id.is_none() {
             event.mqtt.client_id = None;
         }

@@ -38,6 +38,10 @@ pub struct Awaiting {
     pub rule: String,
     /// The topic.
     pub topic: String,
+    /// The QoS it was published with (1 or 2).
+    pub qos: u8,
+    /// Its XMPP message type.
+    pub kind: &'static str,
     /// Copies not settled yet; `None` until the broker said how many it made.
     remaining: Option<usize>,
     receipt_sent: bool,
@@ -76,14 +80,21 @@ pub struct Receipts {
 }
 
 impl Receipts {
-    /// Starts tracking a message; returns the token to publish it with.
+    /// Starts tracking a message published on `topic` at `qos` by `rule`; returns the token
+    /// to publish it with.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one flat record of what was published"
+    )]
     pub fn track(
         &mut self,
         sender: &str,
         recipient: &str,
         id: &str,
+        kind: &'static str,
         rule: &str,
         topic: &str,
+        qos: u8,
     ) -> u64 {
         self.next_token = self.next_token.wrapping_add(1);
         let entry = Awaiting {
@@ -92,6 +103,8 @@ impl Receipts {
             id: id.to_string(),
             rule: rule.to_string(),
             topic: topic.to_string(),
+            qos,
+            kind,
             remaining: None,
             receipt_sent: false,
         };
@@ -254,8 +267,10 @@ mod tests {
             "alice@x/pc",
             "bob@m",
             "m1",
+            "chat",
             "inbox",
             "users/bob/inbox/alice@x",
+            1,
         );
         assert_eq!(
             r.on_tracked(Tracked::Routed {
@@ -282,13 +297,13 @@ mod tests {
     #[test]
     fn no_receipt_without_an_acknowledgement() {
         let mut r = Receipts::default();
-        let t = r.track("a@x", "b@m", "m1", "r", "t");
+        let t = r.track("a@x", "b@m", "m1", "chat", "r", "t", 1);
         let a = r.on_tracked(Tracked::Routed {
             token: t,
             copies: 0,
         });
         assert!(matches!(a, Some(Action::Dropped(_, None, "no_subscriber"))));
-        let t = r.track("a@x", "b@m", "m2", "r", "t");
+        let t = r.track("a@x", "b@m", "m2", "chat", "r", "t", 2);
         r.on_tracked(Tracked::Routed {
             token: t,
             copies: 1,
