@@ -12,7 +12,8 @@
 //! - `upstream`: the bridge as a client of an existing broker (`[mqtt] mode = "upstream"`).
 //! - `mapping`: JID <-> topic rules, compiled once, validated with file and line.
 //! - `xmpp`: the XEP-0114 component link to the legacy XMPP server.
-//! - `bridge`: the core; moves messages between the two through the mapping table.
+//! - `bridge`: the core; moves messages between the two through the mapping table, with
+//!   receipts (XEP-0184), ids, chat states, corrections and delay.
 //! - `audit`: the tamper-evident trail of translated traffic (writer, verify, query).
 //! - `telemetry`: logging, Prometheus metrics, the admin listener (`/metrics`, `/healthz`,
 //!   `/readyz`).

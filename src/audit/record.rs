@@ -78,6 +78,9 @@ pub struct MqttPart {
     /// Packet id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packet_id: Option<u16>,
+    /// The message id of the MQTT 5 User Property `origin-id` (XEP-0359).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
 }
 
 /// One line of the trail, any kind, as read back (unknown members are ignored).
@@ -106,7 +109,7 @@ pub struct Line {
     /// Record: the mapping rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
-    /// Record: `published`, `delivered`, `denied`, `dropped`.
+    /// Record: `published`, `delivered`, `receipt_sent`, `expired`, `denied`, `dropped`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
     /// Record: reason label of `denied`/`dropped`.
@@ -176,6 +179,7 @@ impl Line {
                 qos: event.mqtt.qos,
                 client_id: event.mqtt.client_id.clone(),
                 packet_id: event.mqtt.packet_id,
+                message_id: event.mqtt.message_id.clone(),
             }),
             size: Some(payload.len()),
             sha256,

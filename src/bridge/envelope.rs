@@ -6,9 +6,19 @@
 //!  "type":"chat","body":"Hello","subject":null,"thread":null,
 //!  "timestamp":"2026-11-25T10:00:00.000Z"}
 //! ```
-//! From MQTT, only `body` is required; `type`, `subject`, `thread` and `id` are optional. `from`
-//! and `to` are never taken from an MQTT payload: the sender is the publisher's authenticated
-//! identity and the recipient comes from the topic.
+//! Members present only when the message has them: `origin_id` and `stanza_id` (XEP-0359),
+//! `replaces` (XEP-0308 correction of the message with that id), `delay` (XEP-0203 original
+//! time stamp), `state` (XEP-0085 chat state), `receipt` (true: the sender asked for an
+//! XEP-0184 receipt).
+//!
+//! From MQTT, only `body` is required; `type`, `subject`, `thread`, `id`, `origin_id`,
+//! `replaces`, `delay` and `state` are optional. `from` and `to` are never taken from an MQTT
+//! payload: the sender is the publisher's authenticated identity and the recipient comes from
+//! the topic.
+//!
+//! Two more shapes travel on sub-topics of a rule's topic: chat states
+//! (`{"v":1,"from":..,"to":..,"state":"composing","thread":null}`, see [`state_json`]) and
+//! receipts (`{"v":1,"type":"receipt","from":..,"to":..,"id":"m1"}`, see [`receipt_json`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +26,69 @@ use crate::mapping::MessageKind;
 
 /// Version of the JSON envelope.
 pub const ENVELOPE_VERSION: u32 = 1;
+
+/// An XEP-0085 chat state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatState {
+    /// Paying attention.
+    Active,
+    /// Typing.
+    Composing,
+    /// Stopped typing.
+    Paused,
+    /// Not paying attention.
+    Inactive,
+    /// Left the conversation.
+    Gone,
+}
+
+impl ChatState {
+    /// The XEP-0085 element name, also the MQTT text form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatState::Active => "active",
+            ChatState::Composing => "composing",
+            ChatState::Paused => "paused",
+            ChatState::Inactive => "inactive",
+            ChatState::Gone => "gone",
+        }
+    }
+}
+
+impl std::str::FromStr for ChatState {
+    type Err = PayloadError;
+
+    fn from_str(s: &str) -> Result<Self, PayloadError> {
+        Ok(match s {
+            "active" => ChatState::Active,
+            "composing" => ChatState::Composing,
+            "paused" => ChatState::Paused,
+            "inactive" => ChatState::Inactive,
+            "gone" => ChatState::Gone,
+            other => return Err(PayloadError::State(other.to_string())),
+        })
+    }
+}
+
+/// What a message carries besides its text: ids, correction, delay, chat state, receipts.
+/// Empty (and free) for a plain message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extras {
+    /// XEP-0359 origin id (chosen by the sender).
+    pub origin_id: Option<String>,
+    /// XEP-0359 stanza id (given by the sender's server or archive).
+    pub stanza_id: Option<String>,
+    /// XEP-0308: this message corrects the one with this id.
+    pub replaces: Option<String>,
+    /// XEP-0203: when the message was originally sent (XEP-0082 date-time).
+    pub delay: Option<String>,
+    /// XEP-0085 chat state.
+    pub state: Option<ChatState>,
+    /// XEP-0184: the sender asks for a receipt.
+    pub receipt_request: bool,
+    /// XEP-0184: this message is a receipt for the message with this id.
+    pub received: Option<String>,
+}
 
 /// A chat message between the two worlds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +107,8 @@ pub struct Envelope {
     pub subject: Option<String>,
     /// Conversation thread, when set.
     pub thread: Option<String>,
+    /// Ids, correction, delay, chat state, receipt request.
+    pub extras: Extras,
 }
 
 /// The JSON form published to MQTT.
@@ -49,6 +124,50 @@ struct JsonOut<'a> {
     subject: Option<&'a str>,
     thread: Option<&'a str>,
     timestamp: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stanza_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replaces: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delay: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    receipt: bool,
+}
+
+/// The JSON form of a chat state on MQTT.
+#[derive(Debug, Serialize)]
+struct StateOut<'a> {
+    v: u32,
+    from: &'a str,
+    to: &'a str,
+    state: &'a str,
+    thread: Option<&'a str>,
+}
+
+/// The JSON form of a receipt on MQTT.
+#[derive(Debug, Serialize)]
+struct ReceiptOut<'a> {
+    v: u32,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    from: &'a str,
+    to: &'a str,
+    id: &'a str,
+}
+
+/// A chat state from MQTT (JSON form).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateIn {
+    #[serde(default)]
+    v: Option<u32>,
+    state: String,
+    #[serde(default)]
+    thread: Option<String>,
 }
 
 /// The JSON form accepted from MQTT.
@@ -66,6 +185,14 @@ struct JsonIn {
     thread: Option<String>,
     #[serde(default)]
     id: Option<String>,
+    #[serde(default)]
+    origin_id: Option<String>,
+    #[serde(default)]
+    replaces: Option<String>,
+    #[serde(default)]
+    delay: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
 }
 
 /// What an MQTT payload said, once parsed.
@@ -81,6 +208,8 @@ pub struct ParsedPayload {
     pub thread: Option<String>,
     /// Client-chosen message id.
     pub id: Option<String>,
+    /// Origin id, correction, delay, chat state.
+    pub extras: Extras,
 }
 
 /// Why an MQTT payload cannot become a message.
@@ -98,6 +227,15 @@ pub enum PayloadError {
     /// Unknown `type`.
     #[error("unknown message type `{0}`")]
     Kind(String),
+    /// Unknown chat state.
+    #[error("unknown chat state `{0}` (active, composing, paused, inactive, gone)")]
+    State(String),
+    /// A `delay` that is not an XEP-0082 date-time.
+    #[error("`delay` is not a date-time like 2026-11-25T10:00:00Z: `{0}`")]
+    Delay(String),
+    /// An id that is empty or too long.
+    #[error("`{0}` must be 1 to 256 characters")]
+    Id(&'static str),
     /// Unsupported envelope version.
     #[error("unsupported envelope version {0} (this bridge speaks {ENVELOPE_VERSION})")]
     Version(u32),
@@ -116,6 +254,12 @@ impl Envelope {
             subject: self.subject.as_deref(),
             thread: self.thread.as_deref(),
             timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            origin_id: self.extras.origin_id.as_deref(),
+            stanza_id: self.extras.stanza_id.as_deref(),
+            replaces: self.extras.replaces.as_deref(),
+            delay: self.extras.delay.as_deref(),
+            state: self.extras.state.map(ChatState::as_str),
+            receipt: self.extras.receipt_request,
         };
         // Serializing plain strings into JSON cannot fail.
         serde_json::to_string(&out).unwrap_or_default()
@@ -134,7 +278,66 @@ pub fn parse_text(payload: &[u8]) -> Result<ParsedPayload, PayloadError> {
         subject: None,
         thread: None,
         id: None,
+        extras: Extras::default(),
     })
+}
+
+/// The JSON form of a chat state.
+pub fn state_json(from: &str, to: &str, state: ChatState, thread: Option<&str>) -> String {
+    let out = StateOut {
+        v: ENVELOPE_VERSION,
+        from,
+        to,
+        state: state.as_str(),
+        thread,
+    };
+    serde_json::to_string(&out).unwrap_or_default()
+}
+
+/// The JSON form of a receipt: `from` received the message `id` that `to` sent.
+pub fn receipt_json(from: &str, to: &str, id: &str) -> String {
+    let out = ReceiptOut {
+        v: ENVELOPE_VERSION,
+        kind: "receipt",
+        from,
+        to,
+        id,
+    };
+    serde_json::to_string(&out).unwrap_or_default()
+}
+
+/// Parses a chat state from MQTT: the bare name (`text` rules) or `{"state":..}` (`json`).
+pub fn parse_state(
+    payload: &[u8],
+    json: bool,
+) -> Result<(ChatState, Option<String>), PayloadError> {
+    let text = std::str::from_utf8(payload).map_err(|_| PayloadError::NotUtf8)?;
+    if !json {
+        return Ok((text.trim().parse()?, None));
+    }
+    let s: StateIn = serde_json::from_str(text).map_err(|e| PayloadError::Json(e.to_string()))?;
+    if let Some(v) = s.v.filter(|v| *v != ENVELOPE_VERSION) {
+        return Err(PayloadError::Version(v));
+    }
+    Ok((s.state.parse()?, s.thread))
+}
+
+/// Longest id accepted from MQTT (ids go into XML attributes and audit records).
+const MAX_ID: usize = 256;
+
+fn check_id(id: Option<String>, what: &'static str) -> Result<Option<String>, PayloadError> {
+    match id {
+        Some(v) if v.is_empty() || v.len() > MAX_ID => Err(PayloadError::Id(what)),
+        other => Ok(other),
+    }
+}
+
+/// Checks an XEP-0082 date-time (`2026-11-25T10:00:00Z`, fractions and offsets allowed).
+pub fn check_delay(stamp: &str) -> Result<(), PayloadError> {
+    stamp
+        .parse::<xmpp_parsers::date::DateTime>()
+        .map(|_| ())
+        .map_err(|_| PayloadError::Delay(stamp.to_string()))
 }
 
 /// Parses a `json` payload.
@@ -154,12 +357,23 @@ pub fn parse_json(payload: &[u8]) -> Result<ParsedPayload, PayloadError> {
         ),
         None => None,
     };
+    let state = json.state.as_deref().map(str::parse).transpose()?;
+    if let Some(d) = &json.delay {
+        check_delay(d)?;
+    }
     Ok(ParsedPayload {
         body: json.body,
         kind,
         subject: json.subject,
         thread: json.thread,
-        id: json.id,
+        id: check_id(json.id, "id")?,
+        extras: Extras {
+            origin_id: check_id(json.origin_id, "origin_id")?,
+            replaces: check_id(json.replaces, "replaces")?,
+            delay: json.delay,
+            state,
+            ..Extras::default()
+        },
     })
 }
 
@@ -177,6 +391,7 @@ mod tests {
             body: "Grüße \"quoted\"".into(),
             subject: None,
             thread: Some("t1".into()),
+            extras: Extras::default(),
         };
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
         assert_eq!(v["v"], 1);
@@ -188,6 +403,99 @@ mod tests {
         assert_eq!(v["thread"], "t1");
         assert!(v["subject"].is_null());
         assert!(v["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(v.get("origin_id").is_none() && v.get("receipt").is_none());
+    }
+
+    #[test]
+    fn json_envelope_carries_ids_correction_delay_state_and_receipt_request() {
+        let e = Envelope {
+            from: "a@x".into(),
+            to: "b@y".into(),
+            id: Some("m2".into()),
+            kind: MessageKind::Chat,
+            body: "fixed".into(),
+            subject: None,
+            thread: None,
+            extras: Extras {
+                origin_id: Some("o2".into()),
+                stanza_id: Some("s2".into()),
+                replaces: Some("m1".into()),
+                delay: Some("2026-01-01T00:00:00Z".into()),
+                state: Some(ChatState::Active),
+                receipt_request: true,
+                received: None,
+            },
+        };
+        let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
+        assert_eq!(
+            (
+                &v["origin_id"],
+                &v["stanza_id"],
+                &v["replaces"],
+                &v["delay"],
+                &v["state"],
+                &v["receipt"]
+            ),
+            (
+                &serde_json::json!("o2"),
+                &serde_json::json!("s2"),
+                &serde_json::json!("m1"),
+                &serde_json::json!("2026-01-01T00:00:00Z"),
+                &serde_json::json!("active"),
+                &serde_json::json!(true)
+            )
+        );
+    }
+
+    #[test]
+    fn states_and_receipts() {
+        let v: serde_json::Value =
+            serde_json::from_str(&state_json("a@x", "b@y", ChatState::Composing, None)).unwrap();
+        assert_eq!(
+            (v["state"].as_str(), v["from"].as_str()),
+            (Some("composing"), Some("a@x"))
+        );
+        let v: serde_json::Value = serde_json::from_str(&receipt_json("a@x", "b@y", "m1")).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["id"].as_str()),
+            (Some("receipt"), Some("m1"))
+        );
+        assert_eq!(parse_state(b"paused", false).unwrap().0, ChatState::Paused);
+        assert_eq!(
+            parse_state(br#"{"state":"gone","thread":"t"}"#, true).unwrap(),
+            (ChatState::Gone, Some("t".into()))
+        );
+        assert_eq!(
+            parse_state(b"typing", false).unwrap_err(),
+            PayloadError::State("typing".into())
+        );
+        assert!(matches!(
+            parse_state(br#"{"state":"active","x":1}"#, true),
+            Err(PayloadError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn envelope_extras_from_mqtt() {
+        let p = parse_json(
+            br#"{"body":"b","origin_id":"o","replaces":"m1","delay":"2026-01-01T10:00:00.5+01:00","state":"active"}"#,
+        )
+        .unwrap();
+        assert_eq!(p.extras.origin_id.as_deref(), Some("o"));
+        assert_eq!(p.extras.replaces.as_deref(), Some("m1"));
+        assert_eq!(p.extras.state, Some(ChatState::Active));
+        assert_eq!(
+            parse_json(br#"{"body":"b","delay":"yesterday"}"#).unwrap_err(),
+            PayloadError::Delay("yesterday".into())
+        );
+        assert_eq!(
+            parse_json(br#"{"body":"b","replaces":""}"#).unwrap_err(),
+            PayloadError::Id("replaces")
+        );
+        assert_eq!(
+            parse_json(br#"{"body":"b","state":"typing"}"#).unwrap_err(),
+            PayloadError::State("typing".into())
+        );
     }
 
     #[test]

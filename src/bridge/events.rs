@@ -41,7 +41,18 @@ pub enum Outcome {
     /// XMPP → MQTT: handed to the broker for routing.
     Published,
     /// MQTT → XMPP: the XMPP server confirmed it has the stanza (a ping round trip after it).
+    /// XMPP → MQTT (tracked messages, those with a receipt request): one more MQTT subscriber
+    /// acknowledged it after the one that triggered the receipt.
     Delivered,
+    /// XMPP → MQTT: the first MQTT subscriber acknowledged the message (PUBACK / PUBREC) and
+    /// the XEP-0184 `<received/>` went to the XMPP sender; or an XMPP client's receipt was
+    /// published back to the MQTT publisher.
+    ReceiptSent,
+    /// XMPP → MQTT: a tracked copy's MQTT 5 Message Expiry ran out before it was sent.
+    Expired {
+        /// Human-readable detail.
+        detail: String,
+    },
     /// Refused by policy (no rule, identity, payload format, audit queue full).
     Denied {
         /// A short stable label (bounded set, used as a metric label).
@@ -88,6 +99,8 @@ impl Outcome {
         match self {
             Outcome::Published => "published",
             Outcome::Delivered => "delivered",
+            Outcome::ReceiptSent => "receipt_sent",
+            Outcome::Expired { .. } => "expired",
             Outcome::Denied { .. } => "denied",
             Outcome::Dropped { .. } => "dropped",
         }
@@ -97,15 +110,18 @@ impl Outcome {
     pub fn reason(&self) -> Option<&'static str> {
         match self {
             Outcome::Denied { reason, .. } | Outcome::Dropped { reason, .. } => Some(reason),
-            Outcome::Published | Outcome::Delivered => None,
+            Outcome::Expired { .. } => Some("expired"),
+            Outcome::Published | Outcome::Delivered | Outcome::ReceiptSent => None,
         }
     }
 
     /// The detail of a refusal.
     pub fn detail(&self) -> Option<&str> {
         match self {
-            Outcome::Denied { detail, .. } | Outcome::Dropped { detail, .. } => Some(detail),
-            Outcome::Published | Outcome::Delivered => None,
+            Outcome::Denied { detail, .. }
+            | Outcome::Dropped { detail, .. }
+            | Outcome::Expired { detail } => Some(detail),
+            Outcome::Published | Outcome::Delivered | Outcome::ReceiptSent => None,
         }
     }
 }
@@ -134,6 +150,8 @@ pub struct MqttSide {
     pub client_id: Option<String>,
     /// Packet id of the delivery to the bridge's session (0 for QoS 0).
     pub packet_id: Option<u16>,
+    /// The message id carried as MQTT 5 User Property `origin-id` (XEP-0359), when known.
+    pub message_id: Option<String>,
 }
 
 /// One message through the bridge and how it ended.
@@ -202,6 +220,7 @@ impl Translation {
             qos,
             client_id,
             packet_id,
+            message_id: None,
         };
         t.payload = payload;
         t
@@ -215,6 +234,7 @@ impl Translation {
             qos: Some(qos),
             client_id: Some(client_id.to_string()),
             packet_id: None,
+            message_id: None,
         };
         self.payload = payload;
     }

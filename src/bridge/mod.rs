@@ -12,6 +12,11 @@
 //!   after it), so the broker keeps what the server has not confirmed.
 //! - When the link's queue is full, the bridge stops taking deliveries; the broker then keeps
 //!   them in the bridge's session queue, and what overflows there is counted and logged.
+//! - Receipts ([`receipts`], `receipt_flow`): a message from XMPP with a receipt request is
+//!   published with a tracking token and `<received/>` goes back when the first MQTT
+//!   subscriber acknowledged it; an XMPP client's receipt for a message from MQTT goes to the
+//!   publisher's Response Topic or the `receipt` sub-topic. Chat states travel on the
+//!   `chatstate` sub-topic; corrections are accepted only from the original sender.
 
 pub mod envelope;
 pub mod events;
@@ -19,7 +24,10 @@ pub mod mqtt_side;
 pub mod muc;
 pub mod presence;
 pub mod presence_store;
+mod receipt_flow;
+pub mod receipts;
 mod social;
+pub mod stanza;
 pub mod translate;
 
 use std::sync::Arc;
@@ -33,8 +41,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use xmpp_parsers::jid::Jid;
-use xmpp_parsers::message::{Id, Lang, Message, MessageType, Thread};
+use xmpp_parsers::message::{Message, MessageType};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
@@ -42,16 +49,19 @@ use self::events::{EventSink, Outcome, Translation};
 use self::mqtt_side::MqttSide;
 use self::muc::{Rooms, Verdict};
 use self::presence::PresenceConfig;
+use self::receipts::{Receipts, Senders};
 pub use self::social::PresenceStartError;
 use self::social::{PresenceSide, next_session_event};
-use self::translate::{FromXmpp, InboundChat, NotCarried, XmppOut, mqtt_to_xmpp, xmpp_to_mqtt};
+use self::stanza::{inbound_chat, xmpp_message};
+use self::translate::{Carried, FromXmpp, InboundChat, NotCarried, mqtt_to_xmpp, xmpp_to_mqtt};
 use crate::broker::Delivery;
 use crate::broker::codec::reason;
-use crate::broker::codec::{Properties, Publish, QoS};
+use crate::broker::codec::{Properties, Property, Publish, QoS};
 use crate::broker::guard::{PublishGuard, Refused};
 use crate::broker::session_events::SessionEvent;
+use crate::broker::tracking::Tracked;
+use crate::mapping::MappingTable;
 use crate::mapping::Refusal;
-use crate::mapping::{MappingTable, MessageKind};
 use crate::xmpp::{Inbound, Outgoing, SendError, XmppHandle};
 
 /// How often a delivery refused by a full XMPP queue is offered again.
@@ -192,6 +202,12 @@ pub struct Bridge {
     session_events: Option<mpsc::Receiver<SessionEvent>>,
     /// Bridged occupants of group chat rooms, in embedded mode.
     rooms: Option<Rooms>,
+    /// The broker's reports on tracked publishes (embedded mode only).
+    tracked: Option<mpsc::UnboundedReceiver<Tracked>>,
+    /// Receipts waiting in both directions.
+    receipts: Receipts,
+    /// Who sent recent message ids (corrections).
+    senders: Senders,
 }
 
 impl Bridge {
@@ -203,7 +219,13 @@ impl Bridge {
         inbound: mpsc::Receiver<Inbound>,
     ) -> Result<Bridge, crate::broker::BrokerGone> {
         let mut mqtt = mqtt.into();
-        let filters = table.mqtt_filters();
+        let mut filters = table.mqtt_filters();
+        // Chat states come on `{topic}/chatstate`; a filter ending in `#` covers them already.
+        let states: Vec<String> = (filters.iter())
+            .filter(|f| !f.ends_with('#'))
+            .map(|f| format!("{f}/{}", translate::STATE_LEVEL))
+            .collect();
+        filters.extend(states);
         if !filters.is_empty() {
             let codes = mqtt.subscribe(&filters, QoS::ExactlyOnce).await?;
             for (filter, code) in filters.iter().zip(codes) {
@@ -220,7 +242,6 @@ impl Bridge {
         );
         Ok(Bridge {
             table,
-            mqtt,
             xmpp,
             inbound,
             stats: Arc::new(BridgeStats::default()),
@@ -231,6 +252,10 @@ impl Bridge {
             presence: None,
             session_events: None,
             rooms: None,
+            tracked: mqtt.take_tracked(),
+            receipts: Receipts::default(),
+            senders: Senders::default(),
+            mqtt,
         })
     }
 
@@ -281,6 +306,9 @@ impl Bridge {
                     }
                     None => self.session_events = None,
                 },
+                Some(tracked) = next_tracked(&mut self.tracked), if self.tracked.is_some() => {
+                    self.on_tracked(tracked).await;
+                }
                 inbound = self.inbound.recv() => match inbound {
                     Some(inbound) => {
                         if self.on_xmpp(inbound).await.is_err() {
@@ -364,6 +392,12 @@ impl Bridge {
             );
             return Ok(());
         }
+        if chat.extras != Default::default() {
+            match self.xmpp_extras(&chat, event, &m).await? {
+                Some(kept) => event = kept,
+                None => return Ok(()),
+            }
+        }
         match xmpp_to_mqtt(&self.table, &chat, || {
             String::from(&Element::from(m.clone()))
         }) {
@@ -372,6 +406,33 @@ impl Bridge {
                     "XMPP message published to MQTT.");
                 let (rule, qos, payload) = (&out.rule, out.qos as u8, out.payload.clone());
                 event.to_mqtt(rule, &out.topic, qos, BRIDGE_CLIENT_ID, payload);
+                event.mqtt.message_id.clone_from(&chat.extras.origin_id);
+                let mut properties = Properties::new();
+                for (name, value) in &out.user_properties {
+                    properties.push(Property::UserProperty(
+                        (*name).into(),
+                        value.as_str().into(),
+                    ));
+                }
+                let track = match (&out.carried, &chat.id) {
+                    (Carried::Message, Some(id))
+                        if chat.extras.receipt_request
+                            && self.tracked.is_some()
+                            && out.qos != QoS::AtMostOnce =>
+                    {
+                        let to = translate::bare(&chat.to);
+                        let (kind, qos) = (chat.kind.as_str(), out.qos as u8);
+                        let receipts = &mut self.receipts;
+                        Some(receipts.track(&chat.from, to, id, kind, &out.rule, &out.topic, qos))
+                    }
+                    _ => None,
+                };
+                if out.carried == Carried::Message {
+                    self.remember_sender(&chat);
+                }
+                if matches!(out.carried, Carried::Receipt(_)) {
+                    event.outcome = Outcome::ReceiptSent;
+                }
                 let publish = Publish {
                     dup: false,
                     qos: out.qos,
@@ -379,9 +440,12 @@ impl Bridge {
                     topic: out.topic.into(),
                     pkid: 0,
                     payload: out.payload,
-                    properties: Properties::new(),
+                    properties,
                 };
-                self.mqtt.publish(publish).await?;
+                match track {
+                    Some(token) => self.mqtt.publish_tracked(publish, token).await?,
+                    None => self.mqtt.publish(publish).await?,
+                }
                 add(&self.stats.to_mqtt);
                 event.handed_over();
                 self.events.emit(*event).await;
@@ -433,9 +497,16 @@ impl Bridge {
             return Ok(());
         }
         match mqtt_to_xmpp(&self.table, &publish.topic, &publish.payload, user) {
-            Ok(out) => {
+            Ok(mut out) => {
+                if !publish.properties.is_empty() {
+                    translate::apply_user_properties(&mut out, &publish.properties);
+                }
                 let id = out.id.clone().unwrap_or_else(|| self.new_id());
                 event.to_xmpp(&out.rule, &out.from, &out.to, out.kind.as_str(), &id);
+                event.mqtt.message_id.clone_from(&out.extras.origin_id);
+                if !self.mqtt_extras(&out, &id, &publish, &mut event).await? {
+                    return Ok(());
+                }
                 match xmpp_message(&out, id) {
                     Some(message) => {
                         let (outgoing, confirmed) = Outgoing::confirmed(message);
@@ -518,89 +589,13 @@ impl Bridge {
     }
 }
 
+/// The next report on tracked publishes; never resolves without a receiver.
+async fn next_tracked(rx: &mut Option<mpsc::UnboundedReceiver<Tracked>>) -> Option<Tracked> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The client id the bridge's in-process session has (see `app.rs`).
 pub const BRIDGE_CLIENT_ID: &str = "bridge";
-
-fn kind_of(t: &MessageType) -> Option<MessageKind> {
-    match t {
-        MessageType::Chat => Some(MessageKind::Chat),
-        MessageType::Normal => Some(MessageKind::Normal),
-        MessageType::Headline => Some(MessageKind::Headline),
-        MessageType::Groupchat => Some(MessageKind::Groupchat),
-        MessageType::Error => None,
-    }
-}
-
-fn message_type(kind: MessageKind) -> MessageType {
-    match kind {
-        MessageKind::Chat => MessageType::Chat,
-        MessageKind::Normal => MessageType::Normal,
-        MessageKind::Headline => MessageType::Headline,
-        MessageKind::Groupchat => MessageType::Groupchat,
-    }
-}
-
-/// The bridge's view of an XMPP message; `None` for errors and unaddressed messages.
-fn inbound_chat(m: &Message) -> Option<InboundChat> {
-    let kind = kind_of(&m.type_)?;
-    let from = m.from.as_ref()?.to_string();
-    let to = m.to.as_ref()?.to_string();
-    Some(InboundChat {
-        from,
-        to,
-        id: m.id.as_ref().map(|id| id.0.clone()),
-        kind,
-        body: m.get_best_body_cloned(vec!["en"]).map(|(_, b)| b),
-        subject: m.get_best_subject(vec!["en"]).map(|(_, s)| s.clone()),
-        thread: m.thread.as_ref().map(|t| t.id.clone()),
-    })
-}
-
-/// The stanza for an MQTT message; `None` if an address does not parse as a JID.
-fn xmpp_message(out: &XmppOut, id: String) -> Option<Message> {
-    let to = Jid::new(&out.to).ok()?;
-    let from = Jid::new(&out.from).ok()?;
-    let mut m = Message::new_with_type(message_type(out.kind), Some(to));
-    m.from = Some(from);
-    m.id = Some(Id(id));
-    m.bodies.insert(Lang::new(), out.body.clone());
-    if let Some(subject) = &out.subject {
-        m.subjects.insert(Lang::new(), subject.clone());
-    }
-    if let Some(thread) = &out.thread {
-        m.thread = Some(Thread {
-            parent: None,
-            id: thread.clone(),
-        });
-    }
-    Some(m)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stanza_for_an_mqtt_message() {
-        let out = XmppOut {
-            rule: "r".into(),
-            from: "bob@mqtt.example.org".into(),
-            to: "alice@example.org".into(),
-            kind: MessageKind::Chat,
-            body: "hi".into(),
-            subject: None,
-            thread: Some("t".into()),
-            id: None,
-        };
-        let m = xmpp_message(&out, "id7".into()).unwrap();
-        let xml = String::from(&Element::from(m.clone()));
-        assert!(xml.contains("type='chat'"), "{xml}");
-        assert!(xml.contains("<body>hi</body>"), "{xml}");
-        assert!(xml.contains("id='id7'"), "{xml}");
-        let chat = inbound_chat(&m).unwrap();
-        assert_eq!(
-            (chat.body.as_deref(), chat.thread.as_deref()),
-            (Some("hi"), Some("t"))
-        );
-    }
-}

@@ -9,12 +9,15 @@
 //! | subscribe | SUBACK codes returned | recorded; (re)subscribed per session, failures logged |
 //! | ack | to the broker session | on the connection the delivery came on |
 //! | keepalive pongs of other instances | cannot be relayed (logged) | relayed through the broker |
+//! | subscribers' acknowledgements | reported per tracked publish | not knowable |
 
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::broker::codec::{Publish, QoS};
+use crate::broker::tracking::Tracked;
 use crate::broker::{BrokerGone, Delivery, InternalClient};
 use crate::upstream::UpstreamClient;
 use crate::xmpp::XmppHandle;
@@ -55,6 +58,24 @@ impl MqttSide {
         match self {
             MqttSide::Embedded(c) => c.publish(publish).await,
             MqttSide::Upstream(c) => c.publish(publish).await,
+        }
+    }
+
+    /// Publishes a message whose MQTT subscribers' acknowledgements are reported under
+    /// `token` on the receiver of [`MqttSide::take_tracked`]. Embedded only: an upstream broker
+    /// does not tell a publisher when subscribers acknowledged, so there it is a plain publish.
+    pub async fn publish_tracked(&self, publish: Publish, token: u64) -> Result<(), BrokerGone> {
+        match self {
+            MqttSide::Embedded(c) => c.publish_tracked(publish, token).await,
+            MqttSide::Upstream(c) => c.publish(publish).await,
+        }
+    }
+
+    /// The reports on tracked publishes; `None` in upstream mode (and after the first call).
+    pub fn take_tracked(&mut self) -> Option<mpsc::UnboundedReceiver<Tracked>> {
+        match self {
+            MqttSide::Embedded(c) => c.take_tracked(),
+            MqttSide::Upstream(_) => None,
         }
     }
 

@@ -2,8 +2,11 @@
 
 use bytes::Bytes;
 
-use super::envelope::{Envelope, PayloadError, parse_json, parse_text};
-use crate::broker::codec::QoS;
+use super::envelope::{
+    ChatState, Envelope, Extras, PayloadError, parse_json, parse_state, parse_text, receipt_json,
+    state_json,
+};
+use crate::broker::codec::{Properties, Property, QoS};
 use crate::mapping::{MappingTable, MessageKind, PayloadFormat, Refusal};
 
 /// A chat message that arrived from XMPP, as the bridge needs it.
@@ -23,6 +26,24 @@ pub struct InboundChat {
     pub subject: Option<String>,
     /// Thread.
     pub thread: Option<String>,
+    /// Ids, correction, delay, chat state, receipts.
+    pub extras: Extras,
+}
+
+/// The sub-topic level under a rule's topic for chat states (QoS 0, never retained).
+pub const STATE_LEVEL: &str = "chatstate";
+/// The sub-topic level under a rule's topic for receipts published to MQTT.
+pub const RECEIPT_LEVEL: &str = "receipt";
+
+/// What a publish to MQTT carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Carried {
+    /// A message with a body.
+    Message,
+    /// A chat state alone (ephemeral).
+    State(ChatState),
+    /// An XMPP client's receipt for the message with this id.
+    Receipt(String),
 }
 
 /// A publish the bridge makes on the MQTT side.
@@ -38,6 +59,10 @@ pub struct MqttOut {
     pub retain: bool,
     /// Payload in the rule's format.
     pub payload: Bytes,
+    /// MQTT 5 User Properties (ids, correction, delay); empty for a plain message.
+    pub user_properties: Vec<(&'static str, String)>,
+    /// What it is.
+    pub carried: Carried,
 }
 
 /// What to do with a message from XMPP.
@@ -70,6 +95,8 @@ pub struct XmppOut {
     pub thread: Option<String>,
     /// Client-chosen id, if the payload had one.
     pub id: Option<String>,
+    /// Origin id, correction, delay, chat state (body empty: a chat state alone).
+    pub extras: Extras,
 }
 
 /// Why an MQTT publish is not carried to XMPP.
@@ -139,17 +166,55 @@ pub fn xmpp_to_mqtt(
     if domain_of(&msg.from).eq_ignore_ascii_case(table.domain()) {
         return FromXmpp::Ignore("sent by the bridge itself");
     }
-    let Some(route) = table.to_mqtt(bare(&msg.from), bare(&msg.to), msg.kind) else {
+    // A receipt or a chat state alone may come as type normal; it follows the chat rule.
+    let route = table
+        .to_mqtt(bare(&msg.from), bare(&msg.to), msg.kind)
+        .or_else(|| {
+            let bodiless = msg.body.as_ref().is_none_or(String::is_empty);
+            (bodiless && msg.kind == MessageKind::Normal)
+                .then(|| table.to_mqtt(bare(&msg.from), bare(&msg.to), MessageKind::Chat))
+                .flatten()
+        });
+    let Some(route) = route else {
         return if table.covers_jid(bare(&msg.to)) {
             FromXmpp::Ignore("no rule for this sender or message type")
         } else {
             FromXmpp::NoRoute
         };
     };
-    let Some(body) = msg.body.as_ref().filter(|b| !b.is_empty()) else {
-        return FromXmpp::Ignore("message without body");
-    };
     let rule = route.rule;
+    let Some(body) = msg.body.as_ref().filter(|b| !b.is_empty()) else {
+        // No body: a receipt or a chat state travels on its sub-topic; anything else is not
+        // carried.
+        let (level, carried, qos, payload) = if let Some(id) = &msg.extras.received {
+            let payload = match rule.format {
+                PayloadFormat::Json => Bytes::from(receipt_json(&msg.from, &msg.to, id)),
+                PayloadFormat::Text => Bytes::from(id.clone()),
+                PayloadFormat::Xml => Bytes::from(render_xml()),
+            };
+            let qos = qos(rule.qos);
+            (RECEIPT_LEVEL, Carried::Receipt(id.clone()), qos, payload)
+        } else if let Some(state) = msg.extras.state {
+            let thread = msg.thread.as_deref();
+            let payload = match rule.format {
+                PayloadFormat::Json => Bytes::from(state_json(&msg.from, &msg.to, state, thread)),
+                PayloadFormat::Text => Bytes::from_static(state.as_str().as_bytes()),
+                PayloadFormat::Xml => Bytes::from(render_xml()),
+            };
+            (STATE_LEVEL, Carried::State(state), QoS::AtMostOnce, payload)
+        } else {
+            return FromXmpp::Ignore("message without body");
+        };
+        return FromXmpp::Publish(MqttOut {
+            rule: rule.name.clone(),
+            topic: format!("{}/{level}", route.topic),
+            qos,
+            retain: false,
+            payload,
+            user_properties: Vec::new(),
+            carried,
+        });
+    };
     let payload = match rule.format {
         PayloadFormat::Text => Bytes::from(body.clone()),
         PayloadFormat::Xml => Bytes::from(render_xml()),
@@ -162,6 +227,7 @@ pub fn xmpp_to_mqtt(
                 body: body.clone(),
                 subject: msg.subject.clone(),
                 thread: msg.thread.clone(),
+                extras: msg.extras.clone(),
             }
             .to_json(),
         ),
@@ -172,7 +238,48 @@ pub fn xmpp_to_mqtt(
         qos: qos(rule.qos),
         retain: rule.retain,
         payload,
+        user_properties: user_properties(&msg.extras),
+        carried: Carried::Message,
     })
+}
+
+/// The MQTT 5 User Properties of a message from XMPP.
+fn user_properties(extras: &Extras) -> Vec<(&'static str, String)> {
+    let mut props = Vec::new();
+    let pairs = [
+        ("origin-id", &extras.origin_id),
+        ("stanza-id", &extras.stanza_id),
+        ("replaces", &extras.replaces),
+        ("delay", &extras.delay),
+    ];
+    for (name, value) in pairs {
+        if let Some(v) = value {
+            props.push((name, v.clone()));
+        }
+    }
+    props
+}
+
+/// Takes `origin-id`, `replaces` and `delay` from an MQTT 5 publisher's User Properties
+/// where the payload did not set them. Values that are empty or too long are ignored.
+pub fn apply_user_properties(out: &mut XmppOut, properties: &Properties) {
+    for p in &properties.0 {
+        let Property::UserProperty(name, value) = p else {
+            continue;
+        };
+        if value.is_empty() || value.len() > 256 {
+            continue;
+        }
+        let slot = match &**name {
+            "origin-id" => &mut out.extras.origin_id,
+            "replaces" => &mut out.extras.replaces,
+            "delay" if super::envelope::check_delay(value).is_ok() => &mut out.extras.delay,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = Some(value.to_string());
+        }
+    }
 }
 
 /// MQTT → XMPP for one publish by `user` (the authenticated user name, if any).
@@ -182,7 +289,15 @@ pub fn mqtt_to_xmpp(
     payload: &[u8],
     user: Option<&str>,
 ) -> Result<XmppOut, NotCarried> {
-    let route = table.to_xmpp(topic, user)?;
+    let route = match table.to_xmpp(topic, user) {
+        Err(Refusal::NoRule) => match topic.strip_suffix(STATE_LEVEL) {
+            Some(base) if base.ends_with('/') => {
+                return state_to_xmpp(table, &base[..base.len() - 1], payload, user);
+            }
+            _ => return Err(Refusal::NoRule.into()),
+        },
+        other => other?,
+    };
     let rule = route.rule;
     let parsed = match rule.format {
         PayloadFormat::Json => parse_json(payload),
@@ -213,6 +328,42 @@ pub fn mqtt_to_xmpp(
         subject: parsed.subject,
         thread: parsed.thread,
         id: parsed.id,
+        extras: parsed.extras,
+    })
+}
+
+/// A chat state published on `{topic}/chatstate`: a message without body.
+fn state_to_xmpp(
+    table: &MappingTable,
+    topic: &str,
+    payload: &[u8],
+    user: Option<&str>,
+) -> Result<XmppOut, NotCarried> {
+    let route = table.to_xmpp(topic, user)?;
+    let rule = route.rule;
+    let json = rule.format == PayloadFormat::Json;
+    let (state, thread) = parse_state(payload, json).map_err(|error| NotCarried::Payload {
+        rule: rule.name.clone(),
+        error,
+    })?;
+    let kind = if rule.kinds.contains(&MessageKind::Chat) {
+        MessageKind::Chat
+    } else {
+        rule.kinds.first().copied().unwrap_or(MessageKind::Chat)
+    };
+    Ok(XmppOut {
+        rule: rule.name.clone(),
+        from: route.from,
+        to: route.to,
+        kind,
+        body: String::new(),
+        subject: None,
+        thread,
+        id: None,
+        extras: Extras {
+            state: Some(state),
+            ..Extras::default()
+        },
     })
 }
 
@@ -266,6 +417,7 @@ format = "text"
             body: body.map(str::to_string),
             subject: None,
             thread: None,
+            extras: Extras::default(),
         }
     }
 
@@ -389,5 +541,112 @@ format = "text"
                 .label(),
             "no_rule"
         );
+    }
+
+    #[test]
+    fn receipts_and_chat_states_go_to_sub_topics() {
+        let t = table();
+        let mut state = chat(
+            "alice@example.org/pc",
+            "bob@mqtt.example.org",
+            MessageKind::Chat,
+            None,
+        );
+        state.extras.state = Some(ChatState::Composing);
+        let FromXmpp::Publish(out) = xmpp_to_mqtt(&t, &state, xml) else {
+            panic!()
+        };
+        assert_eq!(out.topic, "users/bob/inbox/alice@example.org/chatstate");
+        assert_eq!(
+            (out.qos, out.retain, out.carried),
+            (QoS::AtMostOnce, false, Carried::State(ChatState::Composing))
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.payload).unwrap();
+        assert_eq!(v["state"], "composing");
+
+        // A receipt comes as type normal from most clients; the chat rule carries it.
+        let mut receipt = chat(
+            "alice@example.org/pc",
+            "bob@mqtt.example.org",
+            MessageKind::Normal,
+            None,
+        );
+        receipt.extras.received = Some("m7".into());
+        let FromXmpp::Publish(out) = xmpp_to_mqtt(&t, &receipt, xml) else {
+            panic!()
+        };
+        assert_eq!(out.topic, "users/bob/inbox/alice@example.org/receipt");
+        assert_eq!(out.carried, Carried::Receipt("m7".into()));
+
+        let mut m = chat(
+            "alice@example.org/pc",
+            "bob@mqtt.example.org",
+            MessageKind::Chat,
+            Some("x"),
+        );
+        m.extras.origin_id = Some("o1".into());
+        m.extras.replaces = Some("m0".into());
+        let FromXmpp::Publish(out) = xmpp_to_mqtt(&t, &m, xml) else {
+            panic!()
+        };
+        assert_eq!(
+            out.user_properties,
+            vec![
+                ("origin-id", "o1".to_string()),
+                ("replaces", "m0".to_string())
+            ]
+        );
+        let plain = chat(
+            "alice@example.org/pc",
+            "bob@mqtt.example.org",
+            MessageKind::Chat,
+            Some("x"),
+        );
+        let FromXmpp::Publish(out) = xmpp_to_mqtt(&t, &plain, xml) else {
+            panic!()
+        };
+        assert!(out.user_properties.is_empty());
+    }
+
+    #[test]
+    fn chat_states_from_mqtt_are_checked_like_messages() {
+        let t = table();
+        let topic = "users/bob/outbox/alice@example.org/chatstate";
+        let out = mqtt_to_xmpp(&t, topic, br#"{"state":"paused"}"#, Some("bob")).unwrap();
+        assert_eq!(
+            (out.body.as_str(), out.extras.state),
+            ("", Some(ChatState::Paused))
+        );
+        assert_eq!(out.to, "alice@example.org");
+        let err = mqtt_to_xmpp(&t, topic, br#"{"state":"paused"}"#, Some("eve")).unwrap_err();
+        assert_eq!(err.label(), "not_your_topic");
+        let err = mqtt_to_xmpp(&t, topic, br#"{"state":"typing"}"#, Some("bob")).unwrap_err();
+        assert_eq!(err.label(), "bad_payload");
+        let err = mqtt_to_xmpp(&t, "users/bob/chatstate", b"x", Some("bob")).unwrap_err();
+        assert_eq!(err.label(), "no_rule");
+    }
+
+    #[test]
+    fn user_properties_fill_what_the_payload_left_out() {
+        let t = table();
+        let mut out = mqtt_to_xmpp(
+            &t,
+            "users/bob/outbox/a@example.org",
+            br#"{"body":"x","replaces":"p"}"#,
+            Some("bob"),
+        )
+        .unwrap();
+        let mut props = Properties::new();
+        props.push(Property::UserProperty("origin-id".into(), "o9".into()));
+        props.push(Property::UserProperty("replaces".into(), "ignored".into()));
+        props.push(Property::UserProperty("delay".into(), "not a date".into()));
+        apply_user_properties(&mut out, &props);
+        assert_eq!(out.extras.origin_id.as_deref(), Some("o9"));
+        assert_eq!(
+            out.extras.replaces.as_deref(),
+            Some("p"),
+            "the payload wins"
+        );
+        assert_eq!(out.extras.delay, None, "an invalid date is ignored");
     }
 }

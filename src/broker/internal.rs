@@ -21,6 +21,7 @@ use super::codec::{
 use super::link::{
     ClientLink, ConnId, ConnectOutcome, ConnectRequest, LinkReceiver, Origin, RouterMsg, ToClient,
 };
+use super::tracking::{Tracked, Tracker};
 
 /// Client ids starting with this belong to in-process clients; network clients asking for
 /// one are refused (CONNACK 0x02 / 0x85), so nobody can take over the bridge's session.
@@ -57,6 +58,10 @@ pub struct InternalClient {
     /// Answers to send before reading more (kept here so `recv` stays cancel-safe).
     outbox: Vec<Packet>,
     next_pkid: u16,
+    /// Where the router reports on tracked publishes ([`InternalClient::publish_tracked`]).
+    tracked_tx: mpsc::UnboundedSender<Tracked>,
+    /// Its other end, until [`InternalClient::take_tracked`] hands it out.
+    tracked_rx: Option<mpsc::UnboundedReceiver<Tracked>>,
 }
 
 impl InternalClient {
@@ -66,6 +71,7 @@ impl InternalClient {
         client_id: &str,
     ) -> Result<InternalClient, BrokerGone> {
         let (link, rx) = ClientLink::new();
+        let (tracked_tx, tracked_rx) = mpsc::unbounded_channel();
         let (accepted, outcome) = oneshot::channel();
         let client_id = ByteString::from(format!("{INTERNAL_ID_PREFIX}{client_id}"));
         let connect = Connect {
@@ -106,6 +112,8 @@ impl InternalClient {
             pending: VecDeque::new(),
             outbox: Vec::new(),
             next_pkid: 0,
+            tracked_tx,
+            tracked_rx: Some(tracked_rx),
         };
         // The first item is CONNACK.
         client.fill_inbox().await?;
@@ -170,8 +178,27 @@ impl InternalClient {
         let msg = RouterMsg::Publish {
             conn: self.conn,
             publish,
+            track: None,
         };
         self.router.send(msg).await.map_err(|_| BrokerGone)
+    }
+
+    /// Publishes a message whose delivery is reported, under `token`, on the receiver that
+    /// [`InternalClient::take_tracked`] gives: how many QoS 1/2 copies were made, then how each
+    /// one ended (acknowledged by its subscriber, expired, dropped).
+    pub async fn publish_tracked(&self, publish: Publish, token: u64) -> Result<(), BrokerGone> {
+        let track = Arc::new(Tracker::new(token, self.tracked_tx.clone()));
+        let msg = RouterMsg::Publish {
+            conn: self.conn,
+            publish,
+            track: Some(track),
+        };
+        self.router.send(msg).await.map_err(|_| BrokerGone)
+    }
+
+    /// The reports on tracked publishes; `None` after the first call.
+    pub fn take_tracked(&mut self) -> Option<mpsc::UnboundedReceiver<Tracked>> {
+        self.tracked_rx.take()
     }
 
     /// The next delivery; `None` when the broker has stopped. Cancel-safe: every await in

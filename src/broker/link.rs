@@ -336,6 +336,8 @@ pub enum RouterMsg {
         conn: ConnId,
         /// The message.
         publish: Publish,
+        /// Set when the client wants to know when each subscriber acknowledged it.
+        track: Option<Arc<super::tracking::Tracker>>,
     },
     /// Installs the check every client PUBLISH passes (see `guard`).
     SetGuard(Arc<dyn super::guard::PublishGuard>),

@@ -27,6 +27,7 @@ pub mod session_events;
 pub mod shared;
 pub mod stats;
 pub mod topic;
+pub mod tracking;
 pub mod trie;
 
 use std::net::SocketAddr;

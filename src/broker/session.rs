@@ -12,6 +12,7 @@ use bytestring::ByteString;
 use super::codec::{LastWill, Packet, ProtocolVersion, PubResponse, Publish, QoS};
 use super::codec::{Properties, Property, SubscriptionOptions};
 use super::link::{ClientLink, ConnId, Origin};
+use super::tracking::{Settlement, Tracker};
 use std::sync::Arc;
 
 /// Stable identity of a session, key of the subscription trie.
@@ -83,6 +84,8 @@ pub struct Outgoing {
     /// The shared subscription group it was given to, if any (to redeliver it to another
     /// member should this session end first).
     pub shared: Option<u64>,
+    /// Set when the publisher (an in-process client) wants to know how this copy ends.
+    pub track: Option<Arc<Tracker>>,
 }
 
 impl Outgoing {
@@ -93,6 +96,14 @@ impl Outgoing {
             origin: None,
             expires: None,
             shared: None,
+            track: None,
+        }
+    }
+
+    /// Tells the publisher how this copy ended, if it asked.
+    pub fn settle(&self, client_id: &ByteString, how: Settlement) {
+        if let Some(track) = &self.track {
+            track.settle(client_id, how);
         }
     }
 
@@ -237,6 +248,7 @@ impl Session {
     /// subscription QoS). `max_queued` bounds the queue.
     pub fn offer(&mut self, mut message: Outgoing, max_queued: usize) -> Offer {
         if message.expires.is_some() && !message.refresh_expiry(Instant::now()) {
+            message.settle(&self.client_id, Settlement::Expired);
             return Offer::Discarded;
         }
         if message.publish.qos == QoS::AtMostOnce {
@@ -253,6 +265,7 @@ impl Session {
         }
 
         if self.queue.len() >= max_queued {
+            message.settle(&self.client_id, Settlement::Dropped("queue_full"));
             return Offer::Overflow;
         }
         self.queue.push_back(message);
@@ -295,6 +308,7 @@ impl Session {
             };
             if next.expires.is_some() && !next.refresh_expiry(*now.get_or_insert_with(Instant::now))
             {
+                next.settle(&self.client_id, Settlement::Expired);
                 continue;
             }
             out.push(self.start_flight(next));
@@ -312,12 +326,15 @@ impl Session {
         })
     }
 
-    /// PUBACK from the client. False when nothing matched (a stray ack).
-    pub fn on_puback(&mut self, pkid: u16) -> bool {
+    /// PUBACK from the client (`accepted`: its reason code is below 0x80). False when
+    /// nothing matched (a stray ack).
+    pub fn on_puback(&mut self, pkid: u16, accepted: bool) -> bool {
         match self.position(pkid, false) {
             Some(i) if matches!(&self.inflight[i], Inflight::Published(m) if m.publish.qos == QoS::AtLeastOnce) =>
             {
-                self.inflight.remove(i);
+                if let Some(Inflight::Published(m)) = self.inflight.remove(i) {
+                    m.settle(&self.client_id, acknowledged(accepted));
+                }
                 self.ids_in_use.remove(&pkid);
                 true
             }
@@ -325,10 +342,14 @@ impl Session {
         }
     }
 
-    /// PUBREC from the client: the message is now the client's; answer PUBREL.
-    pub fn on_pubrec(&mut self, pkid: u16) -> Packet {
+    /// PUBREC from the client: the message is now the client's (unless `accepted` is false:
+    /// an MQTT 5 reason code of 0x80 or more); answer PUBREL.
+    pub fn on_pubrec(&mut self, pkid: u16, accepted: bool) -> Packet {
         if let Some(i) = self.position(pkid, false) {
-            self.inflight[i] = Inflight::Released(pkid);
+            let was = std::mem::replace(&mut self.inflight[i], Inflight::Released(pkid));
+            if let Inflight::Published(m) = was {
+                m.settle(&self.client_id, acknowledged(accepted));
+            }
         }
         // A PUBREC for an id already released is a retransmission: answer PUBREL again.
         Packet::PubRel(PubResponse::new(pkid))
@@ -385,15 +406,24 @@ impl Session {
     /// Only for a session that is ending: its in-flight state is emptied.
     pub fn take_shared(&mut self) -> Vec<Outgoing> {
         let mut out = Vec::new();
+        let ended = |m: &Outgoing| m.settle(&self.client_id, Settlement::Dropped("session_ended"));
         for m in self.inflight.drain(..) {
             if let Inflight::Published(m) = m {
                 if m.shared.is_some() {
                     out.push(m);
+                } else {
+                    ended(&m);
                 }
             }
         }
         self.ids_in_use.clear();
-        out.extend(self.queue.drain(..).filter(|m| m.shared.is_some()));
+        for m in self.queue.drain(..) {
+            if m.shared.is_some() {
+                out.push(m);
+            } else {
+                ended(&m);
+            }
+        }
         out
     }
 
@@ -401,6 +431,29 @@ impl Session {
     pub fn detach(&mut self, now: Instant) -> Option<Attached> {
         self.detached_at = Some(now);
         self.attached.take()
+    }
+}
+
+fn acknowledged(accepted: bool) -> Settlement {
+    if accepted {
+        Settlement::Acknowledged
+    } else {
+        Settlement::Dropped("refused_by_subscriber")
+    }
+}
+
+impl Drop for Session {
+    /// A session that ends with tracked messages still unacknowledged tells their publisher
+    /// (what `take_shared` moved to another member is no longer here).
+    fn drop(&mut self) {
+        for m in &self.inflight {
+            if let Inflight::Published(m) = m {
+                m.settle(&self.client_id, Settlement::Dropped("session_ended"));
+            }
+        }
+        for m in &self.queue {
+            m.settle(&self.client_id, Settlement::Dropped("session_ended"));
+        }
     }
 }
 
@@ -483,8 +536,11 @@ mod tests {
             s.offer(publish(QoS::AtLeastOnce), 1),
             Offer::Overflow
         ));
-        assert!(s.on_puback(1));
-        assert!(!s.on_puback(1), "a second PUBACK for the same id is stray");
+        assert!(s.on_puback(1, true));
+        assert!(
+            !s.on_puback(1, true),
+            "a second PUBACK for the same id is stray"
+        );
         let next = s.fill_window();
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].publish.pkid, 3);
@@ -499,11 +555,11 @@ mod tests {
             panic!()
         };
         assert!(
-            !s.on_puback(p.pkid),
+            !s.on_puback(p.pkid, true),
             "PUBACK does not complete a QoS 2 flow"
         );
         assert_eq!(
-            s.on_pubrec(p.pkid),
+            s.on_pubrec(p.pkid, true),
             Packet::PubRel(PubResponse::new(p.pkid))
         );
         assert_eq!(s.inflight(), 1);
@@ -518,7 +574,7 @@ mod tests {
         for _ in 0..3 {
             s.offer(publish(QoS::ExactlyOnce), 10);
         }
-        s.on_pubrec(2);
+        s.on_pubrec(2, true);
         s.detach(Instant::now());
         let again = s.resend_inflight();
         assert!(matches!(&again[0], Resend::Publish(m) if m.publish.dup && m.publish.pkid == 1));
@@ -583,5 +639,92 @@ mod tests {
             panic!()
         };
         assert_eq!((a.publish.pkid, b.publish.pkid), (u16::MAX, 1));
+    }
+
+    fn tracked(
+        qos: QoS,
+        rx_to: &tokio::sync::mpsc::UnboundedSender<crate::broker::tracking::Tracked>,
+        token: u64,
+    ) -> Outgoing {
+        let mut m = publish(qos);
+        m.track = Some(Arc::new(Tracker::new(token, rx_to.clone())));
+        m
+    }
+
+    fn settled(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<crate::broker::tracking::Tracked>,
+    ) -> Vec<(u64, Settlement)> {
+        let mut out = Vec::new();
+        while let Ok(crate::broker::tracking::Tracked::Settled { token, how, .. }) = rx.try_recv() {
+            out.push((token, how));
+        }
+        out
+    }
+
+    #[test]
+    fn tracked_copies_settle_on_ack_never_on_send() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut s = Session::new(1, "c".into(), NEVER_EXPIRES);
+        s.attached = Some(attached(10));
+        let Offer::Send(a) = s.offer(tracked(QoS::AtLeastOnce, &tx, 1), 10) else {
+            panic!()
+        };
+        let Offer::Send(b) = s.offer(tracked(QoS::ExactlyOnce, &tx, 2), 10) else {
+            panic!()
+        };
+        assert!(settled(&mut rx).is_empty(), "sending is not acknowledging");
+        s.on_puback(a.publish.pkid, true);
+        s.on_pubrec(b.publish.pkid, true);
+        assert_eq!(
+            settled(&mut rx),
+            vec![(1, Settlement::Acknowledged), (2, Settlement::Acknowledged)]
+        );
+        s.on_pubcomp(b.publish.pkid);
+        assert!(settled(&mut rx).is_empty(), "PUBCOMP settles nothing more");
+        let Offer::Send(c) = s.offer(tracked(QoS::AtLeastOnce, &tx, 3), 10) else {
+            panic!()
+        };
+        s.on_puback(c.publish.pkid, false);
+        assert_eq!(
+            settled(&mut rx),
+            vec![(3, Settlement::Dropped("refused_by_subscriber"))]
+        );
+    }
+
+    #[test]
+    fn tracked_copies_of_an_offline_session_settle_after_reconnect_or_when_it_ends() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut s = Session::new(1, "c".into(), NEVER_EXPIRES);
+        assert!(matches!(
+            s.offer(tracked(QoS::AtLeastOnce, &tx, 1), 1),
+            Offer::Queued
+        ));
+        assert!(matches!(
+            s.offer(tracked(QoS::AtLeastOnce, &tx, 2), 1),
+            Offer::Overflow
+        ));
+        assert_eq!(
+            settled(&mut rx),
+            vec![(2, Settlement::Dropped("queue_full"))]
+        );
+        s.attached = Some(attached(10));
+        let sent = s.fill_window();
+        assert!(settled(&mut rx).is_empty());
+        s.on_puback(sent[0].publish.pkid, true);
+        assert_eq!(settled(&mut rx), vec![(1, Settlement::Acknowledged)]);
+        let mut gone = tracked(QoS::AtLeastOnce, &tx, 4);
+        gone.expires = Some(Instant::now());
+        s.detach(Instant::now());
+        assert!(matches!(s.offer(gone, 10), Offer::Discarded));
+        assert_eq!(settled(&mut rx), vec![(4, Settlement::Expired)]);
+        assert!(matches!(
+            s.offer(tracked(QoS::AtLeastOnce, &tx, 5), 10),
+            Offer::Queued
+        ));
+        drop(s);
+        assert_eq!(
+            settled(&mut rx),
+            vec![(5, Settlement::Dropped("session_ended"))]
+        );
     }
 }

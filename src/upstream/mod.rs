@@ -46,7 +46,7 @@ use tracing::debug;
 
 pub use self::config::{ORIGIN_PROPERTY, Protocol, UpstreamConfig};
 use self::proto::{Echoes, Handle, Loop};
-use crate::broker::codec::{Publish, QoS};
+use crate::broker::codec::{Properties, Publish, QoS};
 use crate::broker::{BrokerGone, Delivery};
 
 /// Who is speaking for a topic: the sender's user name as the topic binds it (the mapping
@@ -309,6 +309,7 @@ impl UpstreamClient {
                 publish.retain,
                 publish.payload,
                 &self.origin,
+                &publish.properties,
             )
             .await
             .map_err(|_| BrokerGone)
@@ -378,6 +379,7 @@ impl UpstreamClient {
                 false,
                 bytes::Bytes::copy_from_slice(id.as_bytes()),
                 &self.origin,
+                &Properties::new(),
             )
             .await
             .map_err(|_| BrokerGone)

@@ -14,7 +14,7 @@ use rumqttc::v5::mqttbytes::v5::{
 };
 
 use super::config::ORIGIN_PROPERTY;
-use crate::broker::codec::QoS;
+use crate::broker::codec::{Properties, Property, QoS};
 
 /// Which protocol the client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,13 +78,28 @@ impl Handle {
         retain: bool,
         payload: Bytes,
         origin: &str,
+        extra: &Properties,
     ) -> Result<(), Closed> {
         match self {
             Handle::V5(c) => {
-                let properties = PublishProperties {
+                let mut properties = PublishProperties {
                     user_properties: vec![(ORIGIN_PROPERTY.to_string(), origin.to_string())],
                     ..PublishProperties::default()
                 };
+                // What the bridge adds (ids, correlation data of a receipt) goes along.
+                for p in &extra.0 {
+                    match p {
+                        Property::UserProperty(k, v) => {
+                            properties
+                                .user_properties
+                                .push((k.to_string(), v.to_string()));
+                        }
+                        Property::CorrelationData(c) => {
+                            properties.correlation_data = Some(c.clone())
+                        }
+                        _ => {}
+                    }
+                }
                 c.publish_with_properties(topic, q5(qos), retain, payload, properties)
                     .await
                     .map_err(|_| Closed)
@@ -173,6 +188,9 @@ pub(super) struct Message {
     pub(super) payload: Bytes,
     /// The value of the origin User Property, if any (MQTT 5 only).
     pub(super) origin: Option<String>,
+    /// MQTT 5 Response Topic, Correlation Data and the other User Properties (for receipts
+    /// and message ids).
+    pub(super) properties: Properties,
 }
 
 /// What the worker reacts to.
@@ -287,6 +305,24 @@ impl Loop {
     }
 }
 
+/// The properties of an upstream delivery the bridge uses: Response Topic, Correlation Data,
+/// User Properties other than the origin.
+fn kept_properties(props: rumqttc::v5::mqttbytes::v5::PublishProperties) -> Properties {
+    let mut out = Properties::new();
+    if let Some(t) = props.response_topic {
+        out.push(Property::ResponseTopic(t.into()));
+    }
+    if let Some(c) = props.correlation_data {
+        out.push(Property::CorrelationData(c));
+    }
+    for (k, v) in props.user_properties {
+        if k != ORIGIN_PROPERTY {
+            out.push(Property::UserProperty(k.into(), v.into()));
+        }
+    }
+    out
+}
+
 fn incoming5(p: Packet5) -> Incoming {
     match p {
         Packet5::ConnAck(ack) if ack.code == ConnectReturnCode5::Success => Incoming::ConnAck {
@@ -300,6 +336,7 @@ fn incoming5(p: Packet5) -> Incoming {
                     .find(|(k, _)| k == ORIGIN_PROPERTY)
                     .map(|(_, v)| v.clone())
             });
+            let properties = p.properties.map(kept_properties).unwrap_or_default();
             Incoming::Publish(Message {
                 topic: p.topic,
                 qos: from5(p.qos),
@@ -308,6 +345,7 @@ fn incoming5(p: Packet5) -> Incoming {
                 pkid: p.pkid,
                 payload: p.payload,
                 origin,
+                properties,
             })
         }
         Packet5::SubAck(ack) => Incoming::SubAck {
@@ -338,6 +376,7 @@ fn incoming4(p: rumqttc::Packet) -> Incoming {
             pkid: p.pkid,
             payload: p.payload,
             origin: None,
+            properties: Properties::new(),
         }),
         rumqttc::Packet::SubAck(ack) => Incoming::SubAck {
             refused: ack

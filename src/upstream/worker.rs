@@ -14,7 +14,7 @@ use tracing::{debug, error, info, warn};
 use super::proto::{ConnError, Incoming, Loop, Message, Protocol};
 use super::{Identify, PongRelay, Shared, UpstreamConfig, add, connection_v4};
 use crate::broker::Delivery;
-use crate::broker::codec::{Properties, Publish, QoS};
+use crate::broker::codec::{Publish, QoS};
 use crate::broker::link::Origin;
 use crate::xmpp::backoff::Backoff;
 
@@ -277,7 +277,7 @@ impl Worker {
                 topic,
                 pkid: m.pkid,
                 payload: m.payload,
-                properties: Properties::new(),
+                properties: m.properties,
             },
             origin: Some(Arc::new(Origin {
                 client_id: ByteString::from_static("(upstream)"),

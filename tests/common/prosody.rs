@@ -348,10 +348,22 @@ pub struct XmppClient {
 impl XmppClient {
     /// Starts the client and waits until it is logged in and has sent its presence.
     pub async fn connect(server: &impl XmppServer, user: &str) -> XmppClient {
+        Self::connect_script(server, user, "clients/xmpp_client.py", &[]).await
+    }
+
+    /// As [`XmppClient::connect`], with another client script under `tests/` (same JSON-line
+    /// protocol) and extra arguments.
+    pub async fn connect_script(
+        server: &impl XmppServer,
+        user: &str,
+        script: &str,
+        extra: &[&str],
+    ) -> XmppClient {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
         let jid = format!("{user}@{DOMAIN}");
         let mut child = tokio::process::Command::new(super::python())
-            .arg(super::test_file("clients/xmpp_client.py"))
+            .arg(super::test_file(script))
+            .args(extra)
             .args(["--port", &server.c2s_port().to_string(), "--jid", &jid])
             .args(["--password", &format!("{user}pw"), "--timeout", "55"])
             .stdin(Stdio::piped())

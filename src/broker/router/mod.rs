@@ -26,6 +26,7 @@ use crate::broker::session::{
 };
 use crate::broker::shared::{GroupId, SharedGroups};
 use crate::broker::stats::BrokerStats;
+use crate::broker::tracking::{Settlement, Tracker};
 use crate::broker::trie::{RetainedTree, SubscriptionTree};
 
 mod lifecycle;
@@ -154,12 +155,19 @@ impl Router {
                     self.packet(sid, packet);
                 }
             }
-            RouterMsg::Publish { conn, publish } => {
+            RouterMsg::Publish {
+                conn,
+                publish,
+                track,
+            } => {
                 let Some(&sid) = self.by_conn.get(&conn) else {
                     return;
                 };
                 BrokerStats::add(&self.stats.messages_received, 1);
-                self.route(publish, Some(sid));
+                match track {
+                    None => self.route(publish, Some(sid)),
+                    Some(track) => self.route_tracked(publish, Some(sid), Some(track)),
+                }
             }
             RouterMsg::Closed { conn, cause } => self.closed(conn, cause),
             RouterMsg::SetGuard(guard) => self.set_guard(guard),
@@ -284,7 +292,7 @@ impl Router {
             Packet::Publish(publish) => self.inbound_publish(sid, publish),
             Packet::PubAck(ack) => {
                 if let Some(s) = self.sessions.get_mut(&sid) {
-                    if !s.on_puback(ack.pkid) {
+                    if !s.on_puback(ack.pkid, ack.reason < reason::UNSPECIFIED_ERROR) {
                         debug!(client_id = %s.client_id, pkid = ack.pkid, "Stray PUBACK.");
                     }
                 }
@@ -296,11 +304,11 @@ impl Router {
                 };
                 if rec.reason >= reason::UNSPECIFIED_ERROR {
                     // MQTT 5: a failing PUBREC ends the exchange [MQTT-4.3.3-4 analogue].
-                    s.on_pubrec(rec.pkid);
+                    s.on_pubrec(rec.pkid, false);
                     s.on_pubcomp(rec.pkid);
                     self.fill_window(sid);
                 } else {
-                    let rel = s.on_pubrec(rec.pkid);
+                    let rel = s.on_pubrec(rec.pkid, true);
                     self.send(sid, rel);
                 }
             }
@@ -456,6 +464,17 @@ impl Router {
 
     /// Stores or clears the retained copy and delivers to every matching subscription.
     pub fn route(&mut self, publish: Publish, origin: Option<SessionId>) {
+        self.route_tracked(publish, origin, None);
+    }
+
+    /// As [`Router::route`]; with `track`, every QoS 1/2 copy carries the tracker, and the
+    /// publisher is told how many copies were made before any of them can be settled.
+    pub fn route_tracked(
+        &mut self,
+        publish: Publish,
+        origin: Option<SessionId>,
+        track: Option<Arc<Tracker>>,
+    ) {
         let expires = if publish.properties.is_empty() {
             None
         } else {
@@ -503,6 +522,10 @@ impl Router {
         let identity = origin
             .and_then(|sid| self.sessions.get(&sid))
             .map(|s| s.identity.clone());
+        if let Some(track) = &track {
+            let at_least_once = |t: &Target| publish.qos.min(t.qos) != QoS::AtMostOnce;
+            track.routed(targets.iter().filter(|t| at_least_once(t)).count());
+        }
         for target in targets.drain(..) {
             let mut copy = publish.clone();
             copy.qos = copy.qos.min(target.qos);
@@ -512,11 +535,16 @@ impl Router {
             for id in target.subscription_ids {
                 copy.properties.push(Property::SubscriptionIdentifier(id));
             }
+            let track = match copy.qos {
+                QoS::AtMostOnce => None,
+                _ => track.clone(),
+            };
             let message = Outgoing {
                 publish: copy,
                 origin: None,
                 expires,
                 shared: target.shared,
+                track,
             };
             self.deliver(target.session, message, identity.as_ref());
         }
@@ -533,6 +561,7 @@ impl Router {
         {
             // [MQTT-3.1.2-25]: never sent; as if delivered, for this subscriber only.
             BrokerStats::add(&self.stats.dropped_too_large, 1);
+            message.settle(&s.client_id, Settlement::Dropped("too_large"));
             debug!(client_id = %s.client_id, topic = %message.publish.topic,
                 max_packet_size = s.max_packet, "Message larger than the client accepts; dropped.");
             return;

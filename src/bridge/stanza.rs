@@ -1,0 +1,255 @@
+//! XMPP `<message/>` stanzas ⇄ the bridge's typed messages: the one place that knows the
+//! extension elements the bridge carries.
+//!
+//! - XEP-0184 receipts: `<request xmlns='urn:xmpp:receipts'/>`, `<received id='..'/>`
+//! - XEP-0085 chat states: `<active/>`, `<composing/>`, ... in `http://jabber.org/protocol/chatstates`
+//! - XEP-0359 ids: `<origin-id id='..'/>`, `<stanza-id id='..' by='..'/>` in `urn:xmpp:sid:0`
+//! - XEP-0308 corrections: `<replace xmlns='urn:xmpp:message-correct:0' id='..'/>`
+//! - XEP-0203 delay: `<delay xmlns='urn:xmpp:delay' stamp='..'/>`
+//!
+//! Inbound, the payloads are looked at by namespace only (no typed parse per extension), so a
+//! plain message costs one string comparison per payload element.
+
+use xmpp_parsers::chatstates::ChatState as XepChatState;
+use xmpp_parsers::delay::Delay;
+use xmpp_parsers::jid::Jid;
+use xmpp_parsers::message::{Id, Lang, Message, MessageType, Thread};
+use xmpp_parsers::message_correct::Replace;
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::ns;
+use xmpp_parsers::receipts::{Received, Request};
+use xmpp_parsers::stanza_id::OriginId;
+
+use super::envelope::{ChatState, Extras};
+use super::translate::{InboundChat, XmppOut};
+use crate::mapping::MessageKind;
+
+fn kind_of(t: &MessageType) -> Option<MessageKind> {
+    match t {
+        MessageType::Chat => Some(MessageKind::Chat),
+        MessageType::Normal => Some(MessageKind::Normal),
+        MessageType::Headline => Some(MessageKind::Headline),
+        MessageType::Groupchat => Some(MessageKind::Groupchat),
+        MessageType::Error => None,
+    }
+}
+
+fn message_type(kind: MessageKind) -> MessageType {
+    match kind {
+        MessageKind::Chat => MessageType::Chat,
+        MessageKind::Normal => MessageType::Normal,
+        MessageKind::Headline => MessageType::Headline,
+        MessageKind::Groupchat => MessageType::Groupchat,
+    }
+}
+
+fn state_of(name: &str) -> Option<ChatState> {
+    name.parse().ok()
+}
+
+fn attr(e: &Element, name: &str) -> Option<String> {
+    e.attr(name).filter(|v| !v.is_empty()).map(str::to_string)
+}
+
+/// The extensions the bridge carries, read from a message's payload elements.
+pub fn extras_of(m: &Message) -> Extras {
+    let mut x = Extras::default();
+    for e in &m.payloads {
+        if e.has_ns(ns::CHATSTATES) {
+            x.state = state_of(e.name());
+        } else if e.has_ns(ns::RECEIPTS) {
+            match e.name() {
+                "request" => x.receipt_request = true,
+                "received" => x.received = attr(e, "id"),
+                _ => {}
+            }
+        } else if e.has_ns(ns::SID) {
+            match e.name() {
+                "origin-id" => x.origin_id = attr(e, "id"),
+                "stanza-id" => x.stanza_id = attr(e, "id"),
+                _ => {}
+            }
+        } else if e.is("replace", ns::MESSAGE_CORRECT) {
+            x.replaces = attr(e, "id");
+        } else if e.is("delay", ns::DELAY) {
+            x.delay = attr(e, "stamp");
+        }
+    }
+    x
+}
+
+/// The bridge's view of an XMPP message; `None` for errors and unaddressed messages.
+pub fn inbound_chat(m: &Message) -> Option<InboundChat> {
+    let kind = kind_of(&m.type_)?;
+    let from = m.from.as_ref()?.to_string();
+    let to = m.to.as_ref()?.to_string();
+    Some(InboundChat {
+        from,
+        to,
+        id: m.id.as_ref().map(|id| id.0.clone()),
+        kind,
+        body: m.get_best_body_cloned(vec!["en"]).map(|(_, b)| b),
+        subject: m.get_best_subject(vec!["en"]).map(|(_, s)| s.clone()),
+        thread: m.thread.as_ref().map(|t| t.id.clone()),
+        extras: if m.payloads.is_empty() {
+            Extras::default()
+        } else {
+            extras_of(m)
+        },
+    })
+}
+
+fn xep_state(state: ChatState) -> XepChatState {
+    match state {
+        ChatState::Active => XepChatState::Active,
+        ChatState::Composing => XepChatState::Composing,
+        ChatState::Paused => XepChatState::Paused,
+        ChatState::Inactive => XepChatState::Inactive,
+        ChatState::Gone => XepChatState::Gone,
+    }
+}
+
+/// The stanza for an MQTT message; `None` if an address does not parse as a JID. A chat or
+/// normal message with a body asks for a receipt (XEP-0184) and carries its origin id.
+pub fn xmpp_message(out: &XmppOut, id: String) -> Option<Message> {
+    let to = Jid::new(&out.to).ok()?;
+    let from = Jid::new(&out.from).ok()?;
+    let mut m = Message::new_with_type(message_type(out.kind), Some(to));
+    let has_body = !out.body.is_empty();
+    if has_body {
+        m.bodies.insert(Lang::new(), out.body.clone());
+    }
+    if let Some(subject) = &out.subject {
+        m.subjects.insert(Lang::new(), subject.clone());
+    }
+    if let Some(thread) = &out.thread {
+        m.thread = Some(Thread {
+            parent: None,
+            id: thread.clone(),
+        });
+    }
+    let x = &out.extras;
+    if let Some(state) = x.state {
+        m.payloads.push(xep_state(state).into());
+    }
+    if has_body && matches!(out.kind, MessageKind::Chat | MessageKind::Normal) {
+        m.payloads.push(Request.into());
+        let origin = x.origin_id.clone().unwrap_or_else(|| id.clone());
+        m.payloads.push(OriginId { id: origin }.into());
+    }
+    if let Some(replaces) = &x.replaces {
+        m.payloads.push(
+            Replace {
+                id: Id(replaces.clone()),
+            }
+            .into(),
+        );
+    }
+    if let Some(stamp) = x.delay.as_deref().and_then(|d| d.parse().ok()) {
+        let delay = Delay {
+            from: Jid::new(from.domain().as_str()).ok(),
+            stamp,
+            data: None,
+        };
+        m.payloads.push(delay.into());
+    }
+    m.from = Some(from);
+    m.id = Some(Id(id));
+    Some(m)
+}
+
+/// An XEP-0184 receipt from `from` (the bridged JID) to `to` for message `id`.
+pub fn receipt(from: &str, to: &str, id: &str) -> Option<Message> {
+    let mut m = Message::new_with_type(MessageType::Chat, Some(Jid::new(to).ok()?));
+    m.from = Some(Jid::new(from).ok()?);
+    m.payloads.push(Received { id: id.to_string() }.into());
+    Some(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(body: &str, extras: Extras) -> XmppOut {
+        XmppOut {
+            rule: "r".into(),
+            from: "bob@mqtt.example.org".into(),
+            to: "alice@example.org".into(),
+            kind: MessageKind::Chat,
+            body: body.into(),
+            subject: Some("s".into()),
+            thread: Some("t".into()),
+            id: None,
+            extras,
+        }
+    }
+
+    #[test]
+    fn stanza_for_an_mqtt_message_round_trips() {
+        let extras = Extras {
+            replaces: Some("m0".into()),
+            delay: Some("2026-01-01T10:00:00Z".into()),
+            state: Some(ChatState::Active),
+            ..Extras::default()
+        };
+        let m = xmpp_message(&out("hi", extras), "id7".into()).unwrap();
+        let xml = String::from(&Element::from(m.clone()));
+        for part in [
+            "type='chat'",
+            "<body>hi</body>",
+            "id='id7'",
+            "<request xmlns='urn:xmpp:receipts'",
+            "<origin-id xmlns='urn:xmpp:sid:0' id='id7'",
+            "<replace xmlns='urn:xmpp:message-correct:0' id='m0'",
+            "<active xmlns='http://jabber.org/protocol/chatstates'",
+            "stamp='2026-01-01T10:00:00",
+        ] {
+            assert!(xml.contains(part), "{part} missing in {xml}");
+        }
+        let chat = inbound_chat(&m).unwrap();
+        assert_eq!(
+            (
+                chat.body.as_deref(),
+                chat.thread.as_deref(),
+                chat.subject.as_deref()
+            ),
+            (Some("hi"), Some("t"), Some("s"))
+        );
+        let x = chat.extras;
+        assert!(x.receipt_request);
+        assert_eq!(x.origin_id.as_deref(), Some("id7"));
+        assert_eq!(x.replaces.as_deref(), Some("m0"));
+        assert_eq!(x.state, Some(ChatState::Active));
+        assert!(x.delay.unwrap().starts_with("2026-01-01T10:00:00"));
+    }
+
+    #[test]
+    fn chat_state_alone_asks_for_no_receipt() {
+        let extras = Extras {
+            state: Some(ChatState::Composing),
+            ..Extras::default()
+        };
+        let m = xmpp_message(&out("", extras), "s1".into()).unwrap();
+        let xml = String::from(&Element::from(m));
+        assert!(xml.contains("<composing"), "{xml}");
+        assert!(!xml.contains("<body") && !xml.contains("request"), "{xml}");
+    }
+
+    #[test]
+    fn receipts_and_stanza_ids_are_read() {
+        let xml = "<message xmlns='jabber:component:accept' from='a@x/r' to='b@y' type='chat'>\
+            <received xmlns='urn:xmpp:receipts' id='m9'/>\
+            <stanza-id xmlns='urn:xmpp:sid:0' id='s9' by='x'/></message>";
+        let m = Message::try_from(xml.parse::<Element>().unwrap()).unwrap();
+        let chat = inbound_chat(&m).unwrap();
+        assert_eq!(chat.extras.received.as_deref(), Some("m9"));
+        assert_eq!(chat.extras.stanza_id.as_deref(), Some("s9"));
+        assert!(chat.body.is_none());
+        let r = receipt("b@y", "a@x/r", "m9").unwrap();
+        let xml = String::from(&Element::from(r));
+        assert!(
+            xml.contains("<received xmlns='urn:xmpp:receipts' id='m9'"),
+            "{xml}"
+        );
+    }
+}
