@@ -13,6 +13,8 @@
 //! - `mapping`: JID <-> topic rules, compiled once, validated with file and line.
 //! - `xmpp`: the XEP-0114 component link to the legacy XMPP server.
 //! - `bridge`: the core; moves messages between the two through the mapping table.
+//! - `store`: the embedded store; persistent sessions, messages and retained messages survive
+//!   a crash (`[persistence]`).
 //! - `audit`: the tamper-evident trail of translated traffic (writer, verify, query).
 //! - `telemetry`: logging, Prometheus metrics, the admin listener (`/metrics`, `/healthz`,
 //!   `/readyz`).
@@ -25,6 +27,7 @@ pub mod broker;
 pub mod config;
 pub mod mapping;
 pub mod shutdown;
+pub mod store;
 mod suggest;
 pub mod telemetry;
 pub mod upstream;

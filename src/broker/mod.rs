@@ -70,6 +70,9 @@ pub enum StartError {
     /// The broker's runtime (its threads) could not start.
     #[error("cannot start the broker's runtime: {0}")]
     Runtime(std::io::Error),
+    /// The store could not be opened or read back.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// The runtime the router and every connection run on, in threads of their own.
@@ -154,6 +157,11 @@ impl Broker {
             Some(path) => Some(Arc::new(PasswordFile::load(path)?)),
             None => None,
         };
+        // State comes back before any listener opens.
+        let recovered = match &cfg.persistence {
+            Some(p) => Some(recover(p)?),
+            None => None,
+        };
         // Bound here, synchronously, so that a bind error is reported before anything runs;
         // registered with the broker's runtime inside it.
         let mut listeners = Vec::with_capacity(cfg.listen.len());
@@ -171,7 +179,11 @@ impl Broker {
         let cfg = Arc::new(cfg);
         let stats = Arc::new(BrokerStats::default());
         let (router_tx, router_rx) = mpsc::channel(ROUTER_INBOX);
-        let router = Router::new(cfg.clone(), stats.clone());
+        let mut router = Router::new(cfg.clone(), stats.clone());
+        if let Some((journal, state)) = recovered {
+            router.set_journal(journal);
+            router.restore(state);
+        }
         runtime.spawn(router.run(router_rx, shutdown.clone()));
         let ctx = Arc::new(ConnectionContext {
             cfg: cfg.clone(),
@@ -219,6 +231,21 @@ impl Broker {
         let conn = self.ids.fetch_add(1, Ordering::Relaxed);
         InternalClient::connect(self.router.clone(), conn, client_id).await
     }
+}
+
+/// Opens the store, reads the broker's state back and starts the commit thread.
+fn recover(
+    p: &crate::store::PersistenceConfig,
+) -> Result<(Arc<crate::store::Journal>, crate::store::recover::Recovered), StartError> {
+    let started = std::time::Instant::now();
+    let store = Arc::new(crate::store::Store::open(&p.dir)?);
+    let state = store.recover_broker()?;
+    let (sessions, messages, qos2_in, retained) = state.summary();
+    info!(path = %store.path().display(), sessions, messages, qos2_in, retained,
+        took_ms = started.elapsed().as_millis() as u64, durability = ?p.durability,
+        "State recovered from the store.");
+    let journal = crate::store::Journal::start(store, p.durability, state.next_seq)?;
+    Ok((journal, state))
 }
 
 /// Accepts connections until shutdown; each gets a task and one of `slots`.

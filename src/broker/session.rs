@@ -12,7 +12,10 @@ use bytestring::ByteString;
 use super::codec::{LastWill, Packet, ProtocolVersion, PubResponse, Publish, QoS};
 use super::codec::{Properties, Property, SubscriptionOptions};
 use super::link::{ClientLink, ConnId, Origin};
+use crate::store::Journal;
 use std::sync::Arc;
+
+pub(crate) mod stored;
 
 /// Stable identity of a session, key of the subscription trie.
 pub type SessionId = u64;
@@ -83,6 +86,8 @@ pub struct Outgoing {
     /// The shared subscription group it was given to, if any (to redeliver it to another
     /// member should this session end first).
     pub shared: Option<u64>,
+    /// Its key in the store's messages table; 0 when not stored.
+    pub stored: u64,
 }
 
 impl Outgoing {
@@ -93,6 +98,7 @@ impl Outgoing {
             origin: None,
             expires: None,
             shared: None,
+            stored: 0,
         }
     }
 
@@ -139,8 +145,8 @@ pub enum Resend {
 enum Inflight {
     /// PUBLISH sent (QoS 1 or 2), waiting for PUBACK or PUBREC.
     Published(Outgoing),
-    /// PUBREL sent, waiting for PUBCOMP.
-    Released(u16),
+    /// PUBREL sent, waiting for PUBCOMP (packet id, key in the store or 0).
+    Released(u16, u64),
 }
 
 /// What happened to a message offered to a session.
@@ -190,6 +196,8 @@ pub struct Session {
     incoming_qos2: HashSet<u16>,
     /// True once this session dropped a message, until the queue has room again (log once).
     pub overflowing: bool,
+    /// Where changes go when this session is persistent and the store is on.
+    pub journal: Option<Arc<Journal>>,
 }
 
 impl Session {
@@ -216,6 +224,7 @@ impl Session {
             next_pkid: 0,
             incoming_qos2: HashSet::new(),
             overflowing: false,
+            journal: None,
         }
     }
 
@@ -248,6 +257,7 @@ impl Session {
                 Offer::Discarded
             };
         }
+        message.stored = self.journal.as_ref().map_or(0, |j| j.next_seq());
         if self.attached.is_some() && self.queue.is_empty() && self.inflight.len() < self.window() {
             return Offer::Send(self.start_flight(message));
         }
@@ -255,6 +265,7 @@ impl Session {
         if self.queue.len() >= max_queued {
             return Offer::Overflow;
         }
+        self.store_queued(&message);
         self.queue.push_back(message);
         Offer::Queued
     }
@@ -262,6 +273,7 @@ impl Session {
     fn start_flight(&mut self, mut message: Outgoing) -> Outgoing {
         message.publish.pkid = self.allocate_pkid();
         message.publish.dup = false;
+        self.store_published(&message);
         self.inflight
             .push_back(Inflight::Published(message.clone()));
         message
@@ -295,6 +307,7 @@ impl Session {
             };
             if next.expires.is_some() && !next.refresh_expiry(*now.get_or_insert_with(Instant::now))
             {
+                self.unstore(next.stored);
                 continue;
             }
             out.push(self.start_flight(next));
@@ -308,7 +321,7 @@ impl Session {
     fn position(&self, pkid: u16, released: bool) -> Option<usize> {
         self.inflight.iter().position(|m| match m {
             Inflight::Published(m) => !released && m.publish.pkid == pkid,
-            Inflight::Released(id) => released && *id == pkid,
+            Inflight::Released(id, _) => released && *id == pkid,
         })
     }
 
@@ -317,7 +330,9 @@ impl Session {
         match self.position(pkid, false) {
             Some(i) if matches!(&self.inflight[i], Inflight::Published(m) if m.publish.qos == QoS::AtLeastOnce) =>
             {
-                self.inflight.remove(i);
+                if let Some(Inflight::Published(m)) = self.inflight.remove(i) {
+                    self.unstore(m.stored);
+                }
                 self.ids_in_use.remove(&pkid);
                 true
             }
@@ -328,7 +343,12 @@ impl Session {
     /// PUBREC from the client: the message is now the client's; answer PUBREL.
     pub fn on_pubrec(&mut self, pkid: u16) -> Packet {
         if let Some(i) = self.position(pkid, false) {
-            self.inflight[i] = Inflight::Released(pkid);
+            let stored = match &self.inflight[i] {
+                Inflight::Published(m) => m.stored,
+                Inflight::Released(_, stored) => *stored,
+            };
+            self.store_released(stored, pkid);
+            self.inflight[i] = Inflight::Released(pkid, stored);
         }
         // A PUBREC for an id already released is a retransmission: answer PUBREL again.
         Packet::PubRel(PubResponse::new(pkid))
@@ -338,7 +358,9 @@ impl Session {
     pub fn on_pubcomp(&mut self, pkid: u16) -> bool {
         match self.position(pkid, true) {
             Some(i) => {
-                self.inflight.remove(i);
+                if let Some(Inflight::Released(_, stored)) = self.inflight.remove(i) {
+                    self.unstore(stored);
+                }
                 self.ids_in_use.remove(&pkid);
                 true
             }
@@ -354,12 +376,20 @@ impl Session {
     /// Incoming QoS 2 PUBLISH: true when it is new and must be routed, false for a
     /// retransmission of an id not yet released (method B of MQTT 3.1.1 figure 4.3).
     pub fn receive_qos2(&mut self, pkid: u16) -> bool {
-        self.incoming_qos2.insert(pkid)
+        let fresh = self.incoming_qos2.insert(pkid);
+        if fresh {
+            self.store_qos2(pkid, true);
+        }
+        fresh
     }
 
     /// Incoming PUBREL: forgets the id. False when the id was unknown.
     pub fn release_qos2(&mut self, pkid: u16) -> bool {
-        self.incoming_qos2.remove(&pkid)
+        let known = self.incoming_qos2.remove(&pkid);
+        if known {
+            self.store_qos2(pkid, false);
+        }
+        known
     }
 
     /// On reconnect of a kept session: every unacknowledged PUBLISH again with DUP set, every
@@ -375,7 +405,7 @@ impl Session {
                     let _still_valid = m.refresh_expiry(Instant::now());
                     Resend::Publish(m)
                 }
-                Inflight::Released(id) => Resend::Release(*id),
+                Inflight::Released(id, _) => Resend::Release(*id),
             })
             .collect()
     }
@@ -394,6 +424,10 @@ impl Session {
         }
         self.ids_in_use.clear();
         out.extend(self.queue.drain(..).filter(|m| m.shared.is_some()));
+        // Stored again under the member that takes them.
+        for m in &mut out {
+            m.stored = 0;
+        }
         out
     }
 

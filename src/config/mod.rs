@@ -5,6 +5,7 @@
 //! environment variable) and its dotted key. Unknown keys are errors.
 
 mod mqtt;
+mod persistence;
 mod sections;
 mod source;
 
@@ -188,10 +189,13 @@ fn build(cx: &mut Context, dict: Dict, base: &Path) -> Config {
         Some(section) => sections::log(cx, section),
         None => LogConfig::default(),
     };
-    let broker = match root.section(cx, "broker") {
+    let mut broker = match root.section(cx, "broker") {
         Some(section) => sections::broker(cx, section, base),
         None => BrokerConfig::default(),
     };
+    broker.persistence = root
+        .section(cx, "persistence")
+        .and_then(|s| persistence::persistence(cx, s, base));
     let mqtt = match root.section(cx, "mqtt") {
         Some(section) => mqtt::mqtt(cx, section, base),
         None => MqttMode::Embedded,
@@ -211,7 +215,16 @@ fn build(cx: &mut Context, dict: Dict, base: &Path) -> Config {
     };
     root.finish(
         cx,
-        &["log", "broker", "mqtt", "xmpp", "mapping", "audit", "admin"],
+        &[
+            "log",
+            "broker",
+            "persistence",
+            "mqtt",
+            "xmpp",
+            "mapping",
+            "audit",
+            "admin",
+        ],
     );
     let bridge = match (xmpp, mapping_dir) {
         (Some(xmpp), dir) => {

@@ -51,6 +51,7 @@ impl Router {
         let Some(mut session) = self.sessions.remove(&sid) else {
             return;
         };
+        session.forget_stored();
         for filter in session.subscriptions.keys() {
             if parse_shared(filter).is_some() {
                 self.shared.leave(filter, sid);
@@ -118,6 +119,8 @@ impl Router {
         };
         if ends {
             self.end_session(sid);
+        } else {
+            self.persist_session(sid);
         }
         if let Some(will) = will {
             self.route(will_publish(will), Some(sid));

@@ -101,6 +101,7 @@ impl Router {
             properties,
         };
         self.send(sid, Packet::SubAck(ack));
+        self.persist_session(sid);
         for (mut msg, expires, entry) in retained {
             // [MQTT-3.3.1-8]: retained messages sent on subscribe carry RETAIN=1.
             msg.retain = true;
@@ -140,6 +141,7 @@ impl Router {
             properties: Properties::new(),
         };
         self.send(sid, Packet::UnsubAck(ack));
+        self.persist_session(sid);
     }
 
     /// Gives a message a member of a share group did not acknowledge to another member.
