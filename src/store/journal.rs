@@ -59,6 +59,7 @@ impl Op {
 }
 
 /// Applies `ops` in order inside `tx`.
+#[expect(clippy::result_large_err, reason = "internal; boxed in StoreError")]
 pub(crate) fn apply(tx: &WriteTransaction, ops: &[Op]) -> Result<(), redb::Error> {
     let mut tables = HashMap::new();
     for op in ops {

@@ -35,6 +35,9 @@ pub const XMPP_OUT: &str = "xmpp_out";
 /// Tables the broker and the bridge own; the generic API refuses them.
 pub const RESERVED: &[&str] = &[SESSIONS, MESSAGES, QOS2_IN, RETAINED, XMPP_OUT];
 
+/// Key-value pairs of a table, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The file inside the persistence directory.
 pub const FILE_NAME: &str = "state.redb";
 
@@ -58,7 +61,7 @@ pub enum StoreError {
         /// The file.
         path: PathBuf,
         /// What redb said.
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
     /// Reading or writing failed after opening.
     #[error("store {path}: {source}")]
@@ -66,7 +69,7 @@ pub enum StoreError {
         /// The file.
         path: PathBuf,
         /// What redb said.
-        source: redb::Error,
+        source: Box<redb::Error>,
     },
     /// A record in the store does not decode.
     #[error("store {path}: table `{table}`: {source}")]
@@ -88,8 +91,8 @@ impl StoreError {
     pub fn is_corruption(&self) -> bool {
         match self {
             StoreError::Open { source, .. } | StoreError::Io { source, .. } => {
-                matches!(source, redb::Error::Corrupted(_))
-                    || matches!(source, redb::Error::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof)
+                matches!(**source, redb::Error::Corrupted(_))
+                    || matches!(&**source, redb::Error::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof)
             }
             StoreError::Record { .. } => true,
             _ => false,
@@ -99,6 +102,7 @@ impl StoreError {
 
 /// Opens or creates the file. redb 2 asserts (panics) on some damaged files, a truncated one
 /// for instance; that becomes an error here, so the caller can name the file and stop cleanly.
+#[expect(clippy::result_large_err, reason = "internal; boxed in StoreError")]
 fn create(path: &Path) -> Result<Database, redb::Error> {
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         Database::builder().create(path)
@@ -138,6 +142,7 @@ impl Store {
             source,
         })?;
         let path = dir.join(FILE_NAME);
+        #[expect(clippy::result_large_err, reason = "internal; boxed in StoreError")]
         let open = |path: &Path| -> Result<Database, redb::Error> {
             let db = create(path)?;
             // Create the reserved tables once, so that readers never meet a missing one.
@@ -150,7 +155,7 @@ impl Store {
         };
         let db = open(&path).map_err(|source| StoreError::Open {
             path: path.clone(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(Store { db, path })
     }
@@ -163,12 +168,13 @@ impl Store {
     fn io(&self, source: impl Into<redb::Error>) -> StoreError {
         StoreError::Io {
             path: self.path.clone(),
-            source: source.into(),
+            source: Box::new(source.into()),
         }
     }
 
     /// Applies `ops` in one transaction; with `durable`, on disk when this returns.
     pub fn apply(&self, ops: &[Op], durable: bool) -> Result<(), StoreError> {
+        #[expect(clippy::result_large_err, reason = "internal; boxed in StoreError")]
         let run = || -> Result<(), redb::Error> {
             let mut tx = self.db.begin_write()?;
             tx.set_durability(if durable {
@@ -214,6 +220,7 @@ impl Store {
     /// Generic API: the value under `key` in table `name`.
     pub fn get(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Self::check_table(name)?;
+        #[expect(clippy::result_large_err, reason = "internal; boxed in StoreError")]
         let run = || -> Result<Option<Vec<u8>>, redb::Error> {
             let tx = self.db.begin_read()?;
             let t = match tx.open_table(table(name)) {
@@ -227,13 +234,13 @@ impl Store {
     }
 
     /// Generic API: every entry of table `name`, in key order.
-    pub fn iter(&self, name: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn iter(&self, name: &str) -> Result<Entries, StoreError> {
         Self::check_table(name)?;
         self.entries(name)
     }
 
     /// Every entry of a table, in key order (reserved tables included).
-    pub(crate) fn entries(&self, name: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub(crate) fn entries(&self, name: &str) -> Result<Entries, StoreError> {
         let mut out = Vec::new();
         self.for_each(name, |k, v| {
             out.push((k.to_vec(), v.to_vec()));
