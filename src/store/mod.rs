@@ -91,8 +91,9 @@ impl StoreError {
     pub fn is_corruption(&self) -> bool {
         match self {
             StoreError::Open { source, .. } | StoreError::Io { source, .. } => {
+                use std::io::ErrorKind::{InvalidData, UnexpectedEof};
                 matches!(**source, redb::Error::Corrupted(_))
-                    || matches!(&**source, redb::Error::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof)
+                    || matches!(&**source, redb::Error::Io(e) if matches!(e.kind(), InvalidData | UnexpectedEof))
             }
             StoreError::Record { .. } => true,
             _ => false,
