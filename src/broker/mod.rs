@@ -158,8 +158,9 @@ impl Broker {
             None => None,
         };
         // State comes back before any listener opens.
+        let recovery_started = std::time::Instant::now();
         let recovered = match &cfg.persistence {
-            Some(p) => Some(recover(p)?),
+            Some(p) => Some((recover(p)?, p.durability)),
             None => None,
         };
         // Bound here, synchronously, so that a bind error is reported before anything runs;
@@ -180,9 +181,19 @@ impl Broker {
         let stats = Arc::new(BrokerStats::default());
         let (router_tx, router_rx) = mpsc::channel(ROUTER_INBOX);
         let mut router = Router::new(cfg.clone(), stats.clone());
-        if let Some((journal, state)) = recovered {
+        if let Some(((journal, state), durability)) = recovered {
+            let (sessions, messages, qos2_in, retained) = state.summary();
             router.set_journal(journal);
             router.restore(state);
+            info!(
+                sessions,
+                messages,
+                qos2_in,
+                retained,
+                ?durability,
+                took_ms = recovery_started.elapsed().as_millis() as u64,
+                "State recovered from the store."
+            );
         }
         runtime.spawn(router.run(router_rx, shutdown.clone()));
         let ctx = Arc::new(ConnectionContext {
@@ -237,13 +248,9 @@ impl Broker {
 fn recover(
     p: &crate::store::PersistenceConfig,
 ) -> Result<(Arc<crate::store::Journal>, crate::store::recover::Recovered), StartError> {
-    let started = std::time::Instant::now();
     let store = Arc::new(crate::store::Store::open(&p.dir)?);
+    info!(path = %store.path().display(), "Store open; reading it back.");
     let state = store.recover_broker()?;
-    let (sessions, messages, qos2_in, retained) = state.summary();
-    info!(path = %store.path().display(), sessions, messages, qos2_in, retained,
-        took_ms = started.elapsed().as_millis() as u64, durability = ?p.durability,
-        "State recovered from the store.");
     let journal = crate::store::Journal::start(store, p.durability, state.next_seq)?;
     Ok((journal, state))
 }

@@ -211,6 +211,7 @@ fn commit_loop(store: &Store, policy: DurabilityPolicy, rx: &Receiver<Batch>) {
     let durable = policy.waits();
     let mut last_sync = Instant::now();
     let mut unsynced = false;
+    let mut last_commit = Instant::now();
     loop {
         let first = match rx.recv_timeout(OFF_FLUSH_INTERVAL) {
             Ok(b) => b,
@@ -225,8 +226,11 @@ fn commit_loop(store: &Store, policy: DurabilityPolicy, rx: &Receiver<Batch>) {
             Err(RecvTimeoutError::Disconnected) => break,
         };
         if let DurabilityPolicy::Group { group_commit } = policy {
-            if !first.ops.is_empty() {
-                std::thread::sleep(group_commit);
+            // At most one commit per window: what arrives meanwhile joins this one.
+            let due = last_commit + group_commit;
+            let now = Instant::now();
+            if !first.ops.is_empty() && due > now {
+                std::thread::sleep(due - now);
             }
         }
         let mut ops = first.ops;
@@ -236,6 +240,9 @@ fn commit_loop(store: &Store, policy: DurabilityPolicy, rx: &Receiver<Batch>) {
             ops.extend(more.ops);
             acks.extend(more.acks);
             barriers.extend(more.barrier);
+        }
+        if !ops.is_empty() {
+            last_commit = Instant::now();
         }
         let written = ops.is_empty() || {
             match store.apply(&ops, durable) {
