@@ -25,7 +25,9 @@
 #![allow(
     clippy::unwrap_used,
     clippy::print_stdout,
-    reason = "a bench binary: a failed unwrap is a failed run; the report goes to stdout"
+    clippy::let_underscore_must_use,
+    reason = "a bench binary: a failed unwrap is a failed run; the report goes to stdout; \
+              ignored results are best-effort cleanup"
 )]
 
 use std::collections::HashMap;
@@ -378,11 +380,7 @@ fn drain(port: u16, quiet: Duration) -> HashMap<String, u32> {
                     }
                 }
             }
-            6 => {
-                if s.write_all(&[0x70, 0x02, body[0], body[1]]).is_err() {
-                    break;
-                }
-            }
+            6 if s.write_all(&[0x70, 0x02, body[0], body[1]]).is_err() => break,
             _ => {}
         }
     }
