@@ -139,6 +139,9 @@ pub struct Broker {
     pub local_addrs: Vec<SocketAddr>,
     /// Counters.
     pub stats: Arc<BrokerStats>,
+    /// The store when `[persistence]` is on: its generic tables (`Store::put`, `get`,
+    /// `delete`, `iter`) are there for the rest of the application.
+    pub store: Option<Arc<crate::store::Store>>,
     router: mpsc::Sender<RouterMsg>,
     ids: Arc<AtomicU64>,
 }
@@ -181,7 +184,8 @@ impl Broker {
         let stats = Arc::new(BrokerStats::default());
         let (router_tx, router_rx) = mpsc::channel(ROUTER_INBOX);
         let mut router = Router::new(cfg.clone(), stats.clone());
-        if let Some(((journal, state), durability)) = recovered {
+        let store = recovered.as_ref().map(|((_, _, store), _)| store.clone());
+        if let Some(((journal, state, _), durability)) = recovered {
             let (sessions, messages, qos2_in, retained) = state.summary();
             router.set_journal(journal);
             router.restore(state);
@@ -220,6 +224,7 @@ impl Broker {
         }
         Ok(Broker {
             local_addrs,
+            store,
             stats,
             router: router_tx,
             ids,
@@ -244,15 +249,20 @@ impl Broker {
     }
 }
 
+/// The commit journal, the state read back, and the store.
+type Recovery = (
+    Arc<crate::store::Journal>,
+    crate::store::recover::Recovered,
+    Arc<crate::store::Store>,
+);
+
 /// Opens the store, reads the broker's state back and starts the commit thread.
-fn recover(
-    p: &crate::store::PersistenceConfig,
-) -> Result<(Arc<crate::store::Journal>, crate::store::recover::Recovered), StartError> {
+fn recover(p: &crate::store::PersistenceConfig) -> Result<Recovery, StartError> {
     let store = Arc::new(crate::store::Store::open(&p.dir)?);
     info!(path = %store.path().display(), "Store open; reading it back.");
     let state = store.recover_broker()?;
-    let journal = crate::store::Journal::start(store, p.durability, state.next_seq)?;
-    Ok((journal, state))
+    let journal = crate::store::Journal::start(store.clone(), p.durability, state.next_seq)?;
+    Ok((journal, state, store))
 }
 
 /// Accepts connections until shutdown; each gets a task and one of `slots`.
