@@ -413,3 +413,117 @@ fn bad_persistence_config_is_reported_with_its_key() {
     );
     assert!(stderr.contains("persistence.group_commit_ms"), "{stderr}");
 }
+
+/// Reads one packet from a raw socket: (first byte, body).
+async fn read_packet(raw: &mut Raw) -> (u8, Vec<u8>) {
+    let head = raw.read_exact(2).await;
+    let mut len = usize::from(head[1] & 0x7f);
+    let mut shift = 7;
+    let mut more = head[1] & 0x80 != 0;
+    while more {
+        let b = raw.read_exact(1).await[0];
+        len += usize::from(b & 0x7f) << shift;
+        shift += 7;
+        more = b & 0x80 != 0;
+    }
+    (head[0], raw.read_exact(len).await)
+}
+
+async fn raw_session(addr: SocketAddr, id: &str, present: bool) -> Raw {
+    let mut raw = Raw::connect(addr).await;
+    raw.send(&raw::connect_packet(4, id, false, 60)).await;
+    let ack = raw.read_exact(4).await;
+    assert_eq!(
+        ack,
+        vec![0x20, 0x02, u8::from(present), 0x00],
+        "CONNACK for {id}"
+    );
+    raw
+}
+
+/// QoS 2 state in both directions survives kill -9: an incoming id received and not released
+/// (the publisher's resend after the restart is not delivered again), and an outgoing message
+/// the subscriber acknowledged with PUBREC (the broker resends PUBREL, not the PUBLISH).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_state_in_both_directions_survives_kill9() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let config = write_config(dir.path(), port, "sync");
+    let mut bridge = Bridge::start(&config, port).await;
+    let addr = bridge.addr;
+
+    let mut sub = raw_session(addr, "q2-sub", false).await;
+    sub.send(&raw::subscribe_packet(1, "q2/#", 2)).await;
+    assert_eq!(read_packet(&mut sub).await, (0x90, vec![0, 1, 2]), "SUBACK");
+    let mut publ = raw_session(addr, "q2-pub", false).await;
+    // First message: delivered, PUBREC from the subscriber, then the crash before PUBCOMP.
+    publ.send(&raw::publish_packet(b"q2/a", 2, 7, b"first"))
+        .await;
+    assert_eq!(read_packet(&mut publ).await, (0x50, vec![0, 7]), "PUBREC");
+    publ.send(&[0x62, 0x02, 0, 7]).await;
+    assert_eq!(read_packet(&mut publ).await, (0x70, vec![0, 7]), "PUBCOMP");
+    let (first, body) = read_packet(&mut sub).await;
+    assert_eq!(first & 0xf6, 0x34, "QoS 2 PUBLISH");
+    let sub_pkid = [body[6], body[7]];
+    assert_eq!(&body[8..], b"first");
+    sub.send(&[0x50, 0x02, sub_pkid[0], sub_pkid[1]]).await;
+    assert_eq!(
+        read_packet(&mut sub).await,
+        (0x62, sub_pkid.to_vec()),
+        "PUBREL"
+    );
+    // Second message: PUBREC received by the publisher, PUBREL never sent.
+    publ.send(&raw::publish_packet(b"q2/a", 2, 8, b"second"))
+        .await;
+    assert_eq!(read_packet(&mut publ).await, (0x50, vec![0, 8]), "PUBREC");
+    let (_, body) = read_packet(&mut sub).await;
+    assert_eq!(&body[8..], b"second");
+    let second_pkid = [body[6], body[7]];
+
+    bridge.kill9();
+    bridge.restart().await;
+
+    // The subscriber is owed PUBREL for the first and the PUBLISH (DUP) of the second.
+    let mut sub = raw_session(addr, "q2-sub", true).await;
+    assert_eq!(
+        read_packet(&mut sub).await,
+        (0x62, sub_pkid.to_vec()),
+        "PUBREL resent"
+    );
+    let (first, body) = read_packet(&mut sub).await;
+    assert_eq!(first, 0x3c, "QoS 2 PUBLISH with DUP");
+    assert_eq!(
+        (&body[6..8], &body[8..]),
+        (&second_pkid[..], &b"second"[..])
+    );
+    sub.send(&[0x70, 0x02, sub_pkid[0], sub_pkid[1]]).await;
+    sub.send(&[0x50, 0x02, second_pkid[0], second_pkid[1]])
+        .await;
+    assert_eq!(
+        read_packet(&mut sub).await,
+        (0x62, second_pkid.to_vec()),
+        "PUBREL"
+    );
+    sub.send(&[0x70, 0x02, second_pkid[0], second_pkid[1]])
+        .await;
+
+    // The publisher resends its unreleased message: acknowledged, not delivered again.
+    let mut publ = raw_session(addr, "q2-pub", true).await;
+    let mut again = raw::publish_packet(b"q2/a", 2, 8, b"second");
+    again[0] |= 0x08;
+    publ.send(&again).await;
+    assert_eq!(read_packet(&mut publ).await, (0x50, vec![0, 8]), "PUBREC");
+    publ.send(&[0x62, 0x02, 0, 8]).await;
+    assert_eq!(read_packet(&mut publ).await, (0x70, vec![0, 8]), "PUBCOMP");
+    // A fresh message after it is delivered, and it is the next thing the subscriber gets.
+    publ.send(&raw::publish_packet(b"q2/a", 1, 9, b"third"))
+        .await;
+    assert_eq!(read_packet(&mut publ).await, (0x40, vec![0, 9]), "PUBACK");
+    let (first, body) = read_packet(&mut sub).await;
+    assert_eq!(first & 0xf0, 0x30, "PUBLISH");
+    assert_eq!(
+        &body[8..],
+        b"third",
+        "the resent QoS 2 message was not delivered twice"
+    );
+}
