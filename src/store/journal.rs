@@ -16,7 +16,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -99,6 +99,9 @@ pub struct Journal {
     next_seq: AtomicU64,
     policy: DurabilityPolicy,
     to_commit: Mutex<Option<Sender<Batch>>>,
+    /// Batches handed to the commit thread and not finished: while 0, a batch without ops
+    /// releases its acknowledgements at once, without the trip through the commit thread.
+    in_commit: Arc<AtomicUsize>,
 }
 
 impl Journal {
@@ -110,15 +113,18 @@ impl Journal {
     ) -> Result<Arc<Journal>, StoreError> {
         let (tx, rx) = mpsc::channel();
         let path = store.path().to_path_buf();
+        let in_commit = Arc::new(AtomicUsize::new(0));
+        let done = in_commit.clone();
         std::thread::Builder::new()
             .name("store-commit".into())
-            .spawn(move || commit_loop(&store, policy, &rx))
+            .spawn(move || commit_loop(&store, policy, &rx, &done))
             .map_err(|source| StoreError::Dir { path, source })?;
         Ok(Arc::new(Journal {
             pending: Mutex::new(Batch::default()),
             next_seq: AtomicU64::new(next_seq.max(1)),
             policy,
             to_commit: Mutex::new(Some(tx)),
+            in_commit,
         }))
     }
 
@@ -175,6 +181,14 @@ impl Journal {
             }
             std::mem::take(&mut *p)
         };
+        if batch.ops.is_empty() && self.in_commit.load(Ordering::Acquire) == 0 {
+            // Nothing to write and nothing ahead of these acknowledgements.
+            for (link, packet) in batch.acks {
+                link.send(packet);
+            }
+            return;
+        }
+        self.in_commit.fetch_add(1, Ordering::AcqRel);
         self.send(batch);
     }
 
@@ -196,6 +210,7 @@ impl Journal {
         let (done_tx, done_rx) = mpsc::sync_channel(1);
         let mut batch = std::mem::take(&mut *self.pending());
         batch.barrier = Some(done_tx);
+        self.in_commit.fetch_add(1, Ordering::AcqRel);
         self.send(batch);
         if done_rx.recv_timeout(limit).is_err() {
             warn!(?limit, "Store did not finish writing before shutdown.");
@@ -207,7 +222,12 @@ impl Journal {
     }
 }
 
-fn commit_loop(store: &Store, policy: DurabilityPolicy, rx: &Receiver<Batch>) {
+fn commit_loop(
+    store: &Store,
+    policy: DurabilityPolicy,
+    rx: &Receiver<Batch>,
+    in_commit: &AtomicUsize,
+) {
     let durable = policy.waits();
     let mut last_sync = Instant::now();
     let mut unsynced = false;
@@ -236,10 +256,12 @@ fn commit_loop(store: &Store, policy: DurabilityPolicy, rx: &Receiver<Batch>) {
         let mut ops = first.ops;
         let mut acks = first.acks;
         let mut barriers: Vec<_> = first.barrier.into_iter().collect();
+        let mut batches = 1;
         while let Ok(more) = rx.try_recv() {
             ops.extend(more.ops);
             acks.extend(more.acks);
             barriers.extend(more.barrier);
+            batches += 1;
         }
         if !ops.is_empty() {
             last_commit = Instant::now();
@@ -267,6 +289,7 @@ fn commit_loop(store: &Store, policy: DurabilityPolicy, rx: &Receiver<Batch>) {
             unsynced = false;
             last_sync = Instant::now();
         }
+        in_commit.fetch_sub(batches, Ordering::AcqRel);
         for b in barriers {
             let _waiter_gone = b.send(());
         }
