@@ -404,7 +404,7 @@ fn throughput_run(setting: Setting, qos: u8, secs: u64, publishers: usize, windo
     subscribe(port, qos);
     let started = Instant::now();
     let handles: Vec<_> = (0..publishers)
-        .map(|n| thread::spawn(move || publisher(port, n, qos, window, 60_000)))
+        .map(|n| thread::spawn(move || publisher(port, n, qos, window, usize::MAX)))
         .collect();
     thread::sleep(Duration::from_secs(secs));
     broker.kill9();
