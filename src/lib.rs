@@ -14,6 +14,8 @@
 //! - `xmpp`: the XEP-0114 component link to the legacy XMPP server.
 //! - `bridge`: the core; moves messages between the two through the mapping table, with
 //!   receipts (XEP-0184), ids, chat states, corrections and delay.
+//! - `store`: the embedded store; persistent sessions, messages and retained messages survive
+//!   a crash (`[persistence]`).
 //! - `audit`: the tamper-evident trail of translated traffic (writer, verify, query).
 //! - `telemetry`: logging, Prometheus metrics, the admin listener (`/metrics`, `/healthz`,
 //!   `/readyz`).
@@ -26,6 +28,7 @@ pub mod broker;
 pub mod config;
 pub mod mapping;
 pub mod shutdown;
+pub mod store;
 mod suggest;
 pub mod telemetry;
 pub mod upstream;

@@ -21,6 +21,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 const EXIT_CONFIG: u8 = 64;
 /// EX_UNAVAILABLE: a component could not start (port in use, unreadable file).
 const EXIT_START: u8 = 69;
+/// EX_DATAERR: the persistence store is damaged (truncated, not a store, undecodable record).
+const EXIT_STORE_DAMAGED: u8 = 65;
 
 /// Bridge between a legacy XMPP server and MQTT, with a built-in MQTT 3.1.1/5.0 broker.
 ///
@@ -211,13 +213,24 @@ fn run(path: PathBuf) -> ExitCode {
             Ok(app) => app,
             Err(error) => {
                 tracing::error!(%error, "Cannot start.");
-                return ExitCode::from(EXIT_START);
+                eprintln!("error: {error}");
+                return ExitCode::from(exit_code(&error));
             }
         };
         shutdown::signal().await;
         app.stop(SHUTDOWN_GRACE).await;
         ExitCode::SUCCESS
     })
+}
+
+/// The exit status for a start failure: 65 for a damaged store, 69 otherwise.
+fn exit_code(error: &xmpp_mqtt_bridge::app::StartError) -> u8 {
+    use xmpp_mqtt_bridge::app::StartError as App;
+    use xmpp_mqtt_bridge::broker::StartError as Broker;
+    match error {
+        App::Broker(Broker::Store(e)) if e.is_corruption() => EXIT_STORE_DAMAGED,
+        _ => EXIT_START,
+    }
 }
 
 fn map(path: &Path, address: &str, from: &str, kind: &str, user: Option<&str>) -> ExitCode {

@@ -171,6 +171,7 @@ fn start_bridge(port: u16, extra_env: &[(&str, &str)]) -> Running {
         // Tests run in parallel: no fixed admin port, no audit files in the source tree.
         .env("BRIDGE_ADMIN__LISTEN", "127.0.0.1:0")
         .env("BRIDGE_AUDIT__DIR", audit.path())
+        .env("BRIDGE_PERSISTENCE__DIR", audit.path().join("store"))
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

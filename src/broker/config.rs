@@ -76,6 +76,10 @@ pub struct BrokerConfig {
     /// MQTT 5 Response Information sent when a client requests it (`{client_id}` replaced);
     /// `None` sends none.
     pub response_information: Option<String>,
+    /// `[persistence]`: the store and the acknowledgement promise; `None` keeps everything in
+    /// memory only.
+    #[serde(skip)]
+    pub persistence: Option<crate::store::PersistenceConfig>,
 }
 
 impl Default for BrokerConfig {
@@ -100,6 +104,7 @@ impl Default for BrokerConfig {
             subscription_identifiers: true,
             server_keep_alive: None,
             response_information: Some(DEFAULT_RESPONSE_INFORMATION.to_string()),
+            persistence: None,
         }
     }
 }

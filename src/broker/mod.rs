@@ -72,6 +72,9 @@ pub enum StartError {
     /// The broker's runtime (its threads) could not start.
     #[error("cannot start the broker's runtime: {0}")]
     Runtime(std::io::Error),
+    /// The store could not be opened or read back.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// The runtime the router and every connection run on, in threads of their own.
@@ -138,6 +141,9 @@ pub struct Broker {
     pub local_addrs: Vec<SocketAddr>,
     /// Counters.
     pub stats: Arc<BrokerStats>,
+    /// The store when `[persistence]` is on: its generic tables (`Store::put`, `get`,
+    /// `delete`, `iter`) are there for the rest of the application.
+    pub store: Option<Arc<crate::store::Store>>,
     router: mpsc::Sender<RouterMsg>,
     ids: Arc<AtomicU64>,
 }
@@ -154,6 +160,12 @@ impl Broker {
     ) -> Result<Broker, StartError> {
         let users = match &cfg.password_file {
             Some(path) => Some(Arc::new(PasswordFile::load(path)?)),
+            None => None,
+        };
+        // State comes back before any listener opens.
+        let recovery_started = std::time::Instant::now();
+        let recovered = match &cfg.persistence {
+            Some(p) => Some((recover(p)?, p.durability)),
             None => None,
         };
         // Bound here, synchronously, so that a bind error is reported before anything runs;
@@ -173,7 +185,22 @@ impl Broker {
         let cfg = Arc::new(cfg);
         let stats = Arc::new(BrokerStats::default());
         let (router_tx, router_rx) = mpsc::channel(ROUTER_INBOX);
-        let router = Router::new(cfg.clone(), stats.clone());
+        let mut router = Router::new(cfg.clone(), stats.clone());
+        let store = recovered.as_ref().map(|((_, _, store), _)| store.clone());
+        if let Some(((journal, state, _), durability)) = recovered {
+            let (sessions, messages, qos2_in, retained) = state.summary();
+            router.set_journal(journal);
+            router.restore(state);
+            info!(
+                sessions,
+                messages,
+                qos2_in,
+                retained,
+                ?durability,
+                took_ms = recovery_started.elapsed().as_millis() as u64,
+                "State recovered from the store."
+            );
+        }
         runtime.spawn(router.run(router_rx, shutdown.clone()));
         let ctx = Arc::new(ConnectionContext {
             cfg: cfg.clone(),
@@ -199,6 +226,7 @@ impl Broker {
         }
         Ok(Broker {
             local_addrs,
+            store,
             stats,
             router: router_tx,
             ids,
@@ -235,6 +263,22 @@ impl Broker {
         let conn = self.ids.fetch_add(1, Ordering::Relaxed);
         InternalClient::connect(self.router.clone(), conn, client_id).await
     }
+}
+
+/// The commit journal, the state read back, and the store.
+type Recovery = (
+    Arc<crate::store::Journal>,
+    crate::store::recover::Recovered,
+    Arc<crate::store::Store>,
+);
+
+/// Opens the store, reads the broker's state back and starts the commit thread.
+fn recover(p: &crate::store::PersistenceConfig) -> Result<Recovery, StartError> {
+    let store = Arc::new(crate::store::Store::open(&p.dir)?);
+    info!(path = %store.path().display(), "Store open; reading it back.");
+    let state = store.recover_broker()?;
+    let journal = crate::store::Journal::start(store.clone(), p.durability, state.next_seq)?;
+    Ok((journal, state, store))
 }
 
 /// Accepts connections until shutdown; each gets a task and one of `slots`.

@@ -13,7 +13,10 @@ use super::codec::{LastWill, Packet, ProtocolVersion, PubResponse, Publish, QoS}
 use super::codec::{Properties, Property, SubscriptionOptions};
 use super::link::{ClientLink, ConnId, Origin};
 use super::tracking::{Settlement, Tracker};
+use crate::store::Journal;
 use std::sync::Arc;
+
+pub(crate) mod stored;
 
 /// Stable identity of a session, key of the subscription trie.
 pub type SessionId = u64;
@@ -86,6 +89,8 @@ pub struct Outgoing {
     pub shared: Option<u64>,
     /// Set when the publisher (an in-process client) wants to know how this copy ends.
     pub track: Option<Arc<Tracker>>,
+    /// Its key in the store's messages table; 0 when not stored.
+    pub stored: u64,
 }
 
 impl Outgoing {
@@ -97,6 +102,7 @@ impl Outgoing {
             expires: None,
             shared: None,
             track: None,
+            stored: 0,
         }
     }
 
@@ -150,8 +156,8 @@ pub enum Resend {
 enum Inflight {
     /// PUBLISH sent (QoS 1 or 2), waiting for PUBACK or PUBREC.
     Published(Outgoing),
-    /// PUBREL sent, waiting for PUBCOMP.
-    Released(u16),
+    /// PUBREL sent, waiting for PUBCOMP (packet id, key in the store or 0).
+    Released(u16, u64),
 }
 
 /// What happened to a message offered to a session.
@@ -201,6 +207,8 @@ pub struct Session {
     incoming_qos2: HashSet<u16>,
     /// True once this session dropped a message, until the queue has room again (log once).
     pub overflowing: bool,
+    /// Where changes go when this session is persistent and the store is on.
+    pub journal: Option<Arc<Journal>>,
 }
 
 impl Session {
@@ -227,6 +235,7 @@ impl Session {
             next_pkid: 0,
             incoming_qos2: HashSet::new(),
             overflowing: false,
+            journal: None,
         }
     }
 
@@ -260,6 +269,7 @@ impl Session {
                 Offer::Discarded
             };
         }
+        message.stored = self.journal.as_ref().map_or(0, |j| j.next_seq());
         if self.attached.is_some() && self.queue.is_empty() && self.inflight.len() < self.window() {
             return Offer::Send(self.start_flight(message));
         }
@@ -268,6 +278,7 @@ impl Session {
             message.settle(&self.client_id, Settlement::Dropped("queue_full"));
             return Offer::Overflow;
         }
+        self.store_queued(&message);
         self.queue.push_back(message);
         Offer::Queued
     }
@@ -275,6 +286,7 @@ impl Session {
     fn start_flight(&mut self, mut message: Outgoing) -> Outgoing {
         message.publish.pkid = self.allocate_pkid();
         message.publish.dup = false;
+        self.store_published(&message);
         self.inflight
             .push_back(Inflight::Published(message.clone()));
         message
@@ -309,6 +321,7 @@ impl Session {
             if next.expires.is_some() && !next.refresh_expiry(*now.get_or_insert_with(Instant::now))
             {
                 next.settle(&self.client_id, Settlement::Expired);
+                self.unstore(next.stored);
                 continue;
             }
             out.push(self.start_flight(next));
@@ -322,7 +335,7 @@ impl Session {
     fn position(&self, pkid: u16, released: bool) -> Option<usize> {
         self.inflight.iter().position(|m| match m {
             Inflight::Published(m) => !released && m.publish.pkid == pkid,
-            Inflight::Released(id) => released && *id == pkid,
+            Inflight::Released(id, _) => released && *id == pkid,
         })
     }
 
@@ -334,6 +347,7 @@ impl Session {
             {
                 if let Some(Inflight::Published(m)) = self.inflight.remove(i) {
                     m.settle(&self.client_id, acknowledged(accepted));
+                    self.unstore(m.stored);
                 }
                 self.ids_in_use.remove(&pkid);
                 true
@@ -346,7 +360,12 @@ impl Session {
     /// an MQTT 5 reason code of 0x80 or more); answer PUBREL.
     pub fn on_pubrec(&mut self, pkid: u16, accepted: bool) -> Packet {
         if let Some(i) = self.position(pkid, false) {
-            let was = std::mem::replace(&mut self.inflight[i], Inflight::Released(pkid));
+            let stored = match &self.inflight[i] {
+                Inflight::Published(m) => m.stored,
+                Inflight::Released(_, stored) => *stored,
+            };
+            self.store_released(stored, pkid);
+            let was = std::mem::replace(&mut self.inflight[i], Inflight::Released(pkid, stored));
             if let Inflight::Published(m) = was {
                 m.settle(&self.client_id, acknowledged(accepted));
             }
@@ -359,7 +378,9 @@ impl Session {
     pub fn on_pubcomp(&mut self, pkid: u16) -> bool {
         match self.position(pkid, true) {
             Some(i) => {
-                self.inflight.remove(i);
+                if let Some(Inflight::Released(_, stored)) = self.inflight.remove(i) {
+                    self.unstore(stored);
+                }
                 self.ids_in_use.remove(&pkid);
                 true
             }
@@ -375,12 +396,20 @@ impl Session {
     /// Incoming QoS 2 PUBLISH: true when it is new and must be routed, false for a
     /// retransmission of an id not yet released (method B of MQTT 3.1.1 figure 4.3).
     pub fn receive_qos2(&mut self, pkid: u16) -> bool {
-        self.incoming_qos2.insert(pkid)
+        let fresh = self.incoming_qos2.insert(pkid);
+        if fresh {
+            self.store_qos2(pkid, true);
+        }
+        fresh
     }
 
     /// Incoming PUBREL: forgets the id. False when the id was unknown.
     pub fn release_qos2(&mut self, pkid: u16) -> bool {
-        self.incoming_qos2.remove(&pkid)
+        let known = self.incoming_qos2.remove(&pkid);
+        if known {
+            self.store_qos2(pkid, false);
+        }
+        known
     }
 
     /// On reconnect of a kept session: every unacknowledged PUBLISH again with DUP set, every
@@ -396,7 +425,7 @@ impl Session {
                     let _still_valid = m.refresh_expiry(Instant::now());
                     Resend::Publish(m)
                 }
-                Inflight::Released(id) => Resend::Release(*id),
+                Inflight::Released(id, _) => Resend::Release(*id),
             })
             .collect()
     }
@@ -423,6 +452,10 @@ impl Session {
             } else {
                 ended(&m);
             }
+        }
+        // Stored again under the member that takes them.
+        for m in &mut out {
+            m.stored = 0;
         }
         out
     }

@@ -5,6 +5,7 @@
 //! environment variable) and its dotted key. Unknown keys are errors.
 
 mod mqtt;
+mod persistence;
 mod sections;
 mod source;
 
@@ -190,10 +191,13 @@ fn build(cx: &mut Context, dict: Dict, base: &Path) -> Config {
         Some(section) => sections::log(cx, section),
         None => LogConfig::default(),
     };
-    let broker = match root.section(cx, "broker") {
+    let mut broker = match root.section(cx, "broker") {
         Some(section) => sections::broker(cx, section, base),
         None => BrokerConfig::default(),
     };
+    broker.persistence = root
+        .section(cx, "persistence")
+        .and_then(|s| persistence::persistence(cx, s, base));
     let mqtt = match root.section(cx, "mqtt") {
         Some(section) => mqtt::mqtt(cx, section, base),
         None => MqttMode::Embedded,
@@ -217,7 +221,15 @@ fn build(cx: &mut Context, dict: Dict, base: &Path) -> Config {
     root.finish(
         cx,
         &[
-            "log", "broker", "mqtt", "xmpp", "mapping", "audit", "admin", "presence",
+            "log",
+            "broker",
+            "persistence",
+            "mqtt",
+            "xmpp",
+            "mapping",
+            "audit",
+            "admin",
+            "presence",
         ],
     );
     if presence.is_some() && xmpp.is_none() {

@@ -210,6 +210,7 @@ pub(super) fn broker(cx: &mut Context, mut s: Section, base: &Path) -> BrokerCon
         subscription_identifiers,
         server_keep_alive,
         response_information,
+        persistence: None,
     }
 }
 

@@ -63,6 +63,7 @@ impl Router {
         let Some(mut session) = self.sessions.remove(&sid) else {
             return;
         };
+        session.forget_stored();
         for filter in session.subscriptions.keys() {
             if parse_shared(filter).is_some() {
                 self.shared.leave(filter, sid);
@@ -140,6 +141,8 @@ impl Router {
         let who = will.as_ref().and_then(|_| self.identity_for_events(sid));
         if ends {
             self.end_session(sid);
+        } else {
+            self.persist_session(sid);
         }
         if let Some(will) = will {
             self.publish_will(will, Some(sid), who.as_ref());

@@ -31,6 +31,7 @@ use crate::broker::trie::{RetainedTree, SubscriptionTree};
 
 mod lifecycle;
 mod notify;
+mod stored;
 mod subscriptions;
 mod sys;
 
@@ -83,6 +84,8 @@ pub struct Router {
     /// Scratch space reused by every fan-out.
     targets: Vec<Target>,
     started: Instant,
+    /// Persistence: where changes go, when the store is on (see `stored`).
+    journal: Option<Arc<crate::store::Journal>>,
 }
 
 impl Router {
@@ -104,6 +107,7 @@ impl Router {
             session_events: None,
             targets: Vec::new(),
             started: Instant::now(),
+            journal: None,
         }
     }
 
@@ -125,10 +129,12 @@ impl Router {
                     for msg in batch.drain(..) {
                         self.handle(msg);
                     }
+                    self.flush_journal();
                 }
                 _ = expiry.tick() => {
                     self.expire_sessions(Instant::now());
                     self.sample_gauges();
+                    self.flush_journal();
                 }
                 _ = sys.tick(), if self.cfg.sys_interval.is_some() => self.publish_sys(),
             }
@@ -138,6 +144,7 @@ impl Router {
             self.handle(msg);
         }
         self.shutdown();
+        self.close_journal();
     }
 
     /// Handles one message from a connection.
@@ -285,6 +292,7 @@ impl Router {
                 }
             }
         }
+        self.persist_session(sid);
     }
 
     fn packet(&mut self, sid: SessionId, packet: Packet) {
@@ -321,7 +329,9 @@ impl Router {
                 if !known && self.version(sid) == Some(ProtocolVersion::V5) {
                     comp.reason = reason::PACKET_IDENTIFIER_NOT_FOUND;
                 }
-                self.send(sid, Packet::PubComp(comp));
+                // After the release is on disk, or the id could come back after a crash and
+                // a new message reusing it would be taken for a duplicate.
+                self.ack(sid, Packet::PubComp(comp));
             }
             Packet::PubComp(comp) => {
                 if let Some(s) = self.sessions.get_mut(&sid) {
@@ -389,7 +399,7 @@ impl Router {
             // The acknowledgement is queued before the fan-out so that subscribers' writers
             // are the last tasks woken: tokio runs the last-woken task next on this worker.
             QoS::AtLeastOnce => {
-                self.send(sid, Packet::PubAck(PubResponse::new(pkid)));
+                self.ack(sid, Packet::PubAck(PubResponse::new(pkid)));
                 self.route(publish, Some(sid));
             }
             QoS::ExactlyOnce => {
@@ -411,7 +421,7 @@ impl Router {
                     );
                     return;
                 }
-                self.send(sid, Packet::PubRec(PubResponse::new(pkid)));
+                self.ack(sid, Packet::PubRec(PubResponse::new(pkid)));
                 if fresh {
                     self.route(publish, Some(sid));
                 }
@@ -481,6 +491,7 @@ impl Router {
             expiry_of(&publish, Instant::now())
         };
         if publish.retain {
+            self.persist_retained(&publish, expires);
             if publish.payload.is_empty() {
                 self.retained.remove(&publish.topic);
             } else {
@@ -545,6 +556,7 @@ impl Router {
                 expires,
                 shared: target.shared,
                 track,
+                stored: 0,
             };
             self.deliver(target.session, message, identity.as_ref());
         }

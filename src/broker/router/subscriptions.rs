@@ -106,6 +106,7 @@ impl Router {
             properties,
         };
         self.send(sid, Packet::SubAck(ack));
+        self.persist_session(sid);
         if !granted.is_empty() {
             self.notify(sid, |client_id, username| SessionEvent::Subscribed {
                 client_id,
@@ -157,6 +158,7 @@ impl Router {
             properties: Properties::new(),
         };
         self.send(sid, Packet::UnsubAck(ack));
+        self.persist_session(sid);
         if !removed.is_empty() {
             self.notify(sid, |client_id, username| SessionEvent::Unsubscribed {
                 client_id,

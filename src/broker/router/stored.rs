@@ -1,0 +1,182 @@
+//! The router's side of persistence: which sessions are stored, acknowledgements that wait
+//! for the disk, retained messages, and the state put back on start (see `crate::store`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+use tracing::warn;
+
+use super::{Retained, Router};
+use crate::broker::codec::{Packet, Publish};
+use crate::broker::session::stored::{instant_to_unix_ms, unix_ms_to_instant};
+use crate::broker::session::{Outgoing, SessionId, SubEntry};
+use crate::broker::topic::parse_shared;
+use crate::store::record::{FORMAT, RetainedRecord, publish_bytes, publish_from, to_bytes};
+use crate::store::recover::Recovered;
+use crate::store::{Journal, MESSAGES, QOS2_IN, RETAINED, qos2_key, seq_key};
+
+/// How long shutdown waits for the last commit.
+const CLOSE_LIMIT: Duration = Duration::from_secs(10);
+
+impl Router {
+    /// Turns persistence on: from now on persistent sessions and retained messages are
+    /// written through `journal`.
+    pub fn set_journal(&mut self, journal: Arc<Journal>) {
+        self.journal = Some(journal);
+    }
+
+    /// Sends an acknowledgement (PUBACK, PUBREC, PUBCOMP) once what it acknowledges is on
+    /// disk, as the durability policy says.
+    pub(super) fn ack(&self, sid: SessionId, packet: Packet) {
+        let Some(att) = self.sessions.get(&sid).and_then(|s| s.attached.as_ref()) else {
+            return;
+        };
+        match &self.journal {
+            Some(j) if !att.internal => j.ack(&att.link, packet),
+            _ => {
+                att.link.send(packet);
+            }
+        }
+    }
+
+    /// After a change to a session's expiry or subscriptions: a session that outlives its
+    /// connection is written; one that does not leaves the store.
+    pub(super) fn persist_session(&mut self, sid: SessionId) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return;
+        };
+        if s.attached.as_ref().is_some_and(|a| a.internal) {
+            return;
+        }
+        if s.expiry > 0 {
+            if s.journal.is_none() {
+                s.journal = Some(journal.clone());
+            }
+            s.save();
+        } else {
+            s.forget_stored();
+        }
+    }
+
+    /// Writes or removes a retained message.
+    pub(super) fn persist_retained(&self, publish: &Publish, expires: Option<Instant>) {
+        let Some(j) = &self.journal else {
+            return;
+        };
+        let key = publish.topic.as_bytes().to_vec();
+        if publish.payload.is_empty() {
+            j.delete(RETAINED, key);
+        } else {
+            let record = RetainedRecord {
+                v: FORMAT,
+                packet: publish_bytes(publish),
+                expires_at_ms: expires.map(instant_to_unix_ms),
+            };
+            j.put(RETAINED, key, to_bytes(&record));
+        }
+    }
+
+    /// Hands the changes of the batch just handled to the commit thread.
+    pub(super) fn flush_journal(&self) {
+        if let Some(j) = &self.journal {
+            j.flush();
+        }
+    }
+
+    /// Shutdown: waits for the last changes to reach the disk.
+    pub(super) fn close_journal(&self) {
+        if let Some(j) = &self.journal {
+            j.close(CLOSE_LIMIT);
+        }
+    }
+
+    /// Puts back what the store kept: sessions (detached, with their subscriptions), their
+    /// queued and in-flight messages, incoming QoS 2 ids and retained messages. Entries that
+    /// belong to no stored session are removed.
+    pub fn restore(&mut self, r: Recovered) {
+        let Some(journal) = self.journal.clone() else {
+            return;
+        };
+        let now = Instant::now();
+        for rec in r.sessions {
+            let sid = self.new_session(ByteString::from(rec.client_id), rec.expiry);
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                continue;
+            };
+            s.journal = Some(journal.clone());
+            s.detached_at = Some(rec.detached_at_ms.map_or(now, unix_ms_to_instant));
+            for sub in rec.subscriptions {
+                let filter = ByteString::from(sub.filter.as_str());
+                let entry = SubEntry {
+                    options: sub.options(),
+                    id: sub.id,
+                };
+                s.subscriptions.insert(filter.clone(), entry);
+                match parse_shared(&filter) {
+                    Some(sh) => {
+                        self.shared.join(&filter, sh.filter, sid, entry);
+                    }
+                    None => {
+                        self.subs.insert(&filter, sid, entry);
+                    }
+                }
+            }
+        }
+        for (seq, m) in r.messages {
+            let Some(s) = self
+                .by_client
+                .get(m.client_id.as_str())
+                .and_then(|sid| self.sessions.get_mut(sid))
+            else {
+                journal.delete(MESSAGES, seq_key(seq));
+                continue;
+            };
+            let message = if m.packet.is_empty() {
+                None
+            } else {
+                match publish_from(&m.packet) {
+                    Ok(p) => Some(Outgoing {
+                        expires: m.expires_at_ms.map(unix_ms_to_instant),
+                        ..Outgoing::new(p)
+                    }),
+                    Err(error) => {
+                        warn!(seq, client_id = %m.client_id, %error,
+                            "Stored message unreadable; dropped.");
+                        journal.delete(MESSAGES, seq_key(seq));
+                        continue;
+                    }
+                }
+            };
+            s.restore_message(seq, m.state, message);
+        }
+        for (client, pkid) in r.qos2_in {
+            match self
+                .by_client
+                .get(client.as_str())
+                .and_then(|sid| self.sessions.get_mut(sid))
+            {
+                Some(s) => s.restore_qos2(pkid),
+                None => journal.delete(QOS2_IN, qos2_key(&client, pkid)),
+            }
+        }
+        for (topic, rec) in r.retained {
+            match publish_from(&rec.packet) {
+                Ok(publish) => {
+                    let expires = rec.expires_at_ms.map(unix_ms_to_instant);
+                    self.retained_expire |= expires.is_some();
+                    self.retained
+                        .insert(&ByteString::from(topic), Retained { publish, expires });
+                }
+                Err(error) => {
+                    warn!(%topic, %error, "Stored retained message unreadable; dropped.");
+                    journal.delete(RETAINED, topic.into_bytes());
+                }
+            }
+        }
+        journal.flush();
+    }
+}

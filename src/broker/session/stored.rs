@@ -1,0 +1,186 @@
+//! A persistent session's changes as store records, and its state back after a restart.
+//!
+//! Only sessions with a [`Journal`](crate::store::Journal) record anything: sessions that end
+//! with their connection have nothing to recover.
+
+use std::time::{Duration, Instant};
+
+use super::{Inflight, Outgoing, Session};
+use crate::store::record::{
+    FORMAT, MessageRecord, MessageState, SessionRecord, SubRecord, publish_bytes, to_bytes, unix_ms,
+};
+use crate::store::{MESSAGES, QOS2_IN, SESSIONS, qos2_key, seq_key};
+
+/// An `Instant` as Unix milliseconds (for expiry times that must survive a restart).
+pub(crate) fn instant_to_unix_ms(at: Instant) -> u64 {
+    let now = Instant::now();
+    let unix = unix_ms();
+    match at.checked_duration_since(now) {
+        Some(ahead) => unix.saturating_add(u64::try_from(ahead.as_millis()).unwrap_or(u64::MAX)),
+        None => unix
+            .saturating_sub(u64::try_from(now.duration_since(at).as_millis()).unwrap_or(u64::MAX)),
+    }
+}
+
+/// Unix milliseconds as an `Instant` of this process.
+pub(crate) fn unix_ms_to_instant(ms: u64) -> Instant {
+    let now = Instant::now();
+    let unix = unix_ms();
+    if ms >= unix {
+        now + Duration::from_millis(ms - unix)
+    } else {
+        now.checked_sub(Duration::from_millis(unix - ms))
+            .unwrap_or(now)
+    }
+}
+
+impl Session {
+    fn message_record(&self, message: &Outgoing, state: MessageState) -> Vec<u8> {
+        to_bytes(&MessageRecord {
+            v: FORMAT,
+            client_id: self.client_id.to_string(),
+            state,
+            packet: match state {
+                MessageState::Released(_) => Vec::new(),
+                _ => publish_bytes(&message.publish),
+            },
+            expires_at_ms: message.expires.map(instant_to_unix_ms),
+        })
+    }
+
+    pub(super) fn store_queued(&self, message: &Outgoing) {
+        if let (Some(j), true) = (&self.journal, message.stored != 0) {
+            let value = self.message_record(message, MessageState::Queued);
+            j.put(MESSAGES, seq_key(message.stored), value);
+        }
+    }
+
+    pub(super) fn store_published(&self, message: &Outgoing) {
+        if let (Some(j), true) = (&self.journal, message.stored != 0) {
+            let state = MessageState::Published(message.publish.pkid);
+            let value = self.message_record(message, state);
+            j.put(MESSAGES, seq_key(message.stored), value);
+        }
+    }
+
+    pub(super) fn store_released(&self, stored: u64, pkid: u16) {
+        if let (Some(j), true) = (&self.journal, stored != 0) {
+            let value = to_bytes(&MessageRecord {
+                v: FORMAT,
+                client_id: self.client_id.to_string(),
+                state: MessageState::Released(pkid),
+                packet: Vec::new(),
+                expires_at_ms: None,
+            });
+            j.put(MESSAGES, seq_key(stored), value);
+        }
+    }
+
+    pub(super) fn unstore(&self, stored: u64) {
+        if let (Some(j), true) = (&self.journal, stored != 0) {
+            j.delete(MESSAGES, seq_key(stored));
+        }
+    }
+
+    pub(super) fn store_qos2(&self, pkid: u16, received: bool) {
+        if let Some(j) = &self.journal {
+            let key = qos2_key(&self.client_id, pkid);
+            if received {
+                j.put(QOS2_IN, key, Vec::new());
+            } else {
+                j.delete(QOS2_IN, key);
+            }
+        }
+    }
+
+    /// Writes the session record (client id, expiry, subscriptions, when it went away).
+    pub fn save(&self) {
+        let Some(j) = &self.journal else {
+            return;
+        };
+        let mut subscriptions: Vec<SubRecord> = self
+            .subscriptions
+            .iter()
+            .map(|(filter, e)| SubRecord::new(filter, e.options, e.id))
+            .collect();
+        subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
+        let record = SessionRecord {
+            v: FORMAT,
+            client_id: self.client_id.to_string(),
+            expiry: self.expiry,
+            detached_at_ms: self.detached_at.map(instant_to_unix_ms),
+            subscriptions,
+        };
+        j.put(
+            SESSIONS,
+            self.client_id.as_bytes().to_vec(),
+            to_bytes(&record),
+        );
+    }
+
+    /// The session ends: its record, messages and QoS 2 ids leave the store, and it records
+    /// nothing more.
+    pub fn forget_stored(&mut self) {
+        let Some(j) = self.journal.take() else {
+            return;
+        };
+        j.delete(SESSIONS, self.client_id.as_bytes().to_vec());
+        for m in &self.inflight {
+            let stored = match m {
+                Inflight::Published(m) => m.stored,
+                Inflight::Released(_, stored) => *stored,
+            };
+            if stored != 0 {
+                j.delete(MESSAGES, seq_key(stored));
+            }
+        }
+        for m in self.queue.iter().filter(|m| m.stored != 0) {
+            j.delete(MESSAGES, seq_key(m.stored));
+        }
+        for &pkid in &self.incoming_qos2 {
+            j.delete(QOS2_IN, qos2_key(&self.client_id, pkid));
+        }
+    }
+
+    /// Puts back a message read from the store (`message` is `None` only for a released one,
+    /// whose PUBLISH is no longer kept). Call in sequence order.
+    pub fn restore_message(&mut self, stored: u64, state: MessageState, message: Option<Outgoing>) {
+        match (state, message) {
+            (MessageState::Queued, Some(mut m)) => {
+                m.stored = stored;
+                self.queue.push_back(m);
+            }
+            (MessageState::Published(pkid), Some(mut m)) => {
+                m.stored = stored;
+                m.publish.pkid = pkid;
+                self.ids_in_use.insert(pkid);
+                self.next_pkid = self.next_pkid.max(pkid);
+                self.inflight.push_back(Inflight::Published(m));
+            }
+            (MessageState::Released(pkid), _) => {
+                self.ids_in_use.insert(pkid);
+                self.next_pkid = self.next_pkid.max(pkid);
+                self.inflight.push_back(Inflight::Released(pkid, stored));
+            }
+            (_, None) => {}
+        }
+    }
+
+    /// Puts back an incoming QoS 2 id read from the store.
+    pub fn restore_qos2(&mut self, pkid: u16) {
+        self.incoming_qos2.insert(pkid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_survive_the_trip_through_unix_time() {
+        let at = Instant::now() + Duration::from_secs(30);
+        let back = unix_ms_to_instant(instant_to_unix_ms(at));
+        let diff = if back > at { back - at } else { at - back };
+        assert!(diff < Duration::from_millis(50), "{diff:?}");
+    }
+}
