@@ -2,6 +2,7 @@
 //! raw sockets with hand-written bytes, mosquitto_pub/sub, Python paho-mqtt).
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part of the harness
 
+pub mod certs;
 pub mod mosquitto;
 pub mod prosody;
 pub mod raw;

@@ -118,7 +118,12 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs("cert_file", &settings.cert_file)?;
     let key = load_key(&settings.key_file)?;
-    let builder = ServerConfig::builder();
+    // The provider is named, not taken from the process default: nothing else in the
+    // process has to install one.
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("cert_file", &settings.cert_file, e.to_string()))?;
     let builder = match &settings.client_ca_file {
         None => builder.with_no_client_auth(),
         Some(path) => {
@@ -129,7 +134,7 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, TlsErr
                     .add(cert)
                     .map_err(|e| invalid(KEY, path, format!("not a usable CA certificate: {e}")))?;
             }
-            let verifier = WebPkiClientVerifier::builder(Arc::new(roots))
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| invalid(KEY, path, format!("cannot verify clients with it: {e}")))?;
             builder.with_client_cert_verifier(verifier)
