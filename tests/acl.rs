@@ -266,3 +266,52 @@ async fn internal_session_is_exempt() {
     );
     assert!(b.stop().await);
 }
+
+/// The example in README.md parses and means what the README says.
+#[test]
+fn readme_acl_example_parses() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("#### Access control").expect("ACL section");
+    let block = &readme[start..];
+    let body = &block[block.find("```text\n").unwrap() + "```text\n".len()..];
+    let text = &body[..body.find("\n```").unwrap()];
+    let acl = xmpp_mqtt_bridge::broker::acl::Acl::parse(text).unwrap();
+    assert!(acl.may_subscribe(None, "c", "public/x"));
+    assert!(acl.may_publish(Some("alice"), "c", "home/alice/lamp"));
+    assert!(acl.may_publish(Some("alice"), "c", "alerts/fire"));
+    assert!(!acl.may_subscribe(Some("alice"), "c", "alerts/fire"));
+    assert!(acl.may_subscribe(Some("bob"), "dev9", "devices/dev9/cmd"));
+    assert!(acl.may_publish(Some("bob"), "c", "devices/bob/1/state"));
+}
+
+/// A bad ACL file fails `check-config` with file and line.
+#[test]
+fn bad_acl_file_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("acl"),
+        "user a\ntopic read a/#\ntopic read a/#/b\n",
+    )
+    .unwrap();
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(&config, "[broker]\nacl_file = \"acl\"\n").unwrap();
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.arg("check-config").arg("--config").arg(&config);
+    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(20));
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(64), "{text}");
+    let expected = format!(
+        "broker.acl_file: {}:3: topic:",
+        dir.path().join("acl").display()
+    );
+    assert!(text.contains(&expected), "no `{expected}` in:\n{text}");
+    std::fs::write(dir.path().join("acl"), "user a\ntopic read a/#\n").unwrap();
+    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    std::fs::remove_file(dir.path().join("acl")).unwrap();
+    let out = common::run_with_timeout(&mut cmd, Duration::from_secs(20));
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(text.contains("cannot read ACL file"), "{text}");
+}
