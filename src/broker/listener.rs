@@ -51,7 +51,8 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// Certificates (`tls` and `wss` only).
     pub tls: Option<TlsSettings>,
-    /// HTTP path of the WebSocket upgrade (`ws` and `wss` only).
+    /// HTTP path of the WebSocket upgrade (`ws` and `wss` only; empty for the others).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub path: String,
 }
 
