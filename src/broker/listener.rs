@@ -118,6 +118,9 @@ impl Transport {
 }
 
 /// Serves one accepted socket: transport handshake, then the MQTT connection.
+///
+/// Plain TCP goes straight to the connection; the other transports are boxed, so that the
+/// task of a TCP connection is not as large as a TLS handshake's state.
 pub(super) async fn serve(
     transport: Transport,
     stream: TcpStream,
@@ -128,6 +131,24 @@ pub(super) async fn serve(
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%error, "Could not set TCP_NODELAY.");
     }
+    match transport {
+        Transport::Tcp => {
+            let (rd, wr) = stream.into_split();
+            connection::serve(rd, wr, peer, conn, ctx, CertUser::NotUsed).await;
+        }
+        other => Box::pin(serve_wrapped(other, stream, peer, conn, ctx)).await,
+    }
+}
+
+/// TLS, WebSocket and WebSocket over TLS: the handshakes (each within `connect_timeout`),
+/// then the MQTT connection.
+async fn serve_wrapped(
+    transport: Transport,
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: ConnId,
+    ctx: Arc<ConnectionContext>,
+) {
     let max_message = ctx.cfg.max_packet_size.max(64 * 1024);
     let timeout = ctx.cfg.connect_timeout;
     let span = tracing::info_span!("handshake", %peer, transport = transport.name());
