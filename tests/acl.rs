@@ -315,3 +315,47 @@ fn bad_acl_file_is_a_config_error() {
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(text.contains("cannot read ACL file"), "{text}");
 }
+
+/// A will on a topic the client may not publish to refuses the connection (as Mosquitto):
+/// CONNACK 0x05 in 3.1.1, 0x87 in 5.0; an allowed will connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_outside_the_acl_refuses_the_connection() {
+    let (b, _dir) = broker().await;
+    // Anonymous clients may not write public/#.
+    let mut raw = Raw::connect(b.addr).await;
+    raw.send(&raw::connect_with_will(
+        "anon-will",
+        true,
+        60,
+        "public/x",
+        "bye",
+        0,
+    ))
+    .await;
+    assert_eq!(raw.read_until_closed().await, [0x20, 0x02, 0x00, 0x05]);
+    // MQTT 5, anonymous, will on public/x.
+    let mut body = Vec::new();
+    raw::string(b"MQTT", &mut body);
+    body.extend_from_slice(&[5, 0x02 | 0x04, 0, 60, 0]);
+    raw::string(b"anon-will-5", &mut body);
+    body.push(0); // will properties
+    raw::string(b"public/x", &mut body);
+    raw::string(b"bye", &mut body);
+    let mut raw = Raw::connect(b.addr).await;
+    raw.send(&raw::packet(0x10, &body)).await;
+    let ack = read_packet(&mut raw).await;
+    assert_eq!((ack.kind(), ack.body[1]), (2, 0x87), "CONNACK: {ack:02x?}");
+    // The pattern lets client dev3 write devices/dev3/state: that will is fine.
+    let mut raw = Raw::connect(b.addr).await;
+    raw.send(&raw::connect_with_will(
+        "dev3",
+        true,
+        60,
+        "devices/dev3/state",
+        "off",
+        0,
+    ))
+    .await;
+    assert_eq!(raw.read_exact(4).await, [0x20, 0x02, 0x00, 0x00]);
+    assert!(b.stop().await);
+}

@@ -203,13 +203,14 @@ impl Broker {
         let cfg = Arc::new(cfg);
         let stats = Arc::new(BrokerStats::default());
         let (router_tx, router_rx) = mpsc::channel(ROUTER_INBOX);
-        let router = Router::new(cfg.clone(), stats.clone()).with_acl(acl);
+        let router = Router::new(cfg.clone(), stats.clone()).with_acl(acl.clone());
         runtime.spawn(router.run(router_rx, shutdown.clone()));
         let ctx = Arc::new(ConnectionContext {
             cfg: cfg.clone(),
             stats: stats.clone(),
             router: router_tx.clone(),
             users,
+            acl,
             shutdown: shutdown.clone(),
             tracker: runtime.tracker.clone(),
         });

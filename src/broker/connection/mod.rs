@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
+use super::acl::Acl;
 use super::alias::{InboundAliases, OutboundAliases};
 use super::auth::PasswordFile;
 use super::codec::{
@@ -57,6 +58,8 @@ pub struct ConnectionContext {
     pub router: mpsc::Sender<RouterMsg>,
     /// Users, when a password file is configured.
     pub users: Option<Arc<PasswordFile>>,
+    /// The ACL, when configured: a will must be on a topic the client may publish to.
+    pub acl: Option<Arc<Acl>>,
     /// Broker shutdown.
     pub shutdown: CancellationToken,
     /// Tracks writer tasks for shutdown.
@@ -366,7 +369,7 @@ async fn admit(
     } else {
         (connect.client_id.clone(), false)
     };
-    match (&connect.username, &ctx.users) {
+    let admitted = match (&connect.username, &ctx.users) {
         (None, _) if !ctx.cfg.allow_anonymous => {
             info!(%client_id, "Anonymous client refused.");
             Err(reason::NOT_AUTHORIZED)
@@ -388,7 +391,15 @@ async fn admit(
             }
         }
         _ => Ok((client_id, assigned)),
+    };
+    if let (Ok((client_id, _)), Some(will), Some(acl)) = (&admitted, &connect.will, &ctx.acl) {
+        // As Mosquitto: a will the client could not publish itself refuses the connection.
+        if !acl.may_publish(connect.username.as_deref(), client_id, &will.topic) {
+            info!(%client_id, topic = %will.topic, "Will topic not allowed by the ACL.");
+            return Err(reason::NOT_AUTHORIZED);
+        }
     }
+    admitted
 }
 
 /// Sends a refusing CONNACK and closes.

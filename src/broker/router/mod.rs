@@ -439,7 +439,7 @@ impl Router {
     fn acl_subject(&self, sid: SessionId) -> Option<(&Acl, &Session)> {
         let acl = self.acl.as_deref()?;
         let s = self.sessions.get(&sid)?;
-        let internal = s.attached.as_ref().is_none_or(|a| a.internal);
+        let internal = s.attached.as_ref().is_some_and(|a| a.internal);
         (!internal).then_some((acl, s))
     }
 
