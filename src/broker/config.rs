@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::listener::ListenerConfig;
+
 /// Default listener address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1883";
 /// Default limit on simultaneous client connections.
@@ -33,6 +35,8 @@ pub const DEFAULT_RESPONSE_INFORMATION: &str = "reply/{client_id}";
 pub struct BrokerConfig {
     /// TCP listeners for MQTT (3.1.1 and 5.0 on each).
     pub listen: Vec<SocketAddr>,
+    /// Further listeners with a transport each (`[[broker.listeners]]`: tcp, tls, ws, wss).
+    pub listeners: Vec<ListenerConfig>,
     /// Threads of the broker's own runtime (router and connections); 1 keeps every wake-up
     /// on one thread, as Mosquitto does.
     pub worker_threads: usize,
@@ -52,6 +56,9 @@ pub struct BrokerConfig {
     pub allow_anonymous: bool,
     /// Password file (`user:argon2-hash` lines); `None` means user names are not checked.
     pub password_file: Option<PathBuf>,
+    /// Access control list (Mosquitto-like syntax, see `broker::acl`); `None` allows every
+    /// client every topic.
+    pub acl_file: Option<PathBuf>,
     /// Period of `$SYS/broker/...` statistics; `None` turns them off.
     #[serde(with = "humantime_serde")]
     pub sys_interval: Option<Duration>,
@@ -86,6 +93,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            listeners: Vec::new(),
             worker_threads: 1,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_packet_size: DEFAULT_MAX_PACKET_SIZE,
@@ -94,6 +102,7 @@ impl Default for BrokerConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             allow_anonymous: true,
             password_file: None,
+            acl_file: None,
             sys_interval: Some(DEFAULT_SYS_INTERVAL),
             receive_maximum: DEFAULT_RECEIVE_MAXIMUM,
             topic_alias_maximum: DEFAULT_TOPIC_ALIAS_MAXIMUM,

@@ -10,8 +10,10 @@
 //! - `router`: the single owner of sessions, subscriptions and retained messages.
 //! - `session`: sans-IO per-client QoS state.
 //! - `topic`, `trie`: topic rules and matching.
-//! - `auth`: the password file.
+//! - `auth`: the password file; `acl`: the access control list.
+//! - `listener`, `transport`: TCP, TLS, WebSocket and WebSocket over TLS listeners.
 
+pub mod acl;
 pub mod alias;
 pub mod auth;
 pub mod codec;
@@ -21,6 +23,7 @@ pub mod connection;
 pub mod guard;
 pub mod internal;
 pub mod link;
+pub mod listener;
 pub mod router;
 pub mod session;
 pub mod session_events;
@@ -28,6 +31,7 @@ pub mod shared;
 pub mod stats;
 pub mod topic;
 pub mod tracking;
+pub mod transport;
 pub mod trie;
 
 use std::net::SocketAddr;
@@ -41,11 +45,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use self::acl::Acl;
 use self::auth::PasswordFile;
 pub use self::config::BrokerConfig;
 use self::connection::ConnectionContext;
 pub use self::internal::{BrokerGone, Delivery, InternalClient};
 use self::link::RouterMsg;
+use self::listener::Transport;
 use self::router::Router;
 pub use self::stats::BrokerStats;
 
@@ -66,6 +72,17 @@ pub enum StartError {
     /// The password file is unreadable or invalid.
     #[error(transparent)]
     PasswordFile(#[from] auth::AuthFileError),
+    /// The ACL file is unreadable or invalid.
+    #[error(transparent)]
+    Acl(#[from] acl::AclError),
+    /// A TLS listener's certificate, key or CA file is unusable.
+    #[error("listener {addr}: {source}")]
+    Tls {
+        /// The listener's address.
+        addr: SocketAddr,
+        /// The cause.
+        source: transport::tls::TlsError,
+    },
     /// The broker stopped while starting an in-process client.
     #[error(transparent)]
     Broker(#[from] BrokerGone),
@@ -162,6 +179,20 @@ impl Broker {
             Some(path) => Some(Arc::new(PasswordFile::load(path)?)),
             None => None,
         };
+        let acl = match &cfg.acl_file {
+            Some(path) => Some(Arc::new(Acl::load(path)?)),
+            None => None,
+        };
+        // Certificates are read before any port is bound.
+        let mut wanted: Vec<(SocketAddr, Transport)> =
+            cfg.listen.iter().map(|&a| (a, Transport::tcp())).collect();
+        for l in &cfg.listeners {
+            let transport = Transport::build(l).map_err(|source| StartError::Tls {
+                addr: l.address,
+                source,
+            })?;
+            wanted.push((l.address, transport));
+        }
         // State comes back before any listener opens.
         let recovery_started = std::time::Instant::now();
         let recovered = match &cfg.persistence {
@@ -170,22 +201,23 @@ impl Broker {
         };
         // Bound here, synchronously, so that a bind error is reported before anything runs;
         // registered with the broker's runtime inside it.
-        let mut listeners = Vec::with_capacity(cfg.listen.len());
-        for &addr in &cfg.listen {
+        let mut listeners = Vec::with_capacity(wanted.len());
+        for (addr, transport) in wanted {
             let bind = || -> std::io::Result<(std::net::TcpListener, SocketAddr)> {
                 let listener = std::net::TcpListener::bind(addr)?;
                 listener.set_nonblocking(true)?;
                 let local = listener.local_addr()?;
                 Ok((listener, local))
             };
-            listeners.push(bind().map_err(|source| StartError::Bind { addr, source })?);
+            let (listener, local) = bind().map_err(|source| StartError::Bind { addr, source })?;
+            listeners.push((listener, local, transport));
         }
         let runtime = BrokerRuntime::start(cfg.worker_threads, shutdown.clone(), tracker)
             .map_err(StartError::Runtime)?;
         let cfg = Arc::new(cfg);
         let stats = Arc::new(BrokerStats::default());
         let (router_tx, router_rx) = mpsc::channel(ROUTER_INBOX);
-        let mut router = Router::new(cfg.clone(), stats.clone());
+        let mut router = Router::new(cfg.clone(), stats.clone()).with_acl(acl.clone());
         let store = recovered.as_ref().map(|((_, _, store), _)| store.clone());
         if let Some(((journal, state, _), durability)) = recovered {
             let (sessions, messages, qos2_in, retained) = state.summary();
@@ -207,19 +239,20 @@ impl Broker {
             stats: stats.clone(),
             router: router_tx.clone(),
             users,
+            acl,
             shutdown: shutdown.clone(),
             tracker: runtime.tracker.clone(),
         });
         let slots = Arc::new(Semaphore::new(cfg.max_connections));
         let ids = Arc::new(AtomicU64::new(1));
         let mut local_addrs = Vec::with_capacity(listeners.len());
-        for (listener, local) in listeners {
-            info!(addr = %local, "MQTT listener ready.");
+        for (listener, local, transport) in listeners {
+            info!(addr = %local, transport = transport.name(), "MQTT listener ready.");
             local_addrs.push(local);
             let (ctx, slots, ids) = (ctx.clone(), slots.clone(), ids.clone());
             runtime.spawn(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(listener) => accept_loop(listener, ctx, slots, ids).await,
+                    Ok(listener) => accept_loop(listener, transport, ctx, slots, ids).await,
                     Err(error) => error!(addr = %local, %error, "MQTT listener lost."),
                 }
             });
@@ -284,6 +317,7 @@ fn recover(p: &crate::store::PersistenceConfig) -> Result<Recovery, StartError> 
 /// Accepts connections until shutdown; each gets a task and one of `slots`.
 async fn accept_loop(
     listener: TcpListener,
+    transport: Transport,
     ctx: Arc<ConnectionContext>,
     slots: Arc<Semaphore>,
     ids: Arc<AtomicU64>,
@@ -316,9 +350,9 @@ async fn accept_loop(
         };
         BrokerStats::add(&ctx.stats.connections_accepted, 1);
         let conn = ids.fetch_add(1, Ordering::Relaxed);
-        let ctx = ctx.clone();
+        let (ctx, transport) = (ctx.clone(), transport.clone());
         ctx.tracker.clone().spawn(async move {
-            connection::serve(stream, peer, conn, ctx).await;
+            listener::serve(transport, stream, peer, conn, ctx).await;
             drop(permit);
         });
     }

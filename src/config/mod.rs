@@ -4,6 +4,7 @@
 //! Every problem is collected and reported at once, each with its file and line (or the
 //! environment variable) and its dotted key. Unknown keys are errors.
 
+mod listeners;
 mod mqtt;
 mod persistence;
 mod sections;

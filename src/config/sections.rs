@@ -90,6 +90,14 @@ pub(super) fn log(cx: &mut Context, mut s: Section) -> LogConfig {
 pub(super) fn broker(cx: &mut Context, mut s: Section, base: &Path) -> BrokerConfig {
     let d = BrokerConfig::default();
     let listen = s.take_with(cx, "listen", d.listen.clone(), listen_addrs);
+    let listeners = super::listeners::listeners(cx, &mut s, base, &listen);
+    let acl_file = super::listeners::acl_file(cx, &mut s, base);
+    if listen.is_empty() && listeners.is_empty() {
+        cx.error(
+            "broker.listen",
+            "at least one address is needed, e.g. \"127.0.0.1:1883\" (or a [[broker.listeners]])",
+        );
+    }
     let max_connections = s.take_with(
         cx,
         "max_connections",
@@ -179,6 +187,8 @@ pub(super) fn broker(cx: &mut Context, mut s: Section, base: &Path) -> BrokerCon
             "server_keep_alive",
             "response_information",
             "listen",
+            "listeners",
+            "acl_file",
             "worker_threads",
             "max_connections",
             "max_packet_size",
@@ -192,6 +202,8 @@ pub(super) fn broker(cx: &mut Context, mut s: Section, base: &Path) -> BrokerCon
     );
     BrokerConfig {
         listen,
+        listeners,
+        acl_file,
         worker_threads,
         max_connections,
         max_packet_size,
@@ -219,9 +231,6 @@ fn listen_addrs(raw: OneOrMany) -> Result<Vec<SocketAddr>, String> {
         OneOrMany::One(a) => vec![a],
         OneOrMany::Many(v) => v,
     };
-    if items.is_empty() {
-        return Err("at least one address is needed, e.g. \"127.0.0.1:1883\"".to_string());
-    }
     let mut seen = HashSet::new();
     let mut addrs = Vec::with_capacity(items.len());
     for item in items {

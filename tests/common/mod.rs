@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part of the harness
 
 pub mod ejabberd;
+pub mod certs;
 pub mod mosquitto;
 pub mod paho;
 pub mod prosody;

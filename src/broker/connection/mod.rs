@@ -18,15 +18,13 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use bytestring::ByteString;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, warn};
 
+use super::acl::Acl;
 use super::alias::{InboundAliases, OutboundAliases};
 use super::auth::PasswordFile;
 use super::codec::{
@@ -37,6 +35,7 @@ use super::config::BrokerConfig;
 use super::internal::INTERNAL_ID_PREFIX;
 use super::link::{ClientLink, CloseCause, ConnId, ConnectOutcome, ConnectRequest, RouterMsg};
 use super::stats::BrokerStats;
+use super::transport::{ConnRead, ConnWrite};
 
 mod writer;
 
@@ -59,6 +58,8 @@ pub struct ConnectionContext {
     pub router: mpsc::Sender<RouterMsg>,
     /// Users, when a password file is configured.
     pub users: Option<Arc<PasswordFile>>,
+    /// The ACL, when configured: a will must be on a topic the client may publish to.
+    pub acl: Option<Arc<Acl>>,
     /// Broker shutdown.
     pub shutdown: CancellationToken,
     /// Tracks writer tasks for shutdown.
@@ -82,22 +83,42 @@ enum HandshakeError {
     Shutdown,
 }
 
+/// The user name a TLS client certificate gives, on listeners that use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertUser {
+    /// The listener does not take user names from certificates.
+    NotUsed,
+    /// The certificate's Common Name: it replaces the CONNECT user name, and the password is
+    /// not checked (the certificate was).
+    Name(ByteString),
+    /// The listener takes user names from certificates but this one has no Common Name: the
+    /// client is refused as not authorized.
+    Missing,
+}
+
 /// A client that completed CONNECT and passed the checks.
-struct Admitted {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+struct Admitted<R, W> {
+    rd: R,
+    wr: W,
     buf: BytesMut,
     connect: Box<Connect>,
     client_id: ByteString,
     assigned_id: bool,
 }
 
-/// Serves one accepted TCP connection until it ends.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, ctx: Arc<ConnectionContext>) {
+/// Serves one accepted connection, over any transport, until it ends.
+pub async fn serve<R: ConnRead, W: ConnWrite>(
+    rd: R,
+    wr: W,
+    peer: SocketAddr,
+    conn: ConnId,
+    ctx: Arc<ConnectionContext>,
+    cert_user: CertUser,
+) {
     let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
     async move {
         // Boxed: its state lives only until CONNECT is read, not for the connection's life.
-        let Some(admitted) = Box::pin(handshake(stream, &ctx)).await else {
+        let Some(admitted) = Box::pin(handshake(rd, wr, cert_user, &ctx)).await else {
             return;
         };
         let Admitted {
@@ -174,14 +195,15 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, conn: ConnId, ctx: Arc<C
 }
 
 /// Reads CONNECT and admits the client, or refuses it (CONNACK with the reason) and closes.
-async fn handshake(stream: TcpStream, ctx: &ConnectionContext) -> Option<Admitted> {
-    if let Err(error) = stream.set_nodelay(true) {
-        debug!(%error, "Could not set TCP_NODELAY.");
-    }
-    let (mut rd, mut wr) = stream.into_split();
+async fn handshake<R: ConnRead, W: ConnWrite>(
+    mut rd: R,
+    mut wr: W,
+    cert_user: CertUser,
+    ctx: &ConnectionContext,
+) -> Option<Admitted<R, W>> {
     let mut buf = BytesMut::new();
     let mut level = None;
-    let connect = match read_connect(&mut rd, &mut buf, &mut level, ctx).await {
+    let mut connect = match read_connect(&mut rd, &mut buf, &mut level, ctx).await {
         Ok(connect) => connect,
         Err(error) => {
             log_handshake_error(&error, &ctx.stats);
@@ -200,7 +222,20 @@ async fn handshake(stream: TcpStream, ctx: &ConnectionContext) -> Option<Admitte
             return None;
         }
     };
-    match admit(&connect, ctx).await {
+    let certified = match cert_user {
+        CertUser::NotUsed => false,
+        CertUser::Name(name) => {
+            connect.username = Some(name);
+            connect.password = None;
+            true
+        }
+        CertUser::Missing => {
+            info!("Client certificate without a Common Name refused.");
+            refuse(&mut wr, connect.protocol, reason::NOT_AUTHORIZED).await;
+            return None;
+        }
+    };
+    match admit(&connect, certified, ctx).await {
         Ok((client_id, assigned_id)) => Some(Admitted {
             rd,
             wr,
@@ -238,8 +273,8 @@ fn connect_level(buf: &[u8]) -> Option<u8> {
     }
 }
 
-async fn read_connect(
-    rd: &mut OwnedReadHalf,
+async fn read_connect<R: ConnRead>(
+    rd: &mut R,
     buf: &mut BytesMut,
     level: &mut Option<u8>,
     ctx: &ConnectionContext,
@@ -270,40 +305,28 @@ async fn read_connect(
     }
 }
 
-/// Reads what the socket has into `buf`; 0 at EOF. The buffer is reserved only once data is
-/// there, so an idle connection holds no read buffer.
-async fn read_some(
-    rd: &mut OwnedReadHalf,
+/// Reads what the transport has into `buf`; 0 at EOF. Over TCP the buffer is reserved only
+/// once data is there, so an idle connection holds no read buffer.
+async fn read_some<R: ConnRead>(
+    rd: &mut R,
     buf: &mut BytesMut,
     chunk: usize,
     stats: &BrokerStats,
 ) -> io::Result<usize> {
-    loop {
-        rd.readable().await?;
-        if buf.capacity() - buf.len() < chunk / 4 {
-            buf.reserve(chunk);
-        }
-        match rd.try_read_buf(buf) {
-            Ok(n) => {
-                BrokerStats::add(&stats.bytes_received, n as u64);
-                return Ok(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Readiness was stale (left over from the read that emptied the socket): do
-                // not hold the reservation while waiting, or every idle connection keeps a
-                // read buffer (it was most of the memory of an idle connection).
-                if buf.is_empty() {
-                    *buf = BytesMut::new();
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let n = rd.read_some(buf, chunk).await?;
+    BrokerStats::add(&stats.bytes_received, n as u64);
+    Ok(n)
 }
 
 /// Checks the client identifier and the credentials. Returns the client id in effect and
 /// whether the broker assigned it, or the CONNACK reason code that refuses the client.
-async fn admit(connect: &Connect, ctx: &ConnectionContext) -> Result<(ByteString, bool), u8> {
+/// `certified`: the user name comes from a verified client certificate, so no password is
+/// checked.
+async fn admit(
+    connect: &Connect,
+    certified: bool,
+    ctx: &ConnectionContext,
+) -> Result<(ByteString, bool), u8> {
     if connect
         .properties
         .find(|p| match p {
@@ -346,11 +369,12 @@ async fn admit(connect: &Connect, ctx: &ConnectionContext) -> Result<(ByteString
     } else {
         (connect.client_id.clone(), false)
     };
-    match (&connect.username, &ctx.users) {
+    let admitted = match (&connect.username, &ctx.users) {
         (None, _) if !ctx.cfg.allow_anonymous => {
             info!(%client_id, "Anonymous client refused.");
             Err(reason::NOT_AUTHORIZED)
         }
+        (Some(_), _) if certified => Ok((client_id, assigned)),
         (Some(user), Some(users)) => {
             let users = users.clone();
             let name = user.to_string();
@@ -367,11 +391,19 @@ async fn admit(connect: &Connect, ctx: &ConnectionContext) -> Result<(ByteString
             }
         }
         _ => Ok((client_id, assigned)),
+    };
+    if let (Ok((client_id, _)), Some(will), Some(acl)) = (&admitted, &connect.will, &ctx.acl) {
+        // As Mosquitto: a will the client could not publish itself refuses the connection.
+        if !acl.may_publish(connect.username.as_deref(), client_id, &will.topic) {
+            info!(%client_id, topic = %will.topic, "Will topic not allowed by the ACL.");
+            return Err(reason::NOT_AUTHORIZED);
+        }
     }
+    admitted
 }
 
 /// Sends a refusing CONNACK and closes.
-async fn refuse(wr: &mut OwnedWriteHalf, version: ProtocolVersion, code: u8) {
+async fn refuse<W: ConnWrite>(wr: &mut W, version: ProtocolVersion, code: u8) {
     let mut out = BytesMut::new();
     let ack = ConnAck {
         session_present: false,
@@ -380,8 +412,8 @@ async fn refuse(wr: &mut OwnedWriteHalf, version: ProtocolVersion, code: u8) {
     };
     codec::encode(&Packet::ConnAck(ack), version, &mut out);
     // The client may already be gone; there is nothing more to do either way.
-    let _ignored = wr.write_all(&out).await;
-    let _ignored = wr.shutdown().await;
+    let _ignored = wr.send_all(&out).await;
+    let _ignored = wr.close().await;
 }
 
 struct Reader {
@@ -398,9 +430,9 @@ struct Reader {
 }
 
 impl Reader {
-    async fn run(
+    async fn run<R: ConnRead>(
         &mut self,
-        mut rd: OwnedReadHalf,
+        mut rd: R,
         mut buf: BytesMut,
         keep_alive: u16,
     ) -> CloseCause {
@@ -425,7 +457,7 @@ impl Reader {
                 return cause;
             }
             if self.closing.is_cancelled() {
-                return self.last_words(&rd, &mut buf);
+                return self.last_words(&mut rd, &mut buf);
             }
             if buf.is_empty() {
                 buf = BytesMut::new();
@@ -449,7 +481,7 @@ impl Reader {
                         return CloseCause::Abnormal;
                     }
                 },
-                () = self.closing.cancelled() => return self.last_words(&rd, &mut buf),
+                () = self.closing.cancelled() => return self.last_words(&mut rd, &mut buf),
                 () = &mut idle => {
                     info!(keep_alive, "Keep-alive timeout; closing.");
                     self.link.disconnect(reason::KEEP_ALIVE_TIMEOUT);
@@ -461,10 +493,9 @@ impl Reader {
 
     /// The connection is being closed (taken over, shutting down): one last look at what the
     /// socket already holds, so that a DISCONNECT sent just before is honoured (no will).
-    fn last_words(&mut self, rd: &OwnedReadHalf, buf: &mut BytesMut) -> CloseCause {
-        buf.reserve(READ_CHUNK);
+    fn last_words<R: ConnRead>(&mut self, rd: &mut R, buf: &mut BytesMut) -> CloseCause {
         // Whatever the outcome, the connection ends; only a DISCONNECT changes the cause.
-        let _bytes = rd.try_read_buf(buf);
+        rd.read_ready(buf);
         let mut ignored = Vec::new();
         match self.drain(buf, &mut ignored) {
             Some(cause @ CloseCause::Disconnect { .. }) => cause,

@@ -6,8 +6,6 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use bytestring::ByteString;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -17,6 +15,7 @@ use crate::broker::codec::{
 };
 use crate::broker::link::{LinkReceiver, ToClient};
 use crate::broker::stats::BrokerStats;
+use crate::broker::transport::ConnWrite;
 
 /// Packets written per socket write, at most.
 const WRITE_BATCH: usize = 256;
@@ -95,8 +94,8 @@ impl OutLimits {
     }
 }
 
-pub(super) async fn write_loop(
-    mut wr: OwnedWriteHalf,
+pub(super) async fn write_loop<W: ConnWrite>(
+    mut wr: W,
     mut rx: LinkReceiver,
     version: ProtocolVersion,
     mut limits: OutLimits,
@@ -131,7 +130,7 @@ pub(super) async fn write_loop(
                 }
             }
         }
-        let result = wr.write_all(&out).await;
+        let result = wr.send_all(&out).await;
         BrokerStats::add(&stats.bytes_sent, out.len() as u64);
         rx.written(written);
         // An idle connection keeps no buffers: free them when nothing else is waiting.
@@ -152,6 +151,6 @@ pub(super) async fn write_loop(
         }
     }
     // Best effort: the peer may be gone already.
-    let _ignored = wr.shutdown().await;
+    let _ignored = wr.close().await;
     closing.cancel();
 }

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::broker::acl::Acl;
 use crate::broker::codec::{
     ConnAck, LastWill, Packet, Properties, Property, ProtocolVersion, PubResponse, Publish, QoS,
     publish_len, reason,
@@ -81,6 +82,8 @@ pub struct Router {
     guard: Option<Arc<dyn PublishGuard>>,
     /// Who hears of sessions connecting, leaving, subscribing (installed by the bridge).
     session_events: Option<crate::broker::session_events::SessionEventSender>,
+    /// `[broker] acl_file`: what network clients may publish and subscribe to.
+    acl: Option<Arc<Acl>>,
     /// Scratch space reused by every fan-out.
     targets: Vec<Target>,
     started: Instant,
@@ -105,10 +108,18 @@ impl Router {
             taken_over: HashMap::new(),
             guard: None,
             session_events: None,
+            acl: None,
             targets: Vec::new(),
             started: Instant::now(),
             journal: None,
         }
+    }
+
+    /// With an access control list for network clients (the in-process session is exempt).
+    #[must_use]
+    pub fn with_acl(mut self, acl: Option<Arc<Acl>>) -> Self {
+        self.acl = acl;
+        self
     }
 
     /// Runs until `shutdown` fires or every sender is gone; then publishes the wills of the
@@ -386,6 +397,10 @@ impl Router {
     fn inbound_publish(&mut self, sid: SessionId, mut publish: Publish) {
         BrokerStats::add(&self.stats.messages_received, 1);
         let pkid = publish.pkid;
+        if let Err(refused) = self.acl_publish(sid, &publish.topic) {
+            self.refuse_publish(sid, &publish, refused);
+            return;
+        }
         if let Err(refused) = self.guard_check(sid, &publish) {
             self.refuse_publish(sid, &publish, refused);
             return;
@@ -427,6 +442,38 @@ impl Router {
                 }
             }
         }
+    }
+
+    /// The ACL's verdict on a network client's publish (MQTT 5 0x87 Not authorized).
+    fn acl_publish(&self, sid: SessionId, topic: &str) -> Result<(), Refused> {
+        let Some((acl, s)) = self.acl_subject(sid) else {
+            return Ok(());
+        };
+        let user = s.identity.username.as_deref();
+        if acl.may_publish(user, &s.client_id, topic) {
+            return Ok(());
+        }
+        Err(Refused {
+            reason: reason::NOT_AUTHORIZED,
+            why: format!("the ACL does not allow publishing to {topic}"),
+        })
+    }
+
+    /// Whether the ACL allows a subscription to `filter`.
+    fn acl_subscribe(&self, sid: SessionId, filter: &str) -> bool {
+        let Some((acl, s)) = self.acl_subject(sid) else {
+            return true;
+        };
+        acl.may_subscribe(s.identity.username.as_deref(), &s.client_id, filter)
+    }
+
+    /// The ACL and the session it applies to; `None` when there is no ACL or the session is
+    /// the in-process one.
+    fn acl_subject(&self, sid: SessionId) -> Option<(&Acl, &Session)> {
+        let acl = self.acl.as_deref()?;
+        let s = self.sessions.get(&sid)?;
+        let internal = s.attached.as_ref().is_some_and(|a| a.internal);
+        (!internal).then_some((acl, s))
     }
 
     fn guard_check(&self, sid: SessionId, publish: &Publish) -> Result<(), Refused> {

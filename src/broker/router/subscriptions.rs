@@ -41,12 +41,16 @@ impl Router {
             } else {
                 None
             };
+            let refusal = refusal
+                .or_else(|| (!self.acl_subscribe(sid, &filter)).then_some(reason::NOT_AUTHORIZED));
             if let Some(code) = refusal {
                 why.get_or_insert_with(|| {
-                    let what = if code == reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED {
-                        "shared subscriptions are turned off"
-                    } else {
-                        "wildcard subscriptions are turned off"
+                    let what = match code {
+                        reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED => {
+                            "shared subscriptions are turned off"
+                        }
+                        reason::NOT_AUTHORIZED => "the ACL does not allow it",
+                        _ => "wildcard subscriptions are turned off",
                     };
                     format!("{filter}: {what}")
                 });

@@ -1,0 +1,119 @@
+//! The byte streams a client connection runs over: plain TCP, TLS, WebSocket and WebSocket
+//! over TLS. The connection code is generic over [`ConnRead`] and [`ConnWrite`], so each
+//! transport gets its own compiled copy and plain TCP keeps its direct socket calls.
+//!
+//! - `tls`: certificates, keys and the rustls server configuration of a TLS listener.
+//! - `ws`: the WebSocket handshake (path, `mqtt` subprotocol) and binary-frame halves.
+
+use std::future::Future;
+use std::io;
+
+use bytes::BytesMut;
+use futures::FutureExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+pub mod tls;
+pub mod ws;
+
+/// The reading half of a client connection.
+pub trait ConnRead: Send + 'static {
+    /// Waits for bytes and appends them to `buf`, reserving about `chunk` bytes when it has
+    /// less room; 0 means the peer closed the stream.
+    fn read_some(
+        &mut self,
+        buf: &mut BytesMut,
+        chunk: usize,
+    ) -> impl Future<Output = io::Result<usize>> + Send;
+
+    /// Appends what can be read without waiting (used once, when the connection is being
+    /// closed, to see a DISCONNECT the client already sent).
+    fn read_ready(&mut self, buf: &mut BytesMut);
+}
+
+/// The writing half of a client connection.
+pub trait ConnWrite: Send + 'static {
+    /// Writes all of `data` (for WebSocket: as one binary message).
+    fn send_all(&mut self, data: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Ends the stream (TCP FIN, TLS close_notify, WebSocket Close).
+    fn close(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl ConnRead for OwnedReadHalf {
+    async fn read_some(&mut self, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
+        loop {
+            self.readable().await?;
+            if buf.capacity() - buf.len() < chunk / 4 {
+                buf.reserve(chunk);
+            }
+            match self.try_read_buf(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Readiness was stale (left over from the read that emptied the socket):
+                    // do not hold the reservation while waiting, or every idle connection
+                    // keeps a read buffer (it was most of the memory of an idle connection).
+                    if buf.is_empty() {
+                        *buf = BytesMut::new();
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn read_ready(&mut self, buf: &mut BytesMut) {
+        buf.reserve(chunk_for_last_words());
+        // Whatever the outcome, the connection ends.
+        let _bytes = self.try_read_buf(buf);
+    }
+}
+
+impl ConnWrite for OwnedWriteHalf {
+    async fn send_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.write_all(data).await
+    }
+
+    async fn close(&mut self) -> io::Result<()> {
+        self.shutdown().await
+    }
+}
+
+/// The reading half of a stream that is not a bare socket (TLS): readiness is the stream's
+/// own, so the buffer is reserved before waiting.
+pub struct StreamRead<S>(pub ReadHalf<S>);
+
+/// The writing half of such a stream.
+pub struct StreamWrite<S>(pub WriteHalf<S>);
+
+impl<S: AsyncRead + AsyncWrite + Send + 'static> ConnRead for StreamRead<S> {
+    async fn read_some(&mut self, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
+        if buf.capacity() - buf.len() < chunk / 4 {
+            buf.reserve(chunk);
+        }
+        self.0.read_buf(buf).await
+    }
+
+    fn read_ready(&mut self, buf: &mut BytesMut) {
+        buf.reserve(chunk_for_last_words());
+        // Polled once: what the stream holds now, nothing more.
+        let _bytes = self.0.read_buf(buf).now_or_never();
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Send + 'static> ConnWrite for StreamWrite<S> {
+    async fn send_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.0.write_all(data).await?;
+        // TLS keeps written records until flushed.
+        self.0.flush().await
+    }
+
+    async fn close(&mut self) -> io::Result<()> {
+        self.0.shutdown().await
+    }
+}
+
+/// Room reserved for the last read of a closing connection.
+const fn chunk_for_last_words() -> usize {
+    8 * 1024
+}
