@@ -4,6 +4,7 @@
 
 pub mod mosquitto;
 pub mod prosody;
+pub mod proxy;
 pub mod raw;
 pub mod upstream;
 
