@@ -157,10 +157,13 @@ async fn subscriber(addr: SocketAddr, state: Arc<Mutex<SubState>>, mut stop: mps
                                 out.extend(id.to_be_bytes());
                             }
                             2 => {
-                                if s.pending.contains_key(&id) {
-                                    s.qos2_repeats += 1;
-                                } else {
-                                    s.pending.insert(id, payload);
+                                match s.pending.entry(id) {
+                                    std::collections::btree_map::Entry::Occupied(_) => {
+                                        s.qos2_repeats += 1;
+                                    }
+                                    std::collections::btree_map::Entry::Vacant(v) => {
+                                        v.insert(payload);
+                                    }
                                 }
                                 out.extend([0x50, 0x02]);
                                 out.extend(id.to_be_bytes());
@@ -322,7 +325,7 @@ async fn cut_client_paths_resume_sessions_redeliver_and_fire_the_will_on_keep_al
         .unwrap();
     watcher.expect_no_publish(Duration::from_millis(500)).await;
 
-    let s = state.lock().unwrap();
+    let s = std::mem::take(&mut *state.lock().unwrap());
     for q in [1u8, 2] {
         let want: Vec<Vec<u8>> = (0..PER_QOS)
             .map(|n| format!("q{q}-{n}").into_bytes())
@@ -367,6 +370,5 @@ async fn cut_client_paths_resume_sessions_redeliver_and_fire_the_will_on_keep_al
         to_sub.accepted(),
         to_pub.accepted(),
     );
-    drop(s);
     assert!(broker.stop().await, "clean shutdown");
 }
