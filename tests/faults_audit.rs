@@ -18,8 +18,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::sync::Arc;
+
 use common::prosody::{Prosody, XmppClient};
-use xmpp_mqtt_bridge::audit::verify;
+use xmpp_mqtt_bridge::app::App;
+use xmpp_mqtt_bridge::audit::{AuditConfig, PayloadPolicy, verify};
+use xmpp_mqtt_bridge::bridge::events::WhenFull;
+use xmpp_mqtt_bridge::broker::BrokerConfig;
+use xmpp_mqtt_bridge::config::{BridgeSettings, Config, LogConfig};
+use xmpp_mqtt_bridge::mapping::MappingTable;
+use xmpp_mqtt_bridge::telemetry::admin::AdminConfig;
+use xmpp_mqtt_bridge::xmpp::XmppConfig;
 
 /// One HTTP GET on the admin listener: status and body (blocking; `None` when it cannot
 /// connect).
@@ -262,4 +272,192 @@ async fn audit_files_at_the_size_limit_fail_readiness_and_the_trail_stays_whole(
     );
     assert!(refused < MESSAGES, "everything refused");
     assert_eq!(report.records, (MESSAGES - refused) as u64);
+}
+
+/// Makes `dir` and the files in it read-only, or writable again, until dropped. As root,
+/// permission bits stop nothing, so the immutable attribute (`chattr +i`, ext4 and most Linux
+/// file systems) is used; otherwise the write permission bits are removed.
+struct ReadOnly {
+    dir: PathBuf,
+    root: bool,
+    on: bool,
+}
+
+impl ReadOnly {
+    fn new(dir: &Path) -> ReadOnly {
+        let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+        ReadOnly {
+            dir: dir.to_path_buf(),
+            root,
+            on: false,
+        }
+    }
+
+    fn set(&mut self, on: bool) {
+        let mut paths = vec![self.dir.clone()];
+        for entry in std::fs::read_dir(&self.dir).unwrap() {
+            paths.push(entry.unwrap().path());
+        }
+        for path in &paths {
+            if self.root {
+                let out = Command::new("chattr")
+                    .arg(if on { "+i" } else { "-i" })
+                    .arg(path)
+                    .output()
+                    .unwrap_or_else(|e| panic!("cannot run chattr (e2fsprogs): {e}"));
+                assert!(
+                    out.status.success(),
+                    "chattr on {} failed (the file system must support the immutable \
+                     attribute): {}",
+                    path.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            } else {
+                let mode = if path.is_dir() { 0o755 } else { 0o644 };
+                let mode = if on { mode & 0o555 } else { mode };
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+        }
+        self.on = on;
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        if self.on {
+            self.set(false);
+        }
+    }
+}
+
+/// The bridge in this process with the shipped rules and `audit`, the admin listener on a
+/// free port.
+async fn start_in_process(prosody: &Prosody, audit: AuditConfig) -> App {
+    let mut xmpp = XmppConfig::new(
+        prosody.component_addr(),
+        prosody.component(),
+        prosody.secret(),
+    );
+    xmpp.ping_interval = Duration::from_millis(300);
+    xmpp.read_timeout = Duration::from_secs(3);
+    let mappings = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+    let table = MappingTable::load_dir(&mappings, prosody.component()).unwrap();
+    let config = Config {
+        log: LogConfig {
+            level: std::env::var("RUST_LOG").unwrap_or_else(|_| "off".into()),
+            ..LogConfig::default()
+        },
+        broker: BrokerConfig {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            sys_interval: None,
+            ..BrokerConfig::default()
+        },
+        mqtt: xmpp_mqtt_bridge::config::MqttMode::Embedded,
+        bridge: Some(BridgeSettings {
+            xmpp,
+            mapping_dir: mappings,
+            mapping: Arc::new(table),
+        }),
+        audit: Some(audit),
+        admin: Some(AdminConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+        }),
+    };
+    xmpp_mqtt_bridge::telemetry::init(&config.log);
+    App::start(config).await.unwrap()
+}
+
+/// The trail's folder and files turn read-only while messages flow (`when_full = "refuse"`,
+/// a queue of 4): `/readyz` fails on the audit check, messages that find the queue full are
+/// refused with `<resource-constraint/>`, the process stays up; once writable again the
+/// writer continues the same file, `/readyz` is 200, and the trail verifies with one record
+/// for every message not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_folder_turning_read_only_mid_run_applies_the_policy_and_recovers() {
+    const BEFORE: usize = 20;
+    const DURING: usize = 40;
+    let prosody = Prosody::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let mut audit = AuditConfig::new(dir.clone());
+    audit.payload = PayloadPolicy::Full;
+    audit.queue_depth = 4;
+    audit.when_full = WhenFull::Refuse;
+    let app = start_in_process(&prosody, audit).await;
+    let admin = app.admin_addr.unwrap();
+    let stats = app.audit.clone().unwrap();
+    let deadline = Instant::now() + common::WAIT;
+    while get(admin, "/readyz").is_none_or(|(s, _)| s != 200) {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut alice = XmppClient::connect(&prosody, "alice").await;
+    let errors =
+        send_and_count_refusals(&mut alice, BEFORE, Duration::from_millis(10), || {}).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let deadline = Instant::now() + common::WAIT;
+    while stats
+        .records_written
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < BEFORE as u64
+    {
+        assert!(Instant::now() < deadline, "first records not written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut read_only = ReadOnly::new(&dir);
+    read_only.set(true);
+    let mut failed_readyz = None;
+    let errors = send_and_count_refusals(&mut alice, DURING, Duration::from_millis(20), || {
+        if failed_readyz.is_none() {
+            if let Some((503, body)) = get(admin, "/readyz") {
+                failed_readyz = Some(body);
+            }
+        }
+    })
+    .await;
+    let body = failed_readyz.expect("/readyz never failed while the trail was read-only");
+    assert!(body.contains("audit: FAIL"), "{body}");
+    assert!(body.contains("xmpp: ok"), "{body}");
+    assert!(!stats.is_writable());
+    assert!(
+        errors.iter().all(|c| c == "resource-constraint"),
+        "{errors:?}"
+    );
+    let refused = errors.len();
+    assert!(
+        refused >= 1,
+        "nothing refused while the trail was read-only"
+    );
+
+    read_only.set(false);
+    let deadline = Instant::now() + common::WAIT;
+    while get(admin, "/readyz").is_none_or(|(s, _)| s != 200) {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz not 200 after the trail is writable"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let carried = (BEFORE + DURING - refused) as u64;
+    let deadline = Instant::now() + common::WAIT;
+    while stats
+        .records_written
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < carried
+    {
+        assert!(Instant::now() < deadline, "records not all written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    alice.quit().await;
+    assert!(app.stop(Duration::from_secs(5)).await, "clean shutdown");
+    let report = verify::verify(&dir).unwrap();
+    assert!(report.ok(), "{:#?}", report.problems);
+    assert_eq!(report.records, carried);
+    let files = std::fs::read_dir(&dir).unwrap().count();
+    eprintln!(
+        "read-only trail: {DURING} sent meanwhile, {refused} refused; {carried} records in \
+         {files} file(s); the trail verifies"
+    );
+    assert_eq!(files, 1, "the writer continued its file");
 }

@@ -235,7 +235,13 @@ impl Writer {
             }
         });
         if let Err(e) = written {
-            if let Err(cut) = open.file.set_len(open.bytes) {
+            // Nothing written (e.g. the file turned read-only) needs no cut.
+            let untouched = open.file.metadata().is_ok_and(|m| m.len() == open.bytes);
+            if let Err(cut) = if untouched {
+                Ok(())
+            } else {
+                open.file.set_len(open.bytes)
+            } {
                 error!(file = open.number, error = %cut,
                     "Cannot cut a failed audit write back; the file ends incomplete and a new one starts.");
                 self.file = None;
@@ -294,7 +300,8 @@ impl Writer {
         if let Err(e) = written {
             // Cut back to the last record and leave it open, so that the checkpoint is tried
             // again.
-            if open.file.set_len(open.bytes).is_ok() {
+            let untouched = open.file.metadata().is_ok_and(|m| m.len() == open.bytes);
+            if untouched || open.file.set_len(open.bytes).is_ok() {
                 self.file = Some(open);
             }
             return Err(e);
