@@ -209,6 +209,7 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        shutdown::survive_file_size_limit();
         let app = match App::start(cfg).await {
             Ok(app) => app,
             Err(error) => {

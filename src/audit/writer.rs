@@ -153,8 +153,8 @@ impl Writer {
         } else {
             debug!(error = %e, "Audit write retry failed.");
         }
-        // Whatever part of the batch reached the file stays there; a new file starts.
-        self.file = None;
+        // The open file, if any, stays open: a failed write was cut back to its last
+        // complete line (see `append`), so the retry continues it.
     }
 
     fn succeeded(&mut self) {
@@ -188,14 +188,20 @@ impl Writer {
             prev = hash;
             seq += 1;
         }
+        if let Err(e) = self.append(&text) {
+            if e.kind() != io::ErrorKind::FileTooLarge {
+                return Err(e);
+            }
+            // This file may grow no more (the process's file-size limit): close it with a
+            // checkpoint and go on in the next. When even the checkpoint does not fit, the
+            // file stays open and the next retry tries again.
+            self.close()?;
+            self.open_next()?;
+            self.append(&text)?;
+        }
         let Some(open) = self.file.as_mut() else {
             return Err(io::Error::other("no audit file open"));
         };
-        open.file.write_all(text.as_bytes())?;
-        if self.cfg.sync {
-            open.file.sync_data()?;
-        }
-        open.bytes += text.len() as u64;
         open.records += batch.len() as u64;
         self.next_seq = seq;
         self.prev = prev;
@@ -213,6 +219,39 @@ impl Writer {
         Ok(())
     }
 
+    /// Appends `text` (whole lines) to the open file. A failed write is cut back to the
+    /// file's last complete line, so a line is never left half written (which would end the
+    /// file's chain) and the same text can be retried; only if that cut fails too is the file
+    /// given up, and the next write starts a new one.
+    fn append(&mut self, text: &str) -> io::Result<()> {
+        let Some(open) = self.file.as_mut() else {
+            return Err(io::Error::other("no audit file open"));
+        };
+        let written = open.file.write_all(text.as_bytes()).and_then(|()| {
+            if self.cfg.sync {
+                open.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
+            // Nothing written (e.g. the file turned read-only) needs no cut.
+            let untouched = open.file.metadata().is_ok_and(|m| m.len() == open.bytes);
+            if let Err(cut) = if untouched {
+                Ok(())
+            } else {
+                open.file.set_len(open.bytes)
+            } {
+                error!(file = open.number, error = %cut,
+                    "Cannot cut a failed audit write back; the file ends incomplete and a new one starts.");
+                self.file = None;
+            }
+            return Err(e);
+        }
+        open.bytes += text.len() as u64;
+        Ok(())
+    }
+
     fn open_next(&mut self) -> io::Result<()> {
         std::fs::create_dir_all(&self.cfg.dir)?;
         let number = self.next_file;
@@ -222,7 +261,13 @@ impl Writer {
             .append(true)
             .open(&path)?;
         let (text, hash) = Line::marker("open", number, self.next_seq, None).seal(&self.prev);
-        file.write_all(text.as_bytes())?;
+        if let Err(e) = file.write_all(text.as_bytes()) {
+            // Without its open line the file is not part of the trail: remove it, so that
+            // the retry can create it again under the same number.
+            drop(file);
+            let _removed = std::fs::remove_file(&path);
+            return Err(e);
+        }
         self.next_file += 1;
         self.prev = hash;
         debug!(file = %path.display(), "Audit file opened.");
@@ -253,8 +298,12 @@ impl Writer {
             .write_all(text.as_bytes())
             .and_then(|()| open.file.sync_all());
         if let Err(e) = written {
-            // Leave it open so that the checkpoint is tried again.
-            self.file = Some(open);
+            // Cut back to the last record and leave it open, so that the checkpoint is tried
+            // again.
+            let untouched = open.file.metadata().is_ok_and(|m| m.len() == open.bytes);
+            if untouched || open.file.set_len(open.bytes).is_ok() {
+                self.file = Some(open);
+            }
             return Err(e);
         }
         self.prev = hash;

@@ -384,9 +384,10 @@ impl MappingTable {
     /// The topic for a message of `kind` from legacy bare JID `from` to bridged bare JID `to`
     /// (both as the XMPP side normalized them); `None` when no rule matches, when `to` is not
     /// in the bridge domain, or when either has a resource.
+    /// A domain's final dot is dropped from both (see [`without_final_dot`]).
     pub fn to_mqtt(&self, from: &str, to: &str, kind: MessageKind) -> Option<ToMqtt<'_>> {
-        let node = self.bridged_node(to)?;
-        let peer = PeerInput::split(from)?;
+        let node = self.bridged_node(without_final_dot(to)?)?;
+        let peer = PeerInput::split(without_final_dot(from)?)?;
         let rule =
             self.from_xmpp.iter().map(|&i| &self.rules[i]).find(|r| {
                 r.kinds.contains(&kind) && r.jid.matches(node) && r.peer.matches(&peer)
@@ -459,4 +460,14 @@ impl MappingTable {
     pub fn describe(&self) -> String {
         rule::describe(&self.rules)
     }
+}
+
+/// A bare JID without the final dot of its domain: `example.org.` is the fully qualified
+/// spelling of `example.org` (RFC 7622 §3.2), and keeping it would give one JID two topics.
+/// `None` when nothing but a dot would be left of the domain, or the domain ends in two dots.
+pub(crate) fn without_final_dot(jid: &str) -> Option<&str> {
+    let Some(rest) = jid.strip_suffix('.') else {
+        return Some(jid);
+    };
+    (!rest.is_empty() && !rest.ends_with(['.', '@'])).then_some(rest)
 }

@@ -8,7 +8,7 @@ use xmpp_parsers::jid::BareJid;
 use super::escape::unescape;
 use super::pattern::{JidPattern, PeerPattern, Slot, USER, exact_node, level_of};
 use super::topic::TopicTemplate;
-use super::{Direction, MessageKind, PayloadFormat, Refusal, ToXmpp};
+use super::{Direction, MessageKind, PayloadFormat, Refusal, ToXmpp, without_final_dot};
 
 /// One validated mapping rule.
 #[derive(Debug, Clone)]
@@ -159,8 +159,13 @@ impl Rule {
             } => format!("{}@{}", part(n)?, part(domain)?),
             PeerPattern::Parts { node: None, domain } => part(domain)?.into_owned(),
         };
+        // The final dot of a domain is dropped, as toward MQTT, so the dotted topic reaches
+        // the same JID.
         let to = match BareJid::new(&raw_to) {
-            Ok(jid) => jid.into_inner(),
+            Ok(jid) => match without_final_dot(jid.as_str()) {
+                Some(to) => to.to_string(),
+                None => return Err(invalid(raw_to)),
+            },
             Err(_) => return Err(invalid(raw_to)),
         };
         Ok(ToXmpp {

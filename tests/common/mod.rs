@@ -7,6 +7,7 @@ pub mod certs;
 pub mod mosquitto;
 pub mod paho;
 pub mod prosody;
+pub mod proxy;
 pub mod raw;
 pub mod upstream;
 

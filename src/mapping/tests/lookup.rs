@@ -375,3 +375,75 @@ fn escaping_round_trips_through_both_directions() {
         assert_eq!(back.as_deref(), Ok(peer), "{peer} via {topic}");
     }
 }
+
+/// A domain with a final dot (`example.org.`) names the same domain as `example.org`
+/// (RFC 7622 §3.2): it gets the same topic, and a topic spelled with the dot reaches the same
+/// JID, so one JID never has two topics and both directions agree.
+#[test]
+fn final_dot_of_a_domain_is_dropped() {
+    let t = table(CHAT);
+    for (from, to, topic) in [
+        (
+            "bob@example.org.",
+            "alice@mqtt.example.org",
+            "users/alice/inbox/bob@example.org",
+        ),
+        (
+            "example.",
+            "alice@mqtt.example.org",
+            "users/alice/inbox/example",
+        ),
+        (
+            "bob@example.org",
+            "alice@mqtt.example.org.",
+            "users/alice/inbox/bob@example.org",
+        ),
+        (
+            "lobby@conference.example.org.",
+            "alice@mqtt.example.org",
+            "rooms/lobby/alice",
+        ),
+    ] {
+        let kind = if topic.starts_with("rooms/") {
+            Groupchat
+        } else {
+            Chat
+        };
+        let got = t.to_mqtt(from, to, kind);
+        assert_eq!(
+            got.map(|m| m.topic),
+            Some(topic.to_string()),
+            "{from} -> {to}"
+        );
+    }
+    // Nothing but a dot, or more than one, is no domain.
+    for from in [".", "bob@.", "bob@example.org..", "example.."] {
+        assert_eq!(
+            t.to_mqtt(from, "alice@mqtt.example.org", Chat)
+                .map(|m| m.topic),
+            None,
+            "{from}"
+        );
+    }
+    for (topic, to) in [
+        ("users/alice/outbox/bob@example.org.", "bob@example.org"),
+        ("users/alice/outbox/example.", "example"),
+        ("users/alice/outbox/Bob@Example.ORG.", "bob@example.org"),
+    ] {
+        let got = t.to_xmpp(topic, Some("alice")).map(|m| m.to);
+        assert_eq!(got, Ok(to.to_string()), "{topic}");
+    }
+    for topic in [
+        "users/alice/outbox/bob@.",
+        "users/alice/outbox/bob@example.org..",
+    ] {
+        assert!(
+            matches!(
+                t.to_xmpp(topic, Some("alice")),
+                Err(Refusal::InvalidJid { .. })
+            ),
+            "{topic}: {:?}",
+            t.to_xmpp(topic, Some("alice")).map(|m| m.to)
+        );
+    }
+}
