@@ -359,6 +359,7 @@ async fn start_in_process(prosody: &Prosody, audit: AuditConfig) -> App {
             mapping: Arc::new(table),
         }),
         audit: Some(audit),
+        presence: None,
         admin: Some(AdminConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
         }),

@@ -2,8 +2,8 @@
 //! raw sockets with hand-written bytes, mosquitto_pub/sub, Python paho-mqtt).
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part of the harness
 
-pub mod ejabberd;
 pub mod certs;
+pub mod ejabberd;
 pub mod mosquitto;
 pub mod paho;
 pub mod prosody;
