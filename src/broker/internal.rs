@@ -15,7 +15,7 @@ use bytestring::ByteString;
 use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{
-    Connect, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, Subscribe,
+    Connect, Packet, Properties, Property, ProtocolVersion, PubResponse, Publish, QoS, Subscribe,
     SubscriptionOptions,
 };
 use super::link::{
@@ -69,20 +69,27 @@ impl InternalClient {
         router: mpsc::Sender<RouterMsg>,
         conn: ConnId,
         client_id: &str,
+        persistent: bool,
     ) -> Result<InternalClient, BrokerGone> {
         let (link, rx) = ClientLink::new();
         let (tracked_tx, tracked_rx) = mpsc::unbounded_channel();
         let (accepted, outcome) = oneshot::channel();
         let client_id = ByteString::from(format!("{INTERNAL_ID_PREFIX}{client_id}"));
+        // With persistence on, the session outlives the process: what the broker acknowledged
+        // to a publisher and queued for this client is on disk, and comes back after a crash.
+        let mut properties = Properties::new();
+        if persistent {
+            properties.push(Property::SessionExpiryInterval(u32::MAX));
+        }
         let connect = Connect {
             protocol: ProtocolVersion::V5,
-            clean_start: true,
+            clean_start: !persistent,
             keep_alive: 0,
             client_id: client_id.clone(),
             will: None,
             username: None,
             password: None,
-            properties: Properties::new(),
+            properties,
         };
         let request = ConnectRequest {
             conn,

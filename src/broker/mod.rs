@@ -291,10 +291,13 @@ impl Broker {
         Ok(rx)
     }
 
-    /// A new in-process client session named `client_id` (see [`InternalClient`]).
+    /// The in-process client session named `client_id` (see [`InternalClient`]). With
+    /// persistence on, the session is kept (never expires) and resumed: messages queued or in
+    /// flight to it when the process died are delivered again after the restart.
     pub async fn internal_client(&self, client_id: &str) -> Result<InternalClient, BrokerGone> {
         let conn = self.ids.fetch_add(1, Ordering::Relaxed);
-        InternalClient::connect(self.router.clone(), conn, client_id).await
+        let persistent = self.store.is_some();
+        InternalClient::connect(self.router.clone(), conn, client_id, persistent).await
     }
 }
 

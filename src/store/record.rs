@@ -142,6 +142,10 @@ pub struct MessageRecord {
     /// MQTT 5 Message Expiry, Unix milliseconds.
     #[serde(default)]
     pub expires_at_ms: Option<u64>,
+    /// Who published it (client id, user name), kept for in-process sessions only: the
+    /// bridge takes the sender's identity from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<(String, Option<String>)>,
 }
 
 /// A retained message (key: the topic).
@@ -285,6 +289,14 @@ mod tests {
             state: MessageState::Published(9),
             packet: publish_bytes(&publish()),
             expires_at_ms: Some(42),
+            origin: None,
+        };
+        let back: MessageRecord = from_bytes(&to_bytes(&r)).unwrap();
+        assert_eq!(back, r);
+        // The publisher kept for an in-process session's message.
+        let r = MessageRecord {
+            origin: Some(("alice-phone".into(), Some("alice".into()))),
+            ..r
         };
         let back: MessageRecord = from_bytes(&to_bytes(&r)).unwrap();
         assert_eq!(back, r);

@@ -131,6 +131,7 @@ mod tests {
             state,
             packet: vec![],
             expires_at_ms: None,
+            origin: None,
         };
         let ops = vec![
             put(SESSIONS, b"sub".to_vec(), to_bytes(&session)),

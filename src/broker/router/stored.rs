@@ -9,6 +9,7 @@ use tracing::warn;
 
 use super::{Retained, Router};
 use crate::broker::codec::{Packet, Publish};
+use crate::broker::link::Origin;
 use crate::broker::session::stored::{instant_to_unix_ms, unix_ms_to_instant};
 use crate::broker::session::{Outgoing, SessionId, SubEntry};
 use crate::broker::topic::parse_shared;
@@ -49,9 +50,7 @@ impl Router {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        if s.attached.as_ref().is_some_and(|a| a.internal) {
-            return;
-        }
+        // In-process sessions too: the bridge's session holds what it has not handed to XMPP.
         if s.expiry > 0 {
             if s.journal.is_none() {
                 s.journal = Some(journal.clone());
@@ -141,6 +140,12 @@ impl Router {
                 match publish_from(&m.packet) {
                     Ok(p) => Some(Outgoing {
                         expires: m.expires_at_ms.map(unix_ms_to_instant),
+                        origin: m.origin.map(|(client_id, username)| {
+                            Arc::new(Origin {
+                                client_id: ByteString::from(client_id),
+                                username: username.map(ByteString::from),
+                            })
+                        }),
                         ..Outgoing::new(p)
                     }),
                     Err(error) => {

@@ -45,6 +45,12 @@ impl Session {
                 _ => publish_bytes(&message.publish),
             },
             expires_at_ms: message.expires.map(instant_to_unix_ms),
+            origin: message.origin.as_ref().map(|o| {
+                (
+                    o.client_id.to_string(),
+                    o.username.as_ref().map(|u| u.to_string()),
+                )
+            }),
         })
     }
 
@@ -71,6 +77,7 @@ impl Session {
                 state: MessageState::Released(pkid),
                 packet: Vec::new(),
                 expires_at_ms: None,
+                origin: None,
             });
             j.put(MESSAGES, seq_key(stored), value);
         }

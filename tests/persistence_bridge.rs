@@ -1,0 +1,149 @@
+//! Persistence of the bridge's own session (issue 7): MQTT messages the broker acknowledged to
+//! their publishers but the XMPP server had not yet confirmed survive `kill -9` of the bridge
+//! and reach the XMPP user after the restart. Real Prosody, slixmpp, rumqttc, the built binary.
+#![allow(
+    clippy::unwrap_used,
+    clippy::let_underscore_must_use,
+    reason = "tests: a failed unwrap is a failed test; ignored results are best-effort cleanup"
+)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::prosody::{COMPONENT, Prosody, SECRET, XmppClient};
+use common::upstream::{expected, repo, xmpp_bodies};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+const MESSAGES: usize = 50;
+
+struct Bridge {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Bridge {
+    fn start(config: &Path, name: &str) -> Bridge {
+        let log = config.with_file_name(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(common::bin())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Bridge { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + common::WAIT;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "bridge log never showed {needle:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Prosody is down, so the bridge cannot hand anything over; bob's QoS 1 messages are
+/// acknowledged by the broker (on disk, in the bridge's session) and wait there. The bridge
+/// is killed, Prosody comes back, the bridge restarts on the same store: every message
+/// reaches alice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_acknowledged_toward_xmpp_survive_kill9_of_the_bridge() {
+    let mut prosody = Prosody::start();
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    xmpp_mqtt_bridge::broker::auth::set_user(&users, "bob", b"bobpw").unwrap();
+    let port = common::free_port();
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[log]\nlevel = \"info\"\n\n\
+             [broker]\nlisten = [\"127.0.0.1:{port}\"]\npassword_file = \"{}\"\n\n\
+             [persistence]\ndir = \"data\"\ndurability = \"sync\"\n\n\
+             [xmpp]\nserver = \"{}\"\ndomain = \"{COMPONENT}\"\nsecret = \"{SECRET}\"\n\
+             ping_interval = \"300ms\"\nread_timeout = \"1s\"\nreconnect_min = \"100ms\"\n\
+             reconnect_max = \"500ms\"\n\n\
+             [mapping]\ndir = \"{}\"\n\n[admin]\nenabled = false\n",
+            users.display(),
+            prosody.component_addr(),
+            repo("mappings").display()
+        ),
+    )
+    .unwrap();
+    let mut bridge = Bridge::start(&config, "first");
+    bridge.wait_log("XMPP component link connected.").await;
+    // The XMPP server goes away: the bridge cannot hand anything over.
+    prosody.kill9();
+    let mut opts = MqttOptions::new("bob-phone", "127.0.0.1", port);
+    opts.set_credentials("bob", "bobpw");
+    let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    for i in 0..MESSAGES {
+        let body = serde_json::json!({ "body": format!("p{i}") }).to_string();
+        client
+            .publish(
+                "users/bob/outbox/alice@localhost",
+                QoS::AtLeastOnce,
+                false,
+                body,
+            )
+            .await
+            .unwrap();
+    }
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while acked < MESSAGES {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!(
+                "{acked} of {MESSAGES} acknowledged: {other:?}\n{}",
+                bridge.log()
+            ),
+        }
+    }
+    drop(eventloop);
+
+    // Nothing reached XMPP; the broker acknowledged everything.
+    bridge.kill9();
+    prosody.start_again();
+    let mut alice = XmppClient::connect(&prosody, "alice").await;
+    let bridge = Bridge::start(&config, "second");
+    bridge.wait_log("State recovered from the store.").await;
+    let (got, dups) = xmpp_bodies(&mut alice, "p", MESSAGES, Duration::from_secs(30)).await;
+    let bodies: BTreeSet<String> = got.keys().cloned().collect();
+    assert_eq!(
+        bodies,
+        expected("p", 0..MESSAGES),
+        "acknowledged messages lost across kill -9; log:\n{}",
+        bridge.log()
+    );
+    eprintln!("all {MESSAGES} delivered after the restart, {dups} duplicates");
+}
