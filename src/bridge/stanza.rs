@@ -17,10 +17,14 @@ use xmpp_parsers::message::{Id, Lang, Message, MessageType, Thread};
 use xmpp_parsers::message_correct::Replace;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::ns;
-use xmpp_parsers::receipts::{Received, Request};
-use xmpp_parsers::stanza_id::OriginId;
+use xmpp_parsers::receipts::Received;
 
 use super::envelope::{ChatState, Extras};
+
+/// The `id` attribute name, validated once.
+static ID: std::sync::LazyLock<rxml::NcName> = std::sync::LazyLock::new(|| {
+    rxml::NcName::try_from("id").unwrap_or_else(|_| unreachable!("`id` is a valid XML name"))
+});
 use super::translate::{InboundChat, XmppOut};
 use crate::mapping::MessageKind;
 
@@ -133,9 +137,17 @@ pub fn xmpp_message(out: &XmppOut, id: String) -> Option<Message> {
         m.payloads.push(xep_state(state).into());
     }
     if has_body && matches!(out.kind, MessageKind::Chat | MessageKind::Normal) {
-        m.payloads.push(Request.into());
-        let origin = x.origin_id.clone().unwrap_or_else(|| id.clone());
-        m.payloads.push(OriginId { id: origin }.into());
+        // Built as plain elements: the typed `Request`/`OriginId` conversions go through
+        // xso's serialiser and cost more than the rest of the message (measured: part 3 of
+        // benches/bridge_compare.rs). Tests compare both forms.
+        m.payloads
+            .push(Element::builder("request", ns::RECEIPTS).build());
+        let origin = x.origin_id.as_deref().unwrap_or(&id);
+        m.payloads.push(
+            Element::builder("origin-id", ns::SID)
+                .attr(ID.clone(), origin)
+                .build(),
+        );
     }
     if let Some(replaces) = &x.replaces {
         m.payloads.push(
@@ -182,6 +194,20 @@ mod tests {
             id: None,
             extras,
         }
+    }
+
+    #[test]
+    fn receipt_request_and_origin_id_equal_the_typed_ones() {
+        assert_eq!(
+            Element::builder("request", ns::RECEIPTS).build(),
+            Element::from(xmpp_parsers::receipts::Request)
+        );
+        assert_eq!(
+            Element::builder("origin-id", ns::SID)
+                .attr(ID.clone(), "o-1")
+                .build(),
+            Element::from(xmpp_parsers::stanza_id::OriginId { id: "o-1".into() })
+        );
     }
 
     #[test]
