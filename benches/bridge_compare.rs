@@ -70,7 +70,8 @@
 //! `BENCH_BRIDGE_REPS` (3), `BENCH_BRIDGE_WINDOW` (1000), `BENCH_BRIDGE_LAT_RATE` (500),
 //! `BENCH_BRIDGE_LAT_SECS` (4, per path), `BENCH_BRIDGE_LAT_ROUNDS` (4),
 //! `BENCH_BRIDGE_CPU_MESSAGES` (100000), `BENCH_BRIDGE_RUN_TIMEOUT` (30 s),
-//! `BENCH_BRIDGE_PARTS` (`prosody,cpu,audit`: parts 1 and 2, part 3, part 4).
+//! `BENCH_BRIDGE_PARTS` (`prosody,cpu,audit`: parts 1 and 2, part 3, part 4),
+//! `BENCH_BRIDGE_MAPPINGS` (the rules folder, default the shipped `mappings/`).
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -1476,7 +1477,11 @@ impl BridgeProc {
         xmpp_mqtt_bridge::broker::auth::set_user(&users, "bob", b"bobpw")
             .expect("write the password file");
         let port = free_port();
-        let mappings = Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+        // `BENCH_BRIDGE_MAPPINGS`: another rules folder (e.g. with `receipts = false`).
+        let mappings = std::env::var_os("BENCH_BRIDGE_MAPPINGS").map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings"),
+            std::path::PathBuf::from,
+        );
         let config = dir.join(format!("{name}-bridge.toml"));
         let text = format!(
             "[log]\nlevel = \"{}\"\n\n[broker]\nlisten = \"127.0.0.1:{port}\"\n\

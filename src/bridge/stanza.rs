@@ -136,7 +136,8 @@ pub fn xmpp_message(out: &XmppOut, id: String) -> Option<Message> {
     if let Some(state) = x.state {
         m.payloads.push(xep_state(state).into());
     }
-    if has_body && matches!(out.kind, MessageKind::Chat | MessageKind::Normal) {
+    let chat = has_body && matches!(out.kind, MessageKind::Chat | MessageKind::Normal);
+    if chat && out.receipts {
         // Built as plain elements: the typed `Request`/`OriginId` conversions go through
         // xso's serialiser and cost more than the rest of the message (measured: part 3 of
         // benches/bridge_compare.rs). Tests compare both forms.
@@ -146,6 +147,13 @@ pub fn xmpp_message(out: &XmppOut, id: String) -> Option<Message> {
         m.payloads.push(
             Element::builder("origin-id", ns::SID)
                 .attr(ID.clone(), origin)
+                .build(),
+        );
+    } else if let (true, Some(origin)) = (chat, &x.origin_id) {
+        // Without receipts, an origin id only when the MQTT client gave one.
+        m.payloads.push(
+            Element::builder("origin-id", ns::SID)
+                .attr(ID.clone(), origin.as_str())
                 .build(),
         );
     }
@@ -193,7 +201,35 @@ mod tests {
             thread: Some("t".into()),
             id: None,
             extras,
+            receipts: true,
         }
+    }
+
+    #[test]
+    fn a_rule_without_receipts_sends_no_request_and_only_a_given_origin_id() {
+        let payloads = |origin: Option<&str>| {
+            let mut o = out(
+                "hi",
+                Extras {
+                    origin_id: origin.map(String::from),
+                    ..Extras::default()
+                },
+            );
+            o.receipts = false;
+            let m = xmpp_message(&o, "id-1".into()).unwrap();
+            m.payloads
+                .iter()
+                .map(|p| (p.name().to_string(), p.attr("id").map(String::from)))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(payloads(None), vec![]);
+        assert_eq!(
+            payloads(Some("o-9")),
+            vec![("origin-id".to_string(), Some("o-9".to_string()))]
+        );
+        let m = xmpp_message(&out("hi", Extras::default()), "id-1".into()).unwrap();
+        let names: Vec<&str> = m.payloads.iter().map(|p| p.name()).collect();
+        assert_eq!(names, ["request", "origin-id"], "receipts on by default");
     }
 
     #[test]

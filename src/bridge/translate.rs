@@ -97,6 +97,8 @@ pub struct XmppOut {
     pub id: Option<String>,
     /// Origin id, correction, delay, chat state (body empty: a chat state alone).
     pub extras: Extras,
+    /// The rule asks for a receipt request and an origin id on the stanza.
+    pub receipts: bool,
 }
 
 /// Why an MQTT publish is not carried to XMPP.
@@ -329,6 +331,7 @@ pub fn mqtt_to_xmpp(
         thread: parsed.thread,
         id: parsed.id,
         extras: parsed.extras,
+        receipts: rule.receipts,
     })
 }
 
@@ -364,6 +367,7 @@ fn state_to_xmpp(
             state: Some(state),
             ..Extras::default()
         },
+        receipts: false,
     })
 }
 

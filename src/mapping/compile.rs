@@ -14,7 +14,7 @@ use super::topic::TopicTemplate;
 use super::{Direction, MessageKind, PayloadFormat};
 
 /// The fields of a `[[rule]]` table.
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 11] = [
     "name",
     "direction",
     "jid",
@@ -25,6 +25,7 @@ const FIELDS: [&str; 10] = [
     "format",
     "retain",
     "anonymous",
+    "receipts",
 ];
 /// `peer` when absent: any legacy bare JID.
 const DEFAULT_PEER: &str = "{peer}";
@@ -125,8 +126,12 @@ impl<'a> RuleCx<'a> {
     }
 
     fn boolean(&mut self, key: &str) -> Option<(bool, usize)> {
+        self.boolean_or(key, false)
+    }
+
+    fn boolean_or(&mut self, key: &str, default: bool) -> Option<(bool, usize)> {
         let Some((item, line)) = self.item(key) else {
-            return Some((false, self.line));
+            return Some((default, self.line));
         };
         match item.as_bool() {
             Some(b) => Some((b, line)),
@@ -274,12 +279,17 @@ impl<'a> RuleCx<'a> {
         let format = self.parsed("format", DEFAULT_FORMAT);
         let retain = self.boolean("retain");
         let anonymous = self.boolean("anonymous");
+        let receipts = self.boolean_or("receipts", true);
 
-        let (Some(direction), Some(format), Some(retain), Some(anonymous)) =
-            (direction, format, retain, anonymous)
+        let (Some(direction), Some(format), Some(retain), Some(anonymous), Some(receipts)) =
+            (direction, format, retain, anonymous, receipts)
         else {
             return None;
         };
+        if !receipts.0 && direction.0 == Direction::XmppToMqtt {
+            let msg = "receipts applies only to rules from MQTT (mqtt-to-xmpp, both)";
+            self.error("receipts", receipts.1, msg);
+        }
         self.check_options(direction, format, retain, anonymous);
         let (
             Some((name, _)),
@@ -323,6 +333,7 @@ impl<'a> RuleCx<'a> {
             format: format.0,
             retain: retain.0,
             anonymous: anonymous.0,
+            receipts: receipts.0,
             file: self.file.to_path_buf(),
             line: self.line,
             jid,

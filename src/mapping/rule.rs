@@ -28,6 +28,9 @@ pub struct Rule {
     pub retain: bool,
     /// MQTT → XMPP: whether unauthenticated clients may publish through this rule.
     pub anonymous: bool,
+    /// MQTT → XMPP: ask the XMPP recipient for a delivery receipt (XEP-0184) and mark the
+    /// message with an origin id (XEP-0359). On by default.
+    pub receipts: bool,
     /// The file the rule was read from.
     pub file: PathBuf,
     /// 1-based line of the rule's `[[rule]]` header.
@@ -57,6 +60,7 @@ impl PartialEq for Rule {
             && self.format == other.format
             && self.retain == other.retain
             && self.anonymous == other.anonymous
+            && self.receipts == other.receipts
             && self.file == other.file
             && self.line == other.line
             && self.text == other.text
@@ -211,10 +215,15 @@ pub(crate) fn describe(rules: &[Rule]) -> String {
         .iter()
         .map(|r| {
             let kinds: Vec<&str> = r.kinds.iter().map(|k| k.as_str()).collect();
-            let flags: Vec<&str> = [(r.retain, "retain"), (r.anonymous, "anonymous")]
-                .into_iter()
-                .filter_map(|(on, name)| on.then_some(name))
-                .collect();
+            let no_receipts = !r.receipts && r.direction.mqtt_to_xmpp();
+            let flags: Vec<&str> = [
+                (r.retain, "retain"),
+                (r.anonymous, "anonymous"),
+                (no_receipts, "no-receipts"),
+            ]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
             [
                 r.name.clone(),
                 r.direction.as_str().to_string(),

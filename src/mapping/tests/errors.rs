@@ -133,7 +133,7 @@ topic = "users/{user}"
             Some("r"),
             Some("colour"),
             "unknown field `colour` (known fields: name, direction, jid, peer, topic, kinds, \
-         qos, format, retain, anonymous)",
+         qos, format, retain, anonymous, receipts)",
         )],
     });
 }

@@ -34,6 +34,41 @@ retain = true
 }
 
 #[test]
+fn receipts_off_on_xmpp_to_mqtt_and_not_a_boolean() {
+    check(&Case {
+        what: "receipts = false on xmpp-to-mqtt, receipts = \"no\"",
+        toml: r#"[[rule]]
+name = "in"
+direction = "xmpp-to-mqtt"
+jid = "{user}@{domain}"
+topic = "users/{user}/inbox/{peer}"
+receipts = false
+
+[[rule]]
+name = "out"
+direction = "mqtt-to-xmpp"
+jid = "{user}@{domain}"
+topic = "users/{user}/outbox/{peer}"
+receipts = "no"
+"#,
+        expect: &[
+            (
+                Some(6),
+                Some("in"),
+                Some("receipts"),
+                "receipts applies only to rules from MQTT (mqtt-to-xmpp, both)",
+            ),
+            (
+                Some(13),
+                Some("out"),
+                Some("receipts"),
+                "expected true or false, found string",
+            ),
+        ],
+    });
+}
+
+#[test]
 fn anonymous_on_xmpp_to_mqtt() {
     check(&Case {
         what: "anonymous on xmpp-to-mqtt",
