@@ -164,7 +164,14 @@ impl App {
     pub async fn start(config: Config) -> Result<App, StartError> {
         let mut s = Start::new(&config).await?;
         if let MqttMode::Upstream(upstream) = config.mqtt {
-            return Self::start_upstream(s, *upstream, config.bridge, config.audit).await;
+            return Self::start_upstream(
+                s,
+                *upstream,
+                config.bridge,
+                config.audit,
+                config.presence,
+            )
+            .await;
         }
         let broker = Broker::start(config.broker, s.shutdown.child_token(), &s.tracker).await?;
         s.metrics.broker(&broker.stats);
@@ -228,6 +235,7 @@ impl App {
         cfg: UpstreamConfig,
         settings: Option<BridgeSettings>,
         audit: Option<AuditConfig>,
+        presence: Option<crate::bridge::presence::PresenceConfig>,
     ) -> Result<App, StartError> {
         // Config validation refuses upstream mode without [xmpp].
         let Some(settings) = settings else {
@@ -268,9 +276,15 @@ impl App {
         let client = upstream::spawn(cfg, wiring, shutdown.child_token(), &tracker)?;
         let upstream_stats = client.stats();
         let (events, audit_stats) = s.events(audit);
-        let bridge = Bridge::new(settings.mapping, client, handle.clone(), inbound)
+        let mut bridge = Bridge::new(settings.mapping, client, handle.clone(), inbound)
             .await?
             .with_events(events);
+        if let Some(presence) = &presence {
+            // No broker sessions to watch: a user is online while its (retained) status
+            // says so; its will should set `unavailable` (see the README).
+            let store = Box::new(FileStore::new(&presence.file));
+            bridge = bridge.with_presence_from_status(presence, store).await?;
+        }
         let bridge_stats = bridge.stats();
         tracker.spawn(bridge.run(shutdown.child_token()));
         let admin_addr = s.serve_admin(Some(handle.clone()), audit_stats.clone());

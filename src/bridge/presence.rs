@@ -30,7 +30,7 @@ use super::presence_store::Subscribers;
 use crate::broker::session_events::{Departure, SessionEvent};
 use crate::mapping::{MappingTable, escape_level, unescape_level};
 
-/// `[presence]`: presence both ways (embedded broker only).
+/// `[presence]`: presence both ways (upstream mode: online state from the status topic).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PresenceConfig {
     /// Where an MQTT user sets its show and status text (capture `{user}`).
@@ -40,6 +40,9 @@ pub struct PresenceConfig {
     /// The subscriber file.
     pub file: std::path::PathBuf,
 }
+
+/// What stands for "a client" in `online` when the status topic decides (upstream mode).
+const STATUS_SOURCE: &str = "(status topic)";
 
 /// Default `status_topic`.
 pub const DEFAULT_STATUS_TOPIC: &str = "users/{user}/status";
@@ -233,13 +236,14 @@ impl Status {
             serde_json::from_slice(payload).map_err(|e| StatusError(e.to_string()))?;
         let state = match json.show.as_deref() {
             None | Some("available") => None,
+            Some("unavailable") => Some(State::Unavailable),
             Some("chat") => Some(State::Chat),
             Some("away") => Some(State::Away),
             Some("xa") => Some(State::Xa),
             Some("dnd") => Some(State::Dnd),
             Some(other) => {
                 return Err(StatusError(format!(
-                    "show `{other}` is not one of available, chat, away, xa, dnd"
+                    "show `{other}` is not one of available, chat, away, xa, dnd, unavailable"
                 )));
             }
         };
@@ -286,6 +290,9 @@ pub struct PresenceBook {
     pub subscribers: Subscribers,
     /// Connected client ids per MQTT user (those with a delayed will included).
     online: HashMap<String, HashSet<String>>,
+    /// Upstream mode: online while the status topic holds a status other than
+    /// `unavailable` (no broker sessions to watch).
+    pub online_from_status: bool,
     /// Status set on the status topic, per MQTT user.
     status: HashMap<String, Status>,
     /// Legacy presence per bare JID, per resource.
@@ -300,6 +307,7 @@ impl PresenceBook {
             legacy_topic,
             subscribers,
             online: HashMap::new(),
+            online_from_status: false,
             status: HashMap::new(),
             legacy: HashMap::new(),
         }
@@ -374,8 +382,29 @@ impl PresenceBook {
     }
 
     /// A status publish by `user` (already checked to be the topic's own user).
-    pub fn on_status(&mut self, table: &MappingTable, user: &str, status: Status) -> Vec<Action> {
-        if self.status.get(user) == Some(&status) {
+    /// `present`: the payload was not empty (an empty one clears a retained status; with
+    /// `online_from_status` that means offline).
+    pub fn on_status(
+        &mut self,
+        table: &MappingTable,
+        user: &str,
+        status: Status,
+        present: bool,
+    ) -> Vec<Action> {
+        let was_online = self.is_online(user);
+        if self.online_from_status {
+            if present && status.state != Some(State::Unavailable) {
+                self.online
+                    .entry(user.to_owned())
+                    .or_default()
+                    .insert(STATUS_SOURCE.to_owned());
+            } else {
+                self.online.remove(user);
+            }
+        }
+        let same = self.status.get(user) == Some(&status)
+            || (status == Status::default() && !self.status.contains_key(user));
+        if same && was_online == self.is_online(user) {
             return Vec::new();
         }
         if status == Status::default() {
@@ -384,13 +413,18 @@ impl PresenceBook {
             self.status.insert(user.to_owned(), status);
         }
         match self.jid_of(table, user) {
-            Some(jid) if self.is_online(user) => self.broadcast(user, &jid),
+            Some(jid) if self.is_online(user) || was_online => self.broadcast(user, &jid),
             _ => Vec::new(),
         }
     }
 
+    /// Connected (or, upstream, declared online) and not declared `unavailable`.
     fn is_online(&self, user: &str) -> bool {
-        self.online.get(user).is_some_and(|s| !s.is_empty())
+        let declared_off = self
+            .status
+            .get(user)
+            .is_some_and(|s| s.state == Some(State::Unavailable));
+        !declared_off && self.online.get(user).is_some_and(|s| !s.is_empty())
     }
 
     /// `user`'s current presence from `jid` to `to`.

@@ -171,17 +171,54 @@ fn connection_state_becomes_presence_for_subscribers_only_on_change() {
     );
     // Status while online: sent at once, with show and text.
     let st = Status::parse(br#"{"show":"away","status":"Lunch"}"#).unwrap();
-    let xml = sent(&b.on_status(&t, "bob", st.clone()));
+    let xml = sent(&b.on_status(&t, "bob", st.clone(), true));
     assert!(
         xml[0].contains("<show>away</show>") && xml[0].contains("Lunch"),
         "{xml:?}"
     );
     assert!(
-        b.on_status(&t, "bob", st).is_empty(),
+        b.on_status(&t, "bob", st, true).is_empty(),
         "same status: nothing"
     );
     // Keep-alive timeout of the last client: unavailable.
     let off = sent(&b.on_session(&t, &gone("phone", Departure::KeepAliveTimeout, false)));
+    assert!(off[0].contains("unavailable"), "{off:?}");
+}
+
+#[test]
+fn upstream_the_status_topic_decides_who_is_online() {
+    let (t, mut b) = (table(), book());
+    b.online_from_status = true;
+    b.on_xmpp(&t, &from_alice(Type::Subscribe));
+    let status = |json: &[u8]| Status::parse(json).unwrap();
+    // A retained status on connect: available, with its show.
+    let on = sent(&b.on_status(&t, "bob", status(br#"{"show":"dnd"}"#), true));
+    assert_eq!(on.len(), 1, "{on:?}");
+    assert!(
+        !on[0].contains("unavailable") && on[0].contains("<show>dnd</show>"),
+        "{on:?}"
+    );
+    // The will: unavailable.
+    let off = sent(&b.on_status(&t, "bob", status(br#"{"show":"unavailable"}"#), true));
+    assert!(off[0].contains("unavailable"), "{off:?}");
+    // Plain available, then the retained status cleared: available, then unavailable.
+    let on = sent(&b.on_status(&t, "bob", status(b"{}"), true));
+    assert!(!on[0].contains("unavailable"), "{on:?}");
+    let off = sent(&b.on_status(&t, "bob", status(b""), false));
+    assert!(off[0].contains("unavailable"), "{off:?}");
+    assert!(
+        b.on_status(&t, "bob", status(b""), false).is_empty(),
+        "still offline: nothing"
+    );
+}
+
+#[test]
+fn declared_unavailable_while_connected_is_offline() {
+    let (t, mut b) = (table(), book());
+    b.on_xmpp(&t, &from_alice(Type::Subscribe));
+    assert_eq!(b.on_session(&t, &connected("phone")).len(), 1);
+    let st = Status::parse(br#"{"show":"unavailable"}"#).unwrap();
+    let off = sent(&b.on_status(&t, "bob", st, true));
     assert!(off[0].contains("unavailable"), "{off:?}");
 }
 

@@ -20,6 +20,9 @@ pub(super) struct PresenceSide {
     book: PresenceBook,
     store: Box<dyn SubscriberStore>,
     status_topic: presence::LevelPattern,
+    /// Upstream mode: the broker does not say who published, so the status topic's
+    /// `{user}` level names the user (the upstream broker's ACL guards it).
+    trust_topic: bool,
 }
 
 /// Why presence could not start.
@@ -47,12 +50,34 @@ impl Bridge {
     /// Turns presence on: loads the subscribers from `store`, subscribes to the status
     /// topics, and probes every subscribed contact for its current presence.
     pub async fn with_presence(
+        self,
+        cfg: &PresenceConfig,
+        store: Box<dyn SubscriberStore>,
+    ) -> Result<Bridge, PresenceStartError> {
+        self.start_presence(cfg, store, false).await
+    }
+
+    /// Presence in upstream mode: there are no broker sessions to watch, so a user is online
+    /// while its status topic says so (a retained status published on connect, and a will
+    /// that sets `unavailable`), and the topic's `{user}` level names the user.
+    pub async fn with_presence_from_status(
+        self,
+        cfg: &PresenceConfig,
+        store: Box<dyn SubscriberStore>,
+    ) -> Result<Bridge, PresenceStartError> {
+        self.start_presence(cfg, store, true).await
+    }
+
+    async fn start_presence(
         mut self,
         cfg: &PresenceConfig,
         mut store: Box<dyn SubscriberStore>,
+        from_status: bool,
     ) -> Result<Bridge, PresenceStartError> {
         let subscribers = store.load()?;
-        let book = PresenceBook::new(self.table.domain(), cfg.legacy_topic.clone(), subscribers);
+        let mut book =
+            PresenceBook::new(self.table.domain(), cfg.legacy_topic.clone(), subscribers);
+        book.online_from_status = from_status;
         let filter = cfg.status_topic.filter();
         let codes = self
             .mqtt
@@ -68,6 +93,7 @@ impl Bridge {
             book,
             store,
             status_topic: cfg.status_topic.clone(),
+            trust_topic: from_status,
         });
         self.presence_actions(probes).await?;
         Ok(self)
@@ -176,13 +202,21 @@ impl Bridge {
             return Ok(Some(delivery));
         };
         let user = delivery.origin.as_ref().and_then(|o| o.username.as_deref());
+        let user = if side.trust_topic {
+            Some(owner.as_str())
+        } else {
+            user
+        };
         let actions = if user != Some(owner.as_str()) {
             // The broker's guard refuses these; a message from before it was installed.
             warn!(topic = %delivery.publish.topic, ?user, "Status of another user ignored.");
             Vec::new()
         } else {
             match presence::Status::parse(&delivery.publish.payload) {
-                Ok(status) => side.book.on_status(&self.table, &owner, status),
+                Ok(status) => {
+                    let present = !delivery.publish.payload.is_empty();
+                    side.book.on_status(&self.table, &owner, status, present)
+                }
                 Err(e) => {
                     warn!(topic = %delivery.publish.topic, error = %e, "Status not understood.");
                     Vec::new()

@@ -236,13 +236,6 @@ fn build(cx: &mut Context, dict: Dict, base: &Path) -> Config {
     if presence.is_some() && xmpp.is_none() {
         cx.error("presence", "a [presence] section needs an [xmpp] section");
     }
-    if presence.is_some() && matches!(mqtt, MqttMode::Upstream(_)) {
-        cx.error(
-            "presence",
-            "presence needs the embedded broker (it learns who is connected from its sessions); \
-             set enabled = false in upstream mode",
-        );
-    }
     let bridge = match (xmpp, mapping_dir) {
         (Some(xmpp), dir) => {
             let dir = dir.unwrap_or_else(|| resolve(base, PathBuf::from(DEFAULT_MAPPING_DIR)));

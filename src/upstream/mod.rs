@@ -277,15 +277,21 @@ fn connection_v4(cfg: &UpstreamConfig) -> Result<(Handle, Loop), UpstreamError> 
 const MAX_PACKET: u32 = 16 << 20;
 
 impl UpstreamClient {
-    /// Records the filters; the worker subscribes on every connection without a session (the
-    /// first one included). Never waits for the broker: SUBACK failures are logged by the
+    /// Adds the filters to the recorded ones; the worker subscribes on every connection
+    /// without a session (the first one included). Never waits for the broker: SUBACK failures are logged by the
     /// worker, so the returned list is empty.
     pub async fn subscribe(&mut self, filters: &[String], qos: QoS) -> Result<Vec<u8>, BrokerGone> {
-        let with_qos = filters
-            .iter()
-            .map(|f| (f.clone(), self.filter_qos.get(f).copied().unwrap_or(qos)))
-            .collect();
-        *self.shared.filters.lock().map_err(|_| BrokerGone)? = with_qos;
+        {
+            // Added to what was subscribed before (the rules' filters, then e.g. presence's).
+            let mut list = self.shared.filters.lock().map_err(|_| BrokerGone)?;
+            for f in filters {
+                let q = self.filter_qos.get(f).copied().unwrap_or(qos);
+                match list.iter_mut().find(|(known, _)| known == f) {
+                    Some(entry) => entry.1 = q,
+                    None => list.push((f.clone(), q)),
+                }
+            }
+        }
         // Full means a request is pending already; closed means the worker stopped, which
         // `recv` reports.
         if self.subscribe_now.try_send(()).is_err() {
