@@ -12,99 +12,44 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::ejabberd::{Ejabberd, MORE_USERS};
+use common::process::BridgeProcess as Bridge;
 use common::prosody::{COMPONENT, SECRET, XmppClient, XmppServer};
 use common::upstream::{
     BRIDGE_PASSWORD, BRIDGE_USER, Mqtt, expected, mosquitto, repo, wait_broker_log, xmpp_bodies,
 };
 use rumqttc::QoS;
 
-/// A bridge process (the built binary) with a config of the test's making; SIGKILL on drop.
-struct Bridge {
-    child: Child,
-    log: PathBuf,
+/// The admin listener's address, from the log line that announces it.
+async fn admin_addr(bridge: &Bridge) -> String {
+    bridge.wait_log("Admin listener ready").await;
+    let log = bridge.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("Admin listener ready"))
+        .unwrap();
+    let at = line.find("addr=").unwrap() + "addr=".len();
+    line[at..]
+        .split(|c: char| c.is_whitespace())
+        .next()
+        .unwrap()
+        .to_string()
 }
 
-impl Bridge {
-    fn spawn(dir: &Path, name: &str, config: &str) -> Bridge {
-        let path = dir.join(format!("{name}.toml"));
-        std::fs::write(&path, config).unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(common::bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&path)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Bridge { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Waits until the log holds `needle`.
-    async fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + common::WAIT;
-        while !self.log().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "bridge log never showed {needle:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The admin listener's address, from the log line that announces it.
-    async fn admin_addr(&self) -> String {
-        self.wait_log("Admin listener ready").await;
-        let log = self.log();
-        let line = log
-            .lines()
-            .find(|l| l.contains("Admin listener ready"))
-            .unwrap();
-        let at = line.find("addr=").unwrap() + "addr=".len();
-        line[at..]
-            .split(|c: char| c.is_whitespace())
-            .next()
-            .unwrap()
-            .to_string()
-    }
-
-    /// Messages this instance published to MQTT (sum over rules), from its /metrics.
-    async fn published_to_mqtt(&self) -> u64 {
-        let addr = self.admin_addr().await;
-        let text = http_get(&addr, "/metrics").await;
-        text.lines()
-            .filter(|l| {
-                l.starts_with("bridge_messages_total{")
-                    && l.contains("direction=\"xmpp_to_mqtt\"")
-                    && l.contains("outcome=\"published\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+/// Messages an instance published to MQTT (sum over rules), from its /metrics.
+async fn published_to_mqtt(bridge: &Bridge) -> u64 {
+    let addr = admin_addr(bridge).await;
+    let text = http_get(&addr, "/metrics").await;
+    text.lines()
+        .filter(|l| {
+            l.starts_with("bridge_messages_total{")
+                && l.contains("direction=\"xmpp_to_mqtt\"")
+                && l.contains("outcome=\"published\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 async fn http_get(addr: &str, path: &str) -> String {
@@ -309,7 +254,7 @@ async fn two_instances_hold_one_component_on_ejabberd_and_relay_keepalives() {
         .collect();
     assert_eq!(got, want, "a: {}\nb: {}", a.log(), b.log());
     assert_eq!(dups, 0, "a message reached MQTT twice");
-    let (by_a, by_b) = (a.published_to_mqtt().await, b.published_to_mqtt().await);
+    let (by_a, by_b) = (published_to_mqtt(&a).await, published_to_mqtt(&b).await);
     assert_eq!(by_a + by_b, total as u64);
     assert!(
         by_a > 0 && by_b > 0,

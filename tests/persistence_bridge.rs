@@ -10,65 +10,14 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::process::BridgeProcess as Bridge;
 use common::prosody::{COMPONENT, Prosody, SECRET, XmppClient};
 use common::upstream::{expected, repo, xmpp_bodies};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 const MESSAGES: usize = 50;
-
-struct Bridge {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Bridge {
-    fn start(config: &Path, name: &str) -> Bridge {
-        let log = config.with_file_name(format!("{name}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(common::bin())
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        Bridge { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + common::WAIT;
-        while !self.log().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "bridge log never showed {needle:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 /// Prosody is down, so the bridge cannot hand anything over; bob's QoS 1 messages are
 /// acknowledged by the broker (on disk, in the bridge's session) and wait there. The bridge

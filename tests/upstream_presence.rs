@@ -10,33 +10,15 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::process::BridgeProcess as Bridge;
 use common::prosody::{COMPONENT, Prosody, SECRET, XmppClient};
 use common::upstream::{BRIDGE_PASSWORD, BRIDGE_USER, mosquitto, repo, wait_broker_log};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 
 const BOB: &str = "bob@mqtt.localhost";
-
-struct Bridge {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Bridge {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
 
 async fn presence_from_bob(alice: &mut XmppClient) -> Value {
     alice
@@ -51,10 +33,10 @@ async fn upstream_presence_follows_the_status_topic_and_the_will() {
     let prosody = Prosody::start();
     let m = mosquitto();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("bridge.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let bridge = Bridge::spawn(
+        dir.path(),
+        "bridge",
+        &format!(
             "[log]\nlevel = \"info\"\n\n[mqtt]\nmode = \"upstream\"\n\n\
              [mqtt.upstream]\nserver = \"127.0.0.1:{}\"\nclient_id = \"bridge-p\"\n\
              username = \"{BRIDGE_USER}\"\npassword = \"{BRIDGE_PASSWORD}\"\n\
@@ -67,23 +49,7 @@ async fn upstream_presence_follows_the_status_topic_and_the_will() {
             prosody.component_addr(),
             repo("mappings").display()
         ),
-    )
-    .unwrap();
-    let log = dir.path().join("bridge.log");
-    let out = std::fs::File::create(&log).unwrap();
-    let bridge = Bridge {
-        child: Command::new(common::bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap(),
-        log,
-    };
+    );
     wait_broker_log(&m, "users/+/status", 1).await;
 
     // Alice subscribes to bob: approved, and bob is offline (nothing on his status topic).

@@ -1,0 +1,73 @@
+//! The bridge binary as a child process with a config file of the test's making: its log in a
+//! file beside the config, SIGKILL on [`BridgeProcess::kill9`] and on drop.
+#![allow(
+    clippy::unwrap_used,
+    clippy::let_underscore_must_use,
+    reason = "test harness: a failed unwrap is a failed test; cleanup is best effort"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `xmpp-mqtt-bridge run --config FILE`.
+pub struct BridgeProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl BridgeProcess {
+    /// Writes `config` to `{dir}/{name}.toml` and starts the bridge on it.
+    pub fn spawn(dir: &Path, name: &str, config: &str) -> BridgeProcess {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, config).unwrap();
+        Self::start(&path, name)
+    }
+
+    /// Starts the bridge on an existing config file; the log is `{name}.log` beside it.
+    pub fn start(config: &Path, name: &str) -> BridgeProcess {
+        let log = config.with_file_name(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(super::bin())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        BridgeProcess { child, log }
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log holds `needle`; panics with the log after [`super::WAIT`].
+    pub async fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + super::WAIT;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "bridge log never showed {needle:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
