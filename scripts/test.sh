@@ -58,7 +58,7 @@ cargo clippy --all-targets -- -D warnings
 # 4. Every test: unit tests, integration tests with real peers (Prosody, slixmpp, paho,
 #    mosquitto clients), doc tests; benchmarks run once each in test mode.
 log "cargo test"
-cargo test --benches
+cargo test --bench '*'
 cargo test --doc
 cargo test --lib --bins --tests -- --test-threads=4
 

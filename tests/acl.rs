@@ -8,8 +8,8 @@
     reason = "tests: a failed unwrap is a failed test; ignored results are best-effort cleanup"
 )]
 
-mod common;
-mod mqtt5_support;
+use crate::common;
+use crate::mqtt5_support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

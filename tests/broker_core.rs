@@ -5,7 +5,7 @@
     reason = "tests: a failed unwrap is a failed test; ignored results are best-effort cleanup"
 )]
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -10,7 +10,7 @@
     reason = "tests: a failed unwrap is a failed test; ignored results are best-effort cleanup"
 )]
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;

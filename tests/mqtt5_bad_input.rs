@@ -7,8 +7,8 @@
     reason = "tests: a failed unwrap is a failed test; ignored results are best-effort cleanup"
 )]
 
-mod common;
-mod mqtt5_support;
+use crate::common;
+use crate::mqtt5_support;
 
 use common::raw::{self, Raw};
 use common::{TestBroker, start_broker};

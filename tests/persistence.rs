@@ -7,7 +7,7 @@
     reason = "tests: a failed unwrap is a failed test; ignored results are best-effort cleanup"
 )]
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
