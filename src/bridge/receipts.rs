@@ -12,18 +12,45 @@
 //!   Response Topic and Correlation Data, kept by message id until the XMPP client's receipt.
 //! - Corrections ([`Senders`]): who sent each recent message id, so only the original sender
 //!   may correct it.
+//!
+//! With persistence on (embedded broker), both directions survive kill -9:
+//! - each tracked publish carries a [`Receipts::note`] (an [`AwaitingRecord`]), which the
+//!   broker keeps with the token while a copy is in the store (`broker::tracking`); after a
+//!   restart [`Receipts::resumed`] puts the entries back with the copies still open;
+//! - reply routes are written to the store's replies table through the broker's journal (they
+//!   go to disk with the batch that acknowledges the MQTT message to the bridge's session: no
+//!   fsync of their own) and deleted when used or forgotten.
+//!
+//! The correction window ([`Senders`]) is not persisted: see the README design notes.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use bytestring::ByteString;
+use tracing::warn;
 
+use crate::broker::Resumed;
 use crate::broker::tracking::{Settlement, Tracked};
+use crate::store::record::{AwaitingRecord, FORMAT, ReplyRecord, from_bytes, to_bytes};
+use crate::store::{Journal, REPLIES, seq_key};
 
-/// How many message ids are remembered for corrections and for MQTT 5 replies.
+/// How many message ids are remembered for corrections and for MQTT 5 replies, and how many
+/// messages may wait for their receipt at once.
 pub const REMEMBERED: usize = 65_536;
+
+/// The XMPP message type of a stored note, as the static name the audit record takes.
+fn kind_name(kind: &str) -> &'static str {
+    match kind {
+        "chat" => "chat",
+        "groupchat" => "groupchat",
+        "headline" => "headline",
+        "error" => "error",
+        _ => "normal",
+    }
+}
 
 /// A message from XMPP waiting for its MQTT subscribers' acknowledgements.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,12 +101,89 @@ pub struct Reply {
 /// The receipt bookkeeping of one bridge.
 #[derive(Debug, Default)]
 pub struct Receipts {
-    awaiting: HashMap<u64, Awaiting>,
+    /// By token; tokens grow, so the first entry is the oldest.
+    awaiting: BTreeMap<u64, Awaiting>,
     next_token: u64,
-    replies: Recent<(String, String), Reply>,
+    /// Reply routes with their key in the store's replies table (0: not stored).
+    replies: Recent<(String, String), (u64, Reply)>,
+    /// Where reply routes are kept (persistence on, embedded broker).
+    journal: Option<Arc<Journal>>,
+    forgotten: u64,
 }
 
 impl Receipts {
+    /// The bookkeeping, with what the store kept across a restart when there is a store.
+    pub fn resumed(resumed: Option<Resumed>) -> Self {
+        let mut r = Receipts::default();
+        let Some(resumed) = resumed else {
+            return r;
+        };
+        for t in resumed.tracked {
+            r.next_token = r.next_token.max(t.token);
+            let note: AwaitingRecord = match from_bytes(&t.note) {
+                Ok(note) => note,
+                Err(error) => {
+                    warn!(token = t.token, %error, "Stored receipt note unreadable; no receipt for it.");
+                    continue;
+                }
+            };
+            let entry = Awaiting {
+                kind: kind_name(&note.kind),
+                sender: note.sender,
+                recipient: note.recipient,
+                id: note.id,
+                rule: note.rule,
+                topic: note.topic,
+                qos: note.qos,
+                remaining: Some(t.copies),
+                receipt_sent: t.acked,
+            };
+            r.insert(t.token, entry);
+        }
+        for (seq, rec) in resumed.replies {
+            let reply = Reply {
+                topic: ByteString::from(rec.topic),
+                correlation: rec.correlation.map(Bytes::from),
+            };
+            if let Some((old, _)) = r.replies.insert((rec.from, rec.id), (seq, reply)) {
+                resumed.journal.delete(REPLIES, seq_key(old));
+            }
+        }
+        r.journal = Some(resumed.journal);
+        r
+    }
+
+    /// Keeps `entry`, forgetting the oldest beyond [`REMEMBERED`] (counted).
+    fn insert(&mut self, token: u64, entry: Awaiting) {
+        self.awaiting.insert(token, entry);
+        while self.awaiting.len() > REMEMBERED {
+            if let Some((token, old)) = self.awaiting.pop_first() {
+                self.forgotten += 1;
+                warn!(token, id = %old.id, "Too many messages waiting for receipts; the oldest is forgotten.");
+            }
+        }
+    }
+
+    /// Messages forgotten because more than [`REMEMBERED`] waited for receipts at once.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
+    /// What to keep with `token` in the store for a restart (an [`AwaitingRecord`]).
+    pub fn note(&self, token: u64) -> Option<Vec<u8>> {
+        let a = self.awaiting.get(&token)?;
+        Some(to_bytes(&AwaitingRecord {
+            v: FORMAT,
+            sender: a.sender.clone(),
+            recipient: a.recipient.clone(),
+            id: a.id.clone(),
+            rule: a.rule.clone(),
+            topic: a.topic.clone(),
+            qos: a.qos,
+            kind: a.kind.to_string(),
+        }))
+    }
+
     /// Starts tracking a message published on `topic` at `qos` by `rule`; returns the token
     /// to publish it with.
     #[expect(
@@ -108,8 +212,9 @@ impl Receipts {
             remaining: None,
             receipt_sent: false,
         };
-        self.awaiting.insert(self.next_token, entry);
-        self.next_token
+        let token = self.next_token;
+        self.insert(token, entry);
+        token
     }
 
     /// Messages still waiting for acknowledgements.
@@ -157,15 +262,41 @@ impl Receipts {
         }
     }
 
-    /// Remembers where the receipt for message `id` from the bridged JID `from` goes.
+    /// Remembers where the receipt for message `id` from the bridged JID `from` goes (in the
+    /// store too, when there is one).
     pub fn expect_reply(&mut self, from: &str, id: &str, reply: Reply) {
-        self.replies
-            .insert((from.to_string(), id.to_string()), reply);
+        let seq = match &self.journal {
+            Some(j) => {
+                let seq = j.next_seq();
+                let record = ReplyRecord {
+                    v: FORMAT,
+                    from: from.to_string(),
+                    id: id.to_string(),
+                    topic: reply.topic.to_string(),
+                    correlation: reply.correlation.as_ref().map(|c| c.to_vec()),
+                };
+                j.put(REPLIES, seq_key(seq), to_bytes(&record));
+                seq
+            }
+            None => 0,
+        };
+        let old = self
+            .replies
+            .insert((from.to_string(), id.to_string()), (seq, reply));
+        self.unstore_reply(old.map(|(seq, _)| seq));
     }
 
     /// Takes the reply route for a receipt naming message `id`, sent to the bridged JID `to`.
     pub fn reply_for(&mut self, to: &str, id: &str) -> Option<Reply> {
-        self.replies.remove(&(to.to_string(), id.to_string()))
+        let (seq, reply) = self.replies.remove(&(to.to_string(), id.to_string()))?;
+        self.unstore_reply(Some(seq));
+        Some(reply)
+    }
+
+    fn unstore_reply(&self, seq: Option<u64>) {
+        if let (Some(j), Some(seq)) = (&self.journal, seq.filter(|s| *s != 0)) {
+            j.delete(REPLIES, seq_key(seq));
+        }
     }
 }
 
@@ -186,15 +317,20 @@ impl<K, V> Default for Recent<K, V> {
 }
 
 impl<K: Hash + Eq + Clone, V> Recent<K, V> {
-    fn insert(&mut self, k: K, v: V) {
-        if self.map.insert(k.clone(), v).is_none() {
+    /// Inserts; returns the value replaced or forgotten (the oldest, beyond [`REMEMBERED`]).
+    fn insert(&mut self, k: K, v: V) -> Option<V> {
+        let mut out = self.map.insert(k.clone(), v);
+        if out.is_none() {
             self.order.push_back(k);
         }
         while self.order.len() > REMEMBERED {
             if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
+                if let Some(v) = self.map.remove(&old) {
+                    out = Some(v);
+                }
             }
         }
+        out
     }
 
     fn remove(&mut self, k: &K) -> Option<V> {
@@ -235,7 +371,7 @@ pub enum Correction {
 impl Senders {
     /// Records that `sender` (a bare JID) sent the message `id`.
     pub fn record(&mut self, id: &str, sender: &str) {
-        self.recent.insert(hash(id), hash(sender));
+        let _forgotten = self.recent.insert(hash(id), hash(sender));
     }
 
     /// May `sender` correct the message `id`?
@@ -337,5 +473,110 @@ mod tests {
             s.record(&format!("k{i}"), "z");
         }
         assert_eq!(s.check("m1", "alice@x"), Correction::Unknown, "forgotten");
+    }
+
+    fn journal() -> (tempfile::TempDir, Arc<crate::store::Store>, Arc<Journal>) {
+        use crate::store::{DurabilityPolicy, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let j = Journal::start(store.clone(), DurabilityPolicy::Sync, 100).unwrap();
+        (dir, store, j)
+    }
+
+    /// What a restart gives back: the owed receipt (sent at the first acknowledgement of a
+    /// recovered copy), a receipt already sent (only audited now), and the reply routes.
+    #[test]
+    fn resumed_bookkeeping_answers_as_before_the_restart() {
+        use crate::broker::tracking::Recovered;
+        let mut before = Receipts::default();
+        let owed = before.track("a@x/pc", "b@m", "m1", "chat", "inbox", "t/b", 1);
+        let sent = before.track("a@x/pc", "c@m", "m2", "headline", "inbox", "t/c", 2);
+        let (_dir, store, j) = journal();
+        let reply = ReplyRecord {
+            v: FORMAT,
+            from: "b@m".into(),
+            id: "r1".into(),
+            topic: "me/replies".into(),
+            correlation: Some(vec![1, 2]),
+        };
+        let resumed = Resumed {
+            tracked: vec![
+                Recovered {
+                    token: owed,
+                    note: before.note(owed).unwrap(),
+                    copies: 2,
+                    acked: false,
+                },
+                Recovered {
+                    token: sent,
+                    note: before.note(sent).unwrap(),
+                    copies: 1,
+                    acked: true,
+                },
+                Recovered {
+                    token: 99,
+                    note: b"damaged".to_vec(),
+                    copies: 1,
+                    acked: false,
+                },
+            ],
+            replies: vec![(7, reply)],
+            journal: j.clone(),
+        };
+        let mut r = Receipts::resumed(Some(resumed));
+        assert_eq!(r.awaiting(), 2, "the damaged note is skipped");
+        let a = r.on_tracked(settled(owed, "phone", Settlement::Acknowledged));
+        assert!(
+            matches!(a, Some(Action::SendReceipt(ref e, _)) if e.id == "m1" && e.sender == "a@x/pc" && e.kind == "chat"),
+            "{a:?}"
+        );
+        let a = r.on_tracked(settled(owed, "tablet", Settlement::Acknowledged));
+        assert!(matches!(a, Some(Action::Delivered(..))), "{a:?}");
+        let a = r.on_tracked(settled(sent, "phone", Settlement::Acknowledged));
+        assert!(
+            matches!(a, Some(Action::Delivered(ref e, _)) if e.kind == "headline"),
+            "no second receipt: {a:?}"
+        );
+        assert_eq!(r.awaiting(), 0);
+        assert!(
+            r.track("a@x", "b@m", "m3", "chat", "r", "t", 1) > 99,
+            "new tokens never reuse recovered ones"
+        );
+        let back = r.reply_for("b@m", "r1").unwrap();
+        assert_eq!(back.topic, "me/replies");
+        assert_eq!(back.correlation.as_deref(), Some(&[1u8, 2][..]));
+        // A new route is written; the used one is deleted.
+        r.expect_reply(
+            "d@m",
+            "r2",
+            Reply {
+                topic: "d/r".into(),
+                correlation: None,
+            },
+        );
+        j.close(std::time::Duration::from_secs(5));
+        let kept = store.recover_broker().unwrap().replies;
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(
+            (kept[0].1.from.as_str(), kept[0].1.id.as_str()),
+            ("d@m", "r2")
+        );
+        assert!(kept[0].0 >= 100, "keys come from the journal's sequence");
+    }
+
+    #[test]
+    fn waiting_receipts_are_bounded_and_the_oldest_forgotten_is_counted() {
+        let mut r = Receipts::default();
+        let first = r.track("a@x", "b@m", "first", "chat", "r", "t", 1);
+        for i in 0..REMEMBERED {
+            r.track("a@x", "b@m", &i.to_string(), "chat", "r", "t", 1);
+        }
+        assert_eq!(r.awaiting(), REMEMBERED);
+        assert_eq!(r.forgotten(), 1);
+        assert_eq!(r.note(first), None, "the oldest went");
+        assert_eq!(
+            r.on_tracked(settled(first, "c", Settlement::Acknowledged)),
+            None
+        );
     }
 }

@@ -163,6 +163,10 @@ impl Router {
                 .get_mut(&sid)
                 .and_then(|s| s.pending_will.take())
             {
+                // The stored session no longer holds the will (same batch as its copies).
+                if let Some(s) = self.sessions.get(&sid) {
+                    s.save();
+                }
                 let who = self.identity_for_events(sid);
                 self.publish_will(will, Some(sid), who.as_ref());
             }
