@@ -285,9 +285,15 @@ pub fn from_bytes<T: Versioned>(bytes: &[u8]) -> Result<T, RecordError> {
     Ok(record)
 }
 
-/// A PUBLISH as stored bytes (MQTT 5, so that properties are kept).
+/// A PUBLISH as stored bytes (MQTT 5, so that properties are kept). A QoS 1/2 message
+/// without a packet id yet (queued, or published by an in-process client) is stored with id 1
+/// so that it decodes [MQTT-2.2.1-3]; the id it is sent with is given when it is sent.
 pub fn publish_bytes(publish: &Publish) -> Vec<u8> {
-    let packet = Packet::Publish(publish.clone());
+    let mut publish = publish.clone();
+    if publish.qos != QoS::AtMostOnce && publish.pkid == 0 {
+        publish.pkid = 1;
+    }
+    let packet = Packet::Publish(publish);
     let mut out = BytesMut::new();
     encode(&packet, ProtocolVersion::V5, &mut out);
     out.to_vec()
@@ -337,6 +343,21 @@ mod tests {
     fn publish_round_trips_with_properties() {
         let p = publish();
         assert_eq!(publish_from(&publish_bytes(&p)).unwrap(), p);
+    }
+
+    /// A queued copy of an in-process client's message has no packet id yet; it must still
+    /// read back (it was dropped as undecodable after a restart before this was fixed).
+    #[test]
+    fn publish_without_a_packet_id_yet_reads_back() {
+        for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let p = Publish {
+                pkid: 0,
+                qos,
+                ..publish()
+            };
+            let back = publish_from(&publish_bytes(&p)).unwrap();
+            assert_eq!((back.payload, back.qos, back.pkid), (p.payload, qos, 1));
+        }
     }
 
     #[test]
