@@ -108,8 +108,15 @@ pub struct Receipts {
     replies: Recent<(String, String), (u64, Reply)>,
     /// Where reply routes are kept (persistence on, embedded broker).
     journal: Option<Arc<Journal>>,
+    /// Keys of used or forgotten reply routes not yet deleted from the store: they go with
+    /// the next route written (that batch is committed anyway), so a receipt costs no commit
+    /// of its own.
+    unstored: Vec<u64>,
     forgotten: u64,
 }
+
+/// Deletes of used reply routes waiting for a batch beyond this many are written on their own.
+const UNSTORED_MAX: usize = 256;
 
 impl Receipts {
     /// The bookkeeping, with what the store kept across a restart when there is a store.
@@ -267,6 +274,9 @@ impl Receipts {
     pub fn expect_reply(&mut self, from: &str, id: &str, reply: Reply) {
         let seq = match &self.journal {
             Some(j) => {
+                for seq in self.unstored.drain(..) {
+                    j.delete(REPLIES, seq_key(seq));
+                }
                 let seq = j.next_seq();
                 let record = ReplyRecord {
                     v: FORMAT,
@@ -293,9 +303,18 @@ impl Receipts {
         Some(reply)
     }
 
-    fn unstore_reply(&self, seq: Option<u64>) {
-        if let (Some(j), Some(seq)) = (&self.journal, seq.filter(|s| *s != 0)) {
-            j.delete(REPLIES, seq_key(seq));
+    /// A used or forgotten route leaves the store with the next route written (or once
+    /// [`UNSTORED_MAX`] wait). A crash before that keeps it: a second receipt for the same
+    /// message would then be published again, which a receipt's id makes harmless.
+    fn unstore_reply(&mut self, seq: Option<u64>) {
+        let (Some(j), Some(seq)) = (&self.journal, seq.filter(|s| *s != 0)) else {
+            return;
+        };
+        self.unstored.push(seq);
+        if self.unstored.len() >= UNSTORED_MAX {
+            for seq in self.unstored.drain(..) {
+                j.delete(REPLIES, seq_key(seq));
+            }
         }
     }
 }
@@ -499,6 +518,12 @@ mod tests {
             topic: "me/replies".into(),
             correlation: Some(vec![1, 2]),
         };
+        let stored = crate::store::Op::Put {
+            table: REPLIES.into(),
+            key: seq_key(7),
+            value: to_bytes(&reply),
+        };
+        store.apply(&[stored], true).unwrap();
         let resumed = Resumed {
             tracked: vec![
                 Recovered {
@@ -543,9 +568,10 @@ mod tests {
             "new tokens never reuse recovered ones"
         );
         let back = r.reply_for("b@m", "r1").unwrap();
+        assert_eq!(r.reply_for("b@m", "r1"), None, "taken once");
         assert_eq!(back.topic, "me/replies");
         assert_eq!(back.correlation.as_deref(), Some(&[1u8, 2][..]));
-        // A new route is written; the used one is deleted.
+        // A new route is written; the used one is deleted with it.
         r.expect_reply(
             "d@m",
             "r2",
