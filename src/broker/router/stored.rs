@@ -231,3 +231,95 @@ impl Router {
         recovered
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::BrokerConfig;
+    use crate::broker::codec::QoS;
+    use crate::broker::stats::BrokerStats;
+    use crate::broker::tracking::Settlement;
+    use crate::store::record::{MessageRecord, MessageState, SessionRecord, TrackedRecord};
+    use crate::store::{DurabilityPolicy, Store};
+
+    fn message(track: Option<u64>) -> MessageRecord {
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "users/bob/inbox".into(),
+            pkid: 0,
+            payload: bytes::Bytes::from_static(b"hi"),
+            properties: crate::broker::codec::Properties::new(),
+        };
+        MessageRecord {
+            v: FORMAT,
+            client_id: "bob".into(),
+            state: MessageState::Queued,
+            packet: publish_bytes(&publish),
+            expires_at_ms: None,
+            origin: None,
+            track,
+        }
+    }
+
+    /// Trackers come back with the copies still stored (which settle through them, and the
+    /// last one removes the record); a tracker without a stored copy is removed at start.
+    #[test]
+    fn trackers_are_rebuilt_from_their_stored_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let journal = Journal::start(store.clone(), DurabilityPolicy::Sync, 100).unwrap();
+        let mut router = Router::new(
+            Arc::new(BrokerConfig::default()),
+            Arc::new(BrokerStats::default()),
+        );
+        router.set_journal(journal.clone());
+        let tracked = |note: u8| TrackedRecord {
+            v: FORMAT,
+            note: vec![note],
+            acked: false,
+        };
+        let state = Recovered {
+            sessions: vec![SessionRecord {
+                v: FORMAT,
+                client_id: "bob".into(),
+                expiry: 600,
+                detached_at_ms: None,
+                subscriptions: vec![],
+                will: None,
+            }],
+            messages: vec![
+                (1, message(Some(5))),
+                (2, message(None)),
+                (3, message(Some(5))),
+            ],
+            tracked: vec![(5, tracked(1)), (6, tracked(2))],
+            next_seq: 4,
+            ..Recovered::default()
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let back = router.restore(state, &tx);
+        assert_eq!(
+            back,
+            vec![tracking::Recovered {
+                token: 5,
+                note: vec![1],
+                copies: 2,
+                acked: false
+            }]
+        );
+        let sid = router.by_client["bob"];
+        assert_eq!(router.sessions[&sid].queued(), 3);
+        // The session ends: each tracked copy settles once, then the record goes.
+        router.end_session(sid);
+        let mut settled = Vec::new();
+        while let Ok(Tracked::Settled { token, how, .. }) = rx.try_recv() {
+            settled.push((token, how));
+        }
+        let ended = Settlement::Dropped("session_ended");
+        assert_eq!(settled, vec![(5, ended), (5, ended)]);
+        journal.close(CLOSE_LIMIT);
+        assert!(store.recover_broker().unwrap().tracked.is_empty());
+    }
+}
