@@ -651,3 +651,46 @@ async fn delayed_will_is_cancelled_by_a_reconnect_after_the_restart() {
     assert!(seen.is_empty(), "a cancelled will fired: {seen:?}");
     back.send(&[0xe0, 0x00]).await;
 }
+
+/// A graceful stop (SIGTERM) publishes the delayed wills still waiting; the stored sessions
+/// must not bring them back: after the restart nobody gets the will a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_will_published_at_a_graceful_stop_is_not_published_again_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let config = write_config(dir.path(), port, "sync");
+    let mut bridge = Bridge::start(&config, port).await;
+    let addr = bridge.addr;
+    let mut sub = Raw::mqtt(addr, "will-now").await;
+    sub.send(&raw::subscribe_packet(1, "will/#", 1)).await;
+    assert_eq!(read_packet(&mut sub).await, (0x90, vec![0, 1, 1]), "SUBACK");
+    let gone = will_client_vanishes(addr, "w-stop", 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = bridge.child.id().to_string();
+    let term = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(term.success());
+    // The will, then the close of the connection by the stopping broker.
+    let before_close = sub.read_until_closed().await;
+    let topic = b"will/w-stop";
+    assert!(
+        before_close.windows(topic.len()).any(|w| w == topic),
+        "the will was published at the stop: {before_close:02x?}"
+    );
+    let _ = bridge.child.wait();
+
+    bridge.restart().await;
+    let mut late = Raw::mqtt(addr, "will-later").await;
+    late.send(&raw::subscribe_packet(1, "will/#", 1)).await;
+    assert_eq!(
+        read_packet(&mut late).await,
+        (0x90, vec![0, 1, 1]),
+        "SUBACK"
+    );
+    let watch =
+        (Duration::from_secs(2) + Duration::from_millis(1500)).saturating_sub(gone.elapsed());
+    let again = wills_seen(&mut late, watch.max(Duration::from_millis(1500))).await;
+    assert!(
+        again.is_empty(),
+        "the will came back after the restart: {again:?}"
+    );
+}
