@@ -110,10 +110,14 @@ impl Router {
             return Vec::new();
         };
         let now = Instant::now();
-        // Copies left per token decide what each tracker still waits for.
+        // Copies left per token (in a stored session, readable) decide what each tracker
+        // still waits for.
+        let stored: std::collections::HashSet<&str> =
+            r.sessions.iter().map(|s| s.client_id.as_str()).collect();
         let mut copies: HashMap<u64, usize> = HashMap::new();
         for (_, m) in &r.messages {
-            if let (Some(token), false) = (m.track, m.packet.is_empty()) {
+            let Some(token) = m.track else { continue };
+            if stored.contains(m.client_id.as_str()) && publish_from(&m.packet).is_ok() {
                 *copies.entry(token).or_default() += 1;
             }
         }
@@ -293,9 +297,24 @@ mod tests {
                 (1, message(Some(5))),
                 (2, message(None)),
                 (3, message(Some(5))),
+                // A copy of a session that is not stored, and an unreadable one: not counted.
+                (
+                    4,
+                    MessageRecord {
+                        client_id: "gone".into(),
+                        ..message(Some(5))
+                    },
+                ),
+                (
+                    5,
+                    MessageRecord {
+                        packet: vec![0x30, 0x7f],
+                        ..message(Some(5))
+                    },
+                ),
             ],
             tracked: vec![(5, tracked(1)), (6, tracked(2))],
-            next_seq: 4,
+            next_seq: 6,
             ..Recovered::default()
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
