@@ -527,3 +527,170 @@ async fn qos2_state_in_both_directions_survives_kill9() {
         "the resent QoS 2 message was not delivered twice"
     );
 }
+
+/// An MQTT 5 CONNECT with a QoS 1 will on `will/{id}` delayed `delay` seconds and a Session
+/// Expiry Interval of 60 s (the will waits only while the session lives).
+fn connect_v5_with_delayed_will(id: &str, delay: u32) -> Vec<u8> {
+    let mut body = Vec::new();
+    raw::string(b"MQTT", &mut body);
+    body.push(5);
+    // Will flag, will QoS 1, clean start 0.
+    body.push(0x04 | 0x08);
+    body.extend_from_slice(&60u16.to_be_bytes());
+    // Properties: Session Expiry Interval 60.
+    body.extend_from_slice(&[5, 0x11]);
+    body.extend_from_slice(&60u32.to_be_bytes());
+    raw::string(id.as_bytes(), &mut body);
+    // Will properties: Will Delay Interval.
+    body.extend_from_slice(&[5, 0x18]);
+    body.extend_from_slice(&delay.to_be_bytes());
+    raw::string(format!("will/{id}").as_bytes(), &mut body);
+    raw::string(format!("{id} is gone").as_bytes(), &mut body);
+    raw::packet(0x10, &body)
+}
+
+/// Connects the will client and drops its socket without DISCONNECT; returns when.
+async fn will_client_vanishes(addr: SocketAddr, id: &str, delay: u32) -> Instant {
+    let mut c = Raw::connect(addr).await;
+    c.send(&connect_v5_with_delayed_will(id, delay)).await;
+    let (first, body) = read_packet(&mut c).await;
+    assert_eq!((first, body[1]), (0x20, 0x00), "CONNACK accepted");
+    drop(c);
+    Instant::now()
+}
+
+/// The wills a subscriber gets on `will/#` within `quiet` of the last one (or of the start),
+/// each acknowledged, with when it came.
+async fn wills_seen(sub: &mut Raw, quiet: Duration) -> Vec<(String, Instant)> {
+    let mut out = Vec::new();
+    loop {
+        let (first, body) = match tokio::time::timeout(quiet, read_packet(sub)).await {
+            Ok(p) => p,
+            Err(_) => return out,
+        };
+        assert_eq!(first & 0xf0, 0x30, "a PUBLISH, not {first:#x}");
+        let tlen = usize::from(u16::from_be_bytes([body[0], body[1]]));
+        let topic = String::from_utf8(body[2..2 + tlen].to_vec()).unwrap();
+        if first & 0x06 != 0 {
+            let id = [body[2 + tlen], body[3 + tlen]];
+            sub.send(&[0x40, 0x02, id[0], id[1]]).await;
+        }
+        out.push((topic, Instant::now()));
+    }
+}
+
+/// A will delayed 3 s whose client vanished, then the broker killed within a second: after
+/// the restart the will fires once, not before it is due. (Before delayed wills were stored,
+/// it never fired.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_will_pending_at_kill9_fires_once_after_the_restart_when_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let config = write_config(dir.path(), port, "sync");
+    let mut bridge = Bridge::start(&config, port).await;
+    let addr = bridge.addr;
+    let mut sub = raw_session(addr, "will-watch", false).await;
+    sub.send(&raw::subscribe_packet(1, "will/#", 1)).await;
+    assert_eq!(read_packet(&mut sub).await, (0x90, vec![0, 1, 1]), "SUBACK");
+    let gone = will_client_vanishes(addr, "w-late", 3).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    bridge.kill9();
+    assert!(gone.elapsed() < Duration::from_secs(1), "killed within 1 s");
+    drop(sub);
+
+    bridge.restart().await;
+    let mut sub = raw_session(addr, "will-watch", true).await;
+    let seen = wills_seen(&mut sub, Duration::from_secs(5)).await;
+    let topics: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(topics, vec!["will/w-late"], "{}", bridge.log_text());
+    let after = seen[0].1.duration_since(gone);
+    assert!(
+        after >= Duration::from_millis(2900),
+        "the will fired {after:?} after the client went, before its 3 s delay"
+    );
+    eprintln!(
+        "will fired {after:?} after the client went (delay 3 s, broker killed and restarted)"
+    );
+}
+
+/// The same, but the client reconnects to its session before the delay runs out (after the
+/// restart): the will never fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_will_is_cancelled_by_a_reconnect_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let config = write_config(dir.path(), port, "sync");
+    let mut bridge = Bridge::start(&config, port).await;
+    let addr = bridge.addr;
+    let mut sub = raw_session(addr, "will-watch", false).await;
+    sub.send(&raw::subscribe_packet(1, "will/#", 1)).await;
+    assert_eq!(read_packet(&mut sub).await, (0x90, vec![0, 1, 1]), "SUBACK");
+    let gone = will_client_vanishes(addr, "w-back", 3).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    bridge.kill9();
+    drop(sub);
+
+    bridge.restart().await;
+    let mut sub = raw_session(addr, "will-watch", true).await;
+    // Back in time, to its session (clean start 0).
+    let mut back = Raw::connect(addr).await;
+    back.send(&connect_v5_with_delayed_will("w-back", 3)).await;
+    let (first, body) = read_packet(&mut back).await;
+    assert_eq!(
+        (first, body[0] & 1, body[1]),
+        (0x20, 1, 0x00),
+        "session present"
+    );
+    assert!(
+        gone.elapsed() < Duration::from_secs(3),
+        "reconnected in time"
+    );
+    // Watch past the due time (and a margin): nothing.
+    let watch = Duration::from_secs(3) + Duration::from_millis(1500) - gone.elapsed();
+    let seen = wills_seen(&mut sub, watch).await;
+    assert!(seen.is_empty(), "a cancelled will fired: {seen:?}");
+    back.send(&[0xe0, 0x00]).await;
+}
+
+/// A graceful stop (SIGTERM) publishes the delayed wills still waiting; the stored sessions
+/// must not bring them back: after the restart nobody gets the will a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_will_published_at_a_graceful_stop_is_not_published_again_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let config = write_config(dir.path(), port, "sync");
+    let mut bridge = Bridge::start(&config, port).await;
+    let addr = bridge.addr;
+    let mut sub = Raw::mqtt(addr, "will-now").await;
+    sub.send(&raw::subscribe_packet(1, "will/#", 1)).await;
+    assert_eq!(read_packet(&mut sub).await, (0x90, vec![0, 1, 1]), "SUBACK");
+    let gone = will_client_vanishes(addr, "w-stop", 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = bridge.child.id().to_string();
+    let term = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(term.success());
+    // The will, then the close of the connection by the stopping broker.
+    let before_close = sub.read_until_closed().await;
+    let topic = b"will/w-stop";
+    assert!(
+        before_close.windows(topic.len()).any(|w| w == topic),
+        "the will was published at the stop: {before_close:02x?}"
+    );
+    let _ = bridge.child.wait();
+
+    bridge.restart().await;
+    let mut late = Raw::mqtt(addr, "will-later").await;
+    late.send(&raw::subscribe_packet(1, "will/#", 1)).await;
+    assert_eq!(
+        read_packet(&mut late).await,
+        (0x90, vec![0, 1, 1]),
+        "SUBACK"
+    );
+    let watch =
+        (Duration::from_secs(2) + Duration::from_millis(1500)).saturating_sub(gone.elapsed());
+    let again = wills_seen(&mut late, watch.max(Duration::from_millis(1500))).await;
+    assert!(
+        again.is_empty(),
+        "the will came back after the restart: {again:?}"
+    );
+}

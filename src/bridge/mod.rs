@@ -253,7 +253,7 @@ impl Bridge {
             session_events: None,
             rooms: None,
             tracked: mqtt.take_tracked(),
-            receipts: Receipts::default(),
+            receipts: Receipts::resumed(mqtt.take_resumed()),
             senders: Senders::default(),
             mqtt,
         })
@@ -443,7 +443,10 @@ impl Bridge {
                     properties,
                 };
                 match track {
-                    Some(token) => self.mqtt.publish_tracked(publish, token).await?,
+                    Some(token) => {
+                        let note = self.receipts.note(token);
+                        self.mqtt.publish_tracked(publish, token, note).await?;
+                    }
                     None => self.mqtt.publish(publish).await?,
                 }
                 add(&self.stats.to_mqtt);

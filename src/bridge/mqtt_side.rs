@@ -64,9 +64,15 @@ impl MqttSide {
     /// Publishes a message whose MQTT subscribers' acknowledgements are reported under
     /// `token` on the receiver of [`MqttSide::take_tracked`]. Embedded only: an upstream broker
     /// does not tell a publisher when subscribers acknowledged, so there it is a plain publish.
-    pub async fn publish_tracked(&self, publish: Publish, token: u64) -> Result<(), BrokerGone> {
+    /// `note` is kept with the token while a copy is in the store (it survives a restart).
+    pub async fn publish_tracked(
+        &self,
+        publish: Publish,
+        token: u64,
+        note: Option<Vec<u8>>,
+    ) -> Result<(), BrokerGone> {
         match self {
-            MqttSide::Embedded(c) => c.publish_tracked(publish, token).await,
+            MqttSide::Embedded(c) => c.publish_noted(publish, token, note).await,
             MqttSide::Upstream(c) => c.publish(publish).await,
         }
     }
@@ -75,6 +81,14 @@ impl MqttSide {
     pub fn take_tracked(&mut self) -> Option<mpsc::UnboundedReceiver<Tracked>> {
         match self {
             MqttSide::Embedded(c) => c.take_tracked(),
+            MqttSide::Upstream(_) => None,
+        }
+    }
+
+    /// What the embedded broker's store kept for the bridge across a restart (once).
+    pub fn take_resumed(&mut self) -> Option<crate::broker::Resumed> {
+        match self {
+            MqttSide::Embedded(c) => c.take_resumed(),
             MqttSide::Upstream(_) => None,
         }
     }

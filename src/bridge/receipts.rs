@@ -12,18 +12,45 @@
 //!   Response Topic and Correlation Data, kept by message id until the XMPP client's receipt.
 //! - Corrections ([`Senders`]): who sent each recent message id, so only the original sender
 //!   may correct it.
+//!
+//! With persistence on (embedded broker), both directions survive kill -9:
+//! - each tracked publish carries a [`Receipts::note`] (an [`AwaitingRecord`]), which the
+//!   broker keeps with the token while a copy is in the store (`broker::tracking`); after a
+//!   restart [`Receipts::resumed`] puts the entries back with the copies still open;
+//! - reply routes are written to the store's replies table through the broker's journal (they
+//!   go to disk with the batch that acknowledges the MQTT message to the bridge's session: no
+//!   fsync of their own) and deleted when used or forgotten.
+//!
+//! The correction window ([`Senders`]) is not persisted: see the README design notes.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use bytestring::ByteString;
+use tracing::warn;
 
+use crate::broker::Resumed;
 use crate::broker::tracking::{Settlement, Tracked};
+use crate::store::record::{AwaitingRecord, FORMAT, ReplyRecord, from_bytes, to_bytes};
+use crate::store::{Journal, REPLIES, seq_key};
 
-/// How many message ids are remembered for corrections and for MQTT 5 replies.
+/// How many message ids are remembered for corrections and for MQTT 5 replies, and how many
+/// messages may wait for their receipt at once.
 pub const REMEMBERED: usize = 65_536;
+
+/// The XMPP message type of a stored note, as the static name the audit record takes.
+fn kind_name(kind: &str) -> &'static str {
+    match kind {
+        "chat" => "chat",
+        "groupchat" => "groupchat",
+        "headline" => "headline",
+        "error" => "error",
+        _ => "normal",
+    }
+}
 
 /// A message from XMPP waiting for its MQTT subscribers' acknowledgements.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,12 +101,96 @@ pub struct Reply {
 /// The receipt bookkeeping of one bridge.
 #[derive(Debug, Default)]
 pub struct Receipts {
-    awaiting: HashMap<u64, Awaiting>,
+    /// By token; tokens grow, so the first entry is the oldest.
+    awaiting: BTreeMap<u64, Awaiting>,
     next_token: u64,
-    replies: Recent<(String, String), Reply>,
+    /// Reply routes with their key in the store's replies table (0: not stored).
+    replies: Recent<(String, String), (u64, Reply)>,
+    /// Where reply routes are kept (persistence on, embedded broker).
+    journal: Option<Arc<Journal>>,
+    /// Keys of used or forgotten reply routes not yet deleted from the store: they go with
+    /// the next route written (that batch is committed anyway), so a receipt costs no commit
+    /// of its own.
+    unstored: Vec<u64>,
+    forgotten: u64,
 }
 
+/// Deletes of used reply routes waiting for a batch beyond this many are written on their own.
+const UNSTORED_MAX: usize = 256;
+
 impl Receipts {
+    /// The bookkeeping, with what the store kept across a restart when there is a store.
+    pub fn resumed(resumed: Option<Resumed>) -> Self {
+        let mut r = Receipts::default();
+        let Some(resumed) = resumed else {
+            return r;
+        };
+        for t in resumed.tracked {
+            r.next_token = r.next_token.max(t.token);
+            let note: AwaitingRecord = match from_bytes(&t.note) {
+                Ok(note) => note,
+                Err(error) => {
+                    warn!(token = t.token, %error, "Stored receipt note unreadable; no receipt for it.");
+                    continue;
+                }
+            };
+            let entry = Awaiting {
+                kind: kind_name(&note.kind),
+                sender: note.sender,
+                recipient: note.recipient,
+                id: note.id,
+                rule: note.rule,
+                topic: note.topic,
+                qos: note.qos,
+                remaining: Some(t.copies),
+                receipt_sent: t.acked,
+            };
+            r.insert(t.token, entry);
+        }
+        for (seq, rec) in resumed.replies {
+            let reply = Reply {
+                topic: ByteString::from(rec.topic),
+                correlation: rec.correlation.map(Bytes::from),
+            };
+            if let Some((old, _)) = r.replies.insert((rec.from, rec.id), (seq, reply)) {
+                resumed.journal.delete(REPLIES, seq_key(old));
+            }
+        }
+        r.journal = Some(resumed.journal);
+        r
+    }
+
+    /// Keeps `entry`, forgetting the oldest beyond [`REMEMBERED`] (counted).
+    fn insert(&mut self, token: u64, entry: Awaiting) {
+        self.awaiting.insert(token, entry);
+        while self.awaiting.len() > REMEMBERED {
+            if let Some((token, old)) = self.awaiting.pop_first() {
+                self.forgotten += 1;
+                warn!(token, id = %old.id, "Too many messages waiting for receipts; the oldest is forgotten.");
+            }
+        }
+    }
+
+    /// Messages forgotten because more than [`REMEMBERED`] waited for receipts at once.
+    pub fn forgotten(&self) -> u64 {
+        self.forgotten
+    }
+
+    /// What to keep with `token` in the store for a restart (an [`AwaitingRecord`]).
+    pub fn note(&self, token: u64) -> Option<Vec<u8>> {
+        let a = self.awaiting.get(&token)?;
+        Some(to_bytes(&AwaitingRecord {
+            v: FORMAT,
+            sender: a.sender.clone(),
+            recipient: a.recipient.clone(),
+            id: a.id.clone(),
+            rule: a.rule.clone(),
+            topic: a.topic.clone(),
+            qos: a.qos,
+            kind: a.kind.to_string(),
+        }))
+    }
+
     /// Starts tracking a message published on `topic` at `qos` by `rule`; returns the token
     /// to publish it with.
     #[expect(
@@ -108,8 +219,9 @@ impl Receipts {
             remaining: None,
             receipt_sent: false,
         };
-        self.awaiting.insert(self.next_token, entry);
-        self.next_token
+        let token = self.next_token;
+        self.insert(token, entry);
+        token
     }
 
     /// Messages still waiting for acknowledgements.
@@ -157,15 +269,53 @@ impl Receipts {
         }
     }
 
-    /// Remembers where the receipt for message `id` from the bridged JID `from` goes.
+    /// Remembers where the receipt for message `id` from the bridged JID `from` goes (in the
+    /// store too, when there is one).
     pub fn expect_reply(&mut self, from: &str, id: &str, reply: Reply) {
-        self.replies
-            .insert((from.to_string(), id.to_string()), reply);
+        let seq = match &self.journal {
+            Some(j) => {
+                for seq in self.unstored.drain(..) {
+                    j.delete(REPLIES, seq_key(seq));
+                }
+                let seq = j.next_seq();
+                let record = ReplyRecord {
+                    v: FORMAT,
+                    from: from.to_string(),
+                    id: id.to_string(),
+                    topic: reply.topic.to_string(),
+                    correlation: reply.correlation.as_ref().map(|c| c.to_vec()),
+                };
+                j.put(REPLIES, seq_key(seq), to_bytes(&record));
+                seq
+            }
+            None => 0,
+        };
+        let old = self
+            .replies
+            .insert((from.to_string(), id.to_string()), (seq, reply));
+        self.unstore_reply(old.map(|(seq, _)| seq));
     }
 
     /// Takes the reply route for a receipt naming message `id`, sent to the bridged JID `to`.
     pub fn reply_for(&mut self, to: &str, id: &str) -> Option<Reply> {
-        self.replies.remove(&(to.to_string(), id.to_string()))
+        let (seq, reply) = self.replies.remove(&(to.to_string(), id.to_string()))?;
+        self.unstore_reply(Some(seq));
+        Some(reply)
+    }
+
+    /// A used or forgotten route leaves the store with the next route written (or once
+    /// [`UNSTORED_MAX`] wait). A crash before that keeps it: a second receipt for the same
+    /// message would then be published again, which a receipt's id makes harmless.
+    fn unstore_reply(&mut self, seq: Option<u64>) {
+        let (Some(j), Some(seq)) = (&self.journal, seq.filter(|s| *s != 0)) else {
+            return;
+        };
+        self.unstored.push(seq);
+        if self.unstored.len() >= UNSTORED_MAX {
+            for seq in self.unstored.drain(..) {
+                j.delete(REPLIES, seq_key(seq));
+            }
+        }
     }
 }
 
@@ -186,15 +336,20 @@ impl<K, V> Default for Recent<K, V> {
 }
 
 impl<K: Hash + Eq + Clone, V> Recent<K, V> {
-    fn insert(&mut self, k: K, v: V) {
-        if self.map.insert(k.clone(), v).is_none() {
+    /// Inserts; returns the value replaced or forgotten (the oldest, beyond [`REMEMBERED`]).
+    fn insert(&mut self, k: K, v: V) -> Option<V> {
+        let mut out = self.map.insert(k.clone(), v);
+        if out.is_none() {
             self.order.push_back(k);
         }
         while self.order.len() > REMEMBERED {
             if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
+                if let Some(v) = self.map.remove(&old) {
+                    out = Some(v);
+                }
             }
         }
+        out
     }
 
     fn remove(&mut self, k: &K) -> Option<V> {
@@ -235,7 +390,7 @@ pub enum Correction {
 impl Senders {
     /// Records that `sender` (a bare JID) sent the message `id`.
     pub fn record(&mut self, id: &str, sender: &str) {
-        self.recent.insert(hash(id), hash(sender));
+        let _forgotten = self.recent.insert(hash(id), hash(sender));
     }
 
     /// May `sender` correct the message `id`?
@@ -249,93 +404,5 @@ impl Senders {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settled(token: u64, who: &str, how: Settlement) -> Tracked {
-        Tracked::Settled {
-            token,
-            client_id: who.into(),
-            how,
-        }
-    }
-
-    #[test]
-    fn first_acknowledgement_sends_the_receipt_later_ones_are_audited() {
-        let mut r = Receipts::default();
-        let t = r.track(
-            "alice@x/pc",
-            "bob@m",
-            "m1",
-            "chat",
-            "inbox",
-            "users/bob/inbox/alice@x",
-            1,
-        );
-        assert_eq!(
-            r.on_tracked(Tracked::Routed {
-                token: t,
-                copies: 3
-            }),
-            None
-        );
-        let a = r.on_tracked(settled(t, "phone", Settlement::Dropped("queue_full")));
-        assert!(matches!(a, Some(Action::Dropped(_, Some(_), "queue_full"))));
-        let a = r.on_tracked(settled(t, "laptop", Settlement::Acknowledged));
-        assert!(
-            matches!(a, Some(Action::SendReceipt(ref e, ref c)) if e.id == "m1" && c == "laptop")
-        );
-        let a = r.on_tracked(settled(t, "tablet", Settlement::Acknowledged));
-        assert!(matches!(a, Some(Action::Delivered(..))));
-        assert_eq!(r.awaiting(), 0, "all copies settled");
-        assert_eq!(
-            r.on_tracked(settled(t, "x", Settlement::Acknowledged)),
-            None
-        );
-    }
-
-    #[test]
-    fn no_receipt_without_an_acknowledgement() {
-        let mut r = Receipts::default();
-        let t = r.track("a@x", "b@m", "m1", "chat", "r", "t", 1);
-        let a = r.on_tracked(Tracked::Routed {
-            token: t,
-            copies: 0,
-        });
-        assert!(matches!(a, Some(Action::Dropped(_, None, "no_subscriber"))));
-        let t = r.track("a@x", "b@m", "m2", "chat", "r", "t", 2);
-        r.on_tracked(Tracked::Routed {
-            token: t,
-            copies: 1,
-        });
-        let a = r.on_tracked(settled(t, "c", Settlement::Expired));
-        assert!(matches!(a, Some(Action::Expired(..))));
-        assert_eq!(r.awaiting(), 0);
-    }
-
-    #[test]
-    fn replies_are_kept_per_bridged_jid_and_taken_once() {
-        let mut r = Receipts::default();
-        let reply = Reply {
-            topic: "me/replies".into(),
-            correlation: Some(Bytes::from_static(b"c1")),
-        };
-        r.expect_reply("bob@m", "m1", reply.clone());
-        assert_eq!(r.reply_for("eve@m", "m1"), None);
-        assert_eq!(r.reply_for("bob@m", "m1"), Some(reply));
-        assert_eq!(r.reply_for("bob@m", "m1"), None);
-    }
-
-    #[test]
-    fn only_the_original_sender_may_correct() {
-        let mut s = Senders::default();
-        s.record("m1", "alice@x");
-        assert_eq!(s.check("m1", "alice@x"), Correction::Allowed);
-        assert_eq!(s.check("m1", "eve@x"), Correction::NotTheSender);
-        assert_eq!(s.check("m2", "alice@x"), Correction::Unknown);
-        for i in 0..=REMEMBERED {
-            s.record(&format!("k{i}"), "z");
-        }
-        assert_eq!(s.check("m1", "alice@x"), Correction::Unknown, "forgotten");
-    }
-}
+#[path = "receipts_tests.rs"]
+mod tests;

@@ -21,7 +21,9 @@ use super::codec::{
 use super::link::{
     ClientLink, ConnId, ConnectOutcome, ConnectRequest, LinkReceiver, Origin, RouterMsg, ToClient,
 };
-use super::tracking::{Tracked, Tracker};
+use super::tracking::{self, Tracked, Tracker};
+use crate::store::Journal;
+use crate::store::record::ReplyRecord;
 
 /// Client ids starting with this belong to in-process clients; network clients asking for
 /// one are refused (CONNACK 0x02 / 0x85), so nobody can take over the bridge's session.
@@ -39,6 +41,29 @@ pub struct Delivery {
     pub publish: Publish,
     /// Who published it; `None` for broker-made messages ($SYS, retained on subscribe).
     pub origin: Option<Arc<Origin>>,
+}
+
+/// What the first persistent in-process client takes over from the run before a restart (with
+/// persistence on): the tracking channel the recovered trackers report on, the trackers and
+/// the reply routes read back, and the journal to keep its own bookkeeping with.
+#[derive(Debug)]
+pub(crate) struct Carryover {
+    pub tracked_tx: mpsc::UnboundedSender<Tracked>,
+    pub tracked_rx: mpsc::UnboundedReceiver<Tracked>,
+    pub resumed: Resumed,
+}
+
+/// The bookkeeping an in-process client gets back after a restart (see
+/// [`InternalClient::take_resumed`]).
+#[derive(Debug)]
+pub struct Resumed {
+    /// Tracked publishes whose copies are still to be settled; their reports come on the
+    /// client's tracking channel under the same tokens.
+    pub tracked: Vec<tracking::Recovered>,
+    /// Reply routes kept in the store's replies table, oldest first, with their keys.
+    pub replies: Vec<(u64, ReplyRecord)>,
+    /// The store's journal: writes recorded here go to disk with the broker's next batch.
+    pub journal: Arc<Journal>,
 }
 
 /// A session of the broker used from inside the process.
@@ -62,6 +87,8 @@ pub struct InternalClient {
     tracked_tx: mpsc::UnboundedSender<Tracked>,
     /// Its other end, until [`InternalClient::take_tracked`] hands it out.
     tracked_rx: Option<mpsc::UnboundedReceiver<Tracked>>,
+    /// What the store kept for this client, until [`InternalClient::take_resumed`].
+    resumed: Option<Resumed>,
 }
 
 impl InternalClient {
@@ -70,9 +97,16 @@ impl InternalClient {
         conn: ConnId,
         client_id: &str,
         persistent: bool,
+        carryover: Option<Carryover>,
     ) -> Result<InternalClient, BrokerGone> {
         let (link, rx) = ClientLink::new();
-        let (tracked_tx, tracked_rx) = mpsc::unbounded_channel();
+        let (tracked_tx, tracked_rx, resumed) = match carryover {
+            Some(c) => (c.tracked_tx, c.tracked_rx, Some(c.resumed)),
+            None => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (tx, rx, None)
+            }
+        };
         let (accepted, outcome) = oneshot::channel();
         let client_id = ByteString::from(format!("{INTERNAL_ID_PREFIX}{client_id}"));
         // With persistence on, the session outlives the process: what the broker acknowledged
@@ -121,6 +155,7 @@ impl InternalClient {
             next_pkid: 0,
             tracked_tx,
             tracked_rx: Some(tracked_rx),
+            resumed,
         };
         // The first item is CONNACK.
         client.fill_inbox().await?;
@@ -194,13 +229,35 @@ impl InternalClient {
     /// [`InternalClient::take_tracked`] gives: how many QoS 1/2 copies were made, then how each
     /// one ended (acknowledged by its subscriber, expired, dropped).
     pub async fn publish_tracked(&self, publish: Publish, token: u64) -> Result<(), BrokerGone> {
-        let track = Arc::new(Tracker::new(token, self.tracked_tx.clone()));
+        self.publish_noted(publish, token, None).await
+    }
+
+    /// As [`InternalClient::publish_tracked`]; with persistence on and a `note`, the tracker
+    /// survives a restart while a copy is in the store, and the note comes back in
+    /// [`InternalClient::take_resumed`].
+    pub async fn publish_noted(
+        &self,
+        publish: Publish,
+        token: u64,
+        note: Option<Vec<u8>>,
+    ) -> Result<(), BrokerGone> {
+        let mut track = Tracker::new(token, self.tracked_tx.clone());
+        if let Some(note) = note {
+            track = track.with_note(note);
+        }
+        let track = Arc::new(track);
         let msg = RouterMsg::Publish {
             conn: self.conn,
             publish,
             track: Some(track),
         };
         self.router.send(msg).await.map_err(|_| BrokerGone)
+    }
+
+    /// What the store kept for this client across a restart; `None` without persistence, for
+    /// any but the first persistent in-process client, and after the first call.
+    pub fn take_resumed(&mut self) -> Option<Resumed> {
+        self.resumed.take()
     }
 
     /// The reports on tracked publishes; `None` after the first call.

@@ -49,7 +49,7 @@ use self::acl::Acl;
 use self::auth::PasswordFile;
 pub use self::config::BrokerConfig;
 use self::connection::ConnectionContext;
-pub use self::internal::{BrokerGone, Delivery, InternalClient};
+pub use self::internal::{BrokerGone, Delivery, InternalClient, Resumed};
 use self::link::RouterMsg;
 use self::listener::Transport;
 use self::router::Router;
@@ -163,6 +163,8 @@ pub struct Broker {
     pub store: Option<Arc<crate::store::Store>>,
     router: mpsc::Sender<RouterMsg>,
     ids: Arc<AtomicU64>,
+    /// For the first persistent in-process client (see [`internal::Carryover`]).
+    carryover: std::sync::Mutex<Option<internal::Carryover>>,
 }
 
 impl Broker {
@@ -219,19 +221,33 @@ impl Broker {
         let (router_tx, router_rx) = mpsc::channel(ROUTER_INBOX);
         let mut router = Router::new(cfg.clone(), stats.clone()).with_acl(acl.clone());
         let store = recovered.as_ref().map(|((_, _, store), _)| store.clone());
-        if let Some(((journal, state, _), durability)) = recovered {
+        let mut carryover = None;
+        if let Some(((journal, mut state, _), durability)) = recovered {
             let (sessions, messages, qos2_in, retained) = state.summary();
-            router.set_journal(journal);
-            router.restore(state);
+            let replies = std::mem::take(&mut state.replies);
+            router.set_journal(journal.clone());
+            let (tracked_tx, tracked_rx) = mpsc::unbounded_channel();
+            let tracked = router.restore(state, &tracked_tx);
             info!(
                 sessions,
                 messages,
                 qos2_in,
                 retained,
+                receipts_owed = tracked.len(),
+                reply_routes = replies.len(),
                 ?durability,
                 took_ms = recovery_started.elapsed().as_millis() as u64,
                 "State recovered from the store."
             );
+            carryover = Some(internal::Carryover {
+                tracked_tx,
+                tracked_rx,
+                resumed: Resumed {
+                    tracked,
+                    replies,
+                    journal,
+                },
+            });
         }
         runtime.spawn(router.run(router_rx, shutdown.clone()));
         let ctx = Arc::new(ConnectionContext {
@@ -263,6 +279,7 @@ impl Broker {
             stats,
             router: router_tx,
             ids,
+            carryover: std::sync::Mutex::new(carryover),
         })
     }
 
@@ -293,11 +310,18 @@ impl Broker {
 
     /// The in-process client session named `client_id` (see [`InternalClient`]). With
     /// persistence on, the session is kept (never expires) and resumed: messages queued or in
-    /// flight to it when the process died are delivered again after the restart.
+    /// flight to it when the process died are delivered again after the restart, and the
+    /// first such client gets the tracked publishes and reply routes the store kept
+    /// ([`InternalClient::take_resumed`]).
     pub async fn internal_client(&self, client_id: &str) -> Result<InternalClient, BrokerGone> {
         let conn = self.ids.fetch_add(1, Ordering::Relaxed);
         let persistent = self.store.is_some();
-        InternalClient::connect(self.router.clone(), conn, client_id, persistent).await
+        let carryover = self
+            .carryover
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        InternalClient::connect(self.router.clone(), conn, client_id, persistent, carryover).await
     }
 }
 

@@ -1,6 +1,8 @@
-//! The embedded store: what must survive a crash (persistent sessions, their queued and
-//! in-flight messages, incoming QoS 2 ids, retained messages, the bridge's outbound stanzas),
-//! in one [redb](https://docs.rs/redb) file, `{dir}/state.redb`.
+//! The embedded store: what must survive a crash (persistent sessions with their delayed
+//! wills, their queued and in-flight messages, incoming QoS 2 ids, retained messages, the
+//! receipts the bridge owes in both directions), in one [redb](https://docs.rs/redb) file,
+//! `{dir}/state.redb`. The bridge's outbound queue toward XMPP is its own persistent broker
+//! session, so it lives in the sessions and messages tables.
 //!
 //! - `record`: the versioned records.
 //! - `journal`: changes gathered by the router and the commit thread that writes them, one
@@ -30,10 +32,15 @@ pub const MESSAGES: &str = "messages";
 pub const QOS2_IN: &str = "qos2_in";
 /// Retained messages, by topic.
 pub const RETAINED: &str = "retained";
-/// Stanzas owed to the XMPP server, by sequence number (big-endian u64).
-pub const XMPP_OUT: &str = "xmpp_out";
-/// Tables the broker and the bridge own; the generic API refuses them.
-pub const RESERVED: &[&str] = &[SESSIONS, MESSAGES, QOS2_IN, RETAINED, XMPP_OUT];
+/// Tracked publishes of in-process clients with a copy in the store (the XEP-0184 receipts
+/// the bridge owes toward XMPP), by token (big-endian u64).
+pub const TRACKED: &str = "tracked";
+/// Where XMPP receipts go back to MQTT publishers (Response Topic, Correlation Data), by
+/// sequence number (big-endian u64, from the same counter as [`MESSAGES`]).
+pub const REPLIES: &str = "replies";
+/// Tables the broker and the bridge own; the generic API refuses them. (Stores written
+/// before this version may hold an empty `xmpp_out` table; nothing reads it.)
+pub const RESERVED: &[&str] = &[SESSIONS, MESSAGES, QOS2_IN, RETAINED, TRACKED, REPLIES];
 
 /// Key-value pairs of a table, in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;

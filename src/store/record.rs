@@ -112,6 +112,19 @@ pub struct SessionRecord {
     /// Subscriptions.
     #[serde(default)]
     pub subscriptions: Vec<SubRecord>,
+    /// An MQTT 5 will waiting for its Will Delay Interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub will: Option<WillRecord>,
+}
+
+/// A will waiting for its delay (inside a [`SessionRecord`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WillRecord {
+    /// The will as a PUBLISH (topic, payload, QoS, retain, will properties), MQTT 5 encoding.
+    #[serde(with = "serde_bytes")]
+    pub packet: Vec<u8>,
+    /// When it is due, Unix milliseconds (wall clock: it must survive a restart).
+    pub due_at_ms: u64,
 }
 
 /// Where a stored message stands toward its subscriber.
@@ -146,6 +159,10 @@ pub struct MessageRecord {
     /// bridge takes the sender's identity from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<(String, Option<String>)>,
+    /// The tracking token of an in-process publisher that wants to know how this copy ends
+    /// (its [`TrackedRecord`] is under the same token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track: Option<u64>,
 }
 
 /// A retained message (key: the topic).
@@ -162,14 +179,60 @@ pub struct RetainedRecord {
     pub expires_at_ms: Option<u64>,
 }
 
-/// A stanza the bridge owes the XMPP server (key: its queue sequence number).
+/// A tracked publish of an in-process client with at least one copy in the store (key: the
+/// token, big-endian u64). Kept until every copy is settled.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StanzaRecord {
+pub struct TrackedRecord {
     /// Format version.
     #[serde(default = "one")]
     pub v: u16,
-    /// The stanza's XML.
-    pub xml: String,
+    /// What the publisher asked to keep with the token (for the bridge: an
+    /// [`AwaitingRecord`]).
+    #[serde(with = "serde_bytes")]
+    pub note: Vec<u8>,
+    /// A subscriber has acknowledged a copy already.
+    #[serde(default)]
+    pub acked: bool,
+}
+
+/// The bridge's note on a tracked publish: the XEP-0184 receipt it owes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AwaitingRecord {
+    /// Format version.
+    #[serde(default = "one")]
+    pub v: u16,
+    /// The XMPP sender (full JID).
+    pub sender: String,
+    /// The bridged recipient.
+    pub recipient: String,
+    /// The message id.
+    pub id: String,
+    /// The mapping rule.
+    pub rule: String,
+    /// The MQTT topic.
+    pub topic: String,
+    /// The QoS it was published with.
+    pub qos: u8,
+    /// The XMPP message type.
+    pub kind: String,
+}
+
+/// Where the XMPP receipt for an MQTT publisher's message goes (key: a sequence number, so
+/// key order is the order they were made in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyRecord {
+    /// Format version.
+    #[serde(default = "one")]
+    pub v: u16,
+    /// The bridged JID the message was sent from (the receipt comes to it).
+    pub from: String,
+    /// The message id.
+    pub id: String,
+    /// The publisher's Response Topic.
+    pub topic: String,
+    /// Its Correlation Data.
+    #[serde(default, with = "serde_bytes")]
+    pub correlation: Option<Vec<u8>>,
 }
 
 /// Records carry their format version.
@@ -193,7 +256,9 @@ macro_rules! versioned {
 versioned!(SessionRecord, "session");
 versioned!(MessageRecord, "message");
 versioned!(RetainedRecord, "retained");
-versioned!(StanzaRecord, "stanza");
+versioned!(TrackedRecord, "tracked");
+versioned!(AwaitingRecord, "awaiting");
+versioned!(ReplyRecord, "reply");
 
 /// Encodes a record.
 pub fn to_bytes<T: Versioned>(record: &T) -> Vec<u8> {
@@ -220,9 +285,15 @@ pub fn from_bytes<T: Versioned>(bytes: &[u8]) -> Result<T, RecordError> {
     Ok(record)
 }
 
-/// A PUBLISH as stored bytes (MQTT 5, so that properties are kept).
+/// A PUBLISH as stored bytes (MQTT 5, so that properties are kept). A QoS 1/2 message
+/// without a packet id yet (queued, or published by an in-process client) is stored with id 1
+/// so that it decodes [MQTT-2.2.1-3]; the id it is sent with is given when it is sent.
 pub fn publish_bytes(publish: &Publish) -> Vec<u8> {
-    let packet = Packet::Publish(publish.clone());
+    let mut publish = publish.clone();
+    if publish.qos != QoS::AtMostOnce && publish.pkid == 0 {
+        publish.pkid = 1;
+    }
+    let packet = Packet::Publish(publish);
     let mut out = BytesMut::new();
     encode(&packet, ProtocolVersion::V5, &mut out);
     out.to_vec()
@@ -274,6 +345,21 @@ mod tests {
         assert_eq!(publish_from(&publish_bytes(&p)).unwrap(), p);
     }
 
+    /// A queued copy of an in-process client's message has no packet id yet; it must still
+    /// read back (it was dropped as undecodable after a restart before this was fixed).
+    #[test]
+    fn publish_without_a_packet_id_yet_reads_back() {
+        for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let p = Publish {
+                pkid: 0,
+                qos,
+                ..publish()
+            };
+            let back = publish_from(&publish_bytes(&p)).unwrap();
+            assert_eq!((back.payload, back.qos, back.pkid), (p.payload, qos, 1));
+        }
+    }
+
     #[test]
     fn truncated_publish_is_an_error() {
         let bytes = publish_bytes(&publish());
@@ -290,6 +376,7 @@ mod tests {
             packet: publish_bytes(&publish()),
             expires_at_ms: Some(42),
             origin: None,
+            track: Some(77),
         };
         let back: MessageRecord = from_bytes(&to_bytes(&r)).unwrap();
         assert_eq!(back, r);
@@ -320,6 +407,7 @@ mod tests {
             expiry: 10,
             detached_at_ms: None,
             subscriptions: vec![],
+            will: None,
         };
         let mut bytes = Vec::new();
         ciborium::into_writer(&old, &mut bytes).unwrap();
@@ -340,13 +428,20 @@ mod tests {
 
     #[test]
     fn newer_format_is_refused() {
-        let r = StanzaRecord {
+        let r = TrackedRecord {
             v: FORMAT + 1,
-            xml: "<message/>".into(),
+            note: vec![1],
+            acked: false,
         };
-        let err = from_bytes::<StanzaRecord>(&to_bytes(&r)).unwrap_err();
+        let err = from_bytes::<TrackedRecord>(&to_bytes(&r)).unwrap_err();
         assert!(
-            matches!(err, RecordError::TooNew { kind: "stanza", .. }),
+            matches!(
+                err,
+                RecordError::TooNew {
+                    kind: "tracked",
+                    ..
+                }
+            ),
             "{err}"
         );
     }
@@ -376,5 +471,98 @@ mod tests {
         };
         let r = SubRecord::new("$share/g/a/#", options, Some(3));
         assert_eq!(r.options(), options);
+    }
+
+    /// Every record added for receipts and delayed wills round-trips, and damaged bytes
+    /// (truncated at every length, or flipped) give an error, never a panic.
+    #[test]
+    fn receipt_and_will_records_round_trip_and_damage_is_an_error() {
+        fn check<T: Versioned + PartialEq + std::fmt::Debug>(r: &T) {
+            let bytes = to_bytes(r);
+            assert_eq!(&from_bytes::<T>(&bytes).unwrap(), r);
+            for cut in 0..bytes.len() {
+                assert!(from_bytes::<T>(&bytes[..cut]).is_err(), "cut at {cut}");
+            }
+            for i in 0..bytes.len() {
+                let mut bad = bytes.clone();
+                bad[i] ^= 0xff;
+                let _either = from_bytes::<T>(&bad); // no panic
+            }
+        }
+        check(&TrackedRecord {
+            v: FORMAT,
+            note: vec![0, 1, 2, 0xff],
+            acked: true,
+        });
+        check(&AwaitingRecord {
+            v: FORMAT,
+            sender: "alice@x/pc".into(),
+            recipient: "bob@m".into(),
+            id: "m1".into(),
+            rule: "inbox".into(),
+            topic: "users/bob/inbox".into(),
+            qos: 2,
+            kind: "chat".into(),
+        });
+        check(&ReplyRecord {
+            v: FORMAT,
+            from: "bob@m".into(),
+            id: "m1".into(),
+            topic: "me/replies".into(),
+            correlation: Some(vec![9, 0, 9]),
+        });
+        check(&ReplyRecord {
+            v: FORMAT,
+            from: "bob@m".into(),
+            id: "m2".into(),
+            topic: "t".into(),
+            correlation: None,
+        });
+        check(&SessionRecord {
+            v: FORMAT,
+            client_id: "c".into(),
+            expiry: 60,
+            detached_at_ms: Some(1),
+            subscriptions: vec![],
+            will: Some(WillRecord {
+                packet: publish_bytes(&publish()),
+                due_at_ms: 1_700_000_000_000,
+            }),
+        });
+        let wrong = from_bytes::<AwaitingRecord>(&to_bytes(&TrackedRecord {
+            v: FORMAT,
+            note: vec![],
+            acked: false,
+        }));
+        assert!(
+            matches!(
+                wrong,
+                Err(RecordError::Undecodable {
+                    kind: "awaiting",
+                    ..
+                })
+            ),
+            "{wrong:?}"
+        );
+    }
+
+    /// A message record written before `track` existed still reads (no token).
+    #[test]
+    fn old_message_records_read_without_a_token() {
+        #[derive(Serialize)]
+        struct Old {
+            v: u16,
+            client_id: String,
+            state: MessageState,
+        }
+        let mut bytes = Vec::new();
+        let old = Old {
+            v: 1,
+            client_id: "c".into(),
+            state: MessageState::Queued,
+        };
+        ciborium::into_writer(&old, &mut bytes).unwrap();
+        let back: MessageRecord = from_bytes(&bytes).unwrap();
+        assert_eq!(back.track, None);
     }
 }

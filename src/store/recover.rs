@@ -1,7 +1,9 @@
 //! Reading the broker's state back on start, before any listener opens.
 
-use super::record::{MessageRecord, RetainedRecord, SessionRecord, StanzaRecord, from_bytes};
-use super::{MESSAGES, QOS2_IN, RETAINED, SESSIONS, Store, StoreError, XMPP_OUT};
+use super::record::{
+    MessageRecord, ReplyRecord, RetainedRecord, SessionRecord, TrackedRecord, from_bytes,
+};
+use super::{MESSAGES, QOS2_IN, REPLIES, RETAINED, SESSIONS, Store, StoreError, TRACKED};
 
 /// Everything the broker kept.
 #[derive(Debug, Default)]
@@ -14,7 +16,11 @@ pub struct Recovered {
     pub qos2_in: Vec<(String, u16)>,
     /// Retained messages by topic.
     pub retained: Vec<(String, RetainedRecord)>,
-    /// The next free message sequence number.
+    /// Tracked publishes with copies in the store, by token.
+    pub tracked: Vec<(u64, TrackedRecord)>,
+    /// Reply routes for XMPP receipts, in the order they were made, with their keys.
+    pub replies: Vec<(u64, ReplyRecord)>,
+    /// The next free sequence number (messages and reply routes).
     pub next_seq: u64,
 }
 
@@ -71,6 +77,19 @@ impl Store {
             out.messages.push((seq, r));
             Ok(())
         })?;
+        self.for_each(TRACKED, |k, v| {
+            let token = seq_of(k).ok_or_else(|| self.bad_key(TRACKED))?;
+            let r = from_bytes(v).map_err(|e| self.bad_record(TRACKED, e))?;
+            out.tracked.push((token, r));
+            Ok(())
+        })?;
+        self.for_each(REPLIES, |k, v| {
+            let seq = seq_of(k).ok_or_else(|| self.bad_key(REPLIES))?;
+            let r = from_bytes(v).map_err(|e| self.bad_record(REPLIES, e))?;
+            last = last.max(seq);
+            out.replies.push((seq, r));
+            Ok(())
+        })?;
         out.next_seq = last + 1;
         self.for_each(QOS2_IN, |k, _v| {
             let (client, pkid) = super::split_qos2_key(k).ok_or_else(|| self.bad_key(QOS2_IN))?;
@@ -81,18 +100,6 @@ impl Store {
             let topic = std::str::from_utf8(k).map_err(|_| self.bad_key(RETAINED))?;
             let r = from_bytes(v).map_err(|e| self.bad_record(RETAINED, e))?;
             out.retained.push((topic.to_string(), r));
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    /// The stanzas the bridge still owes the XMPP server, in order.
-    pub fn recover_stanzas(&self) -> Result<Vec<(u64, StanzaRecord)>, StoreError> {
-        let mut out = Vec::new();
-        self.for_each(XMPP_OUT, |k, v| {
-            let seq = seq_of(k).ok_or_else(|| self.bad_key(XMPP_OUT))?;
-            let r = from_bytes(v).map_err(|e| self.bad_record(XMPP_OUT, e))?;
-            out.push((seq, r));
             Ok(())
         })?;
         Ok(out)
@@ -124,6 +131,7 @@ mod tests {
             expiry: 100,
             detached_at_ms: Some(5),
             subscriptions: vec![],
+            will: None,
         };
         let msg = |state| MessageRecord {
             v: FORMAT,
@@ -132,6 +140,7 @@ mod tests {
             packet: vec![],
             expires_at_ms: None,
             origin: None,
+            track: None,
         };
         let ops = vec![
             put(SESSIONS, b"sub".to_vec(), to_bytes(&session)),
@@ -150,6 +159,41 @@ mod tests {
         assert_eq!(seqs, vec![2, 300]);
         assert_eq!(r.next_seq, 301);
         assert_eq!(r.qos2_in, vec![("pub".to_string(), 9)]);
+    }
+
+    /// Reply routes share the message sequence: a restart continues after both.
+    #[test]
+    fn tracked_and_replies_come_back_and_move_the_sequence_on() {
+        use crate::store::record::{ReplyRecord, TrackedRecord};
+        use crate::store::{REPLIES, TRACKED};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let reply = ReplyRecord {
+            v: FORMAT,
+            from: "bob@m".into(),
+            id: "m1".into(),
+            topic: "me/r".into(),
+            correlation: Some(vec![1]),
+        };
+        let tracked = TrackedRecord {
+            v: FORMAT,
+            note: vec![5],
+            acked: true,
+        };
+        let ops = vec![
+            put(REPLIES, seq_key(40), to_bytes(&reply)),
+            put(TRACKED, seq_key(3), to_bytes(&tracked)),
+        ];
+        store.apply(&ops, true).unwrap();
+        let r = store.recover_broker().unwrap();
+        assert_eq!(r.replies, vec![(40, reply)]);
+        assert_eq!(r.tracked, vec![(3, tracked)]);
+        assert_eq!(r.next_seq, 41);
+        store
+            .apply(&[put(TRACKED, b"short".to_vec(), vec![])], true)
+            .unwrap();
+        let err = store.recover_broker().unwrap_err();
+        assert!(err.to_string().contains("`tracked`"), "{err}");
     }
 
     #[test]

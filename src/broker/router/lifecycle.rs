@@ -163,6 +163,10 @@ impl Router {
                 .get_mut(&sid)
                 .and_then(|s| s.pending_will.take())
             {
+                // The stored session no longer holds the will (same batch as its copies).
+                if let Some(s) = self.sessions.get(&sid) {
+                    s.save();
+                }
                 let who = self.identity_for_events(sid);
                 self.publish_will(will, Some(sid), who.as_ref());
             }
@@ -259,6 +263,10 @@ impl Router {
                 .get_mut(&sid)
                 .and_then(|s| s.pending_will.take())
             {
+                // Published now: the stored session must not bring it back after the restart.
+                if let Some(s) = self.sessions.get(&sid) {
+                    s.save();
+                }
                 let who = self.identity_for_events(sid);
                 self.publish_will(will, None, who.as_ref());
             }

@@ -6,8 +6,10 @@
 use std::time::{Duration, Instant};
 
 use super::{Inflight, Outgoing, Session};
+use crate::broker::codec::{LastWill, Publish, QoS};
 use crate::store::record::{
-    FORMAT, MessageRecord, MessageState, SessionRecord, SubRecord, publish_bytes, to_bytes, unix_ms,
+    FORMAT, MessageRecord, MessageState, RecordError, SessionRecord, SubRecord, WillRecord,
+    publish_bytes, publish_from, to_bytes, unix_ms,
 };
 use crate::store::{MESSAGES, QOS2_IN, SESSIONS, qos2_key, seq_key};
 
@@ -20,6 +22,39 @@ pub(crate) fn instant_to_unix_ms(at: Instant) -> u64 {
         None => unix
             .saturating_sub(u64::try_from(now.duration_since(at).as_millis()).unwrap_or(u64::MAX)),
     }
+}
+
+/// A delayed will as a record: the will as a PUBLISH, and its due time on the wall clock.
+/// The Will Delay Interval is not a PUBLISH property; it has done its work (the due time).
+pub(crate) fn will_record(will: &LastWill, due: Instant) -> WillRecord {
+    let mut properties = will.properties.clone();
+    properties.remove_where(|p| matches!(p, crate::broker::codec::Property::WillDelayInterval(_)));
+    let publish = Publish {
+        dup: false,
+        qos: will.qos,
+        retain: will.retain,
+        topic: will.topic.clone(),
+        pkid: u16::from(will.qos != QoS::AtMostOnce),
+        payload: will.payload.clone(),
+        properties,
+    };
+    WillRecord {
+        packet: publish_bytes(&publish),
+        due_at_ms: instant_to_unix_ms(due),
+    }
+}
+
+/// The delayed will back from its record (an overdue one is due now).
+pub(crate) fn will_from(record: &WillRecord) -> Result<(LastWill, Instant), RecordError> {
+    let p = publish_from(&record.packet)?;
+    let will = LastWill {
+        topic: p.topic,
+        payload: p.payload,
+        qos: p.qos,
+        retain: p.retain,
+        properties: p.properties,
+    };
+    Ok((will, unix_ms_to_instant(record.due_at_ms)))
 }
 
 /// Unix milliseconds as an `Instant` of this process.
@@ -51,11 +86,18 @@ impl Session {
                     o.username.as_ref().map(|u| u.to_string()),
                 )
             }),
+            track: match state {
+                MessageState::Released(_) => None,
+                _ => message.track.as_ref().and_then(|t| t.stored_token()),
+            },
         })
     }
 
     pub(super) fn store_queued(&self, message: &Outgoing) {
         if let (Some(j), true) = (&self.journal, message.stored != 0) {
+            if let Some(t) = &message.track {
+                t.stored_in(j);
+            }
             let value = self.message_record(message, MessageState::Queued);
             j.put(MESSAGES, seq_key(message.stored), value);
         }
@@ -63,6 +105,9 @@ impl Session {
 
     pub(super) fn store_published(&self, message: &Outgoing) {
         if let (Some(j), true) = (&self.journal, message.stored != 0) {
+            if let Some(t) = &message.track {
+                t.stored_in(j);
+            }
             let state = MessageState::Published(message.publish.pkid);
             let value = self.message_record(message, state);
             j.put(MESSAGES, seq_key(message.stored), value);
@@ -78,6 +123,7 @@ impl Session {
                 packet: Vec::new(),
                 expires_at_ms: None,
                 origin: None,
+                track: None,
             });
             j.put(MESSAGES, seq_key(stored), value);
         }
@@ -117,6 +163,7 @@ impl Session {
             expiry: self.expiry,
             detached_at_ms: self.detached_at.map(instant_to_unix_ms),
             subscriptions,
+            will: (self.pending_will.as_ref()).map(|(will, due)| will_record(will, *due)),
         };
         j.put(
             SESSIONS,
@@ -189,5 +236,40 @@ mod tests {
         let back = unix_ms_to_instant(instant_to_unix_ms(at));
         let diff = if back > at { back - at } else { at - back };
         assert!(diff < Duration::from_millis(50), "{diff:?}");
+    }
+
+    #[test]
+    fn delayed_wills_round_trip_and_damage_is_an_error() {
+        use crate::broker::codec::{Properties, Property};
+        let mut properties = Properties::new();
+        properties.push(Property::WillDelayInterval(3));
+        properties.push(Property::ContentType("text/plain".into()));
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let will = LastWill {
+                topic: "status/x".into(),
+                payload: bytes::Bytes::from_static(b"gone"),
+                qos,
+                retain: true,
+                properties: properties.clone(),
+            };
+            let due = Instant::now() + Duration::from_secs(3);
+            let record = will_record(&will, due);
+            let (back, at) = will_from(&record).unwrap();
+            let mut expected = will.clone();
+            expected
+                .properties
+                .remove_where(|p| matches!(p, Property::WillDelayInterval(_)));
+            assert_eq!(
+                back, expected,
+                "all but the delay, which is now the due time"
+            );
+            let diff = if at > due { at - due } else { due - at };
+            assert!(diff < Duration::from_millis(50), "{diff:?}");
+            let cut = WillRecord {
+                packet: record.packet[..record.packet.len() - 1].to_vec(),
+                ..record
+            };
+            assert!(will_from(&cut).is_err());
+        }
     }
 }
