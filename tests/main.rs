@@ -33,6 +33,7 @@ mod mqtt5_clients;
 mod mqtt5_config;
 mod persistence;
 mod persistence_bridge;
+mod persistence_receipts;
 mod presence;
 mod presence_config;
 mod properties;

@@ -83,7 +83,11 @@ impl Bridge {
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            // The log line first: another test's server may have taken this port while the
+            // bridge was down, and answer the connect instead.
+            if self.log_text().contains("MQTT listener ready.")
+                && tokio::net::TcpStream::connect(self.addr).await.is_ok()
+            {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -8,7 +8,7 @@
     reason = "tests: a failed unwrap is a failed test; ignored results are best-effort cleanup"
 )]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Stdio;
