@@ -198,6 +198,8 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     telemetry::init(&cfg.log);
+    // Human logs already show why the start failed; JSON logs get a plain line beside them.
+    let plain_start_error = cfg.log.format == config::LogFormat::Json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -214,7 +216,9 @@ fn run(path: PathBuf) -> ExitCode {
             Ok(app) => app,
             Err(error) => {
                 tracing::error!(%error, "Cannot start.");
-                eprintln!("error: {error}");
+                if plain_start_error {
+                    eprintln!("error: {error}");
+                }
                 return ExitCode::from(exit_code(&error));
             }
         };

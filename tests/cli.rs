@@ -39,6 +39,11 @@ fn shipped_config_is_valid() {
     let (code, stdout, stderr) = check_config(&shipped, &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("listen = [\"127.0.0.1:1883\"]"), "{stdout}");
+    assert!(
+        stdout.contains("[persistence]\nenabled = true\n")
+            && stdout.contains("durability = \"sync\""),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -326,6 +331,10 @@ fn a_port_in_use_fails_before_serving_with_exit_69() {
     let port = taken.local_addr().unwrap().port();
     let mut bridge = start_bridge(port, &[]);
     assert_eq!(wait_exit(&mut bridge.0, Duration::from_secs(15)), 69);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut bridge.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    let reason = format!("cannot listen on 127.0.0.1:{port}");
+    assert_eq!(stderr.matches(&reason).count(), 1, "said once: {stderr}");
 }
 
 #[test]

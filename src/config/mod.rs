@@ -301,6 +301,8 @@ impl Config {
         let mut out =
             toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
         out.push('\n');
+        out.push_str(&persistence::describe(self.broker.persistence.as_ref()));
+        out.push('\n');
         out.push_str(&self.mqtt.describe());
         if let Some(bridge) = &self.bridge {
             out.push('\n');

@@ -53,3 +53,45 @@ pub(super) fn persistence(
         durability,
     })
 }
+
+/// `[persistence]` as the operator writes it, for `check-config` (the store settings are not
+/// part of the serialised broker section).
+pub(super) fn describe(p: Option<&PersistenceConfig>) -> String {
+    let Some(p) = p else {
+        return "[persistence]\nenabled = false\n".to_string();
+    };
+    let mut out = format!(
+        "[persistence]\nenabled = true\ndir = {:?}\n",
+        p.dir.display().to_string()
+    );
+    match p.durability {
+        DurabilityPolicy::Sync => out.push_str("durability = \"sync\"\n"),
+        DurabilityPolicy::Group { group_commit } => out.push_str(&format!(
+            "durability = \"group\"\ngroup_commit_ms = {}\n",
+            group_commit.as_millis()
+        )),
+        DurabilityPolicy::Off => out.push_str("durability = \"off\"\n"),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_names_the_keys_as_written() {
+        assert_eq!(describe(None), "[persistence]\nenabled = false\n");
+        let group = PersistenceConfig {
+            dir: PathBuf::from("/var/lib/bridge"),
+            durability: DurabilityPolicy::Group {
+                group_commit: Duration::from_millis(7),
+            },
+        };
+        assert_eq!(
+            describe(Some(&group)),
+            "[persistence]\nenabled = true\ndir = \"/var/lib/bridge\"\n\
+             durability = \"group\"\ngroup_commit_ms = 7\n"
+        );
+    }
+}
