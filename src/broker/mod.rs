@@ -169,7 +169,7 @@ pub struct Broker {
 
 impl Broker {
     /// Loads the password file, binds every listener, and starts the router and the accept
-    /// loops on a runtime of the broker's own (see [`BrokerRuntime`]); `tracker` learns when
+    /// loops on a runtime of the broker's own (see `BrokerRuntime`); `tracker` learns when
     /// the broker has finished. Everything stops when `shutdown` is cancelled: listeners stop
     /// accepting, wills are published, clients are disconnected.
     pub async fn start(

@@ -384,7 +384,7 @@ impl MappingTable {
     /// The topic for a message of `kind` from legacy bare JID `from` to bridged bare JID `to`
     /// (both as the XMPP side normalized them); `None` when no rule matches, when `to` is not
     /// in the bridge domain, or when either has a resource.
-    /// A domain's final dot is dropped from both (see [`without_final_dot`]).
+    /// A domain's final dot is dropped from both (see `without_final_dot`).
     pub fn to_mqtt(&self, from: &str, to: &str, kind: MessageKind) -> Option<ToMqtt<'_>> {
         let node = self.bridged_node(without_final_dot(to)?)?;
         let peer = PeerInput::split(without_final_dot(from)?)?;
