@@ -2,6 +2,8 @@
 # Runs every cargo-fuzz target for a bounded time and fails on the first crash.
 # Usage: scripts/fuzz.sh [target...]      (default: every target in fuzz/Cargo.toml)
 #   FUZZ_SECONDS   time per target, default 30; 0 skips fuzzing (e.g. a CI without nightly)
+#   FUZZ_WORKERS   fuzzing processes per target (libFuzzer -fork=N), default 1; 2 on two cores
+#                  gives each target twice the executions in the same time
 #   FUZZ_PROFILE   release (default: optimized, the most executions per second) or dev
 #                  (unoptimized: a cold build takes about 40% less CPU, runs 2-3x slower; CI)
 # Needs the nightly toolchain (rustup); installs cargo-fuzz when it is missing.
@@ -11,6 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${FUZZ_SECONDS:-30}"
+workers="${FUZZ_WORKERS:-1}"
+fork=()
+[ "$workers" -gt 1 ] && fork=(-fork="$workers")
 
 log() { printf '\n==> %s\n' "$*"; }
 
@@ -51,12 +56,12 @@ for target in "${targets[@]}"; do
   seeds="fuzz/corpus/$target"
   scratch="fuzz/target/corpus/$target"
   mkdir -p "$seeds" "$scratch"
-  log "Fuzzing $target for ${seconds} s"
+  log "Fuzzing $target for ${seconds} s (${workers} worker(s))"
   out="fuzz/target/fuzz-$target.log"
   # The scratch corpus comes first: libFuzzer writes new inputs into the first directory only.
   # Its progress lines go to a log; the tail is shown on a crash, the final stats otherwise.
   if ! cargo +nightly fuzz run "${flags[@]}" "$target" "$scratch" "$seeds" -- \
-    -max_total_time="$seconds" -print_final_stats=1 \
+    -max_total_time="$seconds" -print_final_stats=1 "${fork[@]}" \
     -max_len=4096 -timeout=10 -rss_limit_mb=2048 >"$out" 2>&1; then
     tail -n 80 "$out"
     echo "fuzz target $target failed; the input is in fuzz/artifacts/$target/ (log: $out)" >&2
