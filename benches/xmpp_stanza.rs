@@ -25,6 +25,9 @@ fn stanza(c: &mut Criterion) {
     g.bench_function("parse bytes -> Element", |b| {
         b.iter(|| Element::from_str(black_box(CHAT)))
     });
+    g.bench_function("parse bytes -> Message (FromXml events, no Element)", |b| {
+        b.iter(|| xso::from_bytes::<Message>(black_box(CHAT.as_bytes())))
+    });
     let el = Element::from_str(CHAT).expect("valid stanza");
     g.bench_function("Element -> Message (TryFrom)", |b| {
         b.iter(|| Message::try_from(black_box(el.clone())))

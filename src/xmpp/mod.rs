@@ -28,6 +28,7 @@ mod message_xml;
 mod queue;
 mod reader;
 mod service;
+mod stanza_reader;
 pub mod stats;
 
 use std::sync::Arc;
