@@ -20,6 +20,51 @@ const CHAT: &str = "<message xmlns='jabber:component:accept' from='alice@localho
     <body>Hello Bob, this is a chat message of a typical length ~t123456;</body>\
     <active xmlns='http://jabber.org/protocol/chatstates'/></message>";
 
+/// Stanzas per stream in the stream cases.
+const STREAM_STANZAS: usize = 100;
+
+/// A component stream (header, `n` copies of [`CHAT`] without their `xmlns`, no footer).
+fn stream_of(n: usize) -> Vec<u8> {
+    let mut s = String::from(
+        "<stream:stream xmlns='jabber:component:accept' \
+         xmlns:stream='http://etherx.jabber.org/streams' id='s1' from='mqtt.localhost'>",
+    );
+    let chat = CHAT.replacen(" xmlns='jabber:component:accept'", "", 1);
+    for _ in 0..n {
+        s.push_str(&chat);
+    }
+    s.into_bytes()
+}
+
+/// Reads every child of the stream's root as a `T` with one parser (what tokio-xmpp's
+/// `XmlStream` does, minus the socket).
+fn read_stream<T: xso::FromXml>(mut buf: &[u8]) -> Vec<T> {
+    use rxml::Parse;
+    use xso::FromEventsBuilder;
+    let mut parser = rxml::Parser::new();
+    let ctx = xso::Context::empty();
+    let mut out = Vec::new();
+    let mut builder: Option<T::Builder> = None;
+    let mut depth = 0usize;
+    while let Ok(Some(ev)) = parser.parse(&mut buf, true) {
+        if let Some(b) = builder.as_mut() {
+            if let Ok(Some(v)) = b.feed(ev, &ctx) {
+                out.push(v);
+                builder = None;
+            }
+            continue;
+        }
+        match ev {
+            rxml::Event::StartElement(_, name, attrs) if depth == 1 => {
+                builder = T::from_events(name, attrs, &ctx).ok();
+            }
+            rxml::Event::StartElement(..) => depth += 1,
+            _ => {}
+        }
+    }
+    out
+}
+
 fn stanza(c: &mut Criterion) {
     let mut g = c.benchmark_group("xmpp_stanza");
     g.bench_function("parse bytes -> Element", |b| {
@@ -27,6 +72,29 @@ fn stanza(c: &mut Criterion) {
     });
     g.bench_function("parse bytes -> Message (FromXml events, no Element)", |b| {
         b.iter(|| xso::from_bytes::<Message>(black_box(CHAT.as_bytes())))
+    });
+    // In the stream: one parser for many stanzas, as on the link (the stanzas inherit the
+    // stream's default namespace). Per stanza = time / STREAM_STANZAS.
+    let stream = stream_of(STREAM_STANZAS);
+    assert_eq!(read_stream::<Message>(&stream).len(), STREAM_STANZAS);
+    assert_eq!(read_stream::<Element>(&stream).len(), STREAM_STANZAS);
+    g.bench_function(
+        "stream of 100: bytes -> Element -> Message (TryFrom)",
+        |b| {
+            b.iter(|| {
+                read_stream::<Element>(black_box(&stream))
+                    .into_iter()
+                    .map(Message::try_from)
+                    .filter(Result::is_ok)
+                    .count()
+            })
+        },
+    );
+    g.bench_function("stream of 100: bytes -> Message (FromXml events)", |b| {
+        b.iter(|| read_stream::<Message>(black_box(&stream)).len())
+    });
+    g.bench_function("stream of 100: bytes -> Element only", |b| {
+        b.iter(|| read_stream::<Element>(black_box(&stream)).len())
     });
     let el = Element::from_str(CHAT).expect("valid stanza");
     g.bench_function("Element -> Message (TryFrom)", |b| {
