@@ -2,9 +2,10 @@
 //! the crates the design card prescribes (rxml, minidom, xmpp-parsers): parse the bytes of a
 //! chat stanza into an `Element`, convert it to a typed `Message`, and the way back.
 //!
-//! `cargo bench --bench xmpp_stanza` (add `-- --quick` for a short run). The sum of the
-//! inbound steps is the floor of the XMPP → MQTT path's CPU per message as long as the link
-//! reads untyped elements and converts them with `TryFrom` (issue 4's design).
+//! `cargo bench --bench xmpp_stanza` (add `-- --quick` for a short run). The link now reads
+//! stanzas the "FromXml events" way (`src/xmpp/stanza_reader.rs`): the `stream of 100` cases
+//! compare it with the former `Element` + `TryFrom` way per stanza, with one parser for the
+//! whole stream as on the link.
 
 use std::hint::black_box;
 use std::str::FromStr;
@@ -20,10 +21,81 @@ const CHAT: &str = "<message xmlns='jabber:component:accept' from='alice@localho
     <body>Hello Bob, this is a chat message of a typical length ~t123456;</body>\
     <active xmlns='http://jabber.org/protocol/chatstates'/></message>";
 
+/// Stanzas per stream in the stream cases.
+const STREAM_STANZAS: usize = 100;
+
+/// A component stream (header, `n` copies of [`CHAT`] without their `xmlns`, no footer).
+fn stream_of(n: usize) -> Vec<u8> {
+    let mut s = String::from(
+        "<stream:stream xmlns='jabber:component:accept' \
+         xmlns:stream='http://etherx.jabber.org/streams' id='s1' from='mqtt.localhost'>",
+    );
+    let chat = CHAT.replacen(" xmlns='jabber:component:accept'", "", 1);
+    for _ in 0..n {
+        s.push_str(&chat);
+    }
+    s.into_bytes()
+}
+
+/// Reads every child of the stream's root as a `T` with one parser (what tokio-xmpp's
+/// `XmlStream` does, minus the socket).
+fn read_stream<T: xso::FromXml>(mut buf: &[u8]) -> Vec<T> {
+    use rxml::Parse;
+    use xso::FromEventsBuilder;
+    let mut parser = rxml::Parser::new();
+    let ctx = xso::Context::empty();
+    let mut out = Vec::new();
+    let mut builder: Option<T::Builder> = None;
+    let mut depth = 0usize;
+    while let Ok(Some(ev)) = parser.parse(&mut buf, true) {
+        if let Some(b) = builder.as_mut() {
+            if let Ok(Some(v)) = b.feed(ev, &ctx) {
+                out.push(v);
+                builder = None;
+            }
+            continue;
+        }
+        match ev {
+            rxml::Event::StartElement(_, name, attrs) if depth == 1 => {
+                builder = T::from_events(name, attrs, &ctx).ok();
+            }
+            rxml::Event::StartElement(..) => depth += 1,
+            _ => {}
+        }
+    }
+    out
+}
+
 fn stanza(c: &mut Criterion) {
     let mut g = c.benchmark_group("xmpp_stanza");
     g.bench_function("parse bytes -> Element", |b| {
         b.iter(|| Element::from_str(black_box(CHAT)))
+    });
+    g.bench_function("parse bytes -> Message (FromXml events, no Element)", |b| {
+        b.iter(|| xso::from_bytes::<Message>(black_box(CHAT.as_bytes())))
+    });
+    // In the stream: one parser for many stanzas, as on the link (the stanzas inherit the
+    // stream's default namespace). Per stanza = time / STREAM_STANZAS.
+    let stream = stream_of(STREAM_STANZAS);
+    assert_eq!(read_stream::<Message>(&stream).len(), STREAM_STANZAS);
+    assert_eq!(read_stream::<Element>(&stream).len(), STREAM_STANZAS);
+    g.bench_function(
+        "stream of 100: bytes -> Element -> Message (TryFrom)",
+        |b| {
+            b.iter(|| {
+                read_stream::<Element>(black_box(&stream))
+                    .into_iter()
+                    .map(Message::try_from)
+                    .filter(Result::is_ok)
+                    .count()
+            })
+        },
+    );
+    g.bench_function("stream of 100: bytes -> Message (FromXml events)", |b| {
+        b.iter(|| read_stream::<Message>(black_box(&stream)).len())
+    });
+    g.bench_function("stream of 100: bytes -> Element only", |b| {
+        b.iter(|| read_stream::<Element>(black_box(&stream)).len())
     });
     let el = Element::from_str(CHAT).expect("valid stanza");
     g.bench_function("Element -> Message (TryFrom)", |b| {

@@ -23,9 +23,9 @@
 //!
 //! The correction window ([`Senders`]) is not persisted: see the README design notes.
 
-use std::collections::hash_map::DefaultHasher;
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -321,21 +321,21 @@ impl Receipts {
 
 /// A map that forgets its oldest entries beyond [`REMEMBERED`].
 #[derive(Debug)]
-struct Recent<K, V> {
-    map: HashMap<K, V>,
+struct Recent<K, V, S = RandomState> {
+    map: HashMap<K, V, S>,
     order: VecDeque<K>,
 }
 
-impl<K, V> Default for Recent<K, V> {
+impl<K, V, S: Default> Default for Recent<K, V, S> {
     fn default() -> Self {
         Recent {
-            map: HashMap::new(),
+            map: HashMap::with_hasher(S::default()),
             order: VecDeque::new(),
         }
     }
 }
 
-impl<K: Hash + Eq + Clone, V> Recent<K, V> {
+impl<K: Hash + Eq + Clone, V, S: BuildHasher> Recent<K, V, S> {
     /// Inserts; returns the value replaced or forgotten (the oldest, beyond [`REMEMBERED`]).
     fn insert(&mut self, k: K, v: V) -> Option<V> {
         let mut out = self.map.insert(k.clone(), v);
@@ -362,17 +362,34 @@ impl<K: Hash + Eq + Clone, V> Recent<K, V> {
     }
 }
 
-fn hash(s: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
+/// A hasher for keys that are hashes already (of a randomly keyed hasher, so nobody can
+/// choose ids that collide): the map uses them as they are instead of hashing them again.
+#[derive(Debug, Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// Who sent each of the last [`REMEMBERED`] message ids (hashes only: no allocation per
-/// message), so that a correction is accepted only from the original sender.
+/// message), so that a correction is accepted only from the original sender. Each string is
+/// hashed once per call, with keys chosen at random per bridge.
 #[derive(Debug, Default)]
 pub struct Senders {
-    recent: Recent<u64, u64>,
+    keys: RandomState,
+    recent: Recent<u64, u64, BuildHasherDefault<PassThrough>>,
 }
 
 /// Whether a correction may go through.
@@ -390,13 +407,14 @@ pub enum Correction {
 impl Senders {
     /// Records that `sender` (a bare JID) sent the message `id`.
     pub fn record(&mut self, id: &str, sender: &str) {
-        let _forgotten = self.recent.insert(hash(id), hash(sender));
+        let (id, sender) = (self.keys.hash_one(id), self.keys.hash_one(sender));
+        let _forgotten = self.recent.insert(id, sender);
     }
 
     /// May `sender` correct the message `id`?
     pub fn check(&self, id: &str, sender: &str) -> Correction {
-        match self.recent.get(&hash(id)) {
-            Some(s) if *s == hash(sender) => Correction::Allowed,
+        match self.recent.get(&self.keys.hash_one(id)) {
+            Some(s) if *s == self.keys.hash_one(sender) => Correction::Allowed,
             Some(_) => Correction::NotTheSender,
             None => Correction::Unknown,
         }

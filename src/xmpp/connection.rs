@@ -3,8 +3,9 @@
 //! 1. Connect TCP to `server` (host names resolved by the system), with `TCP_NODELAY`.
 //! 2. Send the stream header in namespace `jabber:component:accept` with `to` = our domain and
 //!    take the `id` of the server's header.
-//! 3. Skip stream features (XEP-0114 has none) and continue with untyped `Element`s, so one
-//!    stanza that xmpp-parsers rejects never ends the stream.
+//! 3. Skip stream features (XEP-0114 has none) and continue with [`Incoming`] values: typed
+//!    stanzas built straight from the parser's events, a stanza that xmpp-parsers rejects as
+//!    a value (so it never ends the stream), anything else as an untyped `Element`.
 //! 4. Send `<handshake>` = hex(SHA-1(stream id + secret)) and wait for an empty `<handshake/>`;
 //!    a `<stream:error/>` instead tells a wrong secret, a conflict and an unknown domain apart.
 //!
@@ -29,10 +30,11 @@ use super::Stanza;
 use super::config::XmppConfig;
 use super::error::LinkError;
 use super::message_xml::MessageXml;
+use super::stanza_reader::Incoming;
 
-/// An established component stream of untyped elements. It is a `Sink` of [`Wire`] items so
-/// it can be split into a reader and a writer half.
-pub(crate) struct Link(XmlStream<BufStream<TcpStream>, Element>);
+/// An established component stream, read as [`Incoming`] values. It is a `Sink` of [`Wire`]
+/// items so it can be split into a reader and a writer half.
+pub(crate) struct Link(XmlStream<BufStream<TcpStream>, Incoming>);
 
 /// What the writing half sends: an element (replies, pings) or a typed stanza. A stanza is
 /// serialised straight from its type: converting a `Message` to an `Element` first cost more
@@ -90,13 +92,20 @@ async fn connect_inner(cfg: &XmppConfig) -> Result<Link, LinkError> {
         .id
         .ok_or(LinkError::NoStreamId)?
         .into_owned();
-    let mut stream = pending.skip_features::<Element>();
+    let mut stream = pending.skip_features::<Incoming>();
     let handshake = Handshake::from_stream_id_and_password(stream_id, &cfg.secret);
     stream.send(&handshake).await.map_err(LinkError::Io)?;
     loop {
         match stream.next().await {
-            Some(Ok(el)) if el.is("handshake", ns::COMPONENT) => return Ok(Link(stream)),
-            Some(Ok(el)) => return Err(unexpected(el, &cfg.domain)),
+            Some(Ok(Incoming::Other(el))) if el.is("handshake", ns::COMPONENT) => {
+                return Ok(Link(stream));
+            }
+            Some(Ok(Incoming::Other(el))) => return Err(unexpected(el, &cfg.domain)),
+            Some(Ok(stanza)) => {
+                return Err(LinkError::UnexpectedReply {
+                    name: stanza.name().to_owned(),
+                });
+            }
             // Silence is bounded by the overall connect timeout.
             Some(Err(ReadError::SoftTimeout)) => continue,
             Some(Err(ReadError::ParseError(_))) => continue,
@@ -161,13 +170,13 @@ pub(crate) fn read_error(e: io::Error) -> LinkError {
 }
 
 impl Link {
-    fn inner(self: Pin<&mut Self>) -> Pin<&mut XmlStream<BufStream<TcpStream>, Element>> {
+    fn inner(self: Pin<&mut Self>) -> Pin<&mut XmlStream<BufStream<TcpStream>, Incoming>> {
         Pin::new(&mut self.get_mut().0)
     }
 }
 
 impl Stream for Link {
-    type Item = Result<Element, ReadError>;
+    type Item = Result<Incoming, ReadError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner().poll_next(cx)

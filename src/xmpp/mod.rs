@@ -9,6 +9,9 @@
 //! ```
 //! - `config`: [`XmppConfig`] and its defaults.
 //! - `connection`: TCP, stream header and handshake (XEP-0114), with typed failures.
+//! - `stanza_reader`: what the stream is read as: typed stanzas built straight from the XML
+//!   parser's events, stanzas that do not parse as values with their head, other elements
+//!   untyped.
 //! - `service`: disco (XEP-0030) and ping (XEP-0199) answers, `<bad-request/>` for stanzas that
 //!   do not parse; everything else becomes an [`Inbound`] value.
 //! - `queue`: outbound order and confirmation by ping round trips (sans-IO).
@@ -28,6 +31,7 @@ mod message_xml;
 mod queue;
 mod reader;
 mod service;
+mod stanza_reader;
 pub mod stats;
 
 use std::sync::Arc;

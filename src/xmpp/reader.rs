@@ -70,8 +70,8 @@ impl Reader<'_> {
     /// Reads until the stream ends; returns why.
     pub(super) async fn run(&self, mut stream: SplitStream<Link>) -> LinkError {
         loop {
-            let el = match stream.next().await {
-                Some(Ok(el)) => el,
+            let incoming = match stream.next().await {
+                Some(Ok(incoming)) => incoming,
                 // Silence for a read timeout. Keepalive pings (whose answers the writer awaits,
                 // aware of stalls) decide; the stream itself gives up after another read
                 // timeout of silence.
@@ -90,10 +90,10 @@ impl Reader<'_> {
                 }
                 Some(Err(ReadError::StreamFooterReceived)) | None => return LinkError::Closed,
             };
-            match self.service.classify(el) {
-                Action::Deliver(inbound, head) => {
+            match self.service.classify(incoming) {
+                Action::Deliver(inbound) => {
                     XmppStats::add(&self.stats.stanzas_in, 1);
-                    self.deliver(inbound, head).await;
+                    self.deliver(inbound).await;
                 }
                 Action::Reply(reply) => {
                     XmppStats::add(&self.stats.stanzas_in, 1);
@@ -133,7 +133,7 @@ impl Reader<'_> {
 
     /// Hands a stanza to the bridge, waiting while its channel is full; bounces it when the
     /// bridge is gone or shutdown started, so nothing disappears silently.
-    async fn deliver(&self, inbound: Inbound, head: Head) {
+    async fn deliver(&self, inbound: Inbound) {
         if !self.shutdown.is_cancelled() {
             let slot = match self.inbound.try_reserve() {
                 Ok(slot) => Some(slot),
@@ -154,6 +154,7 @@ impl Reader<'_> {
                 return;
             }
         }
+        let head = Head::of_inbound(&inbound);
         let (type_, cond) = (ErrorType::Wait, DefinedCondition::RecipientUnavailable);
         let reply =
             self.service

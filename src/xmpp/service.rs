@@ -16,6 +16,7 @@ use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 
 use super::connection::stream_error;
 use super::error::LinkError;
+use super::stanza_reader::{Incoming, Kind, RawHead};
 use super::{Inbound, Stanza};
 
 /// Disco identity: category and type (XEP-0030 registry: `gateway`; `mqtt` is ours).
@@ -32,8 +33,8 @@ const FEATURES: [&str; 4] = [ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING, ns::RECE
     reason = "lives only between classify and the match on it; boxing would allocate per stanza"
 )]
 pub(crate) enum Action {
-    /// A stanza for the bridge, with what is needed to bounce it.
-    Deliver(Inbound, Head),
+    /// A stanza for the bridge ([`Head::of_inbound`] tells how to bounce it).
+    Deliver(Inbound),
     /// Answered here: write this reply.
     Reply(Element),
     /// The answer to one of our pings (result or error), by id.
@@ -67,13 +68,6 @@ pub(crate) struct Head {
     answerable: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
-    Message,
-    Presence,
-    Iq,
-}
-
 /// Per-link constants the classification needs.
 #[derive(Debug)]
 pub(crate) struct Service {
@@ -93,42 +87,37 @@ impl Service {
     }
 
     /// Decides what to do with one element read from the stream.
-    pub(crate) fn classify(&self, el: Element) -> Action {
-        if el.ns() != ns::COMPONENT {
-            if el.is("error", ns::STREAM) {
-                return Action::Fatal(stream_error(el, self.domain.as_str()));
+    pub(crate) fn classify(&self, incoming: Incoming) -> Action {
+        match incoming {
+            Incoming::Stanza(Inbound::Iq(iq)) => self.iq(iq),
+            Incoming::Stanza(inbound) => Action::Deliver(inbound),
+            Incoming::Bad { head, error } => {
+                let name = head.kind.name().to_owned();
+                let head = Head::of_raw(&head);
+                Action::Bad {
+                    error: error.to_string(),
+                    name,
+                    reply: self.error_reply(
+                        &head,
+                        ErrorType::Modify,
+                        DefinedCondition::BadRequest,
+                        "The bridge could not parse this stanza.",
+                    ),
+                }
             }
-            return Action::Ignore(format!("{{{}}}{}", el.ns(), el.name()));
-        }
-        let kind = match el.name() {
-            "message" => Kind::Message,
-            "presence" => Kind::Presence,
-            "iq" => Kind::Iq,
-            other => return Action::Ignore(other.to_owned()),
-        };
-        let head = Head::of_raw(kind, &el);
-        let parsed = match kind {
-            Kind::Message => Message::try_from(el).map(Inbound::Message),
-            Kind::Presence => Presence::try_from(el).map(Inbound::Presence),
-            Kind::Iq => Iq::try_from(el).map(Inbound::Iq),
-        };
-        match parsed {
-            Ok(Inbound::Iq(iq)) => self.iq(iq, head),
-            Ok(inbound) => Action::Deliver(inbound, head),
-            Err(e) => Action::Bad {
-                error: e.to_string(),
-                name: kind.name().to_owned(),
-                reply: self.error_reply(
-                    &head,
-                    ErrorType::Modify,
-                    DefinedCondition::BadRequest,
-                    "The bridge could not parse this stanza.",
-                ),
-            },
+            Incoming::Other(el) => {
+                if el.is("error", ns::STREAM) {
+                    return Action::Fatal(stream_error(el, self.domain.as_str()));
+                }
+                if el.ns() == ns::COMPONENT {
+                    return Action::Ignore(el.name().to_owned());
+                }
+                Action::Ignore(format!("{{{}}}{}", el.ns(), el.name()))
+            }
         }
     }
 
-    fn iq(&self, iq: Iq, head: Head) -> Action {
+    fn iq(&self, iq: Iq) -> Action {
         let (from, to, id, payload) = match iq {
             Iq::Result { ref id, .. } | Iq::Error { ref id, .. }
                 if id.starts_with(&self.ping_prefix) =>
@@ -146,7 +135,7 @@ impl Service {
                 id,
                 payload,
             } if to.as_ref() == Some(&self.domain) => (from, to, id, payload),
-            other => return Action::Deliver(Inbound::Iq(other), head),
+            other => return Action::Deliver(Inbound::Iq(other)),
         };
         let reply = |payload: Option<Element>| {
             Action::Reply(
@@ -165,6 +154,13 @@ impl Service {
         } else if disco && payload.attr("node").is_some() {
             // We publish no nodes.
             let cond = DefinedCondition::ItemNotFound;
+            let head = Head {
+                kind: Kind::Iq,
+                from,
+                to,
+                id: Some(id),
+                answerable: true,
+            };
             match self.error_reply(&head, ErrorType::Cancel, cond, "No such node.") {
                 Some(el) => Action::Reply(el),
                 None => Action::Ignore("disco query without sender".into()),
@@ -182,15 +178,12 @@ impl Service {
             ))
         } else {
             // Another request to the domain itself: the bridge decides.
-            Action::Deliver(
-                Inbound::Iq(Iq::Get {
-                    from,
-                    to,
-                    id,
-                    payload,
-                }),
-                head,
-            )
+            Action::Deliver(Inbound::Iq(Iq::Get {
+                from,
+                to,
+                id,
+                payload,
+            }))
         }
     }
 
@@ -263,16 +256,6 @@ fn disco_info() -> DiscoInfoResult {
     }
 }
 
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Message => "message",
-            Kind::Presence => "presence",
-            Kind::Iq => "iq",
-        }
-    }
-}
-
 impl Head {
     /// Addressing of a parsed inbound stanza.
     pub(crate) fn of_inbound(inbound: &Inbound) -> Self {
@@ -308,19 +291,19 @@ impl Head {
         }
     }
 
-    /// Reads addressing from an element that may not parse as a stanza.
-    fn of_raw(kind: Kind, el: &Element) -> Self {
-        let jid = |name: &str| el.attr(name).and_then(|s| Jid::new(s).ok());
-        let type_ = el.attr("type");
-        let answerable = match kind {
+    /// Addressing of a stanza that did not parse, from its attributes as written.
+    pub(crate) fn of_raw(raw: &RawHead) -> Self {
+        let jid = |s: &Option<String>| s.as_deref().and_then(|s| Jid::new(s).ok());
+        let type_ = raw.type_.as_deref();
+        let answerable = match raw.kind {
             Kind::Iq => matches!(type_, Some("get" | "set")),
             Kind::Message | Kind::Presence => type_ != Some("error"),
         };
         Self {
-            kind,
-            from: jid("from"),
-            to: jid("to"),
-            id: el.attr("id").map(str::to_owned),
+            kind: raw.kind,
+            from: jid(&raw.from),
+            to: jid(&raw.to),
+            id: raw.id.clone(),
             answerable,
         }
     }
@@ -337,8 +320,7 @@ mod tests {
     }
 
     fn classify(xml: &str) -> Action {
-        let el: Element = xml.parse().unwrap();
-        service().classify(el)
+        service().classify(super::super::stanza_reader::parse(xml))
     }
 
     fn reply(xml: &str) -> Element {
@@ -446,7 +428,7 @@ mod tests {
             "<iq {C} type='result' id='disco-1' from='localhost' to='mqtt.localhost'/>"
         ));
         assert!(
-            matches!(action, Action::Deliver(Inbound::Iq(_), _)),
+            matches!(action, Action::Deliver(Inbound::Iq(_))),
             "{action:?}"
         );
     }
@@ -458,7 +440,7 @@ mod tests {
              <ping xmlns='urn:xmpp:ping'/></iq>"
         ));
         assert!(
-            matches!(action, Action::Deliver(Inbound::Iq(_), _)),
+            matches!(action, Action::Deliver(Inbound::Iq(_))),
             "{action:?}"
         );
         let action = classify(&format!(
@@ -466,7 +448,7 @@ mod tests {
              <body>hi</body></message>"
         ));
         assert!(
-            matches!(action, Action::Deliver(Inbound::Message(_), _)),
+            matches!(action, Action::Deliver(Inbound::Message(_))),
             "{action:?}"
         );
     }
@@ -548,7 +530,7 @@ mod tests {
 
     #[test]
     fn the_bridge_can_answer_an_inbound_stanza_with_an_error() {
-        let Action::Deliver(inbound, _) = classify(&format!(
+        let Action::Deliver(inbound) = classify(&format!(
             "<iq {C} type='set' id='s1' from='a@localhost/r' to='nobody@mqtt.localhost'>\
              <query xmlns='urn:x'/></iq>"
         )) else {
@@ -576,7 +558,7 @@ mod tests {
             error.defined_condition,
             DefinedCondition::ServiceUnavailable
         );
-        let Action::Deliver(result, _) = classify(&format!(
+        let Action::Deliver(result) = classify(&format!(
             "<iq {C} type='result' id='r1' from='a@localhost/r' to='nobody@mqtt.localhost'/>"
         )) else {
             panic!("not delivered")
