@@ -62,8 +62,10 @@ cargo test --bench '*'
 cargo test --doc
 cargo test --lib --bins --tests -- --test-threads=4
 
-# 5. Fuzzing smoke run: every cargo-fuzz target for FUZZ_SECONDS (default 15 here), failing on
-#    a crash. Unoptimized build (FUZZ_PROFILE=dev): from cold it takes 6.4 CPU-minutes against
-#    11.1 optimized, and runs only 2-3x slower. Longer runs: scripts/fuzz.sh (README).
+# 5. Fuzzing: every cargo-fuzz target for FUZZ_SECONDS (default 30) with FUZZ_WORKERS (default 2)
+#    libFuzzer workers, a minute of fuzzing per target on two cores, failing on a crash.
+#    Unoptimized build (FUZZ_PROFILE=dev): from cold it takes 6.4 CPU-minutes against 11.1
+#    optimized, and runs only 2-3x slower. Longer runs: scripts/fuzz.sh (README).
 log "scripts/fuzz.sh"
-FUZZ_SECONDS="${FUZZ_SECONDS:-15}" FUZZ_PROFILE="${FUZZ_PROFILE:-dev}" scripts/fuzz.sh
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}" FUZZ_WORKERS="${FUZZ_WORKERS:-2}" FUZZ_PROFILE="${FUZZ_PROFILE:-dev}" \
+  scripts/fuzz.sh
