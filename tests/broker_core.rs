@@ -587,3 +587,64 @@ async fn disconnect_then_immediate_reconnect_publishes_no_will() {
     }
     watcher.expect_no_publish(Duration::from_millis(500)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_client_acknowledges_a_batch_in_one_hand_over() {
+    use xmpp_mqtt_bridge::broker::codec::QoS as Q;
+    let broker = start_broker(|c| c.sys_interval = Some(Duration::from_millis(50))).await;
+    let inner = broker.app.broker.as_ref().unwrap();
+    let mut bridge = inner.internal_client("bridge").await.unwrap();
+    let codes = bridge
+        .subscribe(&["batch/#".to_string()], Q::ExactlyOnce)
+        .await
+        .unwrap();
+    assert_eq!(codes, vec![2]);
+    let mut publisher = Raw::mqtt(broker.addr, "batch-pub").await;
+    // Three at QoS 1, one at QoS 2 (the broker's copy to the bridge keeps each QoS).
+    for (pkid, qos) in [(1u16, 1u8), (2, 1), (3, 1), (4, 2)] {
+        let topic = format!("batch/{pkid}");
+        let packet = raw::publish_packet(topic.as_bytes(), qos, pkid, b"m");
+        publisher.send(&packet).await;
+    }
+    publisher.send(&[0x62, 0x02, 0x00, 0x04]).await; // PUBREL for the QoS 2 one
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let d = tokio::time::timeout(common::WAIT, bridge.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        got.push(d.publish);
+    }
+    let qos: Vec<Q> = got.iter().map(|p| p.qos).collect();
+    assert_eq!(
+        qos,
+        [
+            Q::AtLeastOnce,
+            Q::AtLeastOnce,
+            Q::AtLeastOnce,
+            Q::ExactlyOnce
+        ]
+    );
+    let inflight = || inner.stats.gauges.inflight.load(Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while inflight() != 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "in flight: {}",
+            inflight()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bridge.ack_many(&got).await.unwrap();
+    // The QoS 2 copy needs the PUBREL answered: `recv` does that while it waits.
+    let _none = tokio::time::timeout(Duration::from_millis(300), bridge.recv()).await;
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while inflight() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still in flight: {}",
+            inflight()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -30,8 +30,10 @@ mod social;
 pub mod stanza;
 pub mod translate;
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -66,6 +68,9 @@ use crate::xmpp::{Inbound, Outgoing, SendError, XmppHandle};
 
 /// How often a delivery refused by a full XMPP queue is offered again.
 const RETRY_FULL_QUEUE: Duration = Duration::from_millis(50);
+
+/// Acknowledgements sent to the broker in one hand-over at most.
+const MAX_ACK_BATCH: usize = 256;
 
 /// Bridge counters.
 #[derive(Debug, Default)]
@@ -194,6 +199,8 @@ pub struct Bridge {
     settling: FuturesUnordered<BoxFuture<'static, Settled>>,
     blocked: Option<Blocked>,
     next_id: u64,
+    /// `mqtt-{process id}-`: made once (`std::process::id` is a system call each time).
+    id_prefix: String,
     /// Where translation outcomes go (audit, metrics).
     events: EventSink,
     /// Presence both ways, when configured.
@@ -248,6 +255,7 @@ impl Bridge {
             settling: FuturesUnordered::new(),
             blocked: None,
             next_id: rand::random::<u32>().into(),
+            id_prefix: format!("mqtt-{:x}-", std::process::id()),
             events: EventSink::default(),
             presence: None,
             session_events: None,
@@ -277,25 +285,8 @@ impl Bridge {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(settled) = self.settling.next(), if !self.settling.is_empty() => {
-                    let (publish, event) = match settled {
-                        Settled::Confirmed(publish, mut event) => {
-                            add(&self.stats.to_xmpp_confirmed);
-                            event.outcome = Outcome::Delivered;
-                            (Some(publish), event)
-                        }
-                        Settled::Dropped(publish, event) => (Some(publish), event),
-                        // Not confirmed: leave it unacknowledged (the broker keeps QoS 1/2).
-                        Settled::Unconfirmed(mut event) => {
-                            let why = "the link stopped or gave up before the server confirmed it";
-                            event.outcome = Outcome::dropped("not_confirmed", why);
-                            (None, event)
-                        }
-                    };
-                    self.events.emit(*event).await;
-                    if let Some(publish) = publish {
-                        if self.mqtt.ack(&publish).await.is_err() {
-                            break;
-                        }
+                    if self.on_settled(settled).await.is_err() {
+                        break;
                     }
                 }
                 event = next_session_event(&mut self.session_events) => match event {
@@ -333,6 +324,44 @@ impl Bridge {
             }
         }
         info!("Bridge stopped.");
+    }
+
+    /// Deliveries the XMPP side settled: `first`, and every other one already settled (a
+    /// ping answer confirms many at once), acknowledged to the broker together.
+    async fn on_settled(&mut self, first: Settled) -> Result<(), crate::broker::BrokerGone> {
+        let mut acks = Vec::new();
+        let mut next = Some(first);
+        while let Some(settled) = next {
+            let (publish, event) = match settled {
+                Settled::Confirmed(publish, mut event) => {
+                    add(&self.stats.to_xmpp_confirmed);
+                    event.outcome = Outcome::Delivered;
+                    (Some(publish), event)
+                }
+                Settled::Dropped(publish, event) => (Some(publish), event),
+                // Not confirmed: leave it unacknowledged (the broker keeps QoS 1/2).
+                Settled::Unconfirmed(mut event) => {
+                    let why = "the link stopped or gave up before the server confirmed it";
+                    event.outcome = Outcome::dropped("not_confirmed", why);
+                    (None, event)
+                }
+            };
+            self.events.emit(*event).await;
+            if let Some(publish) = publish {
+                acks.push(publish);
+            }
+            if acks.len() >= MAX_ACK_BATCH {
+                break;
+            }
+            // Polled with this task's waker (not `now_or_never`, whose no-op waker would be
+            // left registered with the set, losing the wake-up of later confirmations).
+            next = std::future::poll_fn(|cx| match self.settling.poll_next_unpin(cx) {
+                Poll::Ready(settled) => Poll::Ready(settled),
+                Poll::Pending => Poll::Ready(None),
+            })
+            .await;
+        }
+        self.mqtt.ack_many(&acks).await
     }
 
     async fn on_xmpp(&mut self, inbound: Inbound) -> Result<(), crate::broker::BrokerGone> {
@@ -585,7 +614,10 @@ impl Bridge {
 
     fn new_id(&mut self) -> String {
         self.next_id = self.next_id.wrapping_add(1);
-        format!("mqtt-{:x}-{:x}", std::process::id(), self.next_id)
+        let mut id = String::with_capacity(self.id_prefix.len() + 16);
+        id.push_str(&self.id_prefix);
+        let _infallible = write!(id, "{:x}", self.next_id);
+        id
     }
 }
 
