@@ -112,20 +112,6 @@ impl MqttSide {
         }
     }
 
-    /// Acknowledges QoS 1/2 deliveries, in order: the messages are now the XMPP side's. The
-    /// embedded broker gets them in one hand-over.
-    pub async fn ack_many(&mut self, publishes: &[Publish]) -> Result<(), BrokerGone> {
-        match self {
-            MqttSide::Embedded(c) => c.ack_many(publishes).await,
-            MqttSide::Upstream(c) => {
-                for publish in publishes {
-                    c.ack(publish).await?;
-                }
-                Ok(())
-            }
-        }
-    }
-
     /// Acknowledges a QoS 1/2 delivery: the message is now the XMPP side's.
     pub async fn ack(&mut self, publish: &Publish) -> Result<(), BrokerGone> {
         match self {

@@ -241,26 +241,6 @@ impl InternalClient {
         }
     }
 
-    /// Acknowledges several QoS 1 or 2 deliveries in one message to the router (one hand-over
-    /// between the runtimes instead of one per message).
-    pub async fn ack_many(&self, publishes: &[Publish]) -> Result<(), BrokerGone> {
-        let packets: Vec<Packet> = publishes
-            .iter()
-            .filter_map(|p| {
-                let response = PubResponse::new(p.pkid);
-                match p.qos {
-                    QoS::AtMostOnce => None,
-                    QoS::AtLeastOnce => Some(Packet::PubAck(response)),
-                    QoS::ExactlyOnce => Some(Packet::PubRec(response)),
-                }
-            })
-            .collect();
-        if packets.is_empty() {
-            return Ok(());
-        }
-        self.send(packets).await
-    }
-
     /// Sorts one item from the router without awaiting: deliveries wait in `pending`,
     /// answers (PUBCOMP) in `outbox`.
     fn handle(&mut self, item: ToClient) -> Result<(), BrokerGone> {
