@@ -13,8 +13,9 @@
 //! - Corrections ([`Senders`]): who sent each recent message id, so only the original sender
 //!   may correct it.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -170,43 +171,21 @@ impl Receipts {
 
 /// A map that forgets its oldest entries beyond [`REMEMBERED`].
 #[derive(Debug)]
-struct Recent<K, V, S = std::hash::RandomState> {
-    map: HashMap<K, V, S>,
+struct Recent<K, V> {
+    map: HashMap<K, V>,
     order: VecDeque<K>,
 }
 
-impl<K, V, S: Default> Default for Recent<K, V, S> {
+impl<K, V> Default for Recent<K, V> {
     fn default() -> Self {
         Recent {
-            map: HashMap::default(),
+            map: HashMap::new(),
             order: VecDeque::new(),
         }
     }
 }
 
-/// The hasher of maps keyed by a 64-bit hash already: the key is its own hash (hashing it
-/// again with SipHash cost as much as the rest of the correction bookkeeping).
-#[derive(Debug, Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u64` keys use this hasher; fold anything else in all the same.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-impl<K: Hash + Eq + Clone, V, S: BuildHasher> Recent<K, V, S> {
+impl<K: Hash + Eq + Clone, V> Recent<K, V> {
     fn insert(&mut self, k: K, v: V) {
         if self.map.insert(k.clone(), v).is_none() {
             self.order.push_back(k);
@@ -228,14 +207,17 @@ impl<K: Hash + Eq + Clone, V, S: BuildHasher> Recent<K, V, S> {
     }
 }
 
+fn hash(s: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
 /// Who sent each of the last [`REMEMBERED`] message ids (hashes only: no allocation per
 /// message), so that a correction is accepted only from the original sender.
 #[derive(Debug, Default)]
 pub struct Senders {
-    /// Keyed per process, so that nobody can choose ids whose hashes collide (the map below
-    /// uses these hashes as they are).
-    keys: std::hash::RandomState,
-    recent: Recent<u64, u64, BuildHasherDefault<Prehashed>>,
+    recent: Recent<u64, u64>,
 }
 
 /// Whether a correction may go through.
@@ -253,14 +235,13 @@ pub enum Correction {
 impl Senders {
     /// Records that `sender` (a bare JID) sent the message `id`.
     pub fn record(&mut self, id: &str, sender: &str) {
-        self.recent
-            .insert(self.keys.hash_one(id), self.keys.hash_one(sender));
+        self.recent.insert(hash(id), hash(sender));
     }
 
     /// May `sender` correct the message `id`?
     pub fn check(&self, id: &str, sender: &str) -> Correction {
-        match self.recent.get(&self.keys.hash_one(id)) {
-            Some(s) if *s == self.keys.hash_one(sender) => Correction::Allowed,
+        match self.recent.get(&hash(id)) {
+            Some(s) if *s == hash(sender) => Correction::Allowed,
             Some(_) => Correction::NotTheSender,
             None => Correction::Unknown,
         }
@@ -343,20 +324,6 @@ mod tests {
         assert_eq!(r.reply_for("eve@m", "m1"), None);
         assert_eq!(r.reply_for("bob@m", "m1"), Some(reply));
         assert_eq!(r.reply_for("bob@m", "m1"), None);
-    }
-
-    #[test]
-    fn prehashed_keys_are_their_own_hash() {
-        let mut h = Prehashed::default();
-        h.write_u64(0xdead_beef);
-        assert_eq!(h.finish(), 0xdead_beef);
-        let a = Senders::default();
-        let b = Senders::default();
-        assert_ne!(
-            a.keys.hash_one("m1"),
-            b.keys.hash_one("m1"),
-            "keyed per instance"
-        );
     }
 
     #[test]
