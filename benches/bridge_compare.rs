@@ -26,11 +26,16 @@
 //! - **MQTT → XMPP**: MQTT user `bob` publishes `{"body": ...}` at QoS 1 (window of
 //!   `BENCH_BRIDGE_WINDOW` unacknowledged) on `users/bob/outbox/alice@localhost`; the bridge
 //!   sends each as a chat from `bob@mqtt.localhost`; XMPP client `alice` counts them.
-//!   Baseline: XMPP client `bob` sends the same stanzas to `alice` (c2s to c2s).
+//!   Baseline: XMPP client `bob` sends `alice` (c2s to c2s) the stanzas `alice` gets from the
+//!   bridge: when the rule asks for receipts (the shipped one does), each carries
+//!   `<request xmlns='urn:xmpp:receipts'/>` and an `<origin-id/>`, as modern clients
+//!   (XEP-0184, XEP-0359) send every chat message. The other shape (body only, or with both)
+//!   is measured in the same rounds and printed in a second row.
 //! - Rate = distinct messages received / (last one received − first byte written).
 //! - **What limits it**: Prosody, one Lua thread, is the bottleneck of both paths; the bridge
-//!   path adds the bridge's and the MQTT client's CPU on the same 2 cores (printed per run),
-//!   so on a 2-core machine the bridge takes CPU away from Prosody. MQTT → XMPP also depends on
+//!   path adds the bridge's and the MQTT client's CPU on the same 2 cores (printed per run,
+//!   with each process's share of one core), so on a 2-core machine the bridge takes CPU away
+//!   from Prosody. MQTT → XMPP also depends on
 //!   the link's confirmation scheme: at most `queue_depth` (default 10,000) stanzas are written
 //!   but unconfirmed; a full queue makes the bridge re-offer every 50 ms.
 //!
@@ -71,7 +76,9 @@
 //! `BENCH_BRIDGE_LAT_SECS` (4, per path), `BENCH_BRIDGE_LAT_ROUNDS` (4),
 //! `BENCH_BRIDGE_CPU_MESSAGES` (100000), `BENCH_BRIDGE_RUN_TIMEOUT` (30 s),
 //! `BENCH_BRIDGE_PARTS` (`prosody,cpu,audit`: parts 1 and 2, part 3, part 4),
-//! `BENCH_BRIDGE_MAPPINGS` (the rules folder, default the shipped `mappings/`).
+//! `BENCH_BRIDGE_MAPPINGS` (the rules folder, default the shipped `mappings/`),
+//! `BENCH_BRIDGE_PERF` (a file: `perf record` of the bridge during part 3's MQTT → XMPP run),
+//! `BENCH_BRIDGE_BIN` (another bridge binary, e.g. a copy of an earlier build, for A/B runs).
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -175,8 +182,12 @@ fn with_prosody(s: &Settings, dir: &Path, report: &mut Report) {
         bridge: bridge.pid(),
         prosody: prosody.pid(),
     };
+    let receipts = outbox_receipts(&outbox);
+    probe("XMPP c2s", &alice.rx, |m| {
+        bob.send(&chat_receipts(&to_alice, m))
+    });
     let n = s.messages;
-    let mut runs: [Vec<Tput>; 4] = Default::default();
+    let mut runs: [Vec<Tput>; 5] = Default::default();
     for rep in 0..s.reps {
         println!("Throughput, round {} of {}:", rep + 1, s.reps);
         let r = throughput(s, &pids, "c2s alice -> bob", &bob.rx, n, |base| {
@@ -195,10 +206,23 @@ fn with_prosody(s: &Settings, dir: &Path, report: &mut Report) {
             publ.blast(&outbox, base, n, s.window)
         });
         runs[3].push(r);
+        let r = throughput(s, &pids, "c2s +request+oid", &alice.rx, n, |base| {
+            bob.blast_with(chat_receipts, &to_alice, base, n)
+        });
+        runs[4].push(r);
     }
-    let [c2s_xm, xm, c2s_mx, mx] = runs;
-    report.throughput("XMPP → MQTT", &xm, &c2s_xm);
-    report.throughput("MQTT → XMPP", &mx, &c2s_mx);
+    let [c2s_xm, xm, c2s_mx, mx, c2s_mx_receipts] = runs;
+    report.throughput("XMPP → MQTT", &xm, &c2s_xm, PLAIN);
+    // The baseline is Prosody carrying the stanzas the recipient gets from the bridge: with a
+    // receipt request and an origin id when the rule asks for receipts (as modern clients
+    // send every chat message); the other shape is printed beside it.
+    let (same, other) = if receipts {
+        ((&c2s_mx_receipts, WITH_RECEIPTS), (&c2s_mx, PLAIN))
+    } else {
+        ((&c2s_mx, PLAIN), (&c2s_mx_receipts, WITH_RECEIPTS))
+    };
+    report.throughput("MQTT → XMPP", &mx, same.0, same.1);
+    report.throughput("MQTT → XMPP", &mx, other.0, other.1);
 
     println!(
         "\nLatency: {} msg/s, {} rounds of {:.1} s per path:",
@@ -268,9 +292,11 @@ fn without_prosody(s: &Settings, dir: &Path, report: &mut Report) {
     let xm = throughput(s, &pids, "peer -> MQTT", &sub.rx, n, |base| {
         peer.blast(base, n)
     });
+    let perf = Perf::start(pids.bridge);
     let mx = throughput(s, &pids, "MQTT -> peer", &peer.rx, n, |base| {
         publ.blast(&outbox, base, n, s.window)
     });
+    drop(perf);
     let mm = throughput(s, &pids, "MQTT -> MQTT", &sub.rx, n, |base| {
         publ.blast("bench/cpu", base, n, s.window)
     });
@@ -436,6 +462,11 @@ fn env_num<T: FromStr>(name: &str, default: T) -> T {
     }
 }
 
+/// Baseline stanzas: body only.
+const PLAIN: &str = "body only";
+/// Baseline stanzas: body, receipt request, origin id (what a rule with receipts delivers).
+const WITH_RECEIPTS: &str = "body + request + origin-id";
+
 struct Report {
     rows: Vec<[String; 5]>,
     notes: Vec<String>,
@@ -475,7 +506,8 @@ impl Report {
         self.rows.push(cells);
     }
 
-    fn throughput(&mut self, dir: &str, bridge: &[Tput], base: &[Tput]) {
+    /// `shape`: the baseline's stanzas, [`PLAIN`] or [`WITH_RECEIPTS`].
+    fn throughput(&mut self, dir: &str, bridge: &[Tput], base: &[Tput], shape: &str) {
         let b = median(bridge.iter().map(|r| r.rate).collect());
         let p = median(base.iter().map(|r| r.rate).collect());
         let ratio = if p > 0.0 { b / p } else { 0.0 };
@@ -485,7 +517,7 @@ impl Report {
         self.row([
             format!("{dir} throughput (msg/s, median)"),
             format!("{b:.0}"),
-            format!("{p:.0} (Prosody c2s → c2s)"),
+            format!("{p:.0} (Prosody c2s → c2s, {shape})"),
             format!("{ratio:.2}"),
             format!("≥ 0.90 {}", verdict(pass)),
         ]);
@@ -683,10 +715,16 @@ fn throughput(
         per(r.bridge_cpu)
     );
     if pids.prosody != 0 {
+        // Share of one core over the run (CPU time / run time): on a 2-core machine what the
+        // bridge takes, Prosody's single thread may miss.
+        let share = |d: Duration| 100.0 * d.as_secs_f64() / secs.max(1e-9);
+        let prosody_cpu = cpu1.1.saturating_sub(cpu0.1);
         let _ok = write!(
             line,
-            ", Prosody CPU {:5.2} µs/msg",
-            per(cpu1.1.saturating_sub(cpu0.1))
+            ", Prosody CPU {:5.2} µs/msg; core share bridge {:3.0} %, Prosody {:3.0} %",
+            per(prosody_cpu),
+            share(r.bridge_cpu),
+            share(prosody_cpu)
         );
     }
     if dups > 0 || r.lost > 0 {
@@ -765,6 +803,28 @@ fn probe(what: &str, rx: &Receiver<Seen>, mut send: impl FnMut(u64)) {
 fn chat(to: &str, mark: u64) -> Vec<u8> {
     format!("<message to='{to}' type='chat' id='b{mark}'><body>~t{mark};{PAD}</body></message>")
         .into_bytes()
+}
+
+/// The same chat stanza as a modern client sends it (XEP-0184 receipt request and XEP-0359
+/// origin id): the shape the bridge delivers for a rule with `receipts` on.
+fn chat_receipts(to: &str, mark: u64) -> Vec<u8> {
+    format!(
+        "<message to='{to}' type='chat' id='b{mark}'><body>~t{mark};{PAD}</body>\
+         <request xmlns='urn:xmpp:receipts'/><origin-id xmlns='urn:xmpp:sid:0' id='b{mark}'/>\
+         </message>"
+    )
+    .into_bytes()
+}
+
+/// Whether the rule for the bench's outbox topic asks for receipts (then the bridge's stanzas
+/// carry `<request/>` and `<origin-id/>`, and the c2s baseline does too).
+fn outbox_receipts(outbox: &str) -> bool {
+    let dir = mappings_dir();
+    let table = xmpp_mqtt_bridge::mapping::MappingTable::load_dir(&dir, COMPONENT)
+        .unwrap_or_else(|e| panic!("mapping rules in {}: {e:?}", dir.display()));
+    xmpp_mqtt_bridge::bridge::translate::mqtt_to_xmpp(&table, outbox, &json_body(1), Some("bob"))
+        .unwrap_or_else(|e| panic!("the rules do not carry {outbox} to XMPP: {e}"))
+        .receipts
 }
 
 /// An MQTT payload for the chat-outbox rule, marked `mark`.
@@ -990,9 +1050,14 @@ impl C2s {
 
     /// Writes `n` chat stanzas to `to`, marked `base..base + n`, in large writes.
     fn blast(&mut self, to: &str, base: u64, n: u64) {
+        self.blast_with(chat, to, base, n);
+    }
+
+    /// As [`C2s::blast`], with stanzas made by `stanza`.
+    fn blast_with(&mut self, stanza: fn(&str, u64) -> Vec<u8>, to: &str, base: u64, n: u64) {
         let mut buf = Vec::with_capacity(64 * 1024);
         for mark in base..base + n {
-            buf.extend_from_slice(&chat(to, mark));
+            buf.extend_from_slice(&stanza(to, mark));
             if buf.len() >= 60 * 1024 {
                 self.send(&buf);
                 buf.clear();
@@ -1463,6 +1528,50 @@ fn attr<'a>(el: &'a str, name: &str) -> Option<&'a str> {
 // ---------------------------------------------------------------------------------------------
 // Processes
 
+/// `perf record` of the bridge process while it lives, when `BENCH_BRIDGE_PERF` names the
+/// output file (DWARF call graphs: the release build has no frame pointers).
+struct Perf(Option<Child>);
+
+impl Perf {
+    fn start(pid: u32) -> Perf {
+        let Some(out) = std::env::var_os("BENCH_BRIDGE_PERF") else {
+            return Perf(None);
+        };
+        let child = Command::new("perf")
+            .args(["record", "--call-graph", "dwarf,32768", "-F", "2000", "-o"])
+            .arg(&out)
+            .arg("-p")
+            .arg(pid.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| eprintln!("perf not started: {e}"))
+            .ok();
+        thread::sleep(Duration::from_millis(500));
+        Perf(child)
+    }
+}
+
+impl Drop for Perf {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            // SIGINT lets perf write its file.
+            let _ok = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ok = child.wait();
+        }
+    }
+}
+
+/// The rules folder: `BENCH_BRIDGE_MAPPINGS` (e.g. with `receipts = false`) or the shipped one.
+fn mappings_dir() -> PathBuf {
+    std::env::var_os("BENCH_BRIDGE_MAPPINGS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings"),
+        PathBuf::from,
+    )
+}
+
 /// The bridge's release binary with a config of its own.
 struct BridgeProc {
     child: Child,
@@ -1477,11 +1586,7 @@ impl BridgeProc {
         xmpp_mqtt_bridge::broker::auth::set_user(&users, "bob", b"bobpw")
             .expect("write the password file");
         let port = free_port();
-        // `BENCH_BRIDGE_MAPPINGS`: another rules folder (e.g. with `receipts = false`).
-        let mappings = std::env::var_os("BENCH_BRIDGE_MAPPINGS").map_or_else(
-            || Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings"),
-            std::path::PathBuf::from,
-        );
+        let mappings = mappings_dir();
         let config = dir.join(format!("{name}-bridge.toml"));
         let text = format!(
             "[log]\nlevel = \"{}\"\n\n[broker]\nlisten = \"127.0.0.1:{port}\"\n\
@@ -1497,7 +1602,12 @@ impl BridgeProc {
         let log = dir.join(format!("{name}-bridge.log"));
         let out = std::fs::File::create(&log).expect("create the bridge's log");
         let err = out.try_clone().expect("clone the log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_xmpp-mqtt-bridge"))
+        // `BENCH_BRIDGE_BIN`: another build of the bridge (to compare two builds back to back).
+        let bin = std::env::var_os("BENCH_BRIDGE_BIN").map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_xmpp-mqtt-bridge")),
+            PathBuf::from,
+        );
+        let child = Command::new(bin)
             .arg("run")
             .arg("--config")
             .arg(&config)
