@@ -236,11 +236,46 @@ pub fn test_file(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-/// A free TCP port on 127.0.0.1 (for child processes that need a port before they start).
+/// A free TCP port on 127.0.0.1 for a child process that needs its port before it starts.
+///
+/// Handed out from below the kernel's ephemeral range, once per process: a port the kernel
+/// picks for `bind(0)` can be given again, or taken by an outgoing connection (the storm test
+/// makes thousands), in the moment between this check and the child's own bind.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (lo, hi) = port_pool();
+    let span = hi - lo;
+    // Start where this process's id points, so that two test processes rarely meet.
+    let _first = NEXT.compare_exchange(
+        0,
+        1 + std::process::id() % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let port = lo + NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {lo}..{hi}");
+}
+
+/// Ports outside the kernel's ephemeral range (`net.ipv4.ip_local_port_range`).
+fn port_pool() -> (u32, u32) {
+    let range =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut parts = range
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (lo, hi) = (parts.next().unwrap_or(32768), parts.next().unwrap_or(60999));
+    if lo >= 12_000 {
+        (10_000, lo)
+    } else {
+        (hi + 1, 65_535)
+    }
 }
