@@ -177,7 +177,9 @@ impl Receipts {
     }
 
     /// What to keep with `token` in the store for a restart (an [`AwaitingRecord`]).
+    /// `None` without a store: nothing would keep it, and encoding it costs every message.
     pub fn note(&self, token: u64) -> Option<Vec<u8>> {
+        self.journal.as_ref()?;
         let a = self.awaiting.get(&token)?;
         Some(to_bytes(&AwaitingRecord {
             v: FORMAT,

@@ -98,10 +98,13 @@ fn journal() -> (tempfile::TempDir, Arc<crate::store::Store>, Arc<Journal>) {
 #[test]
 fn resumed_bookkeeping_answers_as_before_the_restart() {
     use crate::broker::tracking::Recovered;
-    let mut before = Receipts::default();
+    let (_dir, store, j) = journal();
+    let mut before = Receipts {
+        journal: Some(j.clone()),
+        ..Receipts::default()
+    };
     let owed = before.track("a@x/pc", "b@m", "m1", "chat", "inbox", "t/b", 1);
     let sent = before.track("a@x/pc", "c@m", "m2", "headline", "inbox", "t/c", 2);
-    let (_dir, store, j) = journal();
     let reply = ReplyRecord {
         v: FORMAT,
         from: "b@m".into(),
@@ -183,8 +186,13 @@ fn resumed_bookkeeping_answers_as_before_the_restart() {
 
 #[test]
 fn waiting_receipts_are_bounded_and_the_oldest_forgotten_is_counted() {
-    let mut r = Receipts::default();
+    let (_dir, _store, j) = journal();
+    let mut r = Receipts {
+        journal: Some(j),
+        ..Receipts::default()
+    };
     let first = r.track("a@x", "b@m", "first", "chat", "r", "t", 1);
+    assert!(r.note(first).is_some(), "kept while it waits");
     for i in 0..REMEMBERED {
         r.track("a@x", "b@m", &i.to_string(), "chat", "r", "t", 1);
     }
@@ -195,4 +203,11 @@ fn waiting_receipts_are_bounded_and_the_oldest_forgotten_is_counted() {
         r.on_tracked(settled(first, "c", Settlement::Acknowledged)),
         None
     );
+}
+
+#[test]
+fn without_a_store_no_note_is_made() {
+    let mut r = Receipts::default();
+    let token = r.track("a@x", "b@m", "m", "chat", "r", "t", 1);
+    assert_eq!(r.note(token), None);
 }
