@@ -4,6 +4,7 @@
 #   FUZZ_SECONDS   time per target, default 30; 0 skips fuzzing (e.g. a CI without nightly)
 #   FUZZ_WORKERS   fuzzing processes per target (libFuzzer -fork=N), default 1; 2 on two cores
 #                  gives each target twice the executions in the same time
+#   FUZZ_BUILD_ONLY=1  install what is missing and build the targets, then stop
 #   FUZZ_PROFILE   release (default: optimized, the most executions per second) or dev
 #                  (unoptimized: a cold build takes about 40% less CPU, runs 2-3x slower; CI)
 # Needs the nightly toolchain (rustup); installs cargo-fuzz when it is missing.
@@ -51,6 +52,7 @@ log "Building ${#targets[@]} fuzz targets"
 start=$SECONDS
 cargo +nightly fuzz build "${flags[@]}"
 echo "built in $((SECONDS - start)) s"
+[ "${FUZZ_BUILD_ONLY:-0}" = 1 ] && exit 0
 
 for target in "${targets[@]}"; do
   seeds="fuzz/corpus/$target"

@@ -14,6 +14,7 @@ use xmpp_mqtt_bridge::{shutdown, telemetry};
 /// jemalloc instead of glibc's allocator: 5,000 idle connections cost 4.9 KB each instead of
 /// 8.6 KB (glibc fragments between long-lived and per-connect allocations); mimalloc was
 /// worse (16.8 KB). Measured with benches/broker_compare.rs; see the README.
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

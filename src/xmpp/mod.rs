@@ -431,6 +431,13 @@ pub fn spawn(
     (handle, in_rx)
 }
 
+/// For the fuzz target `stanza_reader` only: reads `bytes` as the link reads stanzas and as an
+/// `Element` converted with `TryFrom`, and panics where the two disagree.
+#[doc(hidden)]
+pub fn check_stanza_reader(bytes: &[u8]) {
+    stanza_reader::check_against_try_from(bytes);
+}
+
 #[cfg(test)]
 mod tests {
     use super::XmppHandle;

@@ -297,6 +297,55 @@ impl FromEventsBuilder for IncomingBuilder {
     }
 }
 
+/// Reads `bytes` (one complete element) as the link does and as an `Element` converted with
+/// `TryFrom` (the way before the typed reader), and panics where the two disagree: a stanza
+/// must give the same typed value both ways, a stanza `TryFrom` refuses must be `Bad` with the
+/// head as written, anything else must be the same `Element`, and XML one way refuses the
+/// other must refuse too. For the fuzz target `stanza_reader` (differential fuzzing).
+pub(crate) fn check_against_try_from(bytes: &[u8]) {
+    let typed = xso::from_bytes::<Incoming>(bytes);
+    let element = xso::from_bytes::<Element>(bytes);
+    let (typed, el) = match (typed, element) {
+        (Err(_), Err(_)) => return,
+        (Ok(t), Err(e)) => panic!("the element parser refused ({e}) what the reader took: {t:?}"),
+        (Err(e), Ok(el)) => panic!("the reader refused ({e}) a well-formed element: {el:?}"),
+        (Ok(t), Ok(el)) => (t, el),
+    };
+    let kind = match el.name() {
+        "message" if el.ns() == ns::COMPONENT => Some(Kind::Message),
+        "presence" if el.ns() == ns::COMPONENT => Some(Kind::Presence),
+        "iq" if el.ns() == ns::COMPONENT => Some(Kind::Iq),
+        _ => None,
+    };
+    let Some(kind) = kind else {
+        match typed {
+            Incoming::Other(got) => assert_eq!(got, el, "an untyped element differs"),
+            other => panic!("{} read as a stanza: {other:?}", el.name()),
+        }
+        return;
+    };
+    let attr = |name: &str| el.attr(name).map(str::to_owned);
+    let head = RawHead {
+        kind,
+        from: attr("from"),
+        to: attr("to"),
+        id: attr("id"),
+        type_: attr("type"),
+    };
+    let via_try_from = match kind {
+        Kind::Message => Message::try_from(el).map(Inbound::Message),
+        Kind::Presence => Presence::try_from(el).map(Inbound::Presence),
+        Kind::Iq => Iq::try_from(el).map(Inbound::Iq),
+    };
+    match (typed, via_try_from) {
+        (Incoming::Stanza(got), Ok(want)) => assert_eq!(got, want, "typed values differ"),
+        (Incoming::Bad { head: got, .. }, Err(_)) => assert_eq!(got, head, "heads differ"),
+        (typed, via_try_from) => {
+            panic!("the reader gave {typed:?}, TryFrom gave {via_try_from:?}")
+        }
+    }
+}
+
 /// Reads one element from `xml` (a complete document), as the stream would.
 #[cfg(test)]
 pub(crate) fn parse(xml: &str) -> Incoming {
