@@ -583,27 +583,33 @@ async fn wills_seen(sub: &mut Raw, quiet: Duration) -> Vec<(String, Instant)> {
     }
 }
 
+/// A persistent subscriber on `will/#` (client id `will-watch`, offline afterwards), a client
+/// `client_id` with a will delayed 3 s that vanishes, the broker killed 0.4 s later and
+/// restarted: the restarted broker and when the client went.
+async fn will_pending_across_kill9(dir: &Path, client_id: &str) -> (Bridge, Instant) {
+    let port = common::free_port();
+    let config = write_config(dir, port, "sync");
+    let mut bridge = Bridge::start(&config, port).await;
+    let mut sub = raw_session(bridge.addr, "will-watch", false).await;
+    sub.send(&raw::subscribe_packet(1, "will/#", 1)).await;
+    assert_eq!(read_packet(&mut sub).await, (0x90, vec![0, 1, 1]), "SUBACK");
+    let gone = will_client_vanishes(bridge.addr, client_id, 3).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    bridge.kill9();
+    assert!(gone.elapsed() < Duration::from_secs(1), "killed within 1 s");
+    drop(sub);
+    bridge.restart().await;
+    (bridge, gone)
+}
+
 /// A will delayed 3 s whose client vanished, then the broker killed within a second: after
 /// the restart the will fires once, not before it is due. (Before delayed wills were stored,
 /// it never fired.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_will_pending_at_kill9_fires_once_after_the_restart_when_due() {
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let config = write_config(dir.path(), port, "sync");
-    let mut bridge = Bridge::start(&config, port).await;
-    let addr = bridge.addr;
-    let mut sub = raw_session(addr, "will-watch", false).await;
-    sub.send(&raw::subscribe_packet(1, "will/#", 1)).await;
-    assert_eq!(read_packet(&mut sub).await, (0x90, vec![0, 1, 1]), "SUBACK");
-    let gone = will_client_vanishes(addr, "w-late", 3).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    bridge.kill9();
-    assert!(gone.elapsed() < Duration::from_secs(1), "killed within 1 s");
-    drop(sub);
-
-    bridge.restart().await;
-    let mut sub = raw_session(addr, "will-watch", true).await;
+    let (bridge, gone) = will_pending_across_kill9(dir.path(), "w-late").await;
+    let mut sub = raw_session(bridge.addr, "will-watch", true).await;
     let seen = wills_seen(&mut sub, Duration::from_secs(5)).await;
     let topics: Vec<&str> = seen.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(topics, vec!["will/w-late"], "{}", bridge.log_text());
@@ -622,19 +628,8 @@ async fn delayed_will_pending_at_kill9_fires_once_after_the_restart_when_due() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_will_is_cancelled_by_a_reconnect_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let config = write_config(dir.path(), port, "sync");
-    let mut bridge = Bridge::start(&config, port).await;
+    let (bridge, gone) = will_pending_across_kill9(dir.path(), "w-back").await;
     let addr = bridge.addr;
-    let mut sub = raw_session(addr, "will-watch", false).await;
-    sub.send(&raw::subscribe_packet(1, "will/#", 1)).await;
-    assert_eq!(read_packet(&mut sub).await, (0x90, vec![0, 1, 1]), "SUBACK");
-    let gone = will_client_vanishes(addr, "w-back", 3).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    bridge.kill9();
-    drop(sub);
-
-    bridge.restart().await;
     let mut sub = raw_session(addr, "will-watch", true).await;
     // Back in time, to its session (clean start 0).
     let mut back = Raw::connect(addr).await;
