@@ -12,15 +12,14 @@
 use crate::common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestBroker;
+use common::paho_chat::PahoChat as Paho;
 use common::prosody::{Prosody, XmppClient};
 use common::raw::{self, Raw};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use xmpp_mqtt_bridge::app::App;
 use xmpp_mqtt_bridge::audit::record::Line;
 use xmpp_mqtt_bridge::audit::{AuditConfig, query};
@@ -141,74 +140,6 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A running `paho_chat.py`; its JSON-line events.
-struct Paho {
-    child: tokio::process::Child,
-    events: tokio::sync::mpsc::UnboundedReceiver<Value>,
-}
-
-impl Paho {
-    /// Starts paho with `args` (after `--port` and `--user`) and waits for it to be subscribed.
-    async fn start(broker: &TestBroker, user: &str, args: &[&str]) -> Paho {
-        Paho::start_on(broker.port(), user, args).await
-    }
-
-    /// As [`Paho::start`], on any broker's port.
-    async fn start_on(port: u16, user: &str, args: &[&str]) -> Paho {
-        let mut child = tokio::process::Command::new(common::python())
-            .arg(common::test_file("clients/paho_chat.py"))
-            .args(["--port", &port.to_string(), "--user", user])
-            .args(args)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        let mut paho = Paho { child, events };
-        paho.wait("ready").await;
-        paho
-    }
-
-    async fn wait(&mut self, event: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + common::WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(v)) if v["event"] == event => return v,
-                Ok(Some(v)) => assert_ne!(v["event"], "failed", "{v}"),
-                Ok(None) => panic!("paho ended before `{event}`"),
-                Err(_) => panic!("paho: no `{event}` in time"),
-            }
-        }
-    }
-
-    async fn message(&mut self) -> Value {
-        self.wait("message").await
-    }
-
-    /// Waits until paho has disconnected and exited.
-    async fn finish(mut self) -> Vec<Value> {
-        let mut rest = Vec::new();
-        loop {
-            match tokio::time::timeout(common::WAIT, self.events.recv()).await {
-                Ok(Some(v)) if v["event"] == "done" => break,
-                Ok(Some(v)) => rest.push(v),
-                _ => panic!("paho did not finish"),
-            }
-        }
-        let _ = tokio::time::timeout(common::WAIT, self.child.wait()).await;
-        rest
     }
 }
 
@@ -349,14 +280,17 @@ async fn offline_persistent_mqtt_user_gets_the_message_and_the_sender_the_receip
     let keep = ["--v311", "--client-id", "bob-tablet", "--keep-session"];
     let mut args = keep.to_vec();
     args.extend(["--sub", "users/bob/inbox/#"]);
-    Paho::start(&s.broker, "bob", &args).await.finish().await;
+    Paho::start(s.broker.port(), "bob", &args)
+        .await
+        .finish()
+        .await;
     let mut alice = s.xmpp("alice", &[]).await;
     let send = json!({"cmd": "chat", "to": BOB, "id": "r-4", "body": "while you were away", "receipt": true});
     alice.command(send).await;
     no_receipt(&mut alice).await;
     let mut args = keep.to_vec();
     args.extend(["--count", "1"]);
-    let mut bob = Paho::start(&s.broker, "bob", &args).await;
+    let mut bob = Paho::start(s.broker.port(), "bob", &args).await;
     let m = bob.message().await;
     assert_eq!(envelope(&m)["body"], "while you were away");
     receipt_for(&mut alice, "r-4").await;
@@ -380,7 +314,7 @@ async fn mqtt5_publisher_gets_the_xmpp_receipt_on_its_response_topic() {
         "--count",
         "1",
     ];
-    let mut bob = Paho::start(&s.broker, "bob", &args).await;
+    let mut bob = Paho::start(s.broker.port(), "bob", &args).await;
     let m = alice
         .wait_for(|e| e["event"] == "message" && e["body"] == "ping me back")
         .await;
@@ -414,7 +348,7 @@ async fn mqtt311_publisher_gets_the_xmpp_receipt_on_the_receipt_topic() {
         "--count",
         "1",
     ];
-    let mut bob = Paho::start(&s.broker, "bob", &args).await;
+    let mut bob = Paho::start(s.broker.port(), "bob", &args).await;
     alice
         .wait_for(|e| e["event"] == "message" && e["body"] == "old client")
         .await;
@@ -434,7 +368,7 @@ async fn origin_ids_both_ways_as_user_property_and_envelope_field() {
     let s = Setup::start().await;
     let mut alice = s.xmpp("alice", &[]).await;
     let args = ["--sub", "users/bob/inbox/#", "--count", "1"];
-    let mut bob = Paho::start(&s.broker, "bob", &args).await;
+    let mut bob = Paho::start(s.broker.port(), "bob", &args).await;
     let send =
         json!({"cmd": "chat", "to": BOB, "id": "i-1", "origin_id": "origin-1", "body": "with ids"});
     alice.command(send).await;
@@ -452,7 +386,10 @@ async fn origin_ids_both_ways_as_user_property_and_envelope_field() {
         "--prop",
         "origin-id=from-mqtt-1",
     ];
-    Paho::start(&s.broker, "bob", &args).await.finish().await;
+    Paho::start(s.broker.port(), "bob", &args)
+        .await
+        .finish()
+        .await;
     let m = alice
         .wait_for(|e| e["event"] == "message" && e["body"] == "mine")
         .await;
@@ -464,7 +401,7 @@ async fn chat_states_both_ways_on_an_ephemeral_topic() {
     let s = Setup::start().await;
     let mut alice = s.xmpp("alice", &[]).await;
     let args = ["--sub", "users/bob/inbox/#", "--count", "1"];
-    let mut bob = Paho::start(&s.broker, "bob", &args).await;
+    let mut bob = Paho::start(s.broker.port(), "bob", &args).await;
     alice
         .command(json!({"cmd": "chat", "to": BOB, "state": "composing"}))
         .await;
@@ -484,7 +421,10 @@ async fn chat_states_both_ways_on_an_ephemeral_topic() {
         "users/bob/outbox/alice@localhost/chatstate",
         r#"{"state":"paused"}"#,
     ];
-    Paho::start(&s.broker, "bob", &args).await.finish().await;
+    Paho::start(s.broker.port(), "bob", &args)
+        .await
+        .finish()
+        .await;
     let m = alice
         .wait_for(|e| e["event"] == "message" && !e["state"].is_null())
         .await;
@@ -501,7 +441,7 @@ async fn corrections_by_the_original_sender_are_carried() {
     let s = Setup::start().await;
     let mut alice = s.xmpp("alice", &[]).await;
     let args = ["--sub", "users/bob/inbox/#", "--count", "2"];
-    let mut bob = Paho::start(&s.broker, "bob", &args).await;
+    let mut bob = Paho::start(s.broker.port(), "bob", &args).await;
     alice
         .command(json!({"cmd": "chat", "to": BOB, "id": "c-1", "body": "helo"}))
         .await;
@@ -517,7 +457,7 @@ async fn corrections_by_the_original_sender_are_carried() {
     // MQTT -> XMPP: bob corrects his own message.
     let out = "users/bob/outbox/alice@localhost";
     Paho::start(
-        &s.broker,
+        s.broker.port(),
         "bob",
         &["--pub", out, r#"{"body":"tpyo","id":"b-1"}"#],
     )
@@ -525,7 +465,7 @@ async fn corrections_by_the_original_sender_are_carried() {
     .finish()
     .await;
     let fixed = r#"{"body":"typo","id":"b-2","replaces":"b-1"}"#;
-    Paho::start(&s.broker, "bob", &["--pub", out, fixed])
+    Paho::start(s.broker.port(), "bob", &["--pub", out, fixed])
         .await
         .finish()
         .await;
@@ -548,7 +488,7 @@ async fn a_correction_from_anyone_but_the_sender_is_refused_and_audited() {
         "--timeout",
         "3",
     ];
-    let mut bob = Paho::start(&s.broker, "bob", &args).await;
+    let mut bob = Paho::start(s.broker.port(), "bob", &args).await;
     alice
         .command(json!({"cmd": "chat", "to": BOB, "id": "x-1", "body": "I owe you 10"}))
         .await;
@@ -577,7 +517,7 @@ async fn a_correction_from_anyone_but_the_sender_is_refused_and_audited() {
     // MQTT -> XMPP: bob tries to correct alice's message.
     let out = "users/bob/outbox/alice@localhost";
     let forged = r#"{"body":"you owe me 10","replaces":"x-1"}"#;
-    Paho::start(&s.broker, "bob", &["--pub", out, forged])
+    Paho::start(s.broker.port(), "bob", &["--pub", out, forged])
         .await
         .finish()
         .await;
@@ -598,7 +538,7 @@ async fn thread_subject_and_delay_both_ways() {
     let s = Setup::start().await;
     let mut alice = s.xmpp("alice", &[]).await;
     let args = ["--sub", "users/bob/inbox/#", "--count", "1"];
-    let mut bob = Paho::start(&s.broker, "bob", &args).await;
+    let mut bob = Paho::start(s.broker.port(), "bob", &args).await;
     let send = json!({"cmd": "chat", "to": BOB, "id": "t-1", "body": "late", "thread": "th-1",
         "subject": "plans", "delay": "2026-01-02T03:04:05Z"});
     alice.command(send).await;
@@ -624,7 +564,7 @@ async fn thread_subject_and_delay_both_ways() {
 
     let out = "users/bob/outbox/alice@localhost";
     let payload = r#"{"body":"written offline","thread":"th-2","subject":"re: plans","delay":"2026-01-02T05:00:00Z"}"#;
-    Paho::start(&s.broker, "bob", &["--pub", out, payload])
+    Paho::start(s.broker.port(), "bob", &["--pub", out, payload])
         .await
         .finish()
         .await;
@@ -669,7 +609,7 @@ async fn upstream_mode_mqtt5_publisher_gets_the_xmpp_receipt_and_its_origin_id_c
         "--count",
         "1",
     ];
-    let mut bob = Paho::start_on(m.port(), "bob", &args).await;
+    let mut bob = Paho::start(m.port(), "bob", &args).await;
     let got = alice
         .wait_for(|e| e["event"] == "message" && e["body"] == "via the cluster")
         .await;
@@ -696,7 +636,7 @@ async fn upstream_mode_sends_no_receipt_to_xmpp_it_cannot_know_the_subscriber_ac
     wait_upstream_connects(&app, 1).await;
     let mut alice =
         XmppClient::connect_script(&prosody, "alice", "clients/xmpp_chat_client.py", &[]).await;
-    let mut bob = Paho::start_on(
+    let mut bob = Paho::start(
         m.port(),
         "bob",
         &["--sub", "users/bob/inbox/#", "--count", "1"],

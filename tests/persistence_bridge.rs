@@ -12,9 +12,9 @@ use crate::common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::process::BridgeProcess as Bridge;
-use common::prosody::{COMPONENT, Prosody, SECRET, XmppClient};
-use common::upstream::{expected, repo, xmpp_bodies};
+use common::process::{BridgeProcess as Bridge, sync_bridge_config};
+use common::prosody::{Prosody, XmppClient};
+use common::upstream::{expected, xmpp_bodies};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 const MESSAGES: usize = 50;
@@ -27,26 +27,8 @@ const MESSAGES: usize = 50;
 async fn messages_acknowledged_toward_xmpp_survive_kill9_of_the_bridge() {
     let mut prosody = Prosody::start();
     let dir = tempfile::tempdir().unwrap();
-    let users = dir.path().join("users");
-    xmpp_mqtt_bridge::broker::auth::set_user(&users, "bob", b"bobpw").unwrap();
     let port = common::free_port();
-    let config = dir.path().join("bridge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[log]\nlevel = \"info\"\n\n\
-             [broker]\nlisten = [\"127.0.0.1:{port}\"]\npassword_file = \"{}\"\n\n\
-             [persistence]\ndir = \"data\"\ndurability = \"sync\"\n\n\
-             [xmpp]\nserver = \"{}\"\ndomain = \"{COMPONENT}\"\nsecret = \"{SECRET}\"\n\
-             ping_interval = \"300ms\"\nread_timeout = \"1s\"\nreconnect_min = \"100ms\"\n\
-             reconnect_max = \"500ms\"\n\n\
-             [mapping]\ndir = \"{}\"\n\n[admin]\nenabled = false\n",
-            users.display(),
-            prosody.component_addr(),
-            repo("mappings").display()
-        ),
-    )
-    .unwrap();
+    let config = sync_bridge_config(dir.path(), &prosody, port, &["bob"]);
     let mut bridge = Bridge::start(&config, "first");
     bridge.wait_log("XMPP component link connected.").await;
     // The XMPP server goes away: the bridge cannot hand anything over.

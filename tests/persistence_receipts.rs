@@ -10,106 +10,16 @@
 
 use crate::common;
 
-use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::process::BridgeProcess as Bridge;
-use common::prosody::{COMPONENT, Prosody, SECRET, XmppClient};
-use common::upstream::repo;
+use common::paho_chat::PahoChat as Paho;
+use common::process::{BridgeProcess as Bridge, sync_bridge_config};
+use common::prosody::{Prosody, XmppClient};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BOB: &str = "bob@mqtt.localhost";
 /// How long "nothing more arrives" is watched for.
 const QUIET: Duration = Duration::from_millis(2000);
-
-/// The bridge's config: embedded broker with `sync` persistence, Prosody, the shipped rules.
-fn config(dir: &Path, prosody: &Prosody, port: u16) -> std::path::PathBuf {
-    let users = dir.join("users");
-    for user in ["alice", "bob"] {
-        xmpp_mqtt_bridge::broker::auth::set_user(&users, user, format!("{user}pw").as_bytes())
-            .unwrap();
-    }
-    let path = dir.join("bridge.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[log]\nlevel = \"info\"\n\n\
-             [broker]\nlisten = [\"127.0.0.1:{port}\"]\npassword_file = \"{}\"\n\n\
-             [persistence]\ndir = \"data\"\ndurability = \"sync\"\n\n\
-             [xmpp]\nserver = \"{}\"\ndomain = \"{COMPONENT}\"\nsecret = \"{SECRET}\"\n\
-             ping_interval = \"300ms\"\nread_timeout = \"1s\"\nreconnect_min = \"100ms\"\n\
-             reconnect_max = \"500ms\"\n\n\
-             [mapping]\ndir = \"{}\"\n\n[admin]\nenabled = false\n",
-            users.display(),
-            prosody.component_addr(),
-            repo("mappings").display()
-        ),
-    )
-    .unwrap();
-    path
-}
-
-/// One run of `tests/clients/paho_chat.py`.
-struct Paho {
-    child: tokio::process::Child,
-    events: tokio::sync::mpsc::UnboundedReceiver<Value>,
-}
-
-impl Paho {
-    /// Starts paho with `args` (after `--port` and `--user`) and waits until it is subscribed.
-    async fn start(port: u16, user: &str, args: &[&str]) -> Paho {
-        let mut child = tokio::process::Command::new(common::python())
-            .arg(common::test_file("clients/paho_chat.py"))
-            .args(["--port", &port.to_string(), "--user", user])
-            .args(args)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let _ = tx.send(v);
-                }
-            }
-        });
-        let mut paho = Paho { child, events };
-        paho.wait("ready").await;
-        paho
-    }
-
-    async fn wait(&mut self, event: &str) -> Value {
-        match self.try_wait(event).await {
-            Ok(v) => v,
-            Err(why) => panic!("{why}"),
-        }
-    }
-
-    /// The next `event` line, or why there was none within [`common::WAIT`].
-    async fn try_wait(&mut self, event: &str) -> Result<Value, String> {
-        let deadline = tokio::time::Instant::now() + common::WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(v)) if v["event"] == event => return Ok(v),
-                Ok(Some(v)) => assert_ne!(v["event"], "failed", "{v}"),
-                Ok(None) => return Err(format!("paho ended before `{event}`")),
-                Err(_) => return Err(format!("paho: no `{event}` in time")),
-            }
-        }
-    }
-
-    /// Waits until paho has disconnected and exited; returns its `done` line.
-    async fn finish(mut self) -> Value {
-        let done = self.wait("done").await;
-        let _ = tokio::time::timeout(common::WAIT, self.child.wait()).await;
-        done
-    }
-}
 
 /// Counts the receipts for `id` reaching `client` until it has been quiet for [`QUIET`].
 async fn receipts_for(client: &mut XmppClient, id: &str) -> usize {
@@ -131,7 +41,7 @@ async fn receipt_owed_to_xmpp_survives_kill9_and_is_sent_once_after_the_ack() {
     let prosody = Prosody::start();
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let config = config(dir.path(), &prosody, port);
+    let config = sync_bridge_config(dir.path(), &prosody, port, &["alice", "bob"]);
     let mut bridge = Bridge::start(&config, "first");
     bridge.wait_log("XMPP component link connected.").await;
     let keep = ["--v311", "--client-id", "bob-tablet", "--keep-session"];
@@ -185,7 +95,7 @@ async fn reply_route_survives_kill9_and_the_late_receipt_reaches_the_mqtt_publis
     let prosody = Prosody::start();
     let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let config = config(dir.path(), &prosody, port);
+    let config = sync_bridge_config(dir.path(), &prosody, port, &["alice", "bob"]);
     let mut bridge = Bridge::start(&config, "first");
     bridge.wait_log("XMPP component link connected.").await;
     let mut alice = XmppClient::connect_script(

@@ -6,6 +6,7 @@ pub mod certs;
 pub mod ejabberd;
 pub mod mosquitto;
 pub mod paho;
+pub mod paho_chat;
 pub mod process;
 pub mod prosody;
 pub mod proxy;

@@ -10,6 +10,38 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::prosody::{COMPONENT, Prosody, SECRET};
+use super::upstream::repo;
+
+/// `{dir}/bridge.toml`: the embedded broker on `port` with `sync` persistence in `{dir}/data`,
+/// `users` (password `{user}pw`) in `{dir}/users`, the component link to `prosody` with short
+/// keepalive and reconnect times, the shipped rules.
+pub fn sync_bridge_config(dir: &Path, prosody: &Prosody, port: u16, users: &[&str]) -> PathBuf {
+    let file = dir.join("users");
+    for user in users {
+        xmpp_mqtt_bridge::broker::auth::set_user(&file, user, format!("{user}pw").as_bytes())
+            .unwrap();
+    }
+    let path = dir.join("bridge.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[log]\nlevel = \"info\"\n\n\
+             [broker]\nlisten = [\"127.0.0.1:{port}\"]\npassword_file = \"{}\"\n\n\
+             [persistence]\ndir = \"data\"\ndurability = \"sync\"\n\n\
+             [xmpp]\nserver = \"{}\"\ndomain = \"{COMPONENT}\"\nsecret = \"{SECRET}\"\n\
+             ping_interval = \"300ms\"\nread_timeout = \"1s\"\nreconnect_min = \"100ms\"\n\
+             reconnect_max = \"500ms\"\n\n\
+             [mapping]\ndir = \"{}\"\n\n[admin]\nenabled = false\n",
+            file.display(),
+            prosody.component_addr(),
+            repo("mappings").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// A running `xmpp-mqtt-bridge run --config FILE`.
 pub struct BridgeProcess {
     child: Child,
