@@ -10,7 +10,6 @@
 
 use crate::common;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,7 +18,7 @@ use std::time::Duration;
 use common::prosody::{Prosody, XmppClient};
 use common::{TestBroker, options};
 use rumqttc::QoS;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use xmpp_mqtt_bridge::app::App;
 use xmpp_mqtt_bridge::audit::record::Line;
 use xmpp_mqtt_bridge::audit::{AuditConfig, PayloadPolicy, query, verify};
@@ -105,32 +104,6 @@ async fn mqtt_user(broker: &TestBroker, user: &str, id: &str) -> common::Client 
         }
     }
     panic!("{user} got no CONNACK: {last}");
-}
-
-/// One HTTP/1.1 GET on the admin listener: status and body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(common::WAIT, s.read_to_string(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, body.to_string())
-}
-
-/// The value of the sample `series` (name with labels, exactly as exposed) in `text`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Polls until `cond` holds, or fails the test.
@@ -260,9 +233,9 @@ async fn every_message_is_audited_and_counted() {
     .await;
 
     // /metrics after the known load.
-    let (status, m) = get(admin, "/metrics").await;
+    let (status, m) = common::http_get(admin, "/metrics").await;
     assert_eq!(status, 200);
-    let s = |series: &str| sample(&m, series).unwrap_or_else(|| panic!("{series} in\n{m}"));
+    let s = |series: &str| common::metric(&m, series).unwrap_or_else(|| panic!("{series} in\n{m}"));
     assert_eq!(
         s(
             r#"bridge_messages_total{direction="xmpp_to_mqtt",outcome="published",rule="chat-inbox"}"#
@@ -331,14 +304,17 @@ async fn every_message_is_audited_and_counted() {
             "the dashboard uses `{name}`, which /metrics does not expose"
         );
     }
-    assert_eq!(get(admin, "/healthz").await, (200, "alive\n".into()));
-    let (status, body) = get(admin, "/readyz").await;
+    assert_eq!(
+        common::http_get(admin, "/healthz").await,
+        (200, "alive\n".into())
+    );
+    let (status, body) = common::http_get(admin, "/readyz").await;
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains("xmpp: ok") && body.contains("audit: ok"),
         "{body}"
     );
-    assert_eq!(get(admin, "/nope").await.0, 404);
+    assert_eq!(common::http_get(admin, "/nope").await.0, 404);
 
     // The trail: one record per message, right outcomes, chain intact after shutdown.
     drop(alice);
@@ -426,14 +402,14 @@ async fn an_unwritable_trail_fails_readiness_refuses_traffic_and_recovers() {
     let broker = start_bridge(&prosody, &tmp.path().join("users"), audit).await;
     wait_linked(&broker).await;
     let admin = broker.app.admin_addr.unwrap();
-    let (status, body) = get(admin, "/readyz").await;
+    let (status, body) = common::http_get(admin, "/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("audit: FAIL"), "{body}");
     assert!(
         body.contains("xmpp: ok") && body.contains("broker: ok"),
         "{body}"
     );
-    assert_eq!(get(admin, "/healthz").await.0, 200);
+    assert_eq!(common::http_get(admin, "/healthz").await.0, 200);
 
     // Traffic: the writer holds one batch and retries, the queue (2) fills, then the bridge
     // refuses new XMPP messages with <resource-constraint/>. Nothing is lost silently.
@@ -471,11 +447,11 @@ async fn an_unwritable_trail_fails_readiness_refuses_traffic_and_recovers() {
         refused >= 1 && carried >= 1,
         "refused {refused}, carried {carried}"
     );
-    let (_, m) = get(admin, "/metrics").await;
-    assert_eq!(sample(&m, "audit_writable"), Some(0.0));
-    assert!(sample(&m, "audit_write_errors_total").unwrap() >= 1.0);
+    let (_, m) = common::http_get(admin, "/metrics").await;
+    assert_eq!(common::metric(&m, "audit_writable"), Some(0.0));
+    assert!(common::metric(&m, "audit_write_errors_total").unwrap() >= 1.0);
     assert_eq!(
-        sample(
+        common::metric(
             &m,
             r#"bridge_messages_not_carried_total{direction="xmpp_to_mqtt",outcome="denied",reason="audit_queue_full"}"#
         ),
@@ -494,7 +470,7 @@ async fn an_unwritable_trail_fails_readiness_refuses_traffic_and_recovers() {
         stats.records_written.load(Ordering::Relaxed) == u64::from(carried)
     })
     .await;
-    assert_eq!(get(admin, "/readyz").await.0, 200);
+    assert_eq!(common::http_get(admin, "/readyz").await.0, 200);
     // The link going down fails readiness too.
     drop(alice);
     let mut prosody = prosody;
@@ -504,7 +480,7 @@ async fn an_unwritable_trail_fails_readiness_refuses_traffic_and_recovers() {
         !matches!(xmpp.state(), xmpp_mqtt_bridge::xmpp::LinkState::Connected)
     })
     .await;
-    let (status, body) = get(admin, "/readyz").await;
+    let (status, body) = common::http_get(admin, "/readyz").await;
     assert_eq!(status, 503);
     assert!(body.contains("xmpp: FAIL"), "{body}");
     assert!(broker.stop().await);

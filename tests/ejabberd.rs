@@ -22,26 +22,10 @@ use common::upstream::{
 };
 use rumqttc::QoS;
 
-/// The admin listener's address, from the log line that announces it.
-async fn admin_addr(bridge: &Bridge) -> String {
-    bridge.wait_log("Admin listener ready").await;
-    let log = bridge.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("Admin listener ready"))
-        .unwrap();
-    let at = line.find("addr=").unwrap() + "addr=".len();
-    line[at..]
-        .split(|c: char| c.is_whitespace())
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 /// Messages an instance published to MQTT (sum over rules), from its /metrics.
 async fn published_to_mqtt(bridge: &Bridge) -> u64 {
-    let addr = admin_addr(bridge).await;
-    let text = http_get(&addr, "/metrics").await;
+    let addr = bridge.admin_addr().await;
+    let (_, text) = common::http_get(addr, "/metrics").await;
     text.lines()
         .filter(|l| {
             l.starts_with("bridge_messages_total{")
@@ -50,20 +34,6 @@ async fn published_to_mqtt(bridge: &Bridge) -> u64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
-}
-
-async fn http_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.unwrap();
-    text
 }
 
 /// Waits until ejabberd has processed the client's initial presence: a message to the bare

@@ -177,26 +177,18 @@ impl Writer {
         if self.file.is_none() {
             self.open_next()?;
         }
-        let mut seq = self.next_seq;
-        let mut prev = self.prev.clone();
-        let mut text = String::with_capacity(batch.len() * 512);
-        for event in batch {
-            let mut line = Line::record(event, self.cfg.policy(event.rule.as_deref()));
-            line.seq = seq;
-            let (t, hash) = line.seal(&prev);
-            text.push_str(&t);
-            prev = hash;
-            seq += 1;
-        }
+        let (mut text, mut seq, mut prev) = self.seal(batch);
         if let Err(e) = self.append(&text) {
             if e.kind() != io::ErrorKind::FileTooLarge {
                 return Err(e);
             }
             // This file may grow no more (the process's file-size limit): close it with a
             // checkpoint and go on in the next. When even the checkpoint does not fit, the
-            // file stays open and the next retry tries again.
+            // file stays open and the next retry tries again. The checkpoint and the next
+            // file's open line join the chain, so the batch is sealed again after them.
             self.close()?;
             self.open_next()?;
+            (text, seq, prev) = self.seal(batch);
             self.append(&text)?;
         }
         let Some(open) = self.file.as_mut() else {
@@ -217,6 +209,23 @@ impl Writer {
         }
         self.succeeded();
         Ok(())
+    }
+
+    /// The batch's lines, chained on from the last line written: the text, the next sequence
+    /// number and the last line's hash.
+    fn seal(&self, batch: &[Translation]) -> (String, u64, String) {
+        let mut seq = self.next_seq;
+        let mut prev = self.prev.clone();
+        let mut text = String::with_capacity(batch.len() * 512);
+        for event in batch {
+            let mut line = Line::record(event, self.cfg.policy(event.rule.as_deref()));
+            line.seq = seq;
+            let (t, hash) = line.seal(&prev);
+            text.push_str(&t);
+            prev = hash;
+            seq += 1;
+        }
+        (text, seq, prev)
     }
 
     /// Appends `text` (whole lines) to the open file. A failed write is cut back to the

@@ -91,6 +91,45 @@ impl BridgeProcess {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The admin listener's address, from the log line that announces it.
+    pub async fn admin_addr(&self) -> String {
+        const READY: &str = "Admin listener ready";
+        self.wait_log(READY).await;
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains(READY)).unwrap();
+        let at = line.find("addr=").unwrap() + "addr=".len();
+        line[at..]
+            .split(|c: char| c.is_whitespace())
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    /// SIGTERM, then waits for the exit (at most [`super::WAIT`]): the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + super::WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the bridge did not stop:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
