@@ -363,6 +363,81 @@ async fn mqtt311_publisher_gets_the_xmpp_receipt_on_the_receipt_topic() {
     bob.finish().await;
 }
 
+/// A message from MQTT that the XMPP server bounces (no such user): the error comes back to
+/// the publisher on the `error` sub-topic of its inbox, and the audit trail says `bounced`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt311_publisher_learns_of_a_bounce_on_the_error_topic() {
+    let s = Setup::start().await;
+    let args = [
+        "--v311",
+        "--sub",
+        "users/bob/inbox/#",
+        "--pub",
+        "users/bob/outbox/nobody@localhost",
+        r#"{"body":"anyone there?","id":"b-1"}"#,
+        "--count",
+        "1",
+    ];
+    let mut bob = Paho::start(s.broker.port(), "bob", &args).await;
+    let r = bob.message().await;
+    assert_eq!(r["topic"], "users/bob/inbox/nobody@localhost/error");
+    let v = envelope(&r);
+    assert_eq!(
+        (v["type"].as_str(), v["id"].as_str(), v["to"].as_str()),
+        (Some("error"), Some("b-1"), Some(BOB)),
+        "{v}"
+    );
+    assert_eq!(v["from"], "nobody@localhost");
+    assert_eq!(v["condition"], "service-unavailable", "{v}");
+    let line = s.audited("bounced", None).await;
+    assert!(
+        line.detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with("service-unavailable")),
+        "{line:?}"
+    );
+    assert_eq!(line.xmpp.as_ref().unwrap().kind.as_deref(), Some("error"));
+    bob.finish().await;
+}
+
+/// An MQTT 5 publisher that set a Response Topic gets the bounce there, with its Correlation
+/// Data, as it would the receipt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_publisher_gets_a_bounce_on_its_response_topic() {
+    let s = Setup::start().await;
+    let args = [
+        "--sub",
+        "replies/bob",
+        "--pub",
+        "users/bob/outbox/nobody@localhost",
+        r#"{"body":"anyone there?","id":"b-2"}"#,
+        "--response-topic",
+        "replies/bob",
+        "--correlation",
+        "corr-9",
+        "--count",
+        "1",
+    ];
+    let mut bob = Paho::start(s.broker.port(), "bob", &args).await;
+    let r = bob.message().await;
+    assert_eq!(
+        (r["topic"].as_str(), r["correlation"].as_str()),
+        (Some("replies/bob"), Some("corr-9"))
+    );
+    let v = envelope(&r);
+    assert_eq!(
+        (
+            v["type"].as_str(),
+            v["id"].as_str(),
+            v["condition"].as_str()
+        ),
+        (Some("error"), Some("b-2"), Some("service-unavailable")),
+        "{v}"
+    );
+    s.audited("bounced", None).await;
+    bob.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_ids_both_ways_as_user_property_and_envelope_field() {
     let s = Setup::start().await;

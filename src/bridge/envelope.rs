@@ -88,6 +88,17 @@ pub struct Extras {
     pub receipt_request: bool,
     /// XEP-0184: this message is a receipt for the message with this id.
     pub received: Option<String>,
+    /// The XMPP server bounced the message with this stanza's id (an error stanza).
+    pub bounced: Option<Bounce>,
+}
+
+/// Why the XMPP side bounced a message the bridge sent: the error stanza's condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bounce {
+    /// RFC 6120 defined condition (`service-unavailable`, `item-not-found`, ...).
+    pub condition: String,
+    /// The error's human-readable text, when the server gave one.
+    pub text: Option<String>,
 }
 
 /// A chat message between the two worlds.
@@ -157,6 +168,29 @@ struct ReceiptOut<'a> {
     from: &'a str,
     to: &'a str,
     id: &'a str,
+}
+
+impl Bounce {
+    /// The condition, with the text when there is one (for logs and audit records).
+    pub fn detail(&self) -> String {
+        match &self.text {
+            Some(text) => format!("{}: {text}", self.condition),
+            None => self.condition.clone(),
+        }
+    }
+}
+
+/// The JSON form of a bounce on MQTT.
+#[derive(Debug, Serialize)]
+struct BounceOut<'a> {
+    v: u32,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    from: &'a str,
+    to: &'a str,
+    id: &'a str,
+    condition: &'a str,
+    text: Option<&'a str>,
 }
 
 /// A chat state from MQTT (JSON form).
@@ -306,6 +340,21 @@ pub fn receipt_json(from: &str, to: &str, id: &str) -> String {
     serde_json::to_string(&out).unwrap_or_default()
 }
 
+/// The JSON form of a bounce: the message `id` that `to` sent could not be delivered to
+/// `from` (the error stanza's sender), for the reason in `bounce`.
+pub fn bounce_json(from: &str, to: &str, id: &str, bounce: &Bounce) -> String {
+    let out = BounceOut {
+        v: ENVELOPE_VERSION,
+        kind: "error",
+        from,
+        to,
+        id,
+        condition: &bounce.condition,
+        text: bounce.text.as_deref(),
+    };
+    serde_json::to_string(&out).unwrap_or_default()
+}
+
 /// Parses a chat state from MQTT: the bare name (`text` rules) or `{"state":..}` (`json`).
 pub fn parse_state(
     payload: &[u8],
@@ -424,6 +473,7 @@ mod tests {
                 state: Some(ChatState::Active),
                 receipt_request: true,
                 received: None,
+                bounced: None,
             },
         };
         let v: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();

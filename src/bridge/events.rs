@@ -48,6 +48,12 @@ pub enum Outcome {
     /// the XEP-0184 `<received/>` went to the XMPP sender; or an XMPP client's receipt was
     /// published back to the MQTT publisher.
     ReceiptSent,
+    /// XMPP → MQTT: the XMPP server bounced a message the bridge had sent (an error stanza
+    /// naming its id), and the bounce was published to the MQTT sender.
+    Bounced {
+        /// The error condition, and its text when the server gave one.
+        detail: String,
+    },
     /// XMPP → MQTT: a tracked copy's MQTT 5 Message Expiry ran out before it was sent.
     Expired {
         /// Human-readable detail.
@@ -100,6 +106,7 @@ impl Outcome {
             Outcome::Published => "published",
             Outcome::Delivered => "delivered",
             Outcome::ReceiptSent => "receipt_sent",
+            Outcome::Bounced { .. } => "bounced",
             Outcome::Expired { .. } => "expired",
             Outcome::Denied { .. } => "denied",
             Outcome::Dropped { .. } => "dropped",
@@ -111,7 +118,10 @@ impl Outcome {
         match self {
             Outcome::Denied { reason, .. } | Outcome::Dropped { reason, .. } => Some(reason),
             Outcome::Expired { .. } => Some("expired"),
-            Outcome::Published | Outcome::Delivered | Outcome::ReceiptSent => None,
+            Outcome::Published
+            | Outcome::Delivered
+            | Outcome::ReceiptSent
+            | Outcome::Bounced { .. } => None,
         }
     }
 
@@ -120,7 +130,8 @@ impl Outcome {
         match self {
             Outcome::Denied { detail, .. }
             | Outcome::Dropped { detail, .. }
-            | Outcome::Expired { detail } => Some(detail),
+            | Outcome::Expired { detail }
+            | Outcome::Bounced { detail } => Some(detail),
             Outcome::Published | Outcome::Delivered | Outcome::ReceiptSent => None,
         }
     }

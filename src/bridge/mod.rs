@@ -384,13 +384,17 @@ impl Bridge {
                 }
             }
         }
-        let Some(chat) = inbound_chat(&m) else {
+        let Some(chat) = inbound_chat(&m).or_else(|| self.bounce_of(&m)) else {
             // Errors and messages without addresses are never answered (no error loops).
             add(&self.stats.ignored_from_xmpp);
             return Ok(());
         };
         let id = chat.id.as_deref();
-        let mut event = Translation::from_xmpp(&chat.from, &chat.to, chat.kind.as_str(), id);
+        let kind = match chat.extras.bounced {
+            Some(_) => "error",
+            None => chat.kind.as_str(),
+        };
+        let mut event = Translation::from_xmpp(&chat.from, &chat.to, kind, id);
         // What a record of a message not carried keeps: its body.
         let body = |chat: &InboundChat| chat.body.clone().map(Bytes::from).unwrap_or_default();
         if !self.events.admits() {
@@ -443,8 +447,14 @@ impl Bridge {
                 if out.carried == Carried::Message {
                     self.remember_sender(&chat);
                 }
-                if matches!(out.carried, Carried::Receipt(_)) {
-                    event.outcome = Outcome::ReceiptSent;
+                match (&out.carried, &chat.extras.bounced) {
+                    (Carried::Receipt(_), _) => event.outcome = Outcome::ReceiptSent,
+                    (Carried::Bounce(_), Some(bounce)) => {
+                        event.outcome = Outcome::Bounced {
+                            detail: bounce.detail(),
+                        };
+                    }
+                    _ => {}
                 }
                 let publish = Publish {
                     dup: false,

@@ -6,7 +6,7 @@ use tracing::{debug, info, warn};
 use xmpp_parsers::message::Message;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
-use super::envelope::receipt_json;
+use super::envelope::{Bounce, bounce_json, receipt_json};
 use super::events::{Outcome, Translation};
 use super::receipts::{Action, Correction, Reply};
 use super::stanza;
@@ -70,31 +70,71 @@ impl Bridge {
         if let (Some(id), false) = (&chat.extras.received, has_body) {
             if let Some(reply) = self.receipts.reply_for(bare(&chat.to), id) {
                 let payload = Bytes::from(receipt_json(&chat.from, &chat.to, id));
-                let mut properties = Properties::new();
-                if let Some(c) = reply.correlation {
-                    properties.push(Property::CorrelationData(c));
-                }
-                let topic = reply.topic.to_string();
-                event.to_mqtt("", &topic, 1, BRIDGE_CLIENT_ID, payload.clone());
-                event.rule = None;
-                event.outcome = Outcome::ReceiptSent;
-                let publish = Publish {
-                    dup: false,
-                    qos: QoS::AtLeastOnce,
-                    retain: false,
-                    topic: reply.topic,
-                    pkid: 0,
-                    payload,
-                    properties,
+                self.publish_to_reply(reply, payload, event, Outcome::ReceiptSent)
+                    .await?;
+                debug!(id, "XMPP receipt published to the Response Topic.");
+                return Ok(None);
+            }
+        }
+        if let (Some(bounce), Some(id)) = (&chat.extras.bounced, &chat.id) {
+            if let Some(reply) = self.receipts.reply_for(bare(&chat.to), id) {
+                let payload = Bytes::from(bounce_json(&chat.from, &chat.to, id, bounce));
+                let outcome = Outcome::Bounced {
+                    detail: bounce.detail(),
                 };
-                self.mqtt.publish(publish).await?;
-                event.handed_over();
-                debug!(%topic, id, "XMPP receipt published to the Response Topic.");
-                self.events.emit(*event).await;
+                self.publish_to_reply(reply, payload, event, outcome)
+                    .await?;
+                debug!(id, "XMPP bounce published to the Response Topic.");
                 return Ok(None);
             }
         }
         Ok(Some(event))
+    }
+
+    /// Publishes a receipt or a bounce to the Response Topic (with the Correlation Data) an
+    /// MQTT 5 publisher gave with its message, and audits it with `outcome`.
+    async fn publish_to_reply(
+        &mut self,
+        reply: Reply,
+        payload: Bytes,
+        mut event: Box<Translation>,
+        outcome: Outcome,
+    ) -> Result<(), BrokerGone> {
+        let mut properties = Properties::new();
+        if let Some(c) = reply.correlation {
+            properties.push(Property::CorrelationData(c));
+        }
+        let topic = reply.topic.to_string();
+        event.to_mqtt("", &topic, 1, BRIDGE_CLIENT_ID, payload.clone());
+        event.rule = None;
+        event.outcome = outcome;
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: reply.topic,
+            pkid: 0,
+            payload,
+            properties,
+        };
+        self.mqtt.publish(publish).await?;
+        event.handed_over();
+        self.events.emit(*event).await;
+        Ok(())
+    }
+
+    /// An error stanza that bounces a message the bridged user sent through the bridge (its id
+    /// was carried from MQTT and is still remembered), as a bodiless message to carry back;
+    /// `None` for every other error (never answered, never carried: no error loops).
+    pub(super) fn bounce_of(&self, m: &Message) -> Option<InboundChat> {
+        let chat = stanza::bounced_chat(m)?;
+        let id = chat.id.as_deref()?;
+        let ours = self.senders.check(id, bare(&chat.to)) == Correction::Allowed;
+        if ours {
+            let detail = chat.extras.bounced.as_ref().map(Bounce::detail);
+            info!(from = %chat.from, to = %chat.to, id, detail, "The XMPP side bounced a message from MQTT.");
+        }
+        ours.then_some(chat)
     }
 
     /// An MQTT message's extensions: refuses a correction by anyone but the original sender

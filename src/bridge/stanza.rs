@@ -19,7 +19,7 @@ use xmpp_parsers::minidom::Element;
 use xmpp_parsers::ns;
 use xmpp_parsers::receipts::Received;
 
-use super::envelope::{ChatState, Extras};
+use super::envelope::{Bounce, ChatState, Extras};
 
 /// The `id` attribute name, validated once.
 static ID: std::sync::LazyLock<rxml::NcName> = std::sync::LazyLock::new(|| {
@@ -80,6 +80,40 @@ pub fn extras_of(m: &Message) -> Extras {
         }
     }
     x
+}
+
+/// An error stanza bouncing a message the bridge sent, seen as a bodiless chat message from
+/// the original recipient with [`Extras::bounced`] set; `None` unless the message is an
+/// addressed error with an id (the id is what names the bounced message).
+pub fn bounced_chat(m: &Message) -> Option<InboundChat> {
+    if m.type_ != MessageType::Error {
+        return None;
+    }
+    let error = m.payloads.iter().find(|e| e.name() == "error")?;
+    let mut bounce = Bounce {
+        condition: "undefined-condition".to_owned(),
+        text: None,
+    };
+    for child in error.children().filter(|c| c.has_ns(ns::XMPP_STANZAS)) {
+        if child.name() == "text" {
+            bounce.text = Some(child.text()).filter(|t| !t.is_empty());
+        } else {
+            child.name().clone_into(&mut bounce.condition);
+        }
+    }
+    Some(InboundChat {
+        from: m.from.as_ref()?.to_string(),
+        to: m.to.as_ref()?.to_string(),
+        id: Some(m.id.as_ref()?.0.clone()),
+        kind: MessageKind::Chat,
+        body: None,
+        subject: None,
+        thread: None,
+        extras: Extras {
+            bounced: Some(bounce),
+            ..Extras::default()
+        },
+    })
 }
 
 /// The bridge's view of an XMPP message; `None` for errors and unaddressed messages.
@@ -313,5 +347,53 @@ mod tests {
             xml.contains("<received xmlns='urn:xmpp:receipts' id='m9'"),
             "{xml}"
         );
+    }
+
+    fn message(xml: &str) -> Message {
+        let e: Element = xml.parse().unwrap();
+        Message::try_from(e).unwrap()
+    }
+
+    #[test]
+    fn an_addressed_error_with_an_id_is_a_bounce_with_its_condition() {
+        let m = message(
+            "<message xmlns='jabber:component:accept' type='error' id='q-1' \
+             from='nobody@localhost' to='bob@mqtt.localhost'><body>hi</body>\
+             <error type='cancel'><service-unavailable \
+             xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text \
+             xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>No such user</text></error></message>",
+        );
+        let chat = bounced_chat(&m).unwrap();
+        assert_eq!(
+            (chat.from.as_str(), chat.to.as_str(), chat.id.as_deref()),
+            ("nobody@localhost", "bob@mqtt.localhost", Some("q-1"))
+        );
+        // The echoed body is the original message's, not something to carry again.
+        assert_eq!((chat.kind, chat.body), (MessageKind::Chat, None));
+        let bounce = chat.extras.bounced.unwrap();
+        assert_eq!(bounce.detail(), "service-unavailable: No such user");
+
+        let bare = message(
+            "<message xmlns='jabber:component:accept' type='error' id='q-2' \
+             from='localhost' to='bob@mqtt.localhost'><error type='wait'/></message>",
+        );
+        let bounce = bounced_chat(&bare).unwrap().extras.bounced.unwrap();
+        assert_eq!(
+            (bounce.condition.as_str(), bounce.text),
+            ("undefined-condition", None)
+        );
+    }
+
+    #[test]
+    fn only_addressed_errors_with_an_id_are_bounces() {
+        let no_id = "<message xmlns='jabber:component:accept' type='error' \
+             from='a@localhost' to='bob@mqtt.localhost'><error type='cancel'/></message>";
+        let chat = "<message xmlns='jabber:component:accept' type='chat' id='c' \
+             from='a@localhost' to='bob@mqtt.localhost'><body>x</body></message>";
+        let no_error = "<message xmlns='jabber:component:accept' type='error' id='c' \
+             from='a@localhost' to='bob@mqtt.localhost'/>";
+        for xml in [no_id, chat, no_error] {
+            assert_eq!(bounced_chat(&message(xml)), None, "{xml}");
+        }
     }
 }

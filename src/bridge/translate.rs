@@ -3,8 +3,8 @@
 use bytes::Bytes;
 
 use super::envelope::{
-    ChatState, Envelope, Extras, PayloadError, parse_json, parse_state, parse_text, receipt_json,
-    state_json,
+    ChatState, Envelope, Extras, PayloadError, bounce_json, parse_json, parse_state, parse_text,
+    receipt_json, state_json,
 };
 use crate::broker::codec::{Properties, Property, QoS};
 use crate::mapping::{MappingTable, MessageKind, PayloadFormat, Refusal};
@@ -34,6 +34,8 @@ pub struct InboundChat {
 pub const STATE_LEVEL: &str = "chatstate";
 /// The sub-topic level under a rule's topic for receipts published to MQTT.
 pub const RECEIPT_LEVEL: &str = "receipt";
+/// The sub-topic level under a rule's topic for bounces of messages sent from MQTT.
+pub const ERROR_LEVEL: &str = "error";
 
 /// What a publish to MQTT carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +46,8 @@ pub enum Carried {
     State(ChatState),
     /// An XMPP client's receipt for the message with this id.
     Receipt(String),
+    /// The XMPP server's bounce of the message with this id.
+    Bounce(String),
 }
 
 /// A publish the bridge makes on the MQTT side.
@@ -196,6 +200,18 @@ pub fn xmpp_to_mqtt(
             };
             let qos = qos(rule.qos);
             (RECEIPT_LEVEL, Carried::Receipt(id.clone()), qos, payload)
+        } else if let (Some(bounce), Some(id)) = (&msg.extras.bounced, &msg.id) {
+            let payload = match rule.format {
+                PayloadFormat::Json => Bytes::from(bounce_json(&msg.from, &msg.to, id, bounce)),
+                PayloadFormat::Text => Bytes::from(id.clone()),
+                PayloadFormat::Xml => Bytes::from(render_xml()),
+            };
+            (
+                ERROR_LEVEL,
+                Carried::Bounce(id.clone()),
+                qos(rule.qos),
+                payload,
+            )
         } else if let Some(state) = msg.extras.state {
             let thread = msg.thread.as_deref();
             let payload = match rule.format {
@@ -374,6 +390,7 @@ fn state_to_xmpp(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bridge::envelope::Bounce;
     use std::path::Path;
 
     const RULES: &str = r#"
@@ -610,6 +627,43 @@ format = "text"
             panic!()
         };
         assert!(out.user_properties.is_empty());
+    }
+
+    #[test]
+    fn a_bounce_goes_to_the_error_sub_topic_with_its_condition() {
+        let t = table();
+        let mut bounce = chat(
+            "nobody@example.org",
+            "bob@mqtt.example.org",
+            MessageKind::Chat,
+            None,
+        );
+        bounce.id = Some("q-9".into());
+        bounce.extras.bounced = Some(Bounce {
+            condition: "service-unavailable".into(),
+            text: Some("No such user".into()),
+        });
+        let FromXmpp::Publish(out) = xmpp_to_mqtt(&t, &bounce, xml) else {
+            panic!()
+        };
+        assert_eq!(out.topic, "users/bob/inbox/nobody@example.org/error");
+        assert_eq!(
+            (out.carried, out.qos, out.retain),
+            (Carried::Bounce("q-9".into()), QoS::AtLeastOnce, false)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.payload).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"v": 1, "type": "error", "from": "nobody@example.org",
+                "to": "bob@mqtt.example.org", "id": "q-9",
+                "condition": "service-unavailable", "text": "No such user"})
+        );
+        // Without an id there is nothing to name: not carried.
+        bounce.id = None;
+        assert!(matches!(
+            xmpp_to_mqtt(&t, &bounce, xml),
+            FromXmpp::Ignore(_)
+        ));
     }
 
     #[test]
