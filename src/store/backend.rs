@@ -13,6 +13,9 @@
 
 use std::fs::File;
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use redb::StorageBackend;
 use redb::backends::FileBackend;
@@ -20,17 +23,35 @@ use redb::backends::FileBackend;
 /// Zeros written per call while growing.
 const CHUNK: usize = 1 << 20;
 
+/// Time spent in `fdatasync`, for the commit thread's breakdown of a commit.
+#[derive(Debug, Default)]
+pub(crate) struct SyncTime {
+    nanos: AtomicU64,
+}
+
+impl SyncTime {
+    /// Total time in `fdatasync` so far.
+    pub(crate) fn total(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+    }
+}
+
 /// [`FileBackend`] with growth written out (see the module notes).
 #[derive(Debug)]
 pub(crate) struct FilledBackend {
     inner: FileBackend,
+    synced: Arc<SyncTime>,
 }
 
 impl FilledBackend {
-    /// Locks and wraps `file`.
-    pub(crate) fn new(file: File) -> Result<FilledBackend, redb::DatabaseError> {
+    /// Locks and wraps `file`; the time of every `fdatasync` adds to `synced`.
+    pub(crate) fn new(
+        file: File,
+        synced: Arc<SyncTime>,
+    ) -> Result<FilledBackend, redb::DatabaseError> {
         Ok(FilledBackend {
             inner: FileBackend::new(file)?,
+            synced,
         })
     }
 }
@@ -59,7 +80,11 @@ impl StorageBackend for FilledBackend {
     }
 
     fn sync_data(&self, eventual: bool) -> Result<(), io::Error> {
-        self.inner.sync_data(eventual)
+        let start = Instant::now();
+        let result = self.inner.sync_data(eventual);
+        let took = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.synced.nanos.fetch_add(took, Ordering::Relaxed);
+        result
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
@@ -82,8 +107,11 @@ mod tests {
             .truncate(false)
             .open(&path)
             .unwrap();
-        let b = FilledBackend::new(file).unwrap();
+        let synced = Arc::new(SyncTime::default());
+        let b = FilledBackend::new(file, synced.clone()).unwrap();
         b.write(0, b"abc").unwrap();
+        b.sync_data(false).unwrap();
+        assert!(synced.total() > std::time::Duration::ZERO);
         let grown = 3 * CHUNK as u64 + 17;
         b.set_len(grown).unwrap();
         assert_eq!(b.len().unwrap(), grown);
@@ -111,9 +139,10 @@ mod tests {
                 .open(&path)
                 .unwrap()
         };
-        let _first = FilledBackend::new(open()).unwrap();
+        let synced = Arc::new(SyncTime::default());
+        let _first = FilledBackend::new(open(), synced.clone()).unwrap();
         assert!(matches!(
-            FilledBackend::new(open()),
+            FilledBackend::new(open(), synced),
             Err(redb::DatabaseError::DatabaseAlreadyOpen)
         ));
     }

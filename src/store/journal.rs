@@ -274,7 +274,7 @@ fn commit_loop(
         let written = ops.is_empty() || {
             match store.apply_timed(&ops, durable) {
                 Ok((apply, commit)) => {
-                    stats.add(ops.len(), acks.len(), apply, commit);
+                    stats.add(ops.len(), acks.len(), apply, commit, store.sync_time());
                     true
                 }
                 Err(error) => {
@@ -318,6 +318,9 @@ struct CommitStats {
     apply: Duration,
     /// `commit()`: writing the pages and the fsync.
     commit: Duration,
+    /// Of which in `fdatasync` (the store's running total when the period started, and now).
+    synced_from: Option<Duration>,
+    synced_to: Duration,
     /// Waiting for work.
     idle: Duration,
 }
@@ -326,7 +329,16 @@ struct CommitStats {
 const STATS_EVERY: Duration = Duration::from_secs(2);
 
 impl CommitStats {
-    fn add(&mut self, ops: usize, acks: usize, apply: Duration, commit: Duration) {
+    fn add(
+        &mut self,
+        ops: usize,
+        acks: usize,
+        apply: Duration,
+        commit: Duration,
+        synced: Duration,
+    ) {
+        self.synced_from.get_or_insert(self.synced_to);
+        self.synced_to = synced;
         self.commits += 1;
         self.ops += ops as u64;
         self.acks += acks as u64;
@@ -349,6 +361,9 @@ impl CommitStats {
                 acks_per_commit = self.acks / n,
                 apply_us = per(self.apply),
                 commit_us = per(self.commit),
+                fdatasync_us = per(self
+                    .synced_to
+                    .saturating_sub(self.synced_from.unwrap_or_default())),
                 idle_ms = self.idle.as_millis(),
                 elapsed_ms = elapsed.as_millis(),
                 "Store commit times (means per commit)."
@@ -356,6 +371,7 @@ impl CommitStats {
         }
         *self = CommitStats {
             since: Some(Instant::now()),
+            synced_to: self.synced_to,
             ..CommitStats::default()
         };
     }

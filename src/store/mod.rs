@@ -19,6 +19,7 @@ pub mod record;
 pub mod recover;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
@@ -113,7 +114,7 @@ impl StoreError {
 /// Opens or creates the file. redb 2 asserts (panics) on some damaged files, a truncated one
 /// for instance; that becomes an error here, so the caller can name the file and stop cleanly.
 #[expect(clippy::result_large_err, reason = "internal; boxed in StoreError")]
-fn create(path: &Path) -> Result<Database, redb::Error> {
+fn create(path: &Path, synced: &Arc<backend::SyncTime>) -> Result<Database, redb::Error> {
     let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
         || -> Result<Database, redb::DatabaseError> {
             let file = std::fs::OpenOptions::new()
@@ -122,7 +123,8 @@ fn create(path: &Path) -> Result<Database, redb::Error> {
                 .create(true)
                 .truncate(false)
                 .open(path)?;
-            Database::builder().create_with_backend(backend::FilledBackend::new(file)?)
+            Database::builder()
+                .create_with_backend(backend::FilledBackend::new(file, synced.clone())?)
         },
     ));
     match attempt {
@@ -148,6 +150,8 @@ fn table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
 #[derive(Debug)]
 pub struct Store {
     db: Database,
+    /// Time in `fdatasync` so far.
+    synced: Arc<backend::SyncTime>,
     path: PathBuf,
 }
 
@@ -160,9 +164,10 @@ impl Store {
             source,
         })?;
         let path = dir.join(FILE_NAME);
+        let synced = Arc::new(backend::SyncTime::default());
         #[expect(clippy::result_large_err, reason = "internal; boxed in StoreError")]
         let open = |path: &Path| -> Result<Database, redb::Error> {
-            let db = create(path)?;
+            let db = create(path, &synced)?;
             // Create the reserved tables once, so that readers never meet a missing one.
             let tx = db.begin_write()?;
             for name in RESERVED {
@@ -175,7 +180,12 @@ impl Store {
             path: path.clone(),
             source: Box::new(source),
         })?;
-        Ok(Store { db, path })
+        Ok(Store { db, synced, path })
+    }
+
+    /// Total time spent in `fdatasync` since the store was opened.
+    pub(crate) fn sync_time(&self) -> Duration {
+        self.synced.total()
     }
 
     /// The store's file.
