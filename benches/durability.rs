@@ -20,7 +20,12 @@
 //! broker logs for reading the store).
 //!
 //! Run: `cargo bench --bench durability` (a release build). `BENCH_ONLY=throughput` or
-//! `recovery` runs one part.
+//! `recovery` runs one part. For A/B runs of the throughput part: `BENCH_SETTINGS` (a comma
+//! list of `mosquitto-none`, `mosquitto-autosave`, `mosquitto-change`, `off`, `sync`, `group`;
+//! all by default), `BENCH_QOS` (`1`, `2`, or `1,2`), `BENCH_REPEAT` (rounds, default 1),
+//! `BENCH_OURS_B` (the path of a second build of the bridge: every round runs ours with both
+//! builds, alternating, labelled A and B) and `BENCH_LOG_LEVEL` (the bridge's log filter;
+//! `info,xmpp_mqtt_bridge::store=debug` prints the commit thread's time per commit).
 
 #![allow(
     clippy::unwrap_used,
@@ -39,6 +44,17 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+
+/// The bridge binary the next run of ours uses (`BENCH_OURS_B` alternates it).
+static OURS_BIN: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+fn ours_bin() -> PathBuf {
+    OURS_BIN
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_xmpp-mqtt-bridge")))
+}
 const QUEUE: usize = 5_000_000;
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -59,6 +75,24 @@ enum Setting {
 }
 
 impl Setting {
+    fn key(self) -> &'static str {
+        match self {
+            Setting::OursOff => "off",
+            Setting::OursSync => "sync",
+            Setting::OursGroup => "group",
+            Setting::MosquittoNone => "mosquitto-none",
+            Setting::MosquittoAutosave1 => "mosquitto-autosave",
+            Setting::MosquittoOnChange => "mosquitto-change",
+        }
+    }
+
+    fn is_ours(self) -> bool {
+        matches!(
+            self,
+            Setting::OursOff | Setting::OursSync | Setting::OursGroup
+        )
+    }
+
     fn name(self) -> &'static str {
         match self {
             Setting::OursOff => "ours, durability off",
@@ -75,15 +109,16 @@ impl Setting {
         std::fs::create_dir_all(&data).unwrap();
         let ours = |durability: &str| {
             let path = dir.join("ours.toml");
+            let level = std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".into());
             let text = format!(
-                "[log]\nlevel = \"info\"\nformat = \"json\"\n\n[broker]\nlisten = \"127.0.0.1:{port}\"\n\
+                "[log]\nlevel = \"{level}\"\nformat = \"json\"\n\n[broker]\nlisten = \"127.0.0.1:{port}\"\n\
                  max_connections = 20000\nmax_inflight = 100\nmax_queued = {QUEUE}\n\
                  sys_interval = \"0s\"\n\n[persistence]\ndir = \"{}\"\n{durability}\n\
                  [admin]\nenabled = false\n",
                 data.display()
             );
             std::fs::write(&path, text).unwrap();
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_xmpp-mqtt-bridge"));
+            let mut cmd = Command::new(ours_bin());
             cmd.arg("run")
                 .arg("--config")
                 .arg(path)
@@ -390,6 +425,8 @@ fn drain(port: u16, quiet: Duration) -> HashMap<String, u32> {
 
 struct Row {
     setting: Setting,
+    /// Which build of ours ("A", "B"), empty without `BENCH_OURS_B`.
+    build: &'static str,
     qos: u8,
     rate: f64,
     acked: usize,
@@ -409,6 +446,13 @@ fn throughput_run(setting: Setting, qos: u8, secs: u64, publishers: usize, windo
     thread::sleep(Duration::from_secs(secs));
     broker.kill9();
     let elapsed = started.elapsed();
+    if let Some(line) = broker
+        .log_text()
+        .lines()
+        .rfind(|l| l.contains("Store commit times"))
+    {
+        println!("    last commit-thread report before the kill: {line}");
+    }
     let acked: Vec<(usize, Vec<u64>)> = handles
         .into_iter()
         .enumerate()
@@ -432,12 +476,22 @@ fn throughput_run(setting: Setting, qos: u8, secs: u64, publishers: usize, windo
     };
     Row {
         setting,
+        build: "",
         qos,
         rate: total as f64 / elapsed.as_secs_f64(),
         acked: total,
         lost,
         dups,
     }
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn free_port() -> u16 {
@@ -499,37 +553,66 @@ fn main() {
     let secs = env_num("BENCH_SECONDS", 3);
     let publishers = usize::try_from(env_num("BENCH_PUBLISHERS", 4)).unwrap();
     let window = usize::try_from(env_num("BENCH_WINDOW", 50)).unwrap();
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "durability: {publishers} publishers x {window} in flight, {secs} s then kill -9; \
          64-byte payloads; one offline persistent subscriber; load average {}",
-        load.split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        load_average()
     );
     if only.is_empty() || only == "throughput" {
+        let chosen = std::env::var("BENCH_SETTINGS").unwrap_or_default();
+        let settings: Vec<Setting> = [
+            Setting::MosquittoNone,
+            Setting::MosquittoAutosave1,
+            Setting::MosquittoOnChange,
+            Setting::OursOff,
+            Setting::OursSync,
+            Setting::OursGroup,
+        ]
+        .into_iter()
+        .filter(|s| chosen.is_empty() || chosen.split(',').any(|c| c.trim() == s.key()))
+        .collect();
+        let qoses: Vec<u8> = std::env::var("BENCH_QOS")
+            .unwrap_or_else(|_| "1,2".into())
+            .split(',')
+            .map(|q| q.trim().parse().unwrap())
+            .collect();
+        let other = std::env::var("BENCH_OURS_B").ok().map(PathBuf::from);
+        let builds: Vec<(&'static str, Option<PathBuf>)> = match other {
+            Some(b) => vec![("A", None), ("B", Some(b))],
+            None => vec![("", None)],
+        };
+        let repeat = env_num("BENCH_REPEAT", 1);
         let mut rows = Vec::new();
-        for qos in [1u8, 2] {
-            for setting in [
-                Setting::MosquittoNone,
-                Setting::MosquittoAutosave1,
-                Setting::MosquittoOnChange,
-                Setting::OursOff,
-                Setting::OursSync,
-                Setting::OursGroup,
-            ] {
-                let row = throughput_run(setting, qos, secs, publishers, window);
-                println!(
-                    "  {:48} QoS {}: {:>8.0} acknowledged/s, {:>7} acknowledged, {:>7} lost, {} QoS 2 duplicates",
-                    row.setting.name(),
-                    row.qos,
-                    row.rate,
-                    row.acked,
-                    row.lost,
-                    row.dups
-                );
-                rows.push(row);
+        for round in 0..repeat {
+            for &qos in &qoses {
+                for &setting in &settings {
+                    let mut order = builds.clone();
+                    if round % 2 == 1 {
+                        order.reverse();
+                    }
+                    for (build, bin) in order {
+                        if !setting.is_ours() && !build.is_empty() && build != "A" {
+                            continue;
+                        }
+                        OURS_BIN.lock().unwrap().clone_from(&bin);
+                        let mut row = throughput_run(setting, qos, secs, publishers, window);
+                        if setting.is_ours() {
+                            row.build = build;
+                        }
+                        println!(
+                            "  {:48} {} QoS {}: {:>8.0} acknowledged/s, {:>7} acknowledged, {:>7} lost, {} QoS 2 duplicates (load {})",
+                            row.setting.name(),
+                            row.build,
+                            row.qos,
+                            row.rate,
+                            row.acked,
+                            row.lost,
+                            row.dups,
+                            load_average()
+                        );
+                        rows.push(row);
+                    }
+                }
             }
         }
         println!(
@@ -538,8 +621,13 @@ fn main() {
         println!("| --- | --- | --- | --- | --- | --- |");
         for r in &rows {
             println!(
-                "| {} | {} | {:.0} | {} | {} | {} |",
+                "| {}{} | {} | {:.0} | {} | {} | {} |",
                 r.setting.name(),
+                if r.build.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", r.build)
+                },
                 r.qos,
                 r.rate,
                 r.acked,

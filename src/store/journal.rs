@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redb::{TableDefinition, WriteTransaction};
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::config::{DurabilityPolicy, OFF_FLUSH_INTERVAL};
 use super::{Store, StoreError};
@@ -232,8 +232,13 @@ fn commit_loop(
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     let mut last_commit = Instant::now();
+    let mut stats = CommitStats::default();
     loop {
-        let first = match rx.recv_timeout(OFF_FLUSH_INTERVAL) {
+        stats.report();
+        let idle = Instant::now();
+        let received = rx.recv_timeout(OFF_FLUSH_INTERVAL);
+        stats.idle += idle.elapsed();
+        let first = match received {
             Ok(b) => b,
             Err(RecvTimeoutError::Timeout) => {
                 if unsynced {
@@ -267,8 +272,11 @@ fn commit_loop(
             last_commit = Instant::now();
         }
         let written = ops.is_empty() || {
-            match store.apply(&ops, durable) {
-                Ok(()) => true,
+            match store.apply_timed(&ops, durable) {
+                Ok((apply, commit)) => {
+                    stats.add(ops.len(), acks.len(), apply, commit, store.sync_time());
+                    true
+                }
                 Err(error) => {
                     // Not on disk: the acknowledgements stay unsent, so publishers send again
                     // after reconnecting instead of believing a lost message safe.
@@ -296,6 +304,76 @@ fn commit_loop(
     }
     if unsynced {
         sync(store);
+    }
+}
+
+/// Where the commit thread's time goes, logged at debug level every [`STATS_EVERY`].
+#[derive(Debug, Default)]
+struct CommitStats {
+    since: Option<Instant>,
+    commits: u64,
+    ops: u64,
+    acks: u64,
+    /// Changing the B-trees (`insert`, `remove`).
+    apply: Duration,
+    /// `commit()`: writing the pages and the fsync.
+    commit: Duration,
+    /// Of which in `fdatasync` (the store's running total when the period started, and now).
+    synced_from: Option<Duration>,
+    synced_to: Duration,
+    /// Waiting for work.
+    idle: Duration,
+}
+
+/// How often [`CommitStats`] are logged.
+const STATS_EVERY: Duration = Duration::from_secs(2);
+
+impl CommitStats {
+    fn add(
+        &mut self,
+        ops: usize,
+        acks: usize,
+        apply: Duration,
+        commit: Duration,
+        synced: Duration,
+    ) {
+        self.synced_from.get_or_insert(self.synced_to);
+        self.synced_to = synced;
+        self.commits += 1;
+        self.ops += ops as u64;
+        self.acks += acks as u64;
+        self.apply += apply;
+        self.commit += commit;
+    }
+
+    fn report(&mut self) {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        let elapsed = since.elapsed();
+        if elapsed < STATS_EVERY {
+            return;
+        }
+        if self.commits > 0 {
+            let n = self.commits;
+            let per = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX) / n;
+            debug!(
+                commits = n,
+                ops_per_commit = self.ops / n,
+                acks_per_commit = self.acks / n,
+                apply_us = per(self.apply),
+                commit_us = per(self.commit),
+                fdatasync_us = per(self
+                    .synced_to
+                    .saturating_sub(self.synced_from.unwrap_or_default())),
+                idle_ms = self.idle.as_millis(),
+                elapsed_ms = elapsed.as_millis(),
+                "Store commit times (means per commit)."
+            );
+        }
+        *self = CommitStats {
+            since: Some(Instant::now()),
+            synced_to: self.synced_to,
+            ..CommitStats::default()
+        };
     }
 }
 

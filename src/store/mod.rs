@@ -12,12 +12,15 @@
 //! Every table maps bytes to bytes; the generic API ([`Store::put`], [`Store::get`],
 //! [`Store::delete`], [`Store::iter`]) works on any table name not in [`RESERVED`].
 
+mod backend;
 pub mod config;
 pub mod journal;
 pub mod record;
 pub mod recover;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 
@@ -111,10 +114,19 @@ impl StoreError {
 /// Opens or creates the file. redb 2 asserts (panics) on some damaged files, a truncated one
 /// for instance; that becomes an error here, so the caller can name the file and stop cleanly.
 #[expect(clippy::result_large_err, reason = "internal; boxed in StoreError")]
-fn create(path: &Path) -> Result<Database, redb::Error> {
-    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        Database::builder().create(path)
-    }));
+fn create(path: &Path, synced: &Arc<backend::SyncTime>) -> Result<Database, redb::Error> {
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+        || -> Result<Database, redb::DatabaseError> {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)?;
+            Database::builder()
+                .create_with_backend(backend::FilledBackend::new(file, synced.clone())?)
+        },
+    ));
     match attempt {
         Ok(opened) => Ok(opened?),
         Err(panic) => {
@@ -138,6 +150,8 @@ fn table(name: &str) -> TableDefinition<'_, &'static [u8], &'static [u8]> {
 #[derive(Debug)]
 pub struct Store {
     db: Database,
+    /// Time in `fdatasync` so far.
+    synced: Arc<backend::SyncTime>,
     path: PathBuf,
 }
 
@@ -150,9 +164,10 @@ impl Store {
             source,
         })?;
         let path = dir.join(FILE_NAME);
+        let synced = Arc::new(backend::SyncTime::default());
         #[expect(clippy::result_large_err, reason = "internal; boxed in StoreError")]
         let open = |path: &Path| -> Result<Database, redb::Error> {
-            let db = create(path)?;
+            let db = create(path, &synced)?;
             // Create the reserved tables once, so that readers never meet a missing one.
             let tx = db.begin_write()?;
             for name in RESERVED {
@@ -165,7 +180,12 @@ impl Store {
             path: path.clone(),
             source: Box::new(source),
         })?;
-        Ok(Store { db, path })
+        Ok(Store { db, synced, path })
+    }
+
+    /// Total time spent in `fdatasync` since the store was opened.
+    pub(crate) fn sync_time(&self) -> Duration {
+        self.synced.total()
     }
 
     /// The store's file.
@@ -182,8 +202,19 @@ impl Store {
 
     /// Applies `ops` in one transaction; with `durable`, on disk when this returns.
     pub fn apply(&self, ops: &[Op], durable: bool) -> Result<(), StoreError> {
+        self.apply_timed(ops, durable).map(|_| ())
+    }
+
+    /// As [`Store::apply`], and how long the two halves took: changing the B-trees in memory,
+    /// then `commit()` (writing the pages and, with `durable`, the fsync).
+    pub(crate) fn apply_timed(
+        &self,
+        ops: &[Op],
+        durable: bool,
+    ) -> Result<(Duration, Duration), StoreError> {
         #[expect(clippy::result_large_err, reason = "internal; boxed in StoreError")]
-        let run = || -> Result<(), redb::Error> {
+        let run = || -> Result<(Duration, Duration), redb::Error> {
+            let start = Instant::now();
             let mut tx = self.db.begin_write()?;
             tx.set_durability(if durable {
                 Durability::Immediate
@@ -191,8 +222,9 @@ impl Store {
                 Durability::None
             });
             journal::apply(&tx, ops)?;
+            let applied = Instant::now();
             tx.commit()?;
-            Ok(())
+            Ok((applied - start, applied.elapsed()))
         };
         run().map_err(|e| self.io(e))
     }
@@ -328,6 +360,32 @@ mod tests {
             ]
         );
         assert!(store.iter("nothing").unwrap().is_empty());
+    }
+
+    /// The file grows through `backend::FilledBackend`: no holes for a commit's fdatasync
+    /// to allocate.
+    #[test]
+    fn the_store_file_grows_without_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let ops: Vec<Op> = (0u64..20_000)
+            .map(|i| Op::Put {
+                table: "t".into(),
+                key: seq_key(i),
+                value: vec![7; 200],
+            })
+            .collect();
+        store.apply(&ops, true).unwrap();
+        let meta = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap();
+        assert!(meta.len() > 4 << 20, "grown: {} bytes", meta.len());
+        assert!(
+            meta.blocks() * 512 >= meta.len(),
+            "{} bytes in {} blocks",
+            meta.len(),
+            meta.blocks()
+        );
+        assert_eq!(store.iter("t").unwrap().len(), 20_000);
     }
 
     #[test]
