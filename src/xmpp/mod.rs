@@ -26,13 +26,16 @@ pub(crate) mod backoff;
 pub mod config;
 mod connection;
 pub mod error;
+mod fast_stanza;
 mod link;
 mod message_xml;
 mod queue;
 mod reader;
 mod service;
+mod splitter;
 mod stanza_reader;
 pub mod stats;
+mod wire_reader;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
