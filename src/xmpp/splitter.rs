@@ -150,6 +150,7 @@ impl Splitter {
         loop {
             // Character data up to the next markup.
             let Some(off) = memchr::memchr(b'<', &buf[self.pos..]) else {
+                self.pos = buf.len();
                 return need(self);
             };
             let lt = self.pos + off;

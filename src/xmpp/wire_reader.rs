@@ -220,3 +220,287 @@ pub(crate) fn read_next(
         Step::Footer { .. } => Read::Footer,
     })
 }
+
+/// The stream header the differential check reads its input under.
+const CHECK_HEADER: &[u8] = b"<stream:stream xmlns='jabber:component:accept' \
+    xmlns:stream='http://etherx.jabber.org/streams' from='mqtt.localhost' id='s1'>";
+
+/// What reading a stream gave, element by element, in a form both ways can be compared in.
+#[derive(Debug)]
+enum Outcome {
+    Item(Incoming),
+    Parse,
+    Hard,
+    Footer,
+}
+
+/// The stream read as tokio-xmpp's `XmlStream` reads it: one rxml parser over everything,
+/// each child of the stream element fed to `Incoming`'s builder.
+fn read_as_xml_stream(doc: &[u8]) -> Vec<Outcome> {
+    let mut parser = rxml::Parser::default();
+    let mut buf = doc;
+    let ctx = xso::Context::empty();
+    let mut out = Vec::new();
+    let mut next = || match parser.parse(&mut buf, true) {
+        Ok(Some(ev)) => Some(ev),
+        _ => None,
+    };
+    // The stream's start tag.
+    match next() {
+        Some(rxml::Event::StartElement(..)) => {}
+        _ => return vec![Outcome::Hard],
+    }
+    loop {
+        let Some(ev) = next() else {
+            out.push(Outcome::Hard);
+            return out;
+        };
+        let (name, attrs) = match ev {
+            rxml::Event::XmlDeclaration(..) => continue,
+            rxml::Event::Text(_, t) if xso::is_xml_whitespace(t.as_bytes()) => continue,
+            rxml::Event::Text(..) => {
+                out.push(Outcome::Hard);
+                return out;
+            }
+            rxml::Event::EndElement(..) => {
+                out.push(Outcome::Footer);
+                return out;
+            }
+            rxml::Event::StartElement(_, name, attrs) => (name, attrs),
+        };
+        let mut builder = match Incoming::from_events(name, attrs, &ctx) {
+            Ok(b) => Some(b),
+            Err(_) => None,
+        };
+        let mut depth = 0usize;
+        let mut result = if builder.is_none() {
+            Some(Outcome::Parse)
+        } else {
+            None
+        };
+        loop {
+            let Some(ev) = next() else {
+                out.push(Outcome::Hard);
+                return out;
+            };
+            let closing = matches!(ev, rxml::Event::EndElement(..)) && depth == 0;
+            match &ev {
+                rxml::Event::StartElement(..) => depth += 1,
+                rxml::Event::EndElement(..) => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            if let Some(b) = builder.as_mut() {
+                match b.feed(ev, &ctx) {
+                    Ok(Some(v)) => {
+                        result = Some(Outcome::Item(v));
+                        builder = None;
+                    }
+                    Ok(None) => {}
+                    Err(_) => {
+                        result = Some(Outcome::Parse);
+                        builder = None;
+                    }
+                }
+            }
+            if closing {
+                break;
+            }
+        }
+        out.push(result.unwrap_or(Outcome::Hard));
+    }
+}
+
+/// The stream read the link's way, fed `chunk` bytes at a time.
+fn read_as_link(doc: &[u8], chunk: usize) -> Vec<Outcome> {
+    let Ok(ctx) = StreamContext::new(CHECK_HEADER) else {
+        return vec![Outcome::Hard];
+    };
+    let mut rest = &doc[CHECK_HEADER.len()..];
+    let mut buf: Vec<u8> = Vec::new();
+    let mut splitter = Splitter::default();
+    let mut out = Vec::new();
+    loop {
+        match read_next(&mut splitter, &ctx, &buf) {
+            Ok(Read::Need { skip }) => {
+                buf.drain(..skip);
+                if rest.is_empty() {
+                    out.push(Outcome::Hard);
+                    return out;
+                }
+                let n = chunk.min(rest.len());
+                buf.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+            }
+            Ok(Read::Item { consumed, item }) => {
+                buf.drain(..consumed);
+                match item {
+                    Ok(v) => out.push(Outcome::Item(v)),
+                    Err(ReadFail::Parse(_)) => out.push(Outcome::Parse),
+                    Err(ReadFail::Hard(_)) => {
+                        out.push(Outcome::Hard);
+                        return out;
+                    }
+                }
+            }
+            Ok(Read::Footer) => {
+                out.push(Outcome::Footer);
+                return out;
+            }
+            Err(_) => {
+                out.push(Outcome::Hard);
+                return out;
+            }
+        }
+    }
+}
+
+/// Reads `bytes` as the content of a component stream (after a fixed header, before
+/// `</stream:stream>`) both as tokio-xmpp's `XmlStream` did and as the link does now (in
+/// pieces of several sizes), and panics where they disagree: the same typed stanzas, the same
+/// heads of refused stanzas, the same untyped elements, and the stream ending at the same
+/// element for XML that is not well-formed or not allowed in a stream. For the fuzz target
+/// `stanza_reader` and the unit tests.
+pub(crate) fn check_against_xml_stream(bytes: &[u8]) {
+    let mut doc = CHECK_HEADER.to_vec();
+    doc.extend_from_slice(bytes);
+    doc.extend_from_slice(b"</stream:stream>");
+    let want = read_as_xml_stream(&doc);
+    let chunks = [doc.len(), 1, 7 + bytes.len() % 64];
+    for chunk in chunks {
+        let got = read_as_link(&doc, chunk);
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "chunk {chunk}: {got:?} against {want:?}"
+        );
+        for (g, w) in got.iter().zip(&want) {
+            match (g, w) {
+                (Outcome::Item(Incoming::Stanza(a)), Outcome::Item(Incoming::Stanza(b))) => {
+                    assert_eq!(a, b, "chunk {chunk}");
+                }
+                (
+                    Outcome::Item(Incoming::Bad { head: a, .. }),
+                    Outcome::Item(Incoming::Bad { head: b, .. }),
+                ) => assert_eq!(a, b, "chunk {chunk}"),
+                (Outcome::Item(Incoming::Other(a)), Outcome::Item(Incoming::Other(b))) => {
+                    assert_eq!(a, b, "chunk {chunk}");
+                }
+                (Outcome::Parse, Outcome::Parse)
+                | (Outcome::Hard, Outcome::Hard)
+                | (Outcome::Footer, Outcome::Footer) => {}
+                (g, w) => panic!("chunk {chunk}: the link read {g:?}, XmlStream {w:?}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::super::stanza_reader::tests::{C, bad, good};
+    use super::*;
+
+    /// A chat message as a modern client sends it, routed by Prosody to the component.
+    pub(crate) const CHAT: &str = "<message from='alice@localhost/laptop' \
+        to='bob@mqtt.localhost' type='chat' id='b7c1e2f0-5a1d-4c0e-9f1a-3c2d1e0f9a8b'>\
+        <body>Hello Bob, this is a chat message of a typical length ~t123456;</body>\
+        <request xmlns='urn:xmpp:receipts'/>\
+        <origin-id xmlns='urn:xmpp:sid:0' id='b7c1e2f0-5a1d-4c0e-9f1a-3c2d1e0f9a8b'/>\
+        <active xmlns='http://jabber.org/protocol/chatstates'/></message>";
+
+    fn ctx() -> StreamContext {
+        StreamContext::new(CHECK_HEADER).unwrap()
+    }
+
+    #[test]
+    fn a_chat_message_takes_the_fast_path_with_the_same_result() {
+        let fast = fast_stanza::message(CHAT.as_bytes()).expect("fast path");
+        match ctx().general(CHAT.as_bytes()).unwrap() {
+            Incoming::Stanza(Inbound::Message(m)) => assert_eq!(fast, m),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fast.payloads.len(), 3);
+        // With xml:lang on the stream the general way reads it (bodies keyed by language).
+        let header = b"<stream:stream xmlns='jabber:component:accept' \
+            xmlns:stream='http://etherx.jabber.org/streams' xml:lang='en' id='s'>";
+        let with_lang = StreamContext::new(header).unwrap();
+        match with_lang.read(CHAT.as_bytes()).unwrap() {
+            Incoming::Stanza(Inbound::Message(m)) => {
+                assert_eq!(m.bodies.keys().next().map(|l| l.0.as_str()), Some("en"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Stanzas and byte sequences that each path must read the same way.
+    fn cases() -> Vec<String> {
+        let strip = |xml: &str| xml.replacen(&format!(" {C}"), "", 1);
+        let mut cases: Vec<String> = good().iter().map(|x| strip(x)).collect();
+        cases.extend(good());
+        cases.extend(bad().iter().map(|(x, _)| strip(x)));
+        cases.extend(bad().into_iter().map(|(x, _)| x));
+        cases.push(CHAT.to_owned());
+        let big = format!(
+            "<message to='b@mqtt.localhost' type='chat'><body>{}</body></message>",
+            "0123456789&amp;&#x1F600;\u{e9}".repeat(3000)
+        );
+        cases.push(big);
+        for extra in [
+            // References, quoting, unicode.
+            "<message to='b@x' id=\"a'b&quot;&lt;&#62;\"><body>&#x3C;&#60;&gt;&apos;\u{e9}</body></message>",
+            // Prefixed namespaces, in the stanza and from the stream header.
+            "<message to='b@x'><p:x xmlns:p='urn:p' p:a='1'><p:y/></p:x></message>",
+            "<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+            "<handshake/>",
+            // Whitespace and text inside, xml:lang, CDATA, a thread.
+            "<message to='b@x'>\n  <body>x</body>\n</message>",
+            "<message to='b@x' xml:lang='de'><body>x</body><body xml:lang='en'>y</body></message>",
+            "<message to='b@x'><body><![CDATA[<b>&amp;]]> tail</body></message>",
+            "<message to='b@x'><thread>t</thread><x xmlns='u'>a<![CDATA[b]]>c</x></message>",
+            "<message to='b@x'><body>a\r\nb\rc</body><x xmlns='u' a='1\t2\n3'/></message>",
+            // Not for the fast path: bad JIDs, duplicates, unknown children.
+            "<message to='b@x' from='a@@b'/>",
+            "<message to='b@x'><body>1</body><body>2</body></message>",
+            "<message to='b@x'><subject>s</subject><nick xmlns='http://jabber.org/protocol/nick'>N</nick></message>",
+            "<message to='b@x'><foo/></message>",
+            "<message to='b@x' type=''/>",
+            // Not well-formed or not allowed in a stream: the stream ends.
+            "<message to='b@x'><body>a</bod></message>",
+            "<message to='b@x'><body>a &foo; b</body></message>",
+            "<message to='b@x' a='1' a='2'/>",
+            "<message to='b@x'a='1'/>",
+            "<message to='b@x'><body>\u{1}</body></message>",
+            "<message><!-- c --></message>",
+            "<?xml version='1.0'?><message/>",
+            "<!DOCTYPE x><message/>",
+            "text<message/>",
+            "<message><x:y/></message>",
+            "<message to='b@x'><body>a]]>b</body></message>",
+            "<message><body>&#0;</body></message>",
+            "<message/></x>",
+            "<message",
+        ] {
+            cases.push(extra.to_owned());
+        }
+        cases
+    }
+
+    #[test]
+    fn each_case_reads_as_xml_stream_read_it() {
+        for case in cases() {
+            check_against_xml_stream(case.as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_stream_of_all_cases_reads_as_xml_stream_read_it() {
+        // Everything well-formed, one after the other with keepalives between.
+        let mut all = String::new();
+        for case in cases().iter().take(30) {
+            all.push_str(case);
+            all.push_str(" \n ");
+        }
+        check_against_xml_stream(all.as_bytes());
+    }
+}
