@@ -420,7 +420,164 @@ impl Sink<Wire> for Link {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::super::Inbound;
+    use super::super::stanza_reader::tests::{C, bad, good, via_element};
     use super::*;
+
+    const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
+        xmlns:stream='http://etherx.jabber.org/streams' from='mqtt.localhost' id='s1'>";
+
+    fn timeouts() -> Timeouts {
+        Timeouts {
+            read_timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// A reader of `script`, written `piece` bytes per write into a pipe of `piece` bytes
+    /// (so each read gets at most `piece` bytes), then closed.
+    async fn reader_of(script: String, piece: usize) -> (LinkReader<DuplexStream>, Vec<u8>) {
+        let (rx, mut tx) = tokio::io::duplex(piece);
+        tokio::spawn(async move {
+            for chunk in script.as_bytes().chunks(piece) {
+                tx.write_all(chunk).await.unwrap();
+            }
+            tx.shutdown().await.unwrap();
+        });
+        let mut reader = LinkReader::new(rx, timeouts());
+        let header = reader.read_header().await.unwrap();
+        (reader, header)
+    }
+
+    async fn read_all(reader: &mut LinkReader<DuplexStream>) -> Vec<Result<Incoming, ReadError>> {
+        let mut got = Vec::new();
+        while let Some(item) = reader.next().await {
+            got.push(item);
+        }
+        got
+    }
+
+    /// The whole stream a byte per read: good stanzas with bad ones and keepalives between,
+    /// a message larger than the read buffer, a stream error and the footer.
+    #[tokio::test]
+    async fn a_stream_arriving_a_byte_at_a_time_reads_stanza_by_stanza() {
+        let strip = |xml: &str| xml.replacen(&format!(" {C}"), "", 1);
+        let (good, bad) = (good(), bad());
+        let mut script = String::from(HEADER);
+        for (i, xml) in good.iter().enumerate() {
+            script.push_str(&strip(xml));
+            script.push_str(" \n");
+            if let Some((bad, _)) = bad.get(i) {
+                script.push_str(&strip(bad));
+            }
+        }
+        let body = "0123456789 &amp; \u{1F600}".repeat(4 * READ_CHUNK / 20);
+        script.push_str(&format!(
+            "<message from='a@localhost/r' to='b@mqtt.localhost' type='chat'><body>{body}</body>\
+             <active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        ));
+        script.push_str(
+            "<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+             </stream:error></stream:stream>",
+        );
+        for piece in [1, 7, READ_CHUNK] {
+            let (mut reader, header) = reader_of(script.clone(), piece).await;
+            assert_eq!(header, HEADER.as_bytes());
+            let mut got = read_all(&mut reader).await.into_iter();
+            let mut want_bad = bad.iter();
+            for xml in &good {
+                match got.next() {
+                    Some(Ok(Incoming::Stanza(s))) => assert_eq!(Ok(s), via_element(xml), "{xml}"),
+                    other => panic!("{piece}: {xml}: {other:?}"),
+                }
+                if let Some((_, want)) = want_bad.next() {
+                    match got.next() {
+                        Some(Ok(Incoming::Bad { head, .. })) => assert_eq!(&head, want),
+                        other => panic!("{piece}: bad stanza: {other:?}"),
+                    }
+                }
+            }
+            match got.next() {
+                Some(Ok(Incoming::Stanza(Inbound::Message(m)))) => {
+                    let text = m.bodies.values().next().unwrap();
+                    assert_eq!(text, &body.replace("&amp;", "&"));
+                    assert!(text.len() > READ_CHUNK * 3);
+                }
+                other => panic!("{piece}: big message: {other:?}"),
+            }
+            match got.next() {
+                Some(Ok(Incoming::Other(el))) => assert!(matches!(
+                    stream_error(el, "mqtt.localhost"),
+                    LinkError::StreamError { condition, .. } if condition == "system-shutdown"
+                )),
+                other => panic!("{piece}: stream error: {other:?}"),
+            }
+            assert!(matches!(
+                got.next(),
+                Some(Err(ReadError::StreamFooterReceived))
+            ));
+            assert!(got.next().is_none(), "{piece}: nothing after the footer");
+        }
+    }
+
+    /// Bad XML, forbidden markup and a connection closed mid-stanza end the stream with a
+    /// hard error (the link reconnects); a good stanza before them is still read.
+    #[tokio::test]
+    async fn bad_xml_from_the_server_ends_the_stream() {
+        let good = "<message to='b@mqtt.localhost'><body>ok</body></message>";
+        for (tail, kind) in [
+            (
+                "<message><body>a</bod></message>",
+                io::ErrorKind::InvalidData,
+            ),
+            ("<message><!-- c --></message>", io::ErrorKind::InvalidData),
+            ("<?pi?>", io::ErrorKind::InvalidData),
+            ("garbage", io::ErrorKind::InvalidData),
+            ("</stream:streams>", io::ErrorKind::InvalidData),
+            ("<message><body>cut", io::ErrorKind::UnexpectedEof),
+        ] {
+            let (mut reader, _) = reader_of(format!("{HEADER}{good}{tail}"), 5).await;
+            let got = read_all(&mut reader).await;
+            assert_eq!(got.len(), 2, "{tail}: {got:?}");
+            assert!(matches!(got[0], Ok(Incoming::Stanza(Inbound::Message(_)))));
+            match &got[1] {
+                Err(ReadError::HardError(e)) => assert_eq!(e.kind(), kind, "{tail}: {e}"),
+                other => panic!("{tail}: {other:?}"),
+            }
+        }
+        // A connection closed mid-stanza is a closed link.
+        let (mut reader, _) = reader_of(format!("{HEADER}<message>"), 5).await;
+        match reader.next().await {
+            Some(Err(ReadError::HardError(e))) => {
+                assert!(matches!(read_error(e), LinkError::Closed));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_stream_header_is_refused() {
+        for script in ["<stream:stream/>", "hello", "</stream:stream>"] {
+            let (rx, mut tx) = tokio::io::duplex(64);
+            tx.write_all(script.as_bytes()).await.unwrap();
+            drop(tx);
+            let mut reader = LinkReader::new(rx, timeouts());
+            match reader.read_header().await {
+                Err(LinkError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::InvalidData),
+                other => panic!("{script}: {other:?}"),
+            }
+        }
+        let (rx, tx) = tokio::io::duplex(64);
+        drop(tx);
+        let mut reader = LinkReader::new(rx, timeouts());
+        assert!(matches!(reader.read_header().await, Err(LinkError::Closed)));
+    }
 
     fn parse(xml: &str) -> Element {
         xml.parse().unwrap()

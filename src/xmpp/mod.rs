@@ -447,6 +447,13 @@ pub fn check_stanza_reader(bytes: &[u8]) {
     wire_reader::check_against_xml_stream(bytes);
 }
 
+/// For `benches/xmpp_stanza.rs` only: reads `content` (the stanzas of a component stream
+/// after its header) as the link does and returns how many stanzas it read.
+#[doc(hidden)]
+pub fn read_stream_as_link(content: &[u8]) -> usize {
+    wire_reader::count_stanzas(content)
+}
+
 #[cfg(test)]
 mod tests {
     use super::XmppHandle;

@@ -374,7 +374,7 @@ pub(crate) mod tests {
     pub(crate) const C: &str = "xmlns='jabber:component:accept'";
 
     /// What `TryFrom<Element>` (the reader's way before) gives for `xml`.
-    fn via_element(xml: &str) -> Result<Inbound, String> {
+    pub(crate) fn via_element(xml: &str) -> Result<Inbound, String> {
         let el: Element = xml.parse().unwrap();
         let e = |e: xso::error::FromElementError| e.to_string();
         match el.name() {

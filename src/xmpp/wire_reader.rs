@@ -46,8 +46,6 @@ pub(crate) struct StreamContext {
     header: Vec<u8>,
     /// Its qualified name, which the stream's end tag must repeat.
     footer: String,
-    /// `xml:lang` of the stream, the default language of its stanzas.
-    lang: Option<String>,
     /// Whether the fast path applies: default namespace `jabber:component:accept` and no
     /// `xml:lang` on the stream.
     fast: bool,
@@ -90,7 +88,6 @@ impl StreamContext {
             header: header.to_vec(),
             footer,
             fast: default_ns.as_deref() == Some(ns::COMPONENT) && lang.is_none(),
-            lang,
         })
     }
 
@@ -109,34 +106,27 @@ impl StreamContext {
         self.general(stanza)
     }
 
-    /// Reads one complete stanza with rxml and `Incoming`'s builder.
+    /// Reads one complete stanza with rxml and `Incoming`'s builder, with the language
+    /// context `XmlStream` gives each event.
     pub(crate) fn general(&self, stanza: &[u8]) -> Result<Incoming, ReadFail> {
         let mut doc = Vec::with_capacity(self.header.len() + stanza.len());
         doc.extend_from_slice(&self.header);
         doc.extend_from_slice(stanza);
-        let mut parser = rxml::Parser::default();
-        let mut buf = &doc[..];
-        let ctx = xso::Context::empty().with_language(self.lang.as_deref());
-        let mut next = || match parser.parse(&mut buf, false) {
-            Ok(Some(ev)) => Ok(ev),
-            Ok(None) => Err(ReadFail::Hard(invalid("the stanza ended the document"))),
-            Err(rxml::error::EndOrError::NeedMoreData) => {
-                Err(ReadFail::Hard(invalid("the stanza is incomplete")))
-            }
-            Err(rxml::error::EndOrError::Error(e)) => Err(ReadFail::Hard(invalid(e))),
-        };
+        let mut events = Events::new(&doc);
         // The stream's own start tag, and an XML declaration if the header had one.
         loop {
-            if let rxml::Event::StartElement(..) = next()? {
+            if let rxml::Event::StartElement(..) = events.next()? {
                 break;
             }
         }
-        let mut builder = match next()? {
+        let ev = events.next()?;
+        let ctx = events.ctx();
+        let mut builder = match ev {
             rxml::Event::StartElement(_, name, attrs) => {
                 match Incoming::from_events(name, attrs, &ctx) {
                     Ok(b) => b,
                     Err(xso::error::FromEventsError::Invalid(e)) => {
-                        skip_rest(&mut next, 0)?;
+                        events.skip_rest(0)?;
                         return Err(ReadFail::Parse(e));
                     }
                     Err(xso::error::FromEventsError::Mismatch { .. }) => {
@@ -148,12 +138,13 @@ impl StreamContext {
         };
         let mut depth = 0usize;
         loop {
-            let ev = next()?;
+            let ev = events.next()?;
             let after = match &ev {
                 rxml::Event::StartElement(..) => Some(depth + 1),
                 rxml::Event::EndElement(..) => depth.checked_sub(1),
                 _ => Some(depth),
             };
+            let ctx = events.ctx();
             match (builder.feed(ev, &ctx), after) {
                 (Ok(Some(v)), None) => return Ok(v),
                 (Ok(Some(_)), Some(_)) => {
@@ -165,7 +156,7 @@ impl StreamContext {
                 }
                 (Err(e), None) => return Err(ReadFail::Parse(e)),
                 (Err(e), Some(d)) => {
-                    skip_rest(&mut next, d)?;
+                    events.skip_rest(d)?;
                     return Err(ReadFail::Parse(e));
                 }
             }
@@ -173,26 +164,65 @@ impl StreamContext {
     }
 }
 
-/// Consumes the events of the rest of an element (`depth` elements open inside it), so that
-/// XML errors in it still count as such.
-fn skip_rest(
-    next: &mut impl FnMut() -> Result<rxml::Event, ReadFail>,
-    mut depth: usize,
-) -> Result<(), ReadFail> {
-    loop {
-        match next()? {
-            rxml::Event::StartElement(..) => depth += 1,
-            rxml::Event::EndElement(..) => match depth.checked_sub(1) {
-                Some(d) => depth = d,
-                None => return Ok(()),
-            },
-            _ => {}
+/// rxml's events over a buffer, with the `xml:lang` in scope tracked as `XmlStream` does.
+struct Events<'a> {
+    parser: rxml::Parser,
+    buf: &'a [u8],
+    langs: rxml::xml_lang::XmlLangStack,
+    at_eof: bool,
+}
+
+impl<'a> Events<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self {
+            parser: rxml::Parser::default(),
+            buf,
+            langs: rxml::xml_lang::XmlLangStack::new(),
+            at_eof: false,
+        }
+    }
+
+    fn next(&mut self) -> Result<rxml::Event, ReadFail> {
+        match self.parser.parse(&mut self.buf, self.at_eof) {
+            Ok(Some(ev)) => {
+                self.langs.handle_event(&ev);
+                Ok(ev)
+            }
+            Ok(None) => Err(ReadFail::Hard(invalid("the stanza ended the document"))),
+            Err(rxml::error::EndOrError::NeedMoreData) => {
+                Err(ReadFail::Hard(invalid("the stanza is incomplete")))
+            }
+            Err(rxml::error::EndOrError::Error(e)) => Err(ReadFail::Hard(invalid(e))),
+        }
+    }
+
+    /// The context for the event just read.
+    fn ctx(&self) -> xso::Context<'_> {
+        xso::Context::empty().with_language(self.langs.current())
+    }
+
+    /// Consumes the events of the rest of an element (`depth` elements open inside it), so
+    /// that XML errors in it still count as such.
+    fn skip_rest(&mut self, mut depth: usize) -> Result<(), ReadFail> {
+        loop {
+            match self.next()? {
+                rxml::Event::StartElement(..) => depth += 1,
+                rxml::Event::EndElement(..) => match depth.checked_sub(1) {
+                    Some(d) => depth = d,
+                    None => return Ok(()),
+                },
+                _ => {}
+            }
         }
     }
 }
 
 /// One step of reading a stream buffer.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one value per stanza, returned once; boxing would allocate per stanza"
+)]
 pub(crate) enum Read {
     /// More bytes needed; drop the first `skip` bytes of the buffer.
     Need { skip: usize },
@@ -227,6 +257,7 @@ const CHECK_HEADER: &[u8] = b"<stream:stream xmlns='jabber:component:accept' \
 
 /// What reading a stream gave, element by element, in a form both ways can be compared in.
 #[derive(Debug)]
+#[expect(clippy::large_enum_variant, reason = "checks only")]
 enum Outcome {
     Item(Incoming),
     Parse,
@@ -237,21 +268,16 @@ enum Outcome {
 /// The stream read as tokio-xmpp's `XmlStream` reads it: one rxml parser over everything,
 /// each child of the stream element fed to `Incoming`'s builder.
 fn read_as_xml_stream(doc: &[u8]) -> Vec<Outcome> {
-    let mut parser = rxml::Parser::default();
-    let mut buf = doc;
-    let ctx = xso::Context::empty();
+    let mut events = Events::new(doc);
+    events.at_eof = true;
     let mut out = Vec::new();
-    let mut next = || match parser.parse(&mut buf, true) {
-        Ok(Some(ev)) => Some(ev),
-        _ => None,
-    };
     // The stream's start tag.
-    match next() {
-        Some(rxml::Event::StartElement(..)) => {}
+    match events.next() {
+        Ok(rxml::Event::StartElement(..)) => {}
         _ => return vec![Outcome::Hard],
     }
     loop {
-        let Some(ev) = next() else {
+        let Ok(ev) = events.next() else {
             out.push(Outcome::Hard);
             return out;
         };
@@ -268,18 +294,11 @@ fn read_as_xml_stream(doc: &[u8]) -> Vec<Outcome> {
             }
             rxml::Event::StartElement(_, name, attrs) => (name, attrs),
         };
-        let mut builder = match Incoming::from_events(name, attrs, &ctx) {
-            Ok(b) => Some(b),
-            Err(_) => None,
-        };
+        let mut builder = Incoming::from_events(name, attrs, &events.ctx()).ok();
+        let mut result = builder.is_none().then_some(Outcome::Parse);
         let mut depth = 0usize;
-        let mut result = if builder.is_none() {
-            Some(Outcome::Parse)
-        } else {
-            None
-        };
         loop {
-            let Some(ev) = next() else {
+            let Ok(ev) = events.next() else {
                 out.push(Outcome::Hard);
                 return out;
             };
@@ -290,7 +309,7 @@ fn read_as_xml_stream(doc: &[u8]) -> Vec<Outcome> {
                 _ => {}
             }
             if let Some(b) = builder.as_mut() {
-                match b.feed(ev, &ctx) {
+                match b.feed(ev, &events.ctx()) {
                     Ok(Some(v)) => {
                         result = Some(Outcome::Item(v));
                         builder = None;
@@ -390,6 +409,26 @@ pub(crate) fn check_against_xml_stream(bytes: &[u8]) {
                 | (Outcome::Footer, Outcome::Footer) => {}
                 (g, w) => panic!("chunk {chunk}: the link read {g:?}, XmlStream {w:?}"),
             }
+        }
+    }
+}
+
+/// Reads `content` (what follows a component stream header) with the link's reader and
+/// returns how many stanzas it read as values; for `benches/xmpp_stanza.rs`.
+pub(crate) fn count_stanzas(content: &[u8]) -> usize {
+    let Ok(ctx) = StreamContext::new(CHECK_HEADER) else {
+        return 0;
+    };
+    let mut splitter = Splitter::default();
+    let mut buf = content;
+    let mut n = 0;
+    loop {
+        match read_next(&mut splitter, &ctx, buf) {
+            Ok(Read::Item { consumed, item }) => {
+                n += usize::from(item.is_ok());
+                buf = &buf[consumed..];
+            }
+            Ok(Read::Need { .. } | Read::Footer) | Err(_) => return n,
         }
     }
 }
