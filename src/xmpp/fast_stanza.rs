@@ -31,12 +31,22 @@ struct Cur<'a> {
     i: usize,
 }
 
+/// Attributes read per tag at most (more: not in the subset).
+const MAX_ATTRS: usize = 8;
+
 /// A start tag as read: name, `xmlns` if declared, other attributes (decoded), empty or not.
 struct Tag<'a> {
     name: &'a str,
     xmlns: Option<Cow<'a, str>>,
-    attrs: Vec<(&'a str, Cow<'a, str>)>,
+    attrs: [(&'a str, Cow<'a, str>); MAX_ATTRS],
+    n_attrs: usize,
     empty: bool,
+}
+
+impl<'a> Tag<'a> {
+    fn attrs(&self) -> &[(&'a str, Cow<'a, str>)] {
+        &self.attrs[..self.n_attrs]
+    }
 }
 
 fn is_space(b: u8) -> bool {
@@ -136,7 +146,8 @@ impl<'a> Cur<'a> {
         let mut tag = Tag {
             name,
             xmlns: None,
-            attrs: Vec::new(),
+            attrs: Default::default(),
+            n_attrs: 0,
             empty: false,
         };
         loop {
@@ -178,10 +189,11 @@ impl<'a> Cur<'a> {
                 }
                 tag.xmlns = Some(value);
             } else {
-                if tag.attrs.iter().any(|(n, _)| *n == attr) {
+                if tag.n_attrs == MAX_ATTRS || tag.attrs().iter().any(|(n, _)| *n == attr) {
                     return None;
                 }
-                tag.attrs.push((attr, value));
+                tag.attrs[tag.n_attrs] = (attr, value);
+                tag.n_attrs += 1;
             }
         }
     }
@@ -191,7 +203,9 @@ impl<'a> Cur<'a> {
         let len = memchr::memchr(b'<', &self.b[self.i..])?;
         let raw = &self.s[self.i..self.i + len];
         self.i += len;
-        if memchr::memmem::find(raw.as_bytes(), b"]]>").is_some() {
+        if memchr::memchr(b'>', raw.as_bytes()).is_some()
+            && memchr::memmem::find(raw.as_bytes(), b"]]>").is_some()
+        {
             return None;
         }
         unescape(raw)
@@ -211,18 +225,26 @@ impl<'a> Cur<'a> {
         self.b.get(self.i..self.i + 2) == Some(b"</")
     }
 
-    /// The content of an element whose start tag was read, as a payload `Element` in
-    /// namespace `ns_`.
-    fn element(&mut self, tag: Tag<'a>, ns_: &str) -> Option<Element> {
-        let mut builder = Element::builder(tag.name, ns_);
-        for (name, value) in tag.attrs {
+    /// The content of an element whose start tag was read, as a payload `Element` (in the
+    /// namespace it declares, or else `parent_ns`).
+    fn element(&mut self, tag: Tag<'a>, parent_ns: &str) -> Option<Element> {
+        let Tag {
+            name,
+            xmlns,
+            attrs,
+            n_attrs,
+            empty,
+        } = tag;
+        let ns_ = xmlns.as_deref().unwrap_or(parent_ns);
+        let mut builder = Element::builder(name, ns_);
+        for (attr, value) in attrs.into_iter().take(n_attrs) {
             builder = builder.attr(
-                xmpp_parsers::minidom::rxml::NcName::try_from(name).ok()?,
+                xmpp_parsers::minidom::rxml::NcName::try_from(attr).ok()?,
                 value.into_owned(),
             );
         }
         let mut el = builder.build();
-        if tag.empty {
+        if empty {
             return Some(el);
         }
         loop {
@@ -234,20 +256,18 @@ impl<'a> Cur<'a> {
                 continue;
             }
             if self.at_end_tag() {
-                self.end_tag(tag.name)?;
+                self.end_tag(name)?;
                 return Some(el);
             }
             let child = self.start_tag()?;
-            let child_ns = child.xmlns.clone();
-            let child_ns = child_ns.as_deref().unwrap_or(ns_);
-            let child = self.element(child, child_ns)?;
+            let child = self.element(child, ns_)?;
             el.append_child(child);
         }
     }
 
     /// The text of a `<body/>` or `<subject/>` whose start tag was read.
     fn text_only(&mut self, tag: &Tag<'a>) -> Option<String> {
-        if !tag.attrs.is_empty() {
+        if tag.n_attrs > 0 {
             return None;
         }
         if tag.empty {
@@ -307,7 +327,7 @@ pub(crate) fn message(bytes: &[u8]) -> Option<Message> {
         thread: None,
         payloads: Vec::new(),
     };
-    for (name, value) in &tag.attrs {
+    for (name, value) in tag.attrs() {
         match *name {
             "from" => m.from = Some(Jid::new(value).ok()?),
             "to" => m.to = Some(Jid::new(value).ok()?),
@@ -339,9 +359,8 @@ pub(crate) fn message(bytes: &[u8]) -> Option<Message> {
                         return None;
                     }
                 }
-                Some(other) => {
-                    let other = other.to_owned();
-                    let el = cur.element(child, &other)?;
+                Some(_) => {
+                    let el = cur.element(child, ns::COMPONENT)?;
                     m.payloads.push(el);
                 }
             }

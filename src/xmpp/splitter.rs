@@ -70,17 +70,13 @@ fn is_space(b: u8) -> bool {
 /// skipping quoted attribute values; `None` when the buffer ends first.
 fn tag_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
-    while i < buf.len() {
+    loop {
+        i += memchr::memchr3(b'\'', b'"', b'>', buf.get(i..)?)?;
         match buf[i] {
-            q @ (b'\'' | b'"') => {
-                let close = memchr::memchr(q, buf.get(i + 1..)?)?;
-                i += close + 2;
-            }
             b'>' => return Some(i + 1),
-            _ => i += 1,
+            q => i += memchr::memchr(q, buf.get(i + 1..)?)? + 2,
         }
     }
-    None
 }
 
 impl Splitter {
