@@ -9,7 +9,7 @@
 //! them before it (one rxml parser for the stream, events fed to xmpp-parsers' builder,
 //! "FromXml events"), and the way before that (`Element`, then `TryFrom`). `CHAT` is a
 //! message with a body and a chat state; `CHAT_FULL` also carries a receipt request and an
-//! origin id, as modern clients send every chat message (about 330 bytes).
+//! origin id, as modern clients send every chat message (371 bytes in the stream).
 
 use std::hint::black_box;
 use std::str::FromStr;
