@@ -12,6 +12,9 @@
 //! - `stanza_reader`: what the stream is read as: typed stanzas built straight from the XML
 //!   parser's events, stanzas that do not parse as values with their head, other elements
 //!   untyped.
+//! - `splitter`, `fast_stanza`, `wire_reader`: the link's own reading of the stream after the
+//!   handshake: complete stanzas found in the read buffer, a chat `<message/>` read by hand,
+//!   anything else through rxml and `stanza_reader`'s builder.
 //! - `service`: disco (XEP-0030) and ping (XEP-0199) answers, `<bad-request/>` for stanzas that
 //!   do not parse; everything else becomes an [`Inbound`] value.
 //! - `queue`: outbound order and confirmation by ping round trips (sans-IO).
@@ -26,13 +29,16 @@ pub(crate) mod backoff;
 pub mod config;
 mod connection;
 pub mod error;
+mod fast_stanza;
 mod link;
 mod message_xml;
 mod queue;
 mod reader;
 mod service;
+mod splitter;
 mod stanza_reader;
 pub mod stats;
+mod wire_reader;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -431,11 +437,21 @@ pub fn spawn(
     (handle, in_rx)
 }
 
-/// For the fuzz target `stanza_reader` only: reads `bytes` as the link reads stanzas and as an
-/// `Element` converted with `TryFrom`, and panics where the two disagree.
+/// For the fuzz target `stanza_reader` only: reads `bytes` as one element with the typed
+/// reader and as an `Element` converted with `TryFrom`, and as the content of a component
+/// stream both the way tokio-xmpp's `XmlStream` read it and the link's own way (splitter,
+/// hand-written `<message/>` reader, rxml for the rest); panics where they disagree.
 #[doc(hidden)]
 pub fn check_stanza_reader(bytes: &[u8]) {
     stanza_reader::check_against_try_from(bytes);
+    wire_reader::check_against_xml_stream(bytes);
+}
+
+/// For `benches/xmpp_stanza.rs` only: reads `content` (the stanzas of a component stream
+/// after its header) as the link does and returns how many stanzas it read.
+#[doc(hidden)]
+pub fn read_stream_as_link(content: &[u8]) -> usize {
+    wire_reader::count_stanzas(content)
 }
 
 #[cfg(test)]

@@ -356,7 +356,7 @@ pub(crate) fn parse(xml: &str) -> Incoming {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
 
     use std::borrow::Cow;
@@ -371,10 +371,10 @@ mod tests {
 
     use super::*;
 
-    const C: &str = "xmlns='jabber:component:accept'";
+    pub(crate) const C: &str = "xmlns='jabber:component:accept'";
 
     /// What `TryFrom<Element>` (the reader's way before) gives for `xml`.
-    fn via_element(xml: &str) -> Result<Inbound, String> {
+    pub(crate) fn via_element(xml: &str) -> Result<Inbound, String> {
         let el: Element = xml.parse().unwrap();
         let e = |e: xso::error::FromElementError| e.to_string();
         match el.name() {
@@ -384,7 +384,7 @@ mod tests {
         }
     }
 
-    fn good() -> Vec<String> {
+    pub(crate) fn good() -> Vec<String> {
         vec![
             format!(
                 "<message {C} from='alice@localhost/laptop' to='bob@mqtt.localhost' \
@@ -452,7 +452,7 @@ mod tests {
         assert_eq!(p.type_, PresenceType::None);
     }
 
-    fn bad() -> Vec<(String, RawHead)> {
+    pub(crate) fn bad() -> Vec<(String, RawHead)> {
         let head = |kind, from: &str, id: Option<&str>, type_: Option<&str>| RawHead {
             kind,
             from: Some(from.into()),
