@@ -111,6 +111,7 @@
 mod compile;
 mod error;
 mod escape;
+mod jid_cache;
 mod load;
 mod overlap;
 mod pattern;
