@@ -5,13 +5,16 @@
 //! the same users and peers recur, so their results are kept in two bounded maps. In a
 //! profile of the bridge these validations were about 7 % of the CPU per message.
 //!
-//! Bounds: at most [`MAX_ENTRIES`] per map (emptied when full: a simple bound that never
+//! The maps are per thread (the broker's guard and the bridge translate on different
+//! threads): no lock, and no cache line moving between cores per message.
+//!
+//! Bounds: at most [`MAX_ENTRIES`] per map and thread (emptied when full: a simple bound that never
 //! grows, where a burst of distinct names only costs the validations they cost before), and
 //! only strings up to [`MAX_KEY`] bytes are kept, so topic levels chosen by clients cannot
 //! make the maps large.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex, PoisonError};
 
 use xmpp_parsers::jid::BareJid;
 
@@ -23,13 +26,13 @@ pub(crate) const MAX_ENTRIES: usize = 4096;
 pub(crate) const MAX_KEY: usize = 256;
 
 struct Bounded<V> {
-    map: Mutex<HashMap<Box<str>, V>>,
+    map: RefCell<HashMap<Box<str>, V>>,
 }
 
 impl<V: Clone> Bounded<V> {
     fn new() -> Self {
         Bounded {
-            map: Mutex::new(HashMap::new()),
+            map: RefCell::new(HashMap::new()),
         }
     }
 
@@ -37,13 +40,12 @@ impl<V: Clone> Bounded<V> {
         if key.len() > MAX_KEY {
             return compute(key);
         }
-        // Poisoned only if `compute` panicked elsewhere while the lock was held: it is not
-        // called with the lock held, so the map is always consistent.
-        if let Some(v) = self.lock().get(key) {
+        if let Some(v) = self.map.borrow().get(key) {
             return v.clone();
         }
+        // Computed without a borrow held, so `compute` may use other caches.
         let v = compute(key);
-        let mut map = self.lock();
+        let mut map = self.map.borrow_mut();
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }
@@ -51,28 +53,26 @@ impl<V: Clone> Bounded<V> {
         v
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, V>> {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().len()
+        self.map.borrow().len()
     }
 }
 
-static NODES: LazyLock<Bounded<bool>> = LazyLock::new(Bounded::new);
-static BARE: LazyLock<Bounded<Option<Box<str>>>> = LazyLock::new(Bounded::new);
+thread_local! {
+    static NODES: Bounded<bool> = Bounded::new();
+    static BARE: Bounded<Option<Box<str>>> = Bounded::new();
+}
 
 /// [`exact_node`], remembered.
 pub(crate) fn exact_node_cached(node: &str) -> bool {
-    NODES.get_or(node, exact_node)
+    NODES.with(|c| c.get_or(node, exact_node))
 }
 
 /// The normalised form of bare JID `raw` (`BareJid::new`), or `None` if it is not one;
 /// remembered.
 pub(crate) fn bare_jid_cached(raw: &str) -> Option<Box<str>> {
-    BARE.get_or(raw, |raw| BareJid::new(raw).ok().map(|j| j.as_str().into()))
+    BARE.with(|c| c.get_or(raw, |raw| BareJid::new(raw).ok().map(|j| j.as_str().into())))
 }
 
 #[cfg(test)]
