@@ -190,18 +190,14 @@ impl PublishGuard for MappingGuard {
 /// the bridge's CPU per message).
 ///
 /// Keyed by the payload's address: the broker hands the bridge the same shared buffer the
-/// guard saw. An entry is taken only if its length and a keyed hash of topic, publisher and
-/// payload bytes match too, so a stale entry (its publish never reached the bridge, and a
-/// later payload reuses the address) is not mistaken for another message: translation is a
-/// pure function of those three and the mapping table. (The hash instead of copies of the
-/// three: the copies and their cross-thread frees cost more than the translation they
-/// saved.) Bounded: when [`HANDOFF_MAX`] entries wait, it is emptied (the bridge then
-/// translates those itself).
+/// guard saw. An entry is taken only if topic, publisher and payload bytes are equal too, so
+/// a stale entry (its publish never reached the bridge, and a later payload reuses the
+/// address) is never mistaken for another message: translation is a pure function of those
+/// three and the mapping table. Bounded: when [`HANDOFF_MAX`] entries wait, it is emptied
+/// (the bridge then translates those itself).
 #[derive(Debug, Default)]
 pub struct Handoff {
     slots: Mutex<HashMap<usize, Handed>>,
-    /// Random keys per process: nobody can make two publishes collide on purpose.
-    keys: std::hash::RandomState,
 }
 
 /// Entries a [`Handoff`] keeps at most.
@@ -209,8 +205,9 @@ pub const HANDOFF_MAX: usize = 4096;
 
 #[derive(Debug)]
 struct Handed {
-    len: usize,
-    hash: u64,
+    topic: String,
+    user: Option<String>,
+    payload: Bytes,
     out: XmppOut,
 }
 
@@ -220,23 +217,15 @@ impl Handoff {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn hash(&self, topic: &str, payload: &[u8], user: Option<&str>) -> u64 {
-        use std::hash::{BuildHasher, Hash, Hasher};
-        let mut h = self.keys.build_hasher();
-        topic.hash(&mut h);
-        user.hash(&mut h);
-        payload.hash(&mut h);
-        h.finish()
-    }
-
     /// Keeps the guard's translation of a publish.
     pub fn put(&self, topic: &str, payload: &[u8], user: Option<&str>, out: XmppOut) {
         if payload.is_empty() {
             return;
         }
         let handed = Handed {
-            len: payload.len(),
-            hash: self.hash(topic, payload, user),
+            topic: topic.to_string(),
+            user: user.map(str::to_string),
+            payload: Bytes::copy_from_slice(payload),
             out,
         };
         let mut slots = self.slots();
@@ -252,7 +241,7 @@ impl Handoff {
             return None;
         }
         let handed = self.slots().remove(&(payload.as_ptr() as usize))?;
-        (handed.len == payload.len() && handed.hash == self.hash(topic, payload, user))
+        (handed.topic == topic && handed.user.as_deref() == user && handed.payload == payload)
             .then_some(handed.out)
     }
 
