@@ -17,7 +17,7 @@ use crate::audit::{self, AuditConfig, AuditStats};
 use crate::bridge::events::{EventSink, Observe};
 use crate::bridge::presence::SESSION_EVENT_DEPTH;
 use crate::bridge::presence_store::FileStore;
-use crate::bridge::{BRIDGE_CLIENT_ID, Bridge, BridgeStats, Handoff, MappingGuard};
+use crate::bridge::{BRIDGE_CLIENT_ID, Bridge, BridgeStats, MappingGuard};
 use crate::broker::{Broker, BrokerStats};
 use crate::config::{BridgeSettings, Config, MqttMode};
 use crate::telemetry::admin::{self, Readiness};
@@ -186,19 +186,15 @@ impl App {
                 let client = broker.internal_client(BRIDGE_CLIENT_ID).await?;
                 let (events, stats) = s.events(config.audit);
                 audit_stats = stats;
-                // The guard translates each publish once; the bridge takes its result.
-                let handoff = Arc::new(Handoff::default());
                 let guard = MappingGuard::new(settings.mapping.clone())
                     .with_events(events.clone())
-                    .with_presence(config.presence.clone())
-                    .with_handoff(handoff.clone());
+                    .with_presence(config.presence.clone());
                 broker.set_publish_guard(Arc::new(guard)).await?;
                 let session_events = broker.session_events(SESSION_EVENT_DEPTH).await?;
                 let mut bridge = Bridge::new(settings.mapping, client, handle.clone(), inbound)
                     .await?
                     .with_events(events)
-                    .with_session_events(session_events)
-                    .with_handoff(handoff);
+                    .with_session_events(session_events);
                 if let Some(presence) = &config.presence {
                     let store = Box::new(FileStore::new(&presence.file));
                     bridge = bridge.with_presence(presence, store).await?;

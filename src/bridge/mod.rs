@@ -30,10 +30,9 @@ mod social;
 pub mod stanza;
 pub mod translate;
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -55,9 +54,7 @@ use self::receipts::{Receipts, Senders};
 pub use self::social::PresenceStartError;
 use self::social::{PresenceSide, next_session_event};
 use self::stanza::inbound_chat;
-use self::translate::{
-    Carried, FromXmpp, InboundChat, NotCarried, XmppOut, mqtt_to_xmpp, xmpp_to_mqtt,
-};
+use self::translate::{Carried, FromXmpp, InboundChat, NotCarried, mqtt_to_xmpp, xmpp_to_mqtt};
 use crate::broker::Delivery;
 use crate::broker::codec::reason;
 use crate::broker::codec::{Properties, Property, Publish, QoS};
@@ -103,8 +100,6 @@ pub struct MappingGuard {
     error_topic: presence::LevelPattern,
     /// Refusals are translation outcomes too: audited and counted.
     events: EventSink,
-    /// Where the translations of accepted publishes go for the bridge, if it takes them.
-    handoff: Option<Arc<Handoff>>,
 }
 
 impl MappingGuard {
@@ -116,15 +111,7 @@ impl MappingGuard {
             error_topic: presence::LevelPattern::parse(muc::ERROR_TOPIC, "user")
                 .unwrap_or_else(|_| unreachable!("the constant is a valid pattern")),
             events: EventSink::default(),
-            handoff: None,
         }
-    }
-
-    /// Hands each accepted publish's translation to the bridge through `handoff`, so the
-    /// bridge does not translate it a second time.
-    pub fn with_handoff(mut self, handoff: Arc<Handoff>) -> Self {
-        self.handoff = Some(handoff);
-        self
     }
 
     /// Also guards the presence topics (a user's own status topic only; no legacy topic).
@@ -155,13 +142,7 @@ impl PublishGuard for MappingGuard {
             });
         }
         match mqtt_to_xmpp(&self.table, topic, payload, user) {
-            Ok(out) => {
-                if let Some(handoff) = &self.handoff {
-                    handoff.put(topic, payload, user, out);
-                }
-                Ok(())
-            }
-            Err(NotCarried::Mapping(Refusal::NoRule)) => Ok(()),
+            Ok(_) | Err(NotCarried::Mapping(Refusal::NoRule)) => Ok(()),
             Err(e) => {
                 let reason = match &e {
                     NotCarried::Mapping(
@@ -181,78 +162,6 @@ impl PublishGuard for MappingGuard {
                 Err(Refused { reason, why })
             }
         }
-    }
-}
-
-/// Translations of MQTT publishes made by the broker's guard ([`MappingGuard`]), taken by the
-/// bridge when the publish is delivered to it, so each publish is translated once (the guard
-/// must translate to refuse bad payloads; translating again in the bridge was about 7 % of
-/// the bridge's CPU per message).
-///
-/// Keyed by the payload's address: the broker hands the bridge the same shared buffer the
-/// guard saw. An entry is taken only if topic, publisher and payload bytes are equal too, so
-/// a stale entry (its publish never reached the bridge, and a later payload reuses the
-/// address) is never mistaken for another message: translation is a pure function of those
-/// three and the mapping table. Bounded: when [`HANDOFF_MAX`] entries wait, it is emptied
-/// (the bridge then translates those itself).
-#[derive(Debug, Default)]
-pub struct Handoff {
-    slots: Mutex<HashMap<usize, Handed>>,
-}
-
-/// Entries a [`Handoff`] keeps at most.
-pub const HANDOFF_MAX: usize = 4096;
-
-#[derive(Debug)]
-struct Handed {
-    topic: String,
-    user: Option<String>,
-    payload: Bytes,
-    out: XmppOut,
-}
-
-impl Handoff {
-    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Handed>> {
-        // Poisoned only if a thread panicked inside `put`/`take`: the map is still usable.
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Keeps the guard's translation of a publish.
-    pub fn put(&self, topic: &str, payload: &[u8], user: Option<&str>, out: XmppOut) {
-        if payload.is_empty() {
-            return;
-        }
-        let handed = Handed {
-            topic: topic.to_string(),
-            user: user.map(str::to_string),
-            payload: Bytes::copy_from_slice(payload),
-            out,
-        };
-        let mut slots = self.slots();
-        if slots.len() >= HANDOFF_MAX {
-            slots.clear();
-        }
-        slots.insert(payload.as_ptr() as usize, handed);
-    }
-
-    /// The guard's translation of this publish, if it made one.
-    pub fn take(&self, topic: &str, payload: &[u8], user: Option<&str>) -> Option<XmppOut> {
-        if payload.is_empty() {
-            return None;
-        }
-        let handed = self.slots().remove(&(payload.as_ptr() as usize))?;
-        (handed.topic == topic && handed.user.as_deref() == user && handed.payload == payload)
-            .then_some(handed.out)
-    }
-
-    /// Entries waiting.
-    pub fn len(&self) -> usize {
-        self.slots().len()
-    }
-
-    /// Whether no entry waits.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -302,8 +211,6 @@ pub struct Bridge {
     receipts: Receipts,
     /// Who sent recent message ids (corrections).
     senders: Senders,
-    /// Translations the broker's guard made already.
-    handoff: Option<Arc<Handoff>>,
 }
 
 impl Bridge {
@@ -352,7 +259,6 @@ impl Bridge {
             tracked: mqtt.take_tracked(),
             receipts: Receipts::resumed(mqtt.take_resumed()),
             senders: Senders::default(),
-            handoff: None,
             mqtt,
         })
     }
@@ -360,13 +266,6 @@ impl Bridge {
     /// Sends every translation outcome to `events`.
     pub fn with_events(mut self, events: EventSink) -> Self {
         self.events = events;
-        self
-    }
-
-    /// Takes the translations the broker's guard made from `handoff` (the one given to
-    /// [`MappingGuard::with_handoff`]).
-    pub fn with_handoff(mut self, handoff: Arc<Handoff>) -> Self {
-        self.handoff = Some(handoff);
         self
     }
 
@@ -613,12 +512,7 @@ impl Bridge {
             self.mqtt.ack(&publish).await?;
             return Ok(());
         }
-        let handed = (self.handoff.as_ref())
-            .and_then(|h| h.take(&publish.topic, &publish.payload, user))
-            .map(Ok);
-        let translated = handed
-            .unwrap_or_else(|| mqtt_to_xmpp(&self.table, &publish.topic, &publish.payload, user));
-        match translated {
+        match mqtt_to_xmpp(&self.table, &publish.topic, &publish.payload, user) {
             Ok(mut out) => {
                 if !publish.properties.is_empty() {
                     translate::apply_user_properties(&mut out, &publish.properties);
@@ -724,103 +618,3 @@ async fn next_tracked(rx: &mut Option<mpsc::UnboundedReceiver<Tracked>>) -> Opti
 
 /// The client id the bridge's in-process session has (see `app.rs`).
 pub const BRIDGE_CLIENT_ID: &str = "bridge";
-
-#[cfg(test)]
-mod handoff_tests {
-    #![allow(clippy::unwrap_used, reason = "tests")]
-    use super::*;
-    use crate::mapping::MessageKind;
-
-    fn out(body: &str) -> XmppOut {
-        XmppOut {
-            rule: "r".into(),
-            from: "bob@mqtt.example.org".into(),
-            to: "alice@example.org".into(),
-            kind: MessageKind::Chat,
-            body: body.into(),
-            subject: None,
-            thread: None,
-            id: None,
-            extras: Default::default(),
-            receipts: true,
-        }
-    }
-
-    #[test]
-    fn the_bridge_takes_what_the_guard_translated_once() {
-        let h = Handoff::default();
-        let payload = Bytes::from_static(b"{\"body\":\"hi\"}");
-        h.put("t/a", &payload, Some("bob"), out("hi"));
-        // The delivery shares the guard's buffer.
-        let delivered = payload.clone();
-        assert_eq!(h.take("t/a", &delivered, Some("bob")), Some(out("hi")));
-        assert_eq!(h.take("t/a", &delivered, Some("bob")), None, "taken once");
-        assert!(h.is_empty());
-    }
-
-    #[test]
-    fn a_different_publish_at_the_same_address_is_never_taken() {
-        let h = Handoff::default();
-        let mut buf = b"{\"body\":\"one\"}".to_vec();
-        h.put("t/a", &buf, Some("bob"), out("one"));
-        buf[10] = b'X'; // same address and length, other bytes
-        assert_eq!(h.take("t/a", &buf, Some("bob")), None);
-        for (topic, user) in [("t/b", Some("bob")), ("t/a", Some("eve")), ("t/a", None)] {
-            buf[10] = b'o';
-            h.put("t/a", &buf, Some("bob"), out("one"));
-            assert_eq!(h.take(topic, &buf, user), None, "{topic} {user:?}");
-        }
-        // A copy elsewhere in memory is not found either (the bridge translates it itself).
-        h.put("t/a", &buf, Some("bob"), out("one"));
-        let copy = buf.clone();
-        assert_eq!(h.take("t/a", &copy, Some("bob")), None);
-        assert_eq!(h.take("t/a", &buf, Some("bob")), Some(out("one")));
-        // Empty payloads are never kept (no distinct address).
-        h.put("t/a", b"", Some("bob"), out(""));
-        assert!(h.is_empty());
-    }
-
-    #[test]
-    fn it_stays_bounded_when_nobody_takes() {
-        let h = Handoff::default();
-        let payloads: Vec<Bytes> = (0..HANDOFF_MAX + 10)
-            .map(|i| Bytes::from(format!("p{i}")))
-            .collect();
-        for p in &payloads {
-            h.put("t", p, None, out("x"));
-            assert!(h.len() <= HANDOFF_MAX);
-        }
-        let last = payloads.last().unwrap();
-        assert_eq!(h.take("t", last, None), Some(out("x")));
-    }
-
-    #[test]
-    fn the_guard_hands_over_accepted_publishes_only() {
-        let rules = r#"
-[[rule]]
-name = "outbox"
-direction = "mqtt-to-xmpp"
-jid = "{user}@{domain}"
-peer = "{peer}"
-topic = "users/{user}/outbox/{peer}"
-format = "json"
-"#;
-        let table =
-            MappingTable::parse(rules, std::path::Path::new("t.toml"), "mqtt.example.org").unwrap();
-        let h = Arc::new(Handoff::default());
-        let guard = MappingGuard::new(Arc::new(table)).with_handoff(h.clone());
-        let topic = "users/bob/outbox/alice@example.org";
-        let good = Bytes::from_static(br#"{"body":"yo"}"#);
-        assert!(guard.check(topic, &good, Some("bob")).is_ok());
-        let bad = Bytes::from_static(b"not json");
-        assert!(guard.check(topic, &bad, Some("bob")).is_err());
-        assert!(guard.check(topic, &good, Some("eve")).is_err());
-        assert!(guard.check("elsewhere", &good, Some("bob")).is_ok());
-        assert_eq!(h.len(), 1);
-        let taken = h.take(topic, &good, Some("bob")).unwrap();
-        assert_eq!(
-            (taken.body.as_str(), taken.to.as_str()),
-            ("yo", "alice@example.org")
-        );
-    }
-}
