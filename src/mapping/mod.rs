@@ -111,7 +111,6 @@
 mod compile;
 mod error;
 mod escape;
-mod jid_cache;
 mod load;
 mod overlap;
 mod pattern;

@@ -3,9 +3,10 @@
 use std::borrow::Cow;
 use std::path::PathBuf;
 
+use xmpp_parsers::jid::BareJid;
+
 use super::escape::unescape;
-use super::jid_cache::{bare_jid_cached, exact_node_cached};
-use super::pattern::{JidPattern, PeerPattern, Slot, USER, level_of};
+use super::pattern::{JidPattern, PeerPattern, Slot, USER, exact_node, level_of};
 use super::topic::TopicTemplate;
 use super::{Direction, MessageKind, PayloadFormat, Refusal, ToXmpp, without_final_dot};
 
@@ -148,7 +149,7 @@ impl Rule {
             Slot::Capture(c) => capture(c.level.ok_or(Refusal::NoRule)?)?,
         };
         let from = format!("{node}@{domain}");
-        if !exact_node_cached(&node) {
+        if !exact_node(&node) {
             return Err(invalid(from));
         }
 
@@ -164,13 +165,12 @@ impl Rule {
         };
         // The final dot of a domain is dropped, as toward MQTT, so the dotted topic reaches
         // the same JID.
-        // Remembered per string (`jid_cache`): the same peers recur.
-        let to = match bare_jid_cached(&raw_to) {
-            Some(jid) => match without_final_dot(&jid) {
+        let to = match BareJid::new(&raw_to) {
+            Ok(jid) => match without_final_dot(jid.as_str()) {
                 Some(to) => to.to_string(),
                 None => return Err(invalid(raw_to)),
             },
-            None => return Err(invalid(raw_to)),
+            Err(_) => return Err(invalid(raw_to)),
         };
         Ok(ToXmpp {
             rule: self,
