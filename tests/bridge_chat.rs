@@ -287,6 +287,20 @@ async fn mqtt5_publishers_learn_why_a_bridged_publish_is_refused() {
     let (pkid, code, why) = read_puback(&mut carol).await;
     assert_eq!((pkid, code), (8, 0x99));
     assert!(!why.is_empty());
+    // An envelope whose body has a character XML cannot carry (U+0001): 0x99 too, named.
+    carol
+        .send(&publish_v5(
+            b"users/carol/outbox/alice@localhost",
+            10,
+            br#"{"body":"a\u0001b"}"#,
+        ))
+        .await;
+    let (pkid, code, why) = read_puback(&mut carol).await;
+    assert_eq!((pkid, code), (10, 0x99));
+    assert!(
+        why.contains("body") && why.contains("XML"),
+        "reason string: {why}"
+    );
     // A good one is acknowledged with success (shortest form).
     carol
         .send(&publish_v5(

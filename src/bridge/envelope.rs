@@ -270,6 +270,9 @@ pub enum PayloadError {
     /// An id that is empty or too long.
     #[error("`{0}` must be 1 to 256 characters")]
     Id(&'static str),
+    /// A text field with a character XML cannot carry (control characters, U+FFFE, U+FFFF).
+    #[error("`{0}` has a character XML cannot carry (a control character, U+FFFE or U+FFFF)")]
+    NotXmlText(&'static str),
     /// Unsupported envelope version.
     #[error("unsupported envelope version {0} (this bridge speaks {ENVELOPE_VERSION})")]
     Version(u32),

@@ -53,7 +53,7 @@ use self::presence::PresenceConfig;
 use self::receipts::{Receipts, Senders};
 pub use self::social::PresenceStartError;
 use self::social::{PresenceSide, next_session_event};
-use self::stanza::{inbound_chat, xmpp_message};
+use self::stanza::inbound_chat;
 use self::translate::{Carried, FromXmpp, InboundChat, NotCarried, mqtt_to_xmpp, xmpp_to_mqtt};
 use crate::broker::Delivery;
 use crate::broker::codec::reason;
@@ -533,9 +533,9 @@ impl Bridge {
                 if !self.mqtt_extras(&out, &id, &publish, &mut event).await? {
                     return Ok(());
                 }
-                match xmpp_message(&out, id) {
-                    Some(message) => {
-                        let (outgoing, confirmed) = Outgoing::confirmed(message);
+                match stanza::outgoing(out, id) {
+                    Ok(stanza) => {
+                        let (outgoing, confirmed) = Outgoing::confirmed(stanza);
                         self.offer(Blocked {
                             outgoing,
                             confirmed,
@@ -543,12 +543,12 @@ impl Bridge {
                             event,
                         });
                     }
-                    None => {
-                        warn!(rule = %out.rule, from = %out.from, to = %out.to,
-                            "Mapped addresses are not valid JIDs; message dropped.");
+                    Err(e) => {
+                        warn!(rule = ?event.rule, from = ?event.xmpp.from, to = ?event.xmpp.to,
+                            reason = e.reason, error = %e.detail,
+                            "MQTT message cannot be written as a stanza; dropped.");
                         add(&self.stats.refused_from_mqtt);
-                        let why = "mapped addresses are not valid JIDs";
-                        event.outcome = Outcome::dropped("bad_jid", why);
+                        event.outcome = Outcome::dropped(e.reason, e.detail);
                         self.events.emit(*event).await;
                         self.mqtt.ack(&publish).await?;
                     }

@@ -20,6 +20,8 @@ use xmpp_parsers::ns;
 use xmpp_parsers::receipts::Received;
 
 use super::envelope::{Bounce, ChatState, Extras};
+use crate::xmpp::Stanza;
+use crate::xmpp::message_xml::{ChatXml, State};
 
 /// The `id` attribute name, validated once.
 static ID: std::sync::LazyLock<rxml::NcName> = std::sync::LazyLock::new(|| {
@@ -212,6 +214,68 @@ pub fn xmpp_message(out: &XmppOut, id: String) -> Option<Message> {
     Some(m)
 }
 
+/// Why an MQTT message's stanza cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unwritable {
+    /// Outcome reason label (`bad_jid`, `bad_text`).
+    pub reason: &'static str,
+    /// What is wrong.
+    pub detail: String,
+}
+
+fn lean_state(state: ChatState) -> State {
+    match state {
+        ChatState::Active => State::Active,
+        ChatState::Composing => State::Composing,
+        ChatState::Paused => State::Paused,
+        ChatState::Inactive => State::Inactive,
+        ChatState::Gone => State::Gone,
+    }
+}
+
+/// The stanza for an MQTT message: the lean [`ChatXml`], the same element as
+/// [`xmpp_message`] builds (tests compare them) without a `Message` and `Element` payloads.
+/// A message with a `delay` goes through [`xmpp_message`] (the stamp is re-formatted by its
+/// typed form; rare). `out.from` and `out.to` are the mapping table's validated JIDs.
+pub fn outgoing(out: XmppOut, id: String) -> Result<Stanza, Unwritable> {
+    if out.extras.delay.is_some() {
+        return xmpp_message(&out, id)
+            .map(Stanza::Message)
+            .ok_or_else(|| Unwritable {
+                reason: "bad_jid",
+                detail: "mapped addresses are not valid JIDs".into(),
+            });
+    }
+    let chat = !out.body.is_empty() && matches!(out.kind, MessageKind::Chat | MessageKind::Normal);
+    let x = out.extras;
+    let (request_receipt, origin_id) = match (chat, out.receipts) {
+        (true, true) => (true, Some(x.origin_id.unwrap_or_else(|| id.clone()))),
+        // Without receipts, an origin id only when the MQTT client gave one.
+        (true, false) => (false, x.origin_id),
+        (false, _) => (false, None),
+    };
+    let c = ChatXml {
+        from: out.from,
+        to: out.to,
+        id,
+        kind: message_type(out.kind),
+        body: out.body,
+        subject: out.subject,
+        thread: out.thread,
+        state: x.state.map(lean_state),
+        request_receipt,
+        origin_id,
+        replaces: x.replaces,
+    };
+    match c.check() {
+        Ok(()) => Ok(Stanza::Chat(c)),
+        Err(e) => Err(Unwritable {
+            reason: "bad_text",
+            detail: e.to_string(),
+        }),
+    }
+}
+
 /// An XEP-0184 receipt from `from` (the bridged JID) to `to` for message `id`.
 pub fn receipt(from: &str, to: &str, id: &str) -> Option<Message> {
     let mut m = Message::new_with_type(MessageType::Chat, Some(Jid::new(to).ok()?));
@@ -264,6 +328,145 @@ mod tests {
         let m = xmpp_message(&out("hi", Extras::default()), "id-1".into()).unwrap();
         let names: Vec<&str> = m.payloads.iter().map(|p| p.name()).collect();
         assert_eq!(names, ["request", "origin-id"], "receipts on by default");
+    }
+
+    /// The lean stanza and the typed `Message` for the same message, as elements.
+    fn both(o: &XmppOut, id: &str) -> (Element, Element) {
+        let typed = Element::from(xmpp_message(o, id.into()).unwrap());
+        let Stanza::Chat(lean) = outgoing(o.clone(), id.into()).unwrap() else {
+            panic!("no lean stanza for {o:?}")
+        };
+        let bytes = xso::to_vec(&lean).unwrap();
+        let lean: Element = String::from_utf8(bytes).unwrap().parse().unwrap();
+        (lean, typed)
+    }
+
+    #[test]
+    fn the_lean_stanza_is_the_typed_message() {
+        let texts = [
+            "hi",
+            "a <b> & c > d ]]> 'single' \"double\" &amp; &#x41;",
+            "ünïcödé 😀 中文 \u{10FFFD}",
+            "tab\tnew\nline\r\nend",
+        ];
+        let states = [None, Some(ChatState::Active), Some(ChatState::Gone)];
+        let kinds = [
+            MessageKind::Chat,
+            MessageKind::Normal,
+            MessageKind::Headline,
+            MessageKind::Groupchat,
+        ];
+        for text in texts {
+            for kind in kinds {
+                for receipts in [true, false] {
+                    for (i, state) in states.into_iter().enumerate() {
+                        let extras = Extras {
+                            origin_id: (i == 1).then(|| format!("o<&'\"{text}")),
+                            replaces: (i == 2).then(|| text.to_string()),
+                            state,
+                            ..Extras::default()
+                        };
+                        let mut o = out(text, extras);
+                        o.kind = kind;
+                        o.receipts = receipts;
+                        o.subject = (i != 1).then(|| text.to_string());
+                        o.thread = (i != 2).then(|| format!("t-{text}"));
+                        let (lean, typed) = both(&o, &format!("id-{i}-'\"<&"));
+                        assert_eq!(lean, typed, "{o:?}");
+                        // A chat state alone: no body.
+                        let mut alone = o.clone();
+                        alone.body = String::new();
+                        let (lean, typed) = both(&alone, "s-1");
+                        assert_eq!(lean, typed, "{alone:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_lean_stanza_escapes_what_xml_needs() {
+        let o = out("<b>&'\"</b>", Extras::default());
+        let Stanza::Chat(lean) = outgoing(o, "a'b\"c<&".into()).unwrap() else {
+            panic!()
+        };
+        let xml = String::from_utf8(xso::to_vec(&lean).unwrap()).unwrap();
+        assert!(
+            xml.contains("<body>&lt;b&gt;&amp;'\"&lt;/b&gt;</body>"),
+            "{xml}"
+        );
+        assert!(!xml.contains("<b>") && !xml.contains("a'b\"c<&"), "{xml}");
+        let parsed = Message::try_from(xml.parse::<Element>().unwrap()).unwrap();
+        assert_eq!(parsed.bodies[""], "<b>&'\"</b>");
+        assert_eq!(parsed.id.unwrap().0, "a'b\"c<&");
+    }
+
+    #[test]
+    fn characters_xml_cannot_carry_are_refused_before_writing() {
+        for bad in [
+            "a\u{0}b",
+            "\u{1}",
+            "x\u{8}",
+            "\u{b}",
+            "\u{c}",
+            "\u{1f}",
+            "\u{FFFE}",
+            "z\u{FFFF}",
+        ] {
+            let refused = |o: XmppOut, what: &str| {
+                let e = outgoing(o, "id".into()).unwrap_err();
+                assert_eq!(e.reason, "bad_text");
+                assert!(e.detail.contains(what), "{what}: {}", e.detail);
+            };
+            refused(out(bad, Extras::default()), "body");
+            let mut o = out("fine", Extras::default());
+            o.subject = Some(bad.into());
+            refused(o, "subject");
+            let mut o = out("fine", Extras::default());
+            o.thread = Some(bad.into());
+            refused(o, "thread");
+            let extras = Extras {
+                origin_id: Some(bad.into()),
+                ..Extras::default()
+            };
+            refused(out("fine", extras), "origin id");
+            let extras = Extras {
+                replaces: Some(bad.into()),
+                ..Extras::default()
+            };
+            refused(out("fine", extras), "correction id");
+            let e = outgoing(out("fine", Extras::default()), bad.into()).unwrap_err();
+            assert!(e.detail.contains("id"), "{}", e.detail);
+            // The serialiser itself would refuse it too (mid-stream: it would cost the link).
+            let lean = ChatXml {
+                body: bad.into(),
+                ..lean_of(out("x", Extras::default()))
+            };
+            assert!(xso::to_vec(&lean).is_err(), "{bad:?}");
+        }
+        for good in ["\t\n\r", "\u{FFFD}", "\u{EFFFF}", "\u{FEFF}", "ﬀ"] {
+            assert!(crate::xmpp::message_xml::xml_text(good), "{good:?}");
+        }
+    }
+
+    fn lean_of(o: XmppOut) -> ChatXml {
+        match outgoing(o, "id".into()).unwrap() {
+            Stanza::Chat(c) => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_delayed_message_goes_the_typed_way() {
+        let extras = Extras {
+            delay: Some("2026-01-01T10:00:00Z".into()),
+            ..Extras::default()
+        };
+        let o = out("hi", extras);
+        let Ok(Stanza::Message(m)) = outgoing(o.clone(), "d1".into()) else {
+            panic!()
+        };
+        assert_eq!(m, xmpp_message(&o, "d1".into()).unwrap());
     }
 
     #[test]

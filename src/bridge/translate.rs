@@ -3,11 +3,12 @@
 use bytes::Bytes;
 
 use super::envelope::{
-    ChatState, Envelope, Extras, PayloadError, bounce_json, parse_json, parse_state, parse_text,
-    receipt_json, state_json,
+    ChatState, Envelope, Extras, ParsedPayload, PayloadError, bounce_json, parse_json, parse_state,
+    parse_text, receipt_json, state_json,
 };
 use crate::broker::codec::{Properties, Property, QoS};
 use crate::mapping::{MappingTable, MessageKind, PayloadFormat, Refusal};
+use crate::xmpp::message_xml::xml_text;
 
 /// A chat message that arrived from XMPP, as the bridge needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,6 +327,12 @@ pub fn mqtt_to_xmpp(
         rule: rule.name.clone(),
         error,
     })?;
+    if let Some(field) = not_xml_text(&parsed) {
+        return Err(NotCarried::Payload {
+            rule: rule.name.clone(),
+            error: PayloadError::NotXmlText(field),
+        });
+    }
     let default_kind = rule.kinds.first().copied().unwrap_or(MessageKind::Chat);
     let kind = match parsed.kind {
         Some(kind) if rule.kinds.contains(&kind) => kind,
@@ -349,6 +356,23 @@ pub fn mqtt_to_xmpp(
         extras: parsed.extras,
         receipts: rule.receipts,
     })
+}
+
+/// The first text field of a payload that XML cannot carry: refused here (MQTT 5 reason code
+/// 0x99 from the broker's guard) rather than failing in the link's writer.
+fn not_xml_text(p: &ParsedPayload) -> Option<&'static str> {
+    let fields = [
+        ("body", Some(&p.body)),
+        ("subject", p.subject.as_ref()),
+        ("thread", p.thread.as_ref()),
+        ("id", p.id.as_ref()),
+        ("origin_id", p.extras.origin_id.as_ref()),
+        ("replaces", p.extras.replaces.as_ref()),
+    ];
+    fields
+        .into_iter()
+        .find(|(_, v)| v.is_some_and(|v| !xml_text(v)))
+        .map(|(name, _)| name)
 }
 
 /// A chat state published on `{topic}/chatstate`: a message without body.
@@ -540,6 +564,30 @@ format = "text"
         )
         .unwrap_err();
         assert_eq!(err.label(), "bad_payload");
+        for (payload, field) in [
+            (&br#"{"body":"a\u0001b"}"#[..], "body"),
+            (br#"{"body":"ok","subject":"\u001f"}"#, "subject"),
+            (br#"{"body":"ok","thread":"\uffff"}"#, "thread"),
+            (br#"{"body":"ok","id":"x\u0000"}"#, "id"),
+            (br#"{"body":"ok","origin_id":"\u000b"}"#, "origin_id"),
+            (br#"{"body":"ok","replaces":"\ufffe"}"#, "replaces"),
+        ] {
+            let err = mqtt_to_xmpp(
+                &t,
+                "users/bob/outbox/alice@example.org",
+                payload,
+                Some("bob"),
+            )
+            .unwrap_err();
+            assert_eq!(err.label(), "bad_payload");
+            assert!(
+                matches!(&err, NotCarried::Payload { error: PayloadError::NotXmlText(f), .. } if *f == field),
+                "{err}"
+            );
+        }
+        let tabs = br#"{"body":"a\tb\nc\r"}"#;
+        let ok = mqtt_to_xmpp(&t, "users/bob/outbox/alice@example.org", tabs, Some("bob"));
+        assert_eq!(ok.unwrap().body, "a\tb\nc\r");
         let err = mqtt_to_xmpp(
             &t,
             "users/bob/outbox/alice@example.org",

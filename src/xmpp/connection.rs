@@ -402,6 +402,7 @@ impl Sink<Wire> for Link {
             Wire::Element(el) => self.inner().start_send(&**el),
             Wire::Stanza(s) => match &**s {
                 Stanza::Message(m) => self.inner().start_send(&MessageXml(m)),
+                Stanza::Chat(c) => self.inner().start_send(c),
                 Stanza::Presence(p) => self.inner().start_send(p),
                 Stanza::Iq(iq) => self.inner().start_send(iq),
             },

@@ -58,18 +58,22 @@ pub(crate) struct Worker {
 /// An outbound stanza in the queue, kept until confirmed.
 struct Pending {
     stanza: Arc<Stanza>,
-    id: String,
     confirmed: Option<tokio::sync::oneshot::Sender<()>>,
     /// Frees the queue slot when the stanza is confirmed or given up.
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
+impl Pending {
+    /// The stanza id, for logs (not copied per stanza: only logs read it).
+    fn id(&self) -> &str {
+        self.stanza.id().unwrap_or_default()
+    }
+}
+
 impl From<Queued> for Pending {
     fn from(q: Queued) -> Self {
-        let id = q.out.stanza.id().unwrap_or_default().to_owned();
         Pending {
             stanza: Arc::new(q.out.stanza),
-            id,
             confirmed: q.out.confirmed,
             _slot: q.permit,
         }
@@ -246,7 +250,7 @@ impl Outbound {
         for p in given_up {
             XmppStats::add(&self.stats.given_up, 1);
             error!(
-                id = %p.id,
+                id = %p.id(),
                 connections = MAX_WRITES,
                 "Outbound stanza given up: each connection it was written on ended unconfirmed."
             );
@@ -368,9 +372,9 @@ impl Outbound {
             let Some(next) = self.queue.write_next() else {
                 break;
             };
-            trace!(id = %next.item.id, resend = next.resend, "Writing stanza.");
+            trace!(id = %next.item.id(), resend = next.resend, "Writing stanza.");
             if next.resend {
-                debug!(id = %next.item.id, "Re-sending unconfirmed stanza.");
+                debug!(id = %next.item.id(), "Re-sending unconfirmed stanza.");
             }
             w.feed(Wire::Stanza(next.item.stanza.clone())).await?;
             n += 1;

@@ -31,7 +31,7 @@ mod connection;
 pub mod error;
 mod fast_stanza;
 mod link;
-mod message_xml;
+pub mod message_xml;
 mod queue;
 mod reader;
 mod service;
@@ -56,6 +56,7 @@ use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
 pub use self::config::XmppConfig;
 pub use self::error::LinkError;
+pub use self::message_xml::ChatXml;
 pub use self::stats::XmppStats;
 
 /// A stanza from the XMPP side for the bridge. Pings and disco queries to the component domain
@@ -100,6 +101,8 @@ impl Inbound {
 pub enum Stanza {
     /// A message.
     Message(Message),
+    /// A message of the MQTT → XMPP path in its lean form (no `Message`, no `Element`s).
+    Chat(ChatXml),
     /// A presence.
     Presence(Presence),
     /// An iq.
@@ -129,6 +132,7 @@ impl Stanza {
     pub fn id(&self) -> Option<&str> {
         match self {
             Self::Message(m) => m.id.as_ref().map(|id| id.0.as_str()),
+            Self::Chat(c) => Some(c.id.as_str()).filter(|id| !id.is_empty()),
             Self::Presence(p) => p.id.as_deref(),
             Self::Iq(iq) => Some(iq.id()).filter(|id| !id.is_empty()),
         }
@@ -137,16 +141,26 @@ impl Stanza {
     fn set_id(&mut self, id: String) {
         match self {
             Self::Message(m) => m.id = Some(Id(id)),
+            Self::Chat(c) => c.id = id,
             Self::Presence(p) => p.id = Some(id),
             Self::Iq(iq) => *iq.id_mut() = id,
         }
     }
 
-    fn addresses(&self) -> (Option<&Jid>, Option<&Jid>) {
+    /// The domain of `from`, and whether `to` is set.
+    fn route(&self) -> (Option<&str>, bool) {
+        fn jids<'a>(from: Option<&'a Jid>, to: Option<&Jid>) -> (Option<&'a str>, bool) {
+            (from.map(|j| j.domain().as_str()), to.is_some())
+        }
         match self {
-            Self::Message(m) => (m.from.as_ref(), m.to.as_ref()),
-            Self::Presence(p) => (p.from.as_ref(), p.to.as_ref()),
-            Self::Iq(iq) => (iq.from(), iq.to()),
+            Self::Message(m) => jids(m.from.as_ref(), m.to.as_ref()),
+            // Bare JIDs the mapping table validated.
+            Self::Chat(c) => {
+                let domain = c.from.rsplit_once('@').map_or(&*c.from, |(_, d)| d);
+                (Some(domain), !c.to.is_empty())
+            }
+            Self::Presence(p) => jids(p.from.as_ref(), p.to.as_ref()),
+            Self::Iq(iq) => jids(iq.from(), iq.to()),
         }
     }
 }
@@ -155,6 +169,7 @@ impl From<Stanza> for xmpp_parsers::minidom::Element {
     fn from(s: Stanza) -> Self {
         match s {
             Stanza::Message(m) => m.into(),
+            Stanza::Chat(c) => c.to_element(),
             Stanza::Presence(p) => p.into(),
             Stanza::Iq(iq) => iq.into(),
         }
@@ -329,11 +344,11 @@ impl XmppHandle {
     }
 
     fn check(&self, stanza: &Stanza) -> Result<(), &'static str> {
-        match stanza.addresses() {
-            (Some(from), Some(_)) if from.domain().as_str() == self.domain => Ok(()),
-            (Some(_), Some(_)) => Err("`from` is not an address of the component domain"),
+        match stanza.route() {
+            (Some(from), true) if from == self.domain => Ok(()),
+            (Some(_), true) => Err("`from` is not an address of the component domain"),
             (None, _) => Err("`from` is required on a component link"),
-            (_, None) => Err("`to` is required on a component link"),
+            (_, false) => Err("`to` is required on a component link"),
         }
     }
 
