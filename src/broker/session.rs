@@ -164,6 +164,7 @@ enum Inflight {
 }
 
 impl Inflight {
+    #[cfg(test)]
     fn pkid(&self) -> u16 {
         match self {
             Inflight::Published(m) => m.publish.pkid,

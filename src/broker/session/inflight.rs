@@ -91,7 +91,7 @@ impl InflightMap {
                 next: NONE,
             },
         );
-        match self.slots.get_mut(&prev) {
+        match (prev != NONE).then(|| self.slots.get_mut(&prev)).flatten() {
             Some(p) => p.next = pkid,
             None => self.head = pkid,
         }
@@ -102,11 +102,18 @@ impl InflightMap {
     /// Takes the entry of `pkid` out, wherever it is.
     pub(super) fn remove(&mut self, pkid: u16) -> Option<Inflight> {
         let slot = self.slots.remove(&pkid)?;
-        match self.slots.get_mut(&slot.prev) {
+        // Acknowledgements mostly come in order: the head, whose neighbour lookup is skipped.
+        match (slot.prev != NONE)
+            .then(|| self.slots.get_mut(&slot.prev))
+            .flatten()
+        {
             Some(p) => p.next = slot.next,
             None => self.head = slot.next,
         }
-        match self.slots.get_mut(&slot.next) {
+        match (slot.next != NONE)
+            .then(|| self.slots.get_mut(&slot.next))
+            .flatten()
+        {
             Some(n) => n.prev = slot.prev,
             None => self.tail = slot.prev,
         }
