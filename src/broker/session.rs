@@ -311,7 +311,7 @@ impl Session {
         let pushed = self
             .inflight
             .push_back(pkid, Inflight::Published(message.clone()));
-        debug_assert!(pushed.is_ok(), "allocate_pkid gives a free id");
+        debug_assert!(pushed, "allocate_pkid gives a free id");
         message
     }
 

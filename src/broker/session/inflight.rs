@@ -10,14 +10,16 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use super::Inflight;
 
-/// Hashes packet ids (and nothing else) with one multiplication: spreads consecutive ids
-/// over the whole 64 bits, so the map's control bytes (the top bits) differ too.
+/// Hashes packet ids (and nothing else) with one multiplication and a fold: the product
+/// spreads every id over the high bits (the map's control bytes come from the top ones),
+/// and folding them down makes the low bits (the bucket) depend on every bit of the id,
+/// so ids a client picks to differ only in their high byte do not pile up in one bucket.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct PkidHasher(u64);
 
 impl Hasher for PkidHasher {
     fn finish(&self) -> u64 {
-        self.0
+        self.0 ^ (self.0 >> 32)
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -77,10 +79,11 @@ impl InflightMap {
         Some(std::mem::replace(&mut slot.entry, entry))
     }
 
-    /// Appends `entry` under `pkid`; gives it back when `pkid` is 0 or already in flight.
-    pub(super) fn push_back(&mut self, pkid: u16, entry: Inflight) -> Result<(), Inflight> {
+    /// Appends `entry` under `pkid`; false (and `entry` dropped) when `pkid` is 0 or already
+    /// in flight.
+    pub(super) fn push_back(&mut self, pkid: u16, entry: Inflight) -> bool {
         if pkid == NONE || self.slots.contains_key(&pkid) {
-            return Err(entry);
+            return false;
         }
         let prev = self.tail;
         self.slots.insert(
@@ -96,7 +99,7 @@ impl InflightMap {
             None => self.head = pkid,
         }
         self.tail = pkid;
-        Ok(())
+        true
     }
 
     /// Takes the entry of `pkid` out, wherever it is.
@@ -176,7 +179,7 @@ mod tests {
     fn keeps_sending_order_through_removals_from_anywhere() {
         let mut m = InflightMap::default();
         for id in [5, 1, 9, 3, 7] {
-            assert!(m.push_back(id, released(id)).is_ok());
+            assert!(m.push_back(id, released(id)));
         }
         assert_eq!(ids(&m), [5, 1, 9, 3, 7]);
         assert!(matches!(m.remove(9), Some(Inflight::Released(9, 90))));
@@ -186,24 +189,36 @@ mod tests {
         assert!(m.remove(7).is_some());
         assert_eq!(ids(&m), [1, 3], "tail");
         assert!(m.remove(7).is_none(), "gone");
-        assert!(m.push_back(7, released(7)).is_ok());
+        assert!(m.push_back(7, released(7)));
         assert_eq!(ids(&m), [1, 3, 7], "appended after the new tail");
         assert!(m.remove(1).is_some() && m.remove(3).is_some() && m.remove(7).is_some());
         assert_eq!(m.len(), 0);
         assert!(m.iter().next().is_none());
-        assert!(m.push_back(2, released(2)).is_ok());
+        assert!(m.push_back(2, released(2)));
         assert_eq!(ids(&m), [2], "an emptied list starts again");
+    }
+
+    #[test]
+    fn ids_differing_in_any_bits_spread_over_buckets_and_tags() {
+        use std::hash::BuildHasher;
+        let hash = |id: u16| PkidHash::default().hash_one(id);
+        for ids in [
+            (0..256u16).map(|k| (k << 8) | 1).collect::<Vec<_>>(),
+            (1..=256u16).collect(),
+        ] {
+            let buckets: PkidSet = ids.iter().map(|&id| (hash(id) & 0xff) as u16).collect();
+            let tags: PkidSet = ids.iter().map(|&id| (hash(id) >> 57) as u16).collect();
+            assert!(buckets.len() > 128, "{} low bytes of 256", buckets.len());
+            assert!(tags.len() > 64, "{} top-7-bit tags of 128", tags.len());
+        }
     }
 
     #[test]
     fn refuses_id_zero_and_ids_in_flight() {
         let mut m = InflightMap::default();
-        assert!(m.push_back(0, released(0)).is_err());
-        assert!(m.push_back(4, released(4)).is_ok());
-        assert!(matches!(
-            m.push_back(4, released(4)),
-            Err(Inflight::Released(4, _))
-        ));
+        assert!(!m.push_back(0, released(0)));
+        assert!(m.push_back(4, released(4)));
+        assert!(!m.push_back(4, released(4)), "4 is in flight");
         assert_eq!(m.len(), 1);
     }
 
@@ -211,7 +226,7 @@ mod tests {
     fn replace_keeps_the_position() {
         let mut m = InflightMap::default();
         for id in 1..=3 {
-            assert!(m.push_back(id, released(id)).is_ok());
+            assert!(m.push_back(id, released(id)));
         }
         assert!(matches!(
             m.replace(2, Inflight::Released(2, 99)),
@@ -226,13 +241,13 @@ mod tests {
     fn drain_takes_all_in_order_and_leaves_it_empty() {
         let mut m = InflightMap::default();
         for id in [3, 65_535, 1] {
-            assert!(m.push_back(id, released(id)).is_ok());
+            assert!(m.push_back(id, released(id)));
         }
         assert!(m.remove(65_535).is_some());
         let out: Vec<u16> = m.drain().iter().map(Inflight::pkid).collect();
         assert_eq!(out, [3, 1]);
         assert_eq!(m.len(), 0);
-        assert!(m.push_back(65_535, released(65_535)).is_ok());
+        assert!(m.push_back(65_535, released(65_535)));
         assert_eq!(ids(&m), [65_535]);
     }
 
@@ -240,7 +255,7 @@ mod tests {
     fn the_whole_id_space_in_flight_and_acknowledged_out_of_order() {
         let mut m = InflightMap::default();
         for id in 1..=u16::MAX {
-            assert!(m.push_back(id, released(id)).is_ok());
+            assert!(m.push_back(id, released(id)));
         }
         // Every other id first, then the rest backwards.
         for id in (1..=u16::MAX).step_by(2) {

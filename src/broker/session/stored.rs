@@ -216,7 +216,7 @@ impl Session {
             (MessageState::Released(pkid), _) => (pkid, Inflight::Released(pkid, stored)),
             (_, None) => return true,
         };
-        if self.inflight.push_back(pkid, entry).is_err() {
+        if !self.inflight.push_back(pkid, entry) {
             return false;
         }
         self.next_pkid = self.next_pkid.max(pkid);
