@@ -39,9 +39,14 @@
 //! - **Latency p50/p99**: an in-process client (raw TCP, hand-written MQTT 3.1.1 bytes, the
 //!   same for both brokers, TCP_NODELAY) publishes 1,000 msg/s, each payload carrying its
 //!   send time; a second connection subscribed at the same QoS receives them. Both brokers
-//!   run side by side and 6 rounds of 0.5 s (after a warm-up of 100 messages each) alternate
-//!   between them, so that bursts of background load hit both alike. p99 still follows the
-//!   machine's background load (a busy 2-core box adds milliseconds): compare several runs.
+//!   run side by side and 10 rounds of 0.5 s (after a warm-up of 100 messages each) alternate
+//!   between them, the order reversed every other round, so that bursts of background load
+//!   hit both alike. p99 is the **median of the rounds' p99s**, with their spread (lowest and
+//!   highest) and the p99 over all samples beside it: one burst of background load (a busy
+//!   2-core box adds milliseconds) then spoils one round of each broker, not the figure.
+//! - **A/B of two builds**: `BENCH_BROKERS=ours,base,mosquitto BENCH_BASE_BIN=<a copy of an
+//!   earlier target/release/xmpp-mqtt-bridge>` runs that build as `base` beside ours in every
+//!   scenario (interleaved in the latency rounds too) and adds a table ours/base.
 //! - **MQTT 5, QoS 1** (`BENCH_SCENARIOS` item `mqtt5`): the fan-in and fan-out QoS 1 loads
 //!   with every client on MQTT 5 (`-V 5`), each PUBLISH carrying two User Properties, and the
 //!   publishers using a Topic Alias (`-D PUBLISH topic-alias 1`: libmosquitto sends the topic
@@ -55,9 +60,10 @@
 //! Tunables (environment, defaults in brackets): `BENCH_MESSAGES` (fan-in QoS 0/1 total,
 //! 200000), `BENCH_QOS2_MESSAGES` (20000), `BENCH_FANOUT_MESSAGES` (5000, to each
 //! subscriber), `BENCH_FANOUT_SUBS` (50), `BENCH_PUB_INFLIGHT` (20), `BENCH_LAT_RATE`
-//! (1000), `BENCH_LAT_SECS` (3, in total), `BENCH_LAT_ROUNDS` (6), `BENCH_IDLE_CONNS`
+//! (1000), `BENCH_LAT_SECS` (5, in total), `BENCH_LAT_ROUNDS` (10), `BENCH_IDLE_CONNS`
 //! (5000), `BENCH_RUN_TIMEOUT` (60 s), `BENCH_IDLE_TIMEOUT` (3 s), `BENCH_MOSQUITTO_NODELAY`
-//! (1; 0 gives Mosquitto its default, Nagle on), `BENCH_BROKERS` (`ours,mosquitto`),
+//! (1; 0 gives Mosquitto its default, Nagle on), `BENCH_BROKERS` (`ours,mosquitto`; also
+//! `base`), `BENCH_BASE_BIN` (the `base` build),
 //! `BENCH_SCENARIOS` (`fanin,fanout,mqtt5,latency,memory`).
 
 use std::fmt::Write as _;
@@ -212,6 +218,8 @@ fn with_broker<T>(
 enum Kind {
     Ours,
     Mosquitto,
+    /// Our broker from another build (`BENCH_BASE_BIN`), for a same-run A/B of two builds.
+    Base,
 }
 
 impl Kind {
@@ -219,6 +227,7 @@ impl Kind {
         match self {
             Kind::Ours => "ours",
             Kind::Mosquitto => "mosquitto",
+            Kind::Base => "base",
         }
     }
 }
@@ -239,6 +248,8 @@ struct Settings {
     idle_timeout: Duration,
     mosquitto_nodelay: bool,
     brokers: Vec<Kind>,
+    /// The build the `base` broker runs.
+    base_bin: Option<PathBuf>,
     scenarios: Vec<String>,
 }
 
@@ -249,7 +260,10 @@ impl Settings {
             .map(|b| match b.trim() {
                 "ours" => Kind::Ours,
                 "mosquitto" => Kind::Mosquitto,
-                other => panic!("BENCH_BROKERS: unknown broker `{other}` (ours, mosquitto)"),
+                "base" => Kind::Base,
+                other => {
+                    panic!("BENCH_BROKERS: unknown broker `{other}` (ours, mosquitto, base)")
+                }
             })
             .collect();
         let scenarios = env_str("BENCH_SCENARIOS", "fanin,fanout,mqtt5,latency,memory")
@@ -263,12 +277,13 @@ impl Settings {
             fanout_subs: env_num("BENCH_FANOUT_SUBS", 50),
             pub_inflight: env_num("BENCH_PUB_INFLIGHT", 20),
             lat_rate: env_num("BENCH_LAT_RATE", 1_000),
-            lat_secs: env_num("BENCH_LAT_SECS", 3),
-            lat_rounds: env_num("BENCH_LAT_ROUNDS", 6),
+            lat_secs: env_num("BENCH_LAT_SECS", 5),
+            lat_rounds: env_num("BENCH_LAT_ROUNDS", 10),
             idle_conns: env_num("BENCH_IDLE_CONNS", 5_000),
             run_timeout: Duration::from_secs(env_num("BENCH_RUN_TIMEOUT", 60)),
             idle_timeout: Duration::from_secs(env_num("BENCH_IDLE_TIMEOUT", 3)),
             mosquitto_nodelay: env_num::<u8>("BENCH_MOSQUITTO_NODELAY", 1) != 0,
+            base_bin: std::env::var_os("BENCH_BASE_BIN").map(PathBuf::from),
             brokers,
             scenarios,
         }
@@ -288,6 +303,14 @@ impl Settings {
                  early message is taken for the last one); lower BENCH_MESSAGES, \
                  BENCH_QOS2_MESSAGES (4 publishers each) or BENCH_FANOUT_MESSAGES"
             ));
+        }
+        if self.brokers.contains(&Kind::Base) && self.base_bin.as_ref().is_none_or(|b| !b.is_file())
+        {
+            return Err(
+                "BENCH_BROKERS has `base`: BENCH_BASE_BIN must name a build of \
+                 xmpp-mqtt-bridge (e.g. a copy of an earlier target/release/xmpp-mqtt-bridge)"
+                    .to_string(),
+            );
         }
         Ok(())
     }
@@ -359,6 +382,7 @@ struct BrokerResults {
 struct Results {
     ours: BrokerResults,
     mosquitto: BrokerResults,
+    base: BrokerResults,
 }
 
 impl Results {
@@ -366,6 +390,7 @@ impl Results {
         match kind {
             Kind::Ours => &self.ours,
             Kind::Mosquitto => &self.mosquitto,
+            Kind::Base => &self.base,
         }
     }
 
@@ -373,6 +398,7 @@ impl Results {
         match kind {
             Kind::Ours => &mut self.ours,
             Kind::Mosquitto => &mut self.mosquitto,
+            Kind::Base => &mut self.base,
         }
     }
 }
@@ -653,7 +679,7 @@ mod procs {
 /// Starting and stopping the two brokers.
 mod broker {
     use std::fs::File;
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::process::{Child, Command, ExitStatus, Stdio};
     use std::thread;
     use std::time::{Duration, Instant};
@@ -691,8 +717,14 @@ mod broker {
         pub(crate) fn start(ctx: &Ctx, kind: Kind) -> Result<Broker, String> {
             let port = free_port();
             let (mut cmd, log) = match kind {
-                Kind::Ours => ours_command(ctx, port),
+                Kind::Ours => {
+                    ours_command(ctx, port, Path::new(env!("CARGO_BIN_EXE_xmpp-mqtt-bridge")))
+                }
                 Kind::Mosquitto => mosquitto_command(ctx, port),
+                Kind::Base => match &ctx.settings.base_bin {
+                    Some(bin) => ours_command(ctx, port, bin),
+                    None => return Err("no BENCH_BASE_BIN".to_string()),
+                },
             };
             let log_file =
                 File::create(&log).map_err(|e| format!("create {}: {e}", log.display()))?;
@@ -792,15 +824,16 @@ mod broker {
         }
     }
 
-    fn ours_command(ctx: &Ctx, port: u16) -> (Command, PathBuf) {
+    fn ours_command(ctx: &Ctx, port: u16, bin: &Path) -> (Command, PathBuf) {
         let config = ctx.dir.join(format!("ours-{port}.toml"));
         let text = format!(
             "[log]\nlevel = \"warn\"\n\n[broker]\nlisten = \"127.0.0.1:{port}\"\n\
              max_connections = 20000\nmax_inflight = 100\nmax_queued = {QUEUE}\n\
-             allow_anonymous = true\nsys_interval = \"0s\"\n"
+             allow_anonymous = true\nsys_interval = \"0s\"\n\n\
+             [admin]\nenabled = false\n"
         );
         std::fs::write(&config, text).expect("write our broker's config");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xmpp-mqtt-bridge"));
+        let mut cmd = Command::new(bin);
         cmd.arg("run")
             .arg("--config")
             .arg(&config)
@@ -1377,23 +1410,33 @@ mod latency {
     pub(crate) struct LatencyResult {
         pub(crate) sent: u64,
         pub(crate) received: u64,
+        /// Over every sample of every round.
         pub(crate) p50: Duration,
+        /// The median of the rounds' p99s: a burst of background load during one round
+        /// moves it by at most one rank, where it can move the pooled p99 by milliseconds.
         pub(crate) p99: Duration,
+        /// The lowest and highest p99 of a round.
+        pub(crate) p99_spread: (Duration, Duration),
+        /// Over every sample of every round.
+        pub(crate) p99_pooled: Duration,
         pub(crate) max: Duration,
+        pub(crate) rounds: usize,
     }
 
     /// One broker of an interleaved latency run and what it measured so far.
     struct Entry {
         kind: Kind,
         broker: Result<broker::Broker, String>,
-        samples: Vec<Duration>,
+        /// Per round.
+        samples: Vec<Vec<Duration>>,
         sent: u64,
     }
 
     /// Latency at `qos` on every selected broker: all are started, then rounds of
     /// `lat_secs / lat_rounds` s alternate between them, so that bursts of background load
-    /// hit each alike. Each round opens fresh connections and sends [`LAT_WARMUP`] messages
-    /// first.
+    /// hit each alike (the order of the brokers is reversed every other round, so neither
+    /// always runs right after the other). Each round opens fresh connections and sends
+    /// [`LAT_WARMUP`] messages first.
     pub(crate) fn run(ctx: &Ctx, qos: u8) -> Vec<(Kind, Result<LatencyResult, String>)> {
         let s = &ctx.settings;
         let rounds = s.lat_rounds.max(1);
@@ -1408,12 +1451,14 @@ mod latency {
                 sent: 0,
             })
             .collect();
-        for _ in 0..rounds {
-            for e in entries.iter_mut() {
+        for i in 0..rounds {
+            let n = entries.len();
+            for j in 0..n {
+                let e = &mut entries[if i % 2 == 0 { j } else { n - 1 - j }];
                 let Ok(b) = &e.broker else { continue };
                 match round(b.port, qos, s.lat_rate, per_round) {
                     Ok(samples) => {
-                        e.samples.extend(samples);
+                        e.samples.push(samples);
                         e.sent += per_round;
                     }
                     Err(error) => e.broker = Err(error),
@@ -1480,14 +1525,20 @@ mod latency {
     }
 
     fn print_result(kind: Kind, qos: u8, r: &LatencyResult) {
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
         println!(
-            "[{:9}] latency QoS {qos}: {}/{} received, p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+            "[{:9}] latency QoS {qos}: {}/{} received, p50 {:.0} µs, p99 {:.0} µs (median of \
+             {} rounds, {:.0}–{:.0}; pooled {:.0}), max {:.0} µs",
             kind.name(),
             r.received,
             r.sent,
-            r.p50.as_secs_f64() * 1e6,
-            r.p99.as_secs_f64() * 1e6,
-            r.max.as_secs_f64() * 1e6
+            us(r.p50),
+            us(r.p99),
+            r.rounds,
+            us(r.p99_spread.0),
+            us(r.p99_spread.1),
+            us(r.p99_pooled),
+            us(r.max)
         );
     }
 
@@ -1553,18 +1604,42 @@ mod latency {
         while mqtt::read_packet(&mut reader).is_ok() {}
     }
 
-    fn summarize(mut lat: Vec<Duration>, sent: u64) -> LatencyResult {
-        lat.sort_unstable();
-        let pick = |q: f64| {
-            let idx = ((lat.len() as f64 * q).ceil() as usize).saturating_sub(1);
-            lat.get(idx).copied().unwrap_or_default()
+    /// The `q` quantile of sorted samples (nearest rank).
+    fn pick(sorted: &[Duration], q: f64) -> Duration {
+        let idx = ((sorted.len() as f64 * q).ceil() as usize).saturating_sub(1);
+        sorted.get(idx).copied().unwrap_or_default()
+    }
+
+    fn summarize(rounds: Vec<Vec<Duration>>, sent: u64) -> LatencyResult {
+        let mut p99s: Vec<Duration> = rounds
+            .iter()
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                let mut r = r.clone();
+                r.sort_unstable();
+                pick(&r, 0.99)
+            })
+            .collect();
+        p99s.sort_unstable();
+        let median = match p99s.len() {
+            0 => Duration::ZERO,
+            n if n % 2 == 1 => p99s[n / 2],
+            n => (p99s[n / 2 - 1] + p99s[n / 2]) / 2,
         };
+        let mut lat: Vec<Duration> = rounds.into_iter().flatten().collect();
+        lat.sort_unstable();
         LatencyResult {
             sent,
             received: lat.len() as u64,
-            p50: pick(0.50),
-            p99: pick(0.99),
+            p50: pick(&lat, 0.50),
+            p99: median,
+            p99_spread: (
+                p99s.first().copied().unwrap_or_default(),
+                p99s.last().copied().unwrap_or_default(),
+            ),
+            p99_pooled: pick(&lat, 0.99),
             max: lat.last().copied().unwrap_or_default(),
+            rounds: p99s.len(),
         }
     }
 }
@@ -1707,6 +1782,8 @@ mod report {
     struct Table {
         out: String,
         errors: Vec<String>,
+        /// Goal column filled (ours against Mosquitto), or left empty (ours against base).
+        goals: bool,
     }
 
     impl Table {
@@ -1719,6 +1796,7 @@ mod report {
             goal: String,
         ) {
             let ratio = ratio.map_or("—".to_string(), |r| format!("{r:.2}×"));
+            let goal = if self.goals { goal } else { String::new() };
             let _ok = writeln!(
                 self.out,
                 "| {metric} | {ours} | {mosq} | {ratio} | {goal} |"
@@ -1741,6 +1819,7 @@ mod report {
             };
             let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
             let goal = match (goal, ratio) {
+                _ if !self.goals => String::new(),
                 (Goal::None, _) => String::new(),
                 (Goal::Text(text), _) => text,
                 (Goal::AtMost(x), Some(r)) => format!("{}: {}", at_most(x), verdict(r <= x)),
@@ -1848,11 +1927,33 @@ mod report {
             Goal::None,
         );
         t.compare(
-            &format!("Latency QoS {qos} p99 (µs, lower is better)"),
+            &format!("Latency QoS {qos} p99, median of the rounds (µs, lower is better)"),
             cells,
             |r| us(r.p99),
             fmt,
             Goal::AtMost(1.0),
+        );
+        let spread = |r: &LatencyResult| {
+            format!(
+                "{:.0}–{:.0} ({} rounds)",
+                us(r.p99_spread.0),
+                us(r.p99_spread.1),
+                r.rounds
+            )
+        };
+        t.row(
+            &format!("Latency QoS {qos} p99 of a round, lowest–highest (µs)"),
+            show(cells.0, spread),
+            show(cells.1, spread),
+            None,
+            String::new(),
+        );
+        t.compare(
+            &format!("Latency QoS {qos} p99 over all rounds' samples (µs, lower is better)"),
+            cells,
+            |r| us(r.p99_pooled),
+            fmt,
+            Goal::None,
         );
         let got = |r: &LatencyResult| format!("{} of {}", r.sent - r.received, r.sent);
         t.row(
@@ -1893,53 +1994,38 @@ mod report {
         );
     }
 
-    /// The whole table with its notes.
+    /// The whole table with its notes; with a `base` build in the run, a second table
+    /// compares ours with it.
     pub(crate) fn render(ctx: &Ctx, results: &Results) -> String {
         let (o, m) = (results.get(Kind::Ours), results.get(Kind::Mosquitto));
         let mut t = Table {
             out: String::new(),
             errors: Vec::new(),
+            goals: true,
         };
         t.out
             .push_str("| Metric | Ours | Mosquitto | Ratio ours/mosquitto | Goal |\n");
         t.out.push_str("|---|---:|---:|---:|---|\n");
-        let fanin_goals = [
-            (Goal::None, Goal::AtMost(0.4)),
-            (Goal::AtLeast(1.6), Goal::None),
-            (Goal::AtLeast(5.0), Goal::None),
-        ];
-        for (qos, goals) in fanin_goals.into_iter().enumerate() {
-            throughput_rows(
-                &mut t,
-                "Fan-in",
-                qos as u8,
-                (&o.fanin[qos], &m.fanin[qos]),
-                goals,
-            );
+        rows(&mut t, o, m);
+        if ctx.settings.brokers.contains(&Kind::Base) {
+            let mut b = Table {
+                out: String::new(),
+                errors: Vec::new(),
+                goals: false,
+            };
+            let bin = ctx.settings.base_bin.as_deref().unwrap_or(Path::new("?"));
+            let _ok = writeln!(b.out, "\nOurs against the base build {}:\n", bin.display());
+            b.out
+                .push_str("| Metric | Ours | Base | Ratio ours/base | |\n");
+            b.out.push_str("|---|---:|---:|---:|---|\n");
+            rows(&mut b, o, results.get(Kind::Base));
+            t.out.push_str(&b.out);
         }
-        for qos in 0..3 {
-            throughput_rows(
-                &mut t,
-                "Fan-out",
-                qos as u8,
-                (&o.fanout[qos], &m.fanout[qos]),
-                (Goal::None, Goal::None),
-            );
-        }
-        for (i, label) in ["MQTT 5 fan-in", "MQTT 5 fan-out"].into_iter().enumerate() {
-            throughput_rows(
-                &mut t,
-                label,
-                1,
-                (&o.mqtt5[i], &m.mqtt5[i]),
-                (Goal::AtLeast(1.0), Goal::None),
-            );
-        }
-        for qos in 0..2 {
-            latency_rows(&mut t, qos as u8, (&o.latency[qos], &m.latency[qos]));
-        }
-        memory_rows(&mut t, (&o.memory, &m.memory));
-        for (kind, r) in [(Kind::Ours, o), (Kind::Mosquitto, m)] {
+        for (kind, r) in [
+            (Kind::Ours, o),
+            (Kind::Mosquitto, m),
+            (Kind::Base, results.get(Kind::Base)),
+        ] {
             for qos in 0..3 {
                 t.collect_error(&format!("fan-in QoS {qos}"), kind, &r.fanin[qos]);
                 t.collect_error(&format!("fan-out QoS {qos}"), kind, &r.fanout[qos]);
@@ -1959,6 +2045,46 @@ mod report {
         t.out
     }
 
+    /// Every row, `o` against `m`.
+    fn rows(t: &mut Table, o: &BrokerResults, m: &BrokerResults) {
+        let fanin_goals = [
+            (Goal::None, Goal::AtMost(0.4)),
+            (Goal::AtLeast(1.6), Goal::None),
+            (Goal::AtLeast(5.0), Goal::None),
+        ];
+        for (qos, goals) in fanin_goals.into_iter().enumerate() {
+            throughput_rows(
+                t,
+                "Fan-in",
+                qos as u8,
+                (&o.fanin[qos], &m.fanin[qos]),
+                goals,
+            );
+        }
+        for qos in 0..3 {
+            throughput_rows(
+                t,
+                "Fan-out",
+                qos as u8,
+                (&o.fanout[qos], &m.fanout[qos]),
+                (Goal::None, Goal::None),
+            );
+        }
+        for (i, label) in ["MQTT 5 fan-in", "MQTT 5 fan-out"].into_iter().enumerate() {
+            throughput_rows(
+                t,
+                label,
+                1,
+                (&o.mqtt5[i], &m.mqtt5[i]),
+                (Goal::AtLeast(1.0), Goal::None),
+            );
+        }
+        for qos in 0..2 {
+            latency_rows(t, qos as u8, (&o.latency[qos], &m.latency[qos]));
+        }
+        memory_rows(t, (&o.memory, &m.memory));
+    }
+
     fn notes(ctx: &Ctx, t: &mut Table) {
         let s = &ctx.settings;
         let mut n = String::new();
@@ -1975,7 +2101,7 @@ mod report {
             "Fan-in: 4 × `mosquitto_pub -l -M {}` → 1 × `mosquitto_sub`, {} messages of \
              {PAYLOAD_LEN} bytes (QoS 2: {}); fan-out: 1 → {} subscribers, {} messages each. \
              Latency: in-process raw MQTT 3.1.1 client, {} msg/s for {} s in {} interleaved \
-             rounds. Memory: {} idle MQTT connections (keep alive 0).",
+             rounds (p99: the median of the rounds' p99s). Memory: {} idle MQTT connections (keep alive 0).",
             s.pub_inflight,
             s.messages,
             s.qos2_messages,

@@ -4,7 +4,7 @@
 //! Methods take packets and return what to send; the router does the sending. MQTT 3.1.1
 //! section 4.3 (QoS flows), 4.4 (redelivery with DUP on reconnect) and 4.6 (ordering).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
@@ -16,7 +16,10 @@ use super::tracking::{Settlement, Tracker};
 use crate::store::Journal;
 use std::sync::Arc;
 
+mod inflight;
 pub(crate) mod stored;
+
+use inflight::{InflightMap, PkidSet};
 
 /// Stable identity of a session, key of the subscription trie.
 pub type SessionId = u64;
@@ -160,6 +163,24 @@ enum Inflight {
     Released(u16, u64),
 }
 
+impl Inflight {
+    #[cfg(test)]
+    fn pkid(&self) -> u16 {
+        match self {
+            Inflight::Published(m) => m.publish.pkid,
+            Inflight::Released(id, _) => *id,
+        }
+    }
+
+    /// Its key in the store's messages table; 0 when not stored.
+    fn stored(&self) -> u64 {
+        match self {
+            Inflight::Published(m) => m.stored,
+            Inflight::Released(_, stored) => *stored,
+        }
+    }
+}
+
 /// What happened to a message offered to a session.
 #[derive(Debug)]
 pub enum Offer {
@@ -197,14 +218,14 @@ pub struct Session {
     pub identity: Arc<Origin>,
     /// Subscriptions by filter, mirrored in the router's trie.
     pub subscriptions: HashMap<ByteString, SubEntry>,
-    inflight: VecDeque<Inflight>,
-    /// Packet ids of `inflight`, so allocating one is O(1) even with tens of thousands in
-    /// flight (the bridge's in-process session has the whole id space as its window).
-    ids_in_use: HashSet<u16>,
+    /// Keyed by packet id (O(1) acknowledgements and id allocation even with tens of
+    /// thousands in flight: the bridge's in-process session has the whole id space as its
+    /// window), in sending order.
+    inflight: InflightMap,
     queue: VecDeque<Outgoing>,
     next_pkid: u16,
     /// Incoming QoS 2 packet ids received and not yet released (duplicate suppression).
-    incoming_qos2: HashSet<u16>,
+    incoming_qos2: PkidSet,
     /// True once this session dropped a message, until the queue has room again (log once).
     pub overflowing: bool,
     /// Where changes go when this session is persistent and the store is on.
@@ -229,11 +250,10 @@ impl Session {
             max_packet: usize::MAX,
             identity,
             subscriptions: HashMap::new(),
-            inflight: VecDeque::new(),
-            ids_in_use: HashSet::new(),
+            inflight: InflightMap::default(),
             queue: VecDeque::new(),
             next_pkid: 0,
-            incoming_qos2: HashSet::new(),
+            incoming_qos2: PkidSet::default(),
             overflowing: false,
             journal: None,
         }
@@ -287,8 +307,11 @@ impl Session {
         message.publish.pkid = self.allocate_pkid();
         message.publish.dup = false;
         self.store_published(&message);
-        self.inflight
-            .push_back(Inflight::Published(message.clone()));
+        let pkid = message.publish.pkid;
+        let pushed = self
+            .inflight
+            .push_back(pkid, Inflight::Published(message.clone()));
+        debug_assert!(pushed, "allocate_pkid gives a free id");
         message
     }
 
@@ -300,7 +323,7 @@ impl Session {
                 self.next_pkid = 1;
             }
             let id = self.next_pkid;
-            if self.ids_in_use.insert(id) {
+            if !self.inflight.contains(id) {
                 return id;
             }
         }
@@ -332,60 +355,47 @@ impl Session {
         out
     }
 
-    fn position(&self, pkid: u16, released: bool) -> Option<usize> {
-        self.inflight.iter().position(|m| match m {
-            Inflight::Published(m) => !released && m.publish.pkid == pkid,
-            Inflight::Released(id, _) => released && *id == pkid,
-        })
-    }
-
     /// PUBACK from the client (`accepted`: its reason code is below 0x80). False when
-    /// nothing matched (a stray ack).
+    /// nothing matched (a stray ack, or one for a QoS 2 message).
     pub fn on_puback(&mut self, pkid: u16, accepted: bool) -> bool {
-        match self.position(pkid, false) {
-            Some(i) if matches!(&self.inflight[i], Inflight::Published(m) if m.publish.qos == QoS::AtLeastOnce) =>
-            {
-                if let Some(Inflight::Published(m)) = self.inflight.remove(i) {
-                    m.settle(&self.client_id, acknowledged(accepted));
-                    self.unstore(m.stored);
-                }
-                self.ids_in_use.remove(&pkid);
-                true
-            }
-            _ => false,
+        if !matches!(self.inflight.get(pkid),
+            Some(Inflight::Published(m)) if m.publish.qos == QoS::AtLeastOnce)
+        {
+            return false;
         }
+        if let Some(Inflight::Published(m)) = self.inflight.remove(pkid) {
+            m.settle(&self.client_id, acknowledged(accepted));
+            self.unstore(m.stored);
+        }
+        true
     }
 
     /// PUBREC from the client: the message is now the client's (unless `accepted` is false:
     /// an MQTT 5 reason code of 0x80 or more); answer PUBREL.
     pub fn on_pubrec(&mut self, pkid: u16, accepted: bool) -> Packet {
-        if let Some(i) = self.position(pkid, false) {
-            let stored = match &self.inflight[i] {
-                Inflight::Published(m) => m.stored,
-                Inflight::Released(_, stored) => *stored,
-            };
+        // A PUBREC for an id already released is a retransmission: answer PUBREL again.
+        if let Some(Inflight::Published(m)) = self.inflight.get(pkid) {
+            let stored = m.stored;
             self.store_released(stored, pkid);
-            let was = std::mem::replace(&mut self.inflight[i], Inflight::Released(pkid, stored));
-            if let Inflight::Published(m) = was {
+            if let Some(Inflight::Published(m)) = self
+                .inflight
+                .replace(pkid, Inflight::Released(pkid, stored))
+            {
                 m.settle(&self.client_id, acknowledged(accepted));
             }
         }
-        // A PUBREC for an id already released is a retransmission: answer PUBREL again.
         Packet::PubRel(PubResponse::new(pkid))
     }
 
     /// PUBCOMP from the client. False when nothing matched.
     pub fn on_pubcomp(&mut self, pkid: u16) -> bool {
-        match self.position(pkid, true) {
-            Some(i) => {
-                if let Some(Inflight::Released(_, stored)) = self.inflight.remove(i) {
-                    self.unstore(stored);
-                }
-                self.ids_in_use.remove(&pkid);
-                true
-            }
-            None => false,
+        if !matches!(self.inflight.get(pkid), Some(Inflight::Released(..))) {
+            return false;
         }
+        if let Some(entry) = self.inflight.remove(pkid) {
+            self.unstore(entry.stored());
+        }
+        true
     }
 
     /// Incoming QoS 2 messages not yet released.
@@ -436,7 +446,7 @@ impl Session {
     pub fn take_shared(&mut self) -> Vec<Outgoing> {
         let mut out = Vec::new();
         let ended = |m: &Outgoing| m.settle(&self.client_id, Settlement::Dropped("session_ended"));
-        for m in self.inflight.drain(..) {
+        for m in self.inflight.drain() {
             if let Inflight::Published(m) = m {
                 if m.shared.is_some() {
                     out.push(m);
@@ -445,7 +455,6 @@ impl Session {
                 }
             }
         }
-        self.ids_in_use.clear();
         for m in self.queue.drain(..) {
             if m.shared.is_some() {
                 out.push(m);
@@ -479,7 +488,7 @@ impl Drop for Session {
     /// A session that ends with tracked messages still unacknowledged tells their publisher
     /// (what `take_shared` moved to another member is no longer here).
     fn drop(&mut self) {
-        for m in &self.inflight {
+        for m in self.inflight.iter() {
             if let Inflight::Published(m) = m {
                 m.settle(&self.client_id, Settlement::Dropped("session_ended"));
             }
@@ -613,6 +622,102 @@ mod tests {
         assert!(matches!(&again[0], Resend::Publish(m) if m.publish.dup && m.publish.pkid == 1));
         assert!(matches!(again[1], Resend::Release(2)));
         assert!(matches!(&again[2], Resend::Publish(m) if m.publish.dup && m.publish.pkid == 3));
+    }
+
+    #[test]
+    fn acks_out_of_order_free_their_ids_and_keep_the_rest_in_order() {
+        let mut s = Session::new(1, "c".into(), NEVER_EXPIRES);
+        s.attached = Some(attached(10));
+        for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce].repeat(3) {
+            assert!(matches!(s.offer(publish(qos), 10), Offer::Send(_)));
+        }
+        // Ids 1, 3, 5 are QoS 1; 2, 4, 6 QoS 2.
+        assert!(s.on_puback(3, true), "from the middle");
+        assert!(!s.on_puback(4, true), "QoS 2 is not PUBACKed");
+        assert!(!s.on_pubcomp(4), "PUBCOMP before PUBREC is stray");
+        assert_eq!(s.on_pubrec(4, true), Packet::PubRel(PubResponse::new(4)));
+        assert!(!s.on_puback(4, true), "released: PUBACK still stray");
+        assert_eq!(
+            s.on_pubrec(4, true),
+            Packet::PubRel(PubResponse::new(4)),
+            "a retransmitted PUBREC gets PUBREL again"
+        );
+        assert!(s.on_puback(5, true), "the newest");
+        assert_eq!(s.inflight(), 4);
+        s.detach(Instant::now());
+        let again: Vec<(u16, bool)> = s
+            .resend_inflight()
+            .iter()
+            .map(|r| match r {
+                Resend::Publish(m) => (m.publish.pkid, false),
+                Resend::Release(id) => (*id, true),
+            })
+            .collect();
+        assert_eq!(again, [(1, false), (2, false), (4, true), (6, false)]);
+        s.attached = Some(attached(10));
+        // Freed ids are taken again once the counter comes round; ids in flight are skipped.
+        s.next_pkid = 0;
+        let Offer::Send(m) = s.offer(publish(QoS::AtLeastOnce), 10) else {
+            panic!()
+        };
+        assert_eq!(m.publish.pkid, 3);
+        assert!(s.on_pubcomp(4));
+        assert!(!s.on_pubcomp(4), "a second PUBCOMP is stray");
+    }
+
+    #[test]
+    fn a_full_id_space_is_acknowledged_in_any_order() {
+        let mut s = Session::new(1, "c".into(), NEVER_EXPIRES);
+        s.attached = Some(attached(usize::from(u16::MAX)));
+        for _ in 0..u16::MAX {
+            assert!(matches!(
+                s.offer(publish(QoS::AtLeastOnce), 1),
+                Offer::Send(_)
+            ));
+        }
+        assert!(matches!(
+            s.offer(publish(QoS::AtLeastOnce), 1),
+            Offer::Queued
+        ));
+        for id in (1..=u16::MAX).rev() {
+            assert!(s.on_puback(id, true), "{id}");
+        }
+        assert_eq!(s.inflight(), 0);
+        assert_eq!(s.fill_window().len(), 1);
+    }
+
+    #[test]
+    fn restored_in_flight_state_keeps_store_order_and_refuses_reused_ids() {
+        use crate::store::record::MessageState;
+        let mut s = Session::new(1, "c".into(), NEVER_EXPIRES);
+        assert!(s.restore_message(
+            10,
+            MessageState::Published(7),
+            Some(publish(QoS::ExactlyOnce))
+        ));
+        assert!(s.restore_message(11, MessageState::Released(3), None));
+        assert!(s.restore_message(12, MessageState::Queued, Some(publish(QoS::AtLeastOnce))));
+        assert!(
+            !s.restore_message(13, MessageState::Released(7), None),
+            "id 7 is already in flight"
+        );
+        assert!(!s.restore_message(
+            14,
+            MessageState::Published(0),
+            Some(publish(QoS::AtLeastOnce))
+        ));
+        assert_eq!((s.inflight(), s.queued()), (2, 1));
+        s.attached = Some(attached(10));
+        let again = s.resend_inflight();
+        assert!(matches!(&again[0], Resend::Publish(m) if m.publish.pkid == 7 && m.publish.dup));
+        assert!(matches!(again[1], Resend::Release(3)));
+        // New ids continue above the highest restored one and skip those in flight.
+        let sent = s.fill_window();
+        assert_eq!(sent[0].publish.pkid, 8);
+        assert_eq!(s.on_pubrec(7, true), Packet::PubRel(PubResponse::new(7)));
+        assert!(s.on_pubcomp(7) && s.on_pubcomp(3));
+        assert!(s.on_puback(8, true));
+        assert_eq!(s.inflight(), 0);
     }
 
     #[test]

@@ -205,7 +205,11 @@ impl Router {
                     }
                 }
             };
-            s.restore_message(seq, m.state, message);
+            if !s.restore_message(seq, m.state, message) {
+                warn!(seq, client_id = %m.client_id, state = ?m.state,
+                    "Stored in-flight message reuses a packet id already in flight; dropped.");
+                journal.delete(MESSAGES, seq_key(seq));
+            }
         }
         for (client, pkid) in r.qos2_in {
             match self

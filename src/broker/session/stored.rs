@@ -179,11 +179,8 @@ impl Session {
             return;
         };
         j.delete(SESSIONS, self.client_id.as_bytes().to_vec());
-        for m in &self.inflight {
-            let stored = match m {
-                Inflight::Published(m) => m.stored,
-                Inflight::Released(_, stored) => *stored,
-            };
+        for m in self.inflight.iter() {
+            let stored = m.stored();
             if stored != 0 {
                 j.delete(MESSAGES, seq_key(stored));
             }
@@ -197,27 +194,33 @@ impl Session {
     }
 
     /// Puts back a message read from the store (`message` is `None` only for a released one,
-    /// whose PUBLISH is no longer kept). Call in sequence order.
-    pub fn restore_message(&mut self, stored: u64, state: MessageState, message: Option<Outgoing>) {
-        match (state, message) {
+    /// whose PUBLISH is no longer kept). Call in sequence order. False when it cannot be
+    /// put back: its packet id is already in flight (a damaged store; the caller drops it).
+    pub fn restore_message(
+        &mut self,
+        stored: u64,
+        state: MessageState,
+        message: Option<Outgoing>,
+    ) -> bool {
+        let (pkid, entry) = match (state, message) {
             (MessageState::Queued, Some(mut m)) => {
                 m.stored = stored;
                 self.queue.push_back(m);
+                return true;
             }
             (MessageState::Published(pkid), Some(mut m)) => {
                 m.stored = stored;
                 m.publish.pkid = pkid;
-                self.ids_in_use.insert(pkid);
-                self.next_pkid = self.next_pkid.max(pkid);
-                self.inflight.push_back(Inflight::Published(m));
+                (pkid, Inflight::Published(m))
             }
-            (MessageState::Released(pkid), _) => {
-                self.ids_in_use.insert(pkid);
-                self.next_pkid = self.next_pkid.max(pkid);
-                self.inflight.push_back(Inflight::Released(pkid, stored));
-            }
-            (_, None) => {}
+            (MessageState::Released(pkid), _) => (pkid, Inflight::Released(pkid, stored)),
+            (_, None) => return true,
+        };
+        if !self.inflight.push_back(pkid, entry) {
+            return false;
         }
+        self.next_pkid = self.next_pkid.max(pkid);
+        true
     }
 
     /// Puts back an incoming QoS 2 id read from the store.
