@@ -247,7 +247,7 @@ async fn stalled_consumer_keeps_memory_bounded_and_others_unaffected() {
 
     // The broker still serves new clients.
     let _late = Raw::mqtt(addr, "late").await;
-    let status = broker.terminate().await;
+    let status = broker.terminate();
     assert!(
         status.success(),
         "clean shutdown: {status}\n{}",

@@ -151,18 +151,7 @@ listen = "127.0.0.1:{admin}"
 
     /// SIGTERM, and the exit status.
     fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + common::WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the bridge did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::process::terminate(&mut self.child)
     }
 }
 

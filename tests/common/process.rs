@@ -111,23 +111,8 @@ impl BridgeProcess {
     }
 
     /// SIGTERM, then waits for the exit (at most [`super::WAIT`]): the exit status.
-    pub async fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + super::WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the bridge did not stop:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        terminate(&mut self.child)
     }
 
     /// SIGKILL: no shutdown code runs.
@@ -140,5 +125,21 @@ impl BridgeProcess {
 impl Drop for BridgeProcess {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// SIGTERM to `child`, then waits (blocking, at most [`super::WAIT`]) for its exit status.
+pub fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + super::WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the process did not stop");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
