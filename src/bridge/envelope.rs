@@ -159,15 +159,20 @@ struct StateOut<'a> {
     thread: Option<&'a str>,
 }
 
-/// The JSON form of a receipt on MQTT.
+/// The JSON form of a notice about a message on MQTT: a receipt, or a bounce (which adds the
+/// condition and the text, `null` when the server gave none).
 #[derive(Debug, Serialize)]
-struct ReceiptOut<'a> {
+struct NoticeOut<'a> {
     v: u32,
     #[serde(rename = "type")]
     kind: &'a str,
     from: &'a str,
     to: &'a str,
     id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    condition: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<Option<&'a str>>,
 }
 
 impl Bounce {
@@ -178,19 +183,6 @@ impl Bounce {
             None => self.condition.clone(),
         }
     }
-}
-
-/// The JSON form of a bounce on MQTT.
-#[derive(Debug, Serialize)]
-struct BounceOut<'a> {
-    v: u32,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    from: &'a str,
-    to: &'a str,
-    id: &'a str,
-    condition: &'a str,
-    text: Option<&'a str>,
 }
 
 /// A chat state from MQTT (JSON form).
@@ -333,12 +325,14 @@ pub fn state_json(from: &str, to: &str, state: ChatState, thread: Option<&str>) 
 
 /// The JSON form of a receipt: `from` received the message `id` that `to` sent.
 pub fn receipt_json(from: &str, to: &str, id: &str) -> String {
-    let out = ReceiptOut {
+    let out = NoticeOut {
         v: ENVELOPE_VERSION,
         kind: "receipt",
         from,
         to,
         id,
+        condition: None,
+        text: None,
     };
     serde_json::to_string(&out).unwrap_or_default()
 }
@@ -346,14 +340,14 @@ pub fn receipt_json(from: &str, to: &str, id: &str) -> String {
 /// The JSON form of a bounce: the message `id` that `to` sent could not be delivered to
 /// `from` (the error stanza's sender), for the reason in `bounce`.
 pub fn bounce_json(from: &str, to: &str, id: &str, bounce: &Bounce) -> String {
-    let out = BounceOut {
+    let out = NoticeOut {
         v: ENVELOPE_VERSION,
         kind: "error",
         from,
         to,
         id,
-        condition: &bounce.condition,
-        text: bounce.text.as_deref(),
+        condition: Some(&bounce.condition),
+        text: Some(bounce.text.as_deref()),
     };
     serde_json::to_string(&out).unwrap_or_default()
 }

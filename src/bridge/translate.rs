@@ -706,6 +706,26 @@ format = "text"
                 "to": "bob@mqtt.example.org", "id": "q-9",
                 "condition": "service-unavailable", "text": "No such user"})
         );
+        // A receipt keeps its five members; a bounce without text says so with `null`.
+        let receipt: serde_json::Value =
+            serde_json::from_str(&receipt_json("a@x", "b@y", "m1")).unwrap();
+        assert_eq!(
+            receipt,
+            serde_json::json!({"v": 1, "type": "receipt", "from": "a@x", "to": "b@y", "id": "m1"})
+        );
+        bounce.extras.bounced = Some(Bounce {
+            condition: "item-not-found".into(),
+            text: None,
+        });
+        let FromXmpp::Publish(out) = xmpp_to_mqtt(&t, &bounce, xml) else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&out.payload).unwrap();
+        assert_eq!(
+            (&v["condition"], &v["text"]),
+            (&"item-not-found".into(), &serde_json::Value::Null)
+        );
+        assert!(v.as_object().unwrap().contains_key("text"));
         // Without an id there is nothing to name: not carried.
         bounce.id = None;
         assert!(matches!(
