@@ -339,10 +339,6 @@ pub enum RouterMsg {
         /// Set when the client wants to know when each subscriber acknowledged it.
         track: Option<Arc<super::tracking::Tracker>>,
     },
-    /// Installs the check every client PUBLISH passes (see `guard`).
-    SetGuard(Arc<dyn super::guard::PublishGuard>),
-    /// Installs the session-events listener (see `session_events`).
-    SetSessionEvents(super::session_events::SessionEventSender),
     /// The connection ended.
     Closed {
         /// The connection.

@@ -52,7 +52,7 @@ use self::connection::ConnectionContext;
 pub use self::internal::{BrokerGone, Delivery, InternalClient, Resumed};
 use self::link::RouterMsg;
 use self::listener::Transport;
-use self::router::Router;
+use self::router::{Router, SharedRouter};
 pub use self::stats::BrokerStats;
 
 /// Depth of the router's inbox (each entry may carry a batch of packets).
@@ -161,7 +161,10 @@ pub struct Broker {
     /// The store when `[persistence]` is on: its generic tables (`Store::put`, `get`,
     /// `delete`, `iter`) are there for the rest of the application.
     pub store: Option<Arc<crate::store::Store>>,
+    /// The router's inbox, for in-process clients.
     router: mpsc::Sender<RouterMsg>,
+    /// The router itself, for settings that must apply before the next client's packet.
+    shared: Arc<SharedRouter>,
     ids: Arc<AtomicU64>,
     /// For the first persistent in-process client (see [`internal::Carryover`]).
     carryover: std::sync::Mutex<Option<internal::Carryover>>,
@@ -249,11 +252,12 @@ impl Broker {
                 },
             });
         }
-        runtime.spawn(router.run(router_rx, shutdown.clone()));
+        let shared = SharedRouter::new(router);
+        runtime.spawn(Router::run(shared.clone(), router_rx, shutdown.clone()));
         let ctx = Arc::new(ConnectionContext {
             cfg: cfg.clone(),
             stats: stats.clone(),
-            router: router_tx.clone(),
+            router: shared.clone(),
             users,
             acl,
             shutdown: shutdown.clone(),
@@ -278,6 +282,7 @@ impl Broker {
             store,
             stats,
             router: router_tx,
+            shared,
             ids,
             carryover: std::sync::Mutex::new(carryover),
         })
@@ -288,10 +293,9 @@ impl Broker {
         &self,
         guard: Arc<dyn guard::PublishGuard>,
     ) -> Result<(), BrokerGone> {
-        self.router
-            .send(RouterMsg::SetGuard(guard))
-            .await
-            .map_err(|_| BrokerGone)
+        // Directly, not through the inbox: connections route in their own tasks, so a
+        // message in the inbox could be overtaken by a client's publish.
+        self.shared.with(|r| r.set_guard(guard)).ok_or(BrokerGone)
     }
 
     /// Starts telling a listener about network clients' sessions (see [`session_events`]):
@@ -301,10 +305,9 @@ impl Broker {
         depth: usize,
     ) -> Result<tokio::sync::mpsc::Receiver<session_events::SessionEvent>, BrokerGone> {
         let (tx, rx) = session_events::SessionEventSender::channel(depth);
-        self.router
-            .send(RouterMsg::SetSessionEvents(tx))
-            .await
-            .map_err(|_| BrokerGone)?;
+        self.shared
+            .with(|r| r.set_session_events(tx))
+            .ok_or(BrokerGone)?;
         Ok(rx)
     }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use bytestring::ByteString;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,6 +34,7 @@ use super::codec::{
 use super::config::BrokerConfig;
 use super::internal::INTERNAL_ID_PREFIX;
 use super::link::{ClientLink, CloseCause, ConnId, ConnectOutcome, ConnectRequest, RouterMsg};
+use super::router::SharedRouter;
 use super::stats::BrokerStats;
 use super::transport::{ConnRead, ConnWrite};
 
@@ -54,8 +55,8 @@ pub struct ConnectionContext {
     pub cfg: Arc<BrokerConfig>,
     /// Counters.
     pub stats: Arc<BrokerStats>,
-    /// The router's inbox.
-    pub router: mpsc::Sender<RouterMsg>,
+    /// The router: a connection routes what it reads in its own task.
+    pub router: Arc<SharedRouter>,
     /// Users, when a password file is configured.
     pub users: Option<Arc<PasswordFile>>,
     /// The ACL, when configured: a will must be on a topic the client may publish to.
@@ -171,7 +172,7 @@ pub async fn serve<R: ConnRead, W: ConnWrite>(
             accepted,
             internal: false,
         };
-        if ctx.router.send(RouterMsg::Connect(request)).await.is_err() {
+        if !ctx.router.handle(RouterMsg::Connect(request)) {
             return;
         }
         if outcome.await != Ok(ConnectOutcome::Accepted) {
@@ -188,7 +189,7 @@ pub async fn serve<R: ConnRead, W: ConnWrite>(
         };
         let cause = reader.run(rd, buf, keep_alive).await;
         // The router may be gone at shutdown; then there is nobody left to tell.
-        let _router_gone = ctx.router.send(RouterMsg::Closed { conn, cause }).await;
+        let _router_gone = ctx.router.handle(RouterMsg::Closed { conn, cause });
     }
     .instrument(span)
     .await;
@@ -449,7 +450,7 @@ impl Reader {
                     conn: self.conn,
                     packets,
                 };
-                if self.ctx.router.send(msg).await.is_err() {
+                if !self.ctx.router.handle(msg) {
                     return CloseCause::Abnormal;
                 }
             }

@@ -122,11 +122,20 @@ impl Router {
         self
     }
 
-    /// Runs until `shutdown` fires or every sender is gone; then publishes the wills of the
-    /// connected clients and disconnects them.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<RouterMsg>, shutdown: CancellationToken) {
+    /// Runs until `shutdown` fires or every sender is gone: handles the inbox (the in-process
+    /// client's messages) and the timers; then publishes the wills of the connected clients
+    /// and disconnects them. Network connections call [`SharedRouter::handle`] themselves.
+    pub async fn run(
+        shared: Arc<SharedRouter>,
+        mut rx: mpsc::Receiver<RouterMsg>,
+        shutdown: CancellationToken,
+    ) {
+        let sys_period = shared
+            .with(|r| r.cfg.sys_interval)
+            .flatten()
+            .unwrap_or(Duration::from_secs(3600));
+        let sys_on = shared.with(|r| r.cfg.sys_interval.is_some()) == Some(true);
         let mut expiry = tokio::time::interval(EXPIRY_CHECK);
-        let sys_period = self.cfg.sys_interval.unwrap_or(Duration::from_secs(3600));
         let mut sys = tokio::time::interval(sys_period);
         let mut batch = Vec::with_capacity(BATCH);
         loop {
@@ -137,25 +146,38 @@ impl Router {
                     if n == 0 {
                         break;
                     }
-                    for msg in batch.drain(..) {
-                        self.handle(msg);
+                    let handled = shared.with(|r| {
+                        for msg in batch.drain(..) {
+                            r.handle(msg);
+                        }
+                        r.flush_journal();
+                    });
+                    if handled.is_none() {
+                        return;
                     }
-                    self.flush_journal();
                 }
                 _ = expiry.tick() => {
-                    self.expire_sessions(Instant::now());
-                    self.sample_gauges();
-                    self.flush_journal();
+                    shared.with(|r| {
+                        r.expire_sessions(Instant::now());
+                        r.sample_gauges();
+                        r.flush_journal();
+                    });
                 }
-                _ = sys.tick(), if self.cfg.sys_interval.is_some() => self.publish_sys(),
+                _ = sys.tick(), if sys_on => {
+                    shared.with(Router::publish_sys);
+                }
             }
         }
+        // From here on connections find the router gone.
+        let Some(mut router) = shared.take() else {
+            return;
+        };
         // What was already read is still handled, so acknowledged work is not lost.
         while let Ok(msg) = rx.try_recv() {
-            self.handle(msg);
+            router.handle(msg);
         }
-        self.shutdown();
-        self.close_journal();
+        router.shutdown();
+        router.close_journal();
     }
 
     /// Handles one message from a connection.
@@ -188,8 +210,6 @@ impl Router {
                 }
             }
             RouterMsg::Closed { conn, cause } => self.closed(conn, cause),
-            RouterMsg::SetGuard(guard) => self.set_guard(guard),
-            RouterMsg::SetSessionEvents(tx) => self.set_session_events(tx),
         }
     }
 
@@ -657,6 +677,47 @@ impl Router {
                 }
             }
         }
+    }
+}
+
+/// The router behind a lock, so that a network connection routes what it read in its own
+/// task (no hand-over to the router's task per batch, one wake-up less per message: see
+/// Design notes); the in-process client and the timers go through [`Router::run`]. With the
+/// default single broker worker thread every user of the lock runs on that thread, so it is
+/// never contended; the router never awaits, so the lock is held only for the work itself.
+pub struct SharedRouter(std::sync::Mutex<Option<Router>>);
+
+impl SharedRouter {
+    /// The router, shared.
+    pub fn new(router: Router) -> Arc<Self> {
+        Arc::new(SharedRouter(std::sync::Mutex::new(Some(router))))
+    }
+
+    /// Handles `msg` now, in the caller's task, and hands the batch's changes to the store.
+    /// False when the router has stopped (shutdown).
+    pub fn handle(&self, msg: RouterMsg) -> bool {
+        self.with(|r| {
+            r.handle(msg);
+            r.flush_journal();
+        })
+        .is_some()
+    }
+
+    /// Runs `f` on the router; `None` once it has stopped. A panic while routing stops it for
+    /// everyone (as the router task's end did), rather than going on with half-done state.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Router) -> T) -> Option<T> {
+        let mut guard = self.0.lock().ok()?;
+        guard.as_mut().map(f)
+    }
+
+    fn take(&self) -> Option<Router> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+impl std::fmt::Debug for SharedRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedRouter")
     }
 }
 
