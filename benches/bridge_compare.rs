@@ -78,6 +78,7 @@
 //! `BENCH_BRIDGE_PARTS` (`prosody,cpu,audit`: parts 1 and 2, part 3, part 4),
 //! `BENCH_BRIDGE_MAPPINGS` (the rules folder, default the shipped `mappings/`),
 //! `BENCH_BRIDGE_PERF` (a file: `perf record` of the bridge during part 3's MQTT → XMPP run),
+//! `BENCH_BRIDGE_PERF_XM` (the same for part 3's XMPP → MQTT run),
 //! `BENCH_BRIDGE_BIN` (another bridge binary, e.g. a copy of an earlier build, for A/B runs).
 
 use std::fmt::Write as _;
@@ -289,10 +290,12 @@ fn without_prosody(s: &Settings, dir: &Path, report: &mut Report) {
     };
     let n = s.cpu_messages;
     println!("\nBridge CPU without Prosody ({n} messages per run):");
+    let perf = Perf::start(pids.bridge, "BENCH_BRIDGE_PERF_XM");
     let xm = throughput(s, &pids, "peer -> MQTT", &sub.rx, n, |base| {
         peer.blast(base, n)
     });
-    let perf = Perf::start(pids.bridge);
+    drop(perf);
+    let perf = Perf::start(pids.bridge, "BENCH_BRIDGE_PERF");
     let mx = throughput(s, &pids, "MQTT -> peer", &peer.rx, n, |base| {
         publ.blast(&outbox, base, n, s.window)
     });
@@ -1533,8 +1536,9 @@ fn attr<'a>(el: &'a str, name: &str) -> Option<&'a str> {
 struct Perf(Option<Child>);
 
 impl Perf {
-    fn start(pid: u32) -> Perf {
-        let Some(out) = std::env::var_os("BENCH_BRIDGE_PERF") else {
+    /// Records when the environment variable `var` names the output file.
+    fn start(pid: u32, var: &str) -> Perf {
+        let Some(out) = std::env::var_os(var) else {
             return Perf(None);
         };
         let child = Command::new("perf")

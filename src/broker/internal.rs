@@ -21,6 +21,7 @@ use super::codec::{
 use super::link::{
     ClientLink, ConnId, ConnectOutcome, ConnectRequest, LinkReceiver, Origin, RouterMsg, ToClient,
 };
+use super::router::SharedRouter;
 use super::tracking::{self, Tracked, Tracker};
 use crate::store::Journal;
 use crate::store::record::ReplyRecord;
@@ -70,7 +71,7 @@ pub struct Resumed {
 #[derive(Debug)]
 pub struct InternalClient {
     conn: ConnId,
-    router: mpsc::Sender<RouterMsg>,
+    router: Arc<SharedRouter>,
     /// Kept so the link stays open while the client lives.
     _link: ClientLink,
     rx: LinkReceiver,
@@ -93,7 +94,7 @@ pub struct InternalClient {
 
 impl InternalClient {
     pub(super) async fn connect(
-        router: mpsc::Sender<RouterMsg>,
+        router: Arc<SharedRouter>,
         conn: ConnId,
         client_id: &str,
         persistent: bool,
@@ -136,10 +137,7 @@ impl InternalClient {
             accepted,
             internal: true,
         };
-        router
-            .send(RouterMsg::Connect(request))
-            .await
-            .map_err(|_| BrokerGone)?;
+        router.send(RouterMsg::Connect(request))?;
         match outcome.await {
             Ok(ConnectOutcome::Accepted) => {}
             _ => return Err(BrokerGone),
@@ -222,7 +220,7 @@ impl InternalClient {
             publish,
             track: None,
         };
-        self.router.send(msg).await.map_err(|_| BrokerGone)
+        self.router.send(msg)
     }
 
     /// Publishes a message whose delivery is reported, under `token`, on the receiver that
@@ -251,7 +249,7 @@ impl InternalClient {
             publish,
             track: Some(track),
         };
-        self.router.send(msg).await.map_err(|_| BrokerGone)
+        self.router.send(msg)
     }
 
     /// What the store kept for this client across a restart; `None` without persistence, for
@@ -270,12 +268,13 @@ impl InternalClient {
     pub async fn recv(&mut self) -> Option<Delivery> {
         loop {
             if !self.outbox.is_empty() {
-                let permit = self.router.reserve().await.ok()?;
                 let packets = std::mem::take(&mut self.outbox);
-                permit.send(RouterMsg::Packets {
-                    conn: self.conn,
-                    packets,
-                });
+                self.router
+                    .send(RouterMsg::Packets {
+                        conn: self.conn,
+                        packets,
+                    })
+                    .ok()?;
             }
             if let Some(delivery) = self.pending.pop_front() {
                 return Some(delivery);
@@ -326,6 +325,6 @@ impl InternalClient {
             conn: self.conn,
             packets,
         };
-        self.router.send(msg).await.map_err(|_| BrokerGone)
+        self.router.send(msg)
     }
 }

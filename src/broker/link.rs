@@ -1,9 +1,10 @@
-//! Messages between connection tasks and the router task.
+//! Messages between connection tasks and the router.
 //!
-//! Connections send [`RouterMsg`] over one bounded channel (back-pressure on publishers); the
-//! router answers each connection over its own unbounded queue whose depth it bounds itself
-//! ([`ClientLink::backlog`] and the session's in-flight window), so the router never awaits a
-//! connection: the classic broker self-deadlock cannot happen.
+//! A connection hands the router each [`RouterMsg`] in its own task (the router behind a
+//! lock: a publisher cannot outrun routing, it does it); the router answers each connection
+//! over its own unbounded queue whose depth it bounds itself ([`ClientLink::backlog`] and the
+//! session's in-flight window), so the router never awaits a connection: the classic broker
+//! self-deadlock cannot happen.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

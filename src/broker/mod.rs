@@ -1,9 +1,11 @@
 //! The embedded MQTT broker (MQTT 3.1.1 and 5.0 packet formats).
 //!
 //! ```text
-//!  TCP listeners ──accept──▶ connection task (reader) ──RouterMsg──▶ router task
-//!                             │ writer task ◀──ClientLink (packets)──┘  sessions, trie,
-//!                                                                       retained, $SYS
+//!  TCP listeners ──accept──▶ connection task (reader) ──RouterMsg──▶ router (behind a lock,
+//!                             │ writer task ◀──ClientLink (packets)──┘  run in the reader's
+//!                                                                       task): sessions, trie,
+//!  in-process client (bridge) ──RouterMsg──▶ same router               retained, $SYS
+//!  router task: timers only (expiry, gauges, $SYS), shutdown
 //! ```
 //! - `codec`: bytes ↔ packets, no I/O.
 //! - `connection`: handshake, keep-alive, reading and writing one client.
@@ -50,13 +52,9 @@ use self::auth::PasswordFile;
 pub use self::config::BrokerConfig;
 use self::connection::ConnectionContext;
 pub use self::internal::{BrokerGone, Delivery, InternalClient, Resumed};
-use self::link::RouterMsg;
 use self::listener::Transport;
 use self::router::{Router, SharedRouter};
 pub use self::stats::BrokerStats;
-
-/// Depth of the router's inbox (each entry may carry a batch of packets).
-const ROUTER_INBOX: usize = 1024;
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -161,10 +159,7 @@ pub struct Broker {
     /// The store when `[persistence]` is on: its generic tables (`Store::put`, `get`,
     /// `delete`, `iter`) are there for the rest of the application.
     pub store: Option<Arc<crate::store::Store>>,
-    /// The router's inbox, for in-process clients.
-    router: mpsc::Sender<RouterMsg>,
-    /// The router itself, for settings that must apply before the next client's packet.
-    shared: Arc<SharedRouter>,
+    router: Arc<SharedRouter>,
     ids: Arc<AtomicU64>,
     /// For the first persistent in-process client (see [`internal::Carryover`]).
     carryover: std::sync::Mutex<Option<internal::Carryover>>,
@@ -221,7 +216,6 @@ impl Broker {
             .map_err(StartError::Runtime)?;
         let cfg = Arc::new(cfg);
         let stats = Arc::new(BrokerStats::default());
-        let (router_tx, router_rx) = mpsc::channel(ROUTER_INBOX);
         let mut router = Router::new(cfg.clone(), stats.clone()).with_acl(acl.clone());
         let store = recovered.as_ref().map(|((_, _, store), _)| store.clone());
         let mut carryover = None;
@@ -253,7 +247,7 @@ impl Broker {
             });
         }
         let shared = SharedRouter::new(router);
-        runtime.spawn(Router::run(shared.clone(), router_rx, shutdown.clone()));
+        runtime.spawn(Router::run(shared.clone(), shutdown.clone()));
         let ctx = Arc::new(ConnectionContext {
             cfg: cfg.clone(),
             stats: stats.clone(),
@@ -281,8 +275,7 @@ impl Broker {
             local_addrs,
             store,
             stats,
-            router: router_tx,
-            shared,
+            router: shared,
             ids,
             carryover: std::sync::Mutex::new(carryover),
         })
@@ -293,9 +286,7 @@ impl Broker {
         &self,
         guard: Arc<dyn guard::PublishGuard>,
     ) -> Result<(), BrokerGone> {
-        // Directly, not through the inbox: connections route in their own tasks, so a
-        // message in the inbox could be overtaken by a client's publish.
-        self.shared.with(|r| r.set_guard(guard)).ok_or(BrokerGone)
+        self.router.with(|r| r.set_guard(guard)).ok_or(BrokerGone)
     }
 
     /// Starts telling a listener about network clients' sessions (see [`session_events`]):
@@ -305,7 +296,7 @@ impl Broker {
         depth: usize,
     ) -> Result<tokio::sync::mpsc::Receiver<session_events::SessionEvent>, BrokerGone> {
         let (tx, rx) = session_events::SessionEventSender::channel(depth);
-        self.shared
+        self.router
             .with(|r| r.set_session_events(tx))
             .ok_or(BrokerGone)?;
         Ok(rx)

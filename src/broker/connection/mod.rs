@@ -172,7 +172,7 @@ pub async fn serve<R: ConnRead, W: ConnWrite>(
             accepted,
             internal: false,
         };
-        if !ctx.router.handle(RouterMsg::Connect(request)) {
+        if ctx.router.send(RouterMsg::Connect(request)).is_err() {
             return;
         }
         if outcome.await != Ok(ConnectOutcome::Accepted) {
@@ -189,7 +189,7 @@ pub async fn serve<R: ConnRead, W: ConnWrite>(
         };
         let cause = reader.run(rd, buf, keep_alive).await;
         // The router may be gone at shutdown; then there is nobody left to tell.
-        let _router_gone = ctx.router.handle(RouterMsg::Closed { conn, cause });
+        let _router_gone = ctx.router.send(RouterMsg::Closed { conn, cause });
     }
     .instrument(span)
     .await;
@@ -450,9 +450,13 @@ impl Reader {
                     conn: self.conn,
                     packets,
                 };
-                if !self.ctx.router.handle(msg) {
+                if self.ctx.router.send(msg).is_err() {
                     return CloseCause::Abnormal;
                 }
+                // Routing is work done for other tasks (the subscribers' writers): it counts
+                // against this task's budget, so a flooding publisher yields to them as often
+                // as when routing was a channel hand-over.
+                tokio::task::consume_budget().await;
             }
             if let Some(cause) = cause {
                 return cause;

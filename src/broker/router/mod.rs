@@ -1,15 +1,16 @@
-//! The router: one task that owns every session, the subscription trie and the retained
-//! messages, addressed by [`RouterMsg`]s from the connections.
+//! The router: the one owner of every session, the subscription trie and the retained
+//! messages, addressed by [`RouterMsg`]s that each connection hands it in its own task
+//! ([`SharedRouter`]).
 //!
-//! A single owner keeps session takeover, QoS state and fan-out free of locks and races. It
-//! never awaits a connection (see `link`), so a slow client cannot stall it.
+//! A single owner behind one lock keeps session takeover, QoS state and fan-out free of
+//! races. It never awaits a connection (see `link`), so a slow client cannot stall it, and
+//! the lock is held only for the routing work itself.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -21,6 +22,7 @@ use crate::broker::codec::{
 use crate::broker::config::BrokerConfig;
 use crate::broker::connack::connack_properties;
 use crate::broker::guard::{PublishGuard, Refused};
+use crate::broker::internal::BrokerGone;
 use crate::broker::link::{ConnId, ConnectOutcome, ConnectRequest, Origin, RouterMsg};
 use crate::broker::session::{
     Attached, NEVER_EXPIRES, Offer, Outgoing, Session, SessionId, SubEntry, expiry_of,
@@ -38,8 +40,6 @@ mod sys;
 
 /// How often detached sessions are checked for expiry.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
-/// Router messages handled per wake-up.
-const BATCH: usize = 128;
 
 /// One subscriber of a message being routed, after merging overlapping subscriptions.
 #[derive(Debug)]
@@ -122,40 +122,17 @@ impl Router {
         self
     }
 
-    /// Runs until `shutdown` fires or every sender is gone: handles the inbox (the in-process
-    /// client's messages) and the timers; then publishes the wills of the connected clients
-    /// and disconnects them. Network connections call [`SharedRouter::handle`] themselves.
-    pub async fn run(
-        shared: Arc<SharedRouter>,
-        mut rx: mpsc::Receiver<RouterMsg>,
-        shutdown: CancellationToken,
-    ) {
-        let sys_period = shared
-            .with(|r| r.cfg.sys_interval)
-            .flatten()
-            .unwrap_or(Duration::from_secs(3600));
-        let sys_on = shared.with(|r| r.cfg.sys_interval.is_some()) == Some(true);
+    /// Runs the router's timers (session expiry, gauges, `$SYS`) until `shutdown` fires;
+    /// then publishes the wills of the connected clients and disconnects them. Everything
+    /// else reaches the router through [`SharedRouter::send`], in the sender's own task.
+    pub async fn run(shared: Arc<SharedRouter>, shutdown: CancellationToken) {
+        let sys_interval = shared.with(|r| r.cfg.sys_interval).flatten();
         let mut expiry = tokio::time::interval(EXPIRY_CHECK);
-        let mut sys = tokio::time::interval(sys_period);
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut sys = tokio::time::interval(sys_interval.unwrap_or(Duration::from_secs(3600)));
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                n = rx.recv_many(&mut batch, BATCH) => {
-                    if n == 0 {
-                        break;
-                    }
-                    let handled = shared.with(|r| {
-                        for msg in batch.drain(..) {
-                            r.handle(msg);
-                        }
-                        r.flush_journal();
-                    });
-                    if handled.is_none() {
-                        return;
-                    }
-                }
                 _ = expiry.tick() => {
                     shared.with(|r| {
                         r.expire_sessions(Instant::now());
@@ -163,21 +140,16 @@ impl Router {
                         r.flush_journal();
                     });
                 }
-                _ = sys.tick(), if sys_on => {
+                _ = sys.tick(), if sys_interval.is_some() => {
                     shared.with(Router::publish_sys);
                 }
             }
         }
-        // From here on connections find the router gone.
-        let Some(mut router) = shared.take() else {
-            return;
-        };
-        // What was already read is still handled, so acknowledged work is not lost.
-        while let Ok(msg) = rx.try_recv() {
-            router.handle(msg);
+        // From here on senders find the router gone.
+        if let Some(mut router) = shared.take() {
+            router.shutdown();
+            router.close_journal();
         }
-        router.shutdown();
-        router.close_journal();
     }
 
     /// Handles one message from a connection.
@@ -680,11 +652,12 @@ impl Router {
     }
 }
 
-/// The router behind a lock, so that a network connection routes what it read in its own
-/// task (no hand-over to the router's task per batch, one wake-up less per message: see
-/// Design notes); the in-process client and the timers go through [`Router::run`]. With the
-/// default single broker worker thread every user of the lock runs on that thread, so it is
-/// never contended; the router never awaits, so the lock is held only for the work itself.
+/// The router behind a lock: a network connection routes what it read in its own task, and
+/// the in-process client (the bridge) in its, so no message waits for a router task to be
+/// woken (see Design notes); the timers run in [`Router::run`]. The router never awaits, so
+/// the lock is held only for the work itself: network connections all run on the broker's
+/// worker thread (one by default), the bridge on its own runtime, so at most two threads
+/// meet here.
 pub struct SharedRouter(std::sync::Mutex<Option<Router>>);
 
 impl SharedRouter {
@@ -693,14 +666,14 @@ impl SharedRouter {
         Arc::new(SharedRouter(std::sync::Mutex::new(Some(router))))
     }
 
-    /// Handles `msg` now, in the caller's task, and hands the batch's changes to the store.
-    /// False when the router has stopped (shutdown).
-    pub fn handle(&self, msg: RouterMsg) -> bool {
+    /// Handles `msg` now, in the caller's task, and hands the changes to the store. Fails
+    /// once the router has stopped (shutdown).
+    pub fn send(&self, msg: RouterMsg) -> Result<(), BrokerGone> {
         self.with(|r| {
             r.handle(msg);
             r.flush_journal();
         })
-        .is_some()
+        .ok_or(BrokerGone)
     }
 
     /// Runs `f` on the router; `None` once it has stopped. A panic while routing stops it for
