@@ -133,4 +133,18 @@ impl MqttSide {
             MqttSide::Upstream(c) => c.ack(publish).await,
         }
     }
+
+    /// Acknowledges several deliveries: to the embedded broker in one hand-over; upstream,
+    /// one packet each on the connection they came on.
+    pub async fn ack_all(&mut self, publishes: &[Publish]) -> Result<(), BrokerGone> {
+        match self {
+            MqttSide::Embedded(c) => c.ack_all(publishes).await,
+            MqttSide::Upstream(c) => {
+                for publish in publishes {
+                    c.ack(publish).await?;
+                }
+                Ok(())
+            }
+        }
+    }
 }

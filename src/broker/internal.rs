@@ -298,6 +298,25 @@ impl InternalClient {
         }
     }
 
+    /// Acknowledges several QoS 1 and 2 deliveries in one message to the router (which handles
+    /// each as [`InternalClient::ack`] would); QoS 0 ones are skipped.
+    pub async fn ack_all(&self, publishes: &[Publish]) -> Result<(), BrokerGone> {
+        let packets: Vec<Packet> = (publishes.iter())
+            .filter_map(|p| {
+                let response = PubResponse::new(p.pkid);
+                match p.qos {
+                    QoS::AtMostOnce => None,
+                    QoS::AtLeastOnce => Some(Packet::PubAck(response)),
+                    QoS::ExactlyOnce => Some(Packet::PubRec(response)),
+                }
+            })
+            .collect();
+        if packets.is_empty() {
+            return Ok(());
+        }
+        self.send(packets).await
+    }
+
     /// Sorts one item from the router without awaiting: deliveries wait in `pending`,
     /// answers (PUBCOMP) in `outbox`.
     fn handle(&mut self, item: ToClient) -> Result<(), BrokerGone> {
