@@ -66,6 +66,9 @@ use crate::xmpp::{Inbound, Outgoing, SendError, Settlement, Settlements, XmppHan
 
 /// How often a delivery refused by a full XMPP queue is offered again.
 const RETRY_FULL_QUEUE: Duration = Duration::from_millis(50);
+/// Deliveries already received from the broker handled in one turn of the run loop, before
+/// its other inputs (confirmations, XMPP, shutdown) are looked at again.
+const DELIVERY_BATCH: usize = 32;
 
 /// Bridge counters.
 #[derive(Debug, Default)]
@@ -311,7 +314,7 @@ impl Bridge {
                 }
                 delivery = self.mqtt.recv(), if self.blocked.is_none() => match delivery {
                     Some(delivery) => {
-                        if self.on_mqtt(delivery).await.is_err() {
+                        if self.on_mqtt_batch(delivery).await.is_err() {
                             break;
                         }
                     }
@@ -510,6 +513,22 @@ impl Bridge {
         if let Err(e) = self.xmpp.send(Outgoing::new(reply)) {
             debug!(error = %e, "Error reply not sent.");
         }
+    }
+
+    /// A delivery, and up to [`DELIVERY_BATCH`] more that are there already (the run loop
+    /// polls all its inputs once per turn; per delivery that was a measurable share).
+    async fn on_mqtt_batch(&mut self, delivery: Delivery) -> Result<(), crate::broker::BrokerGone> {
+        self.on_mqtt(delivery).await?;
+        for _ in 1..DELIVERY_BATCH {
+            if self.blocked.is_some() {
+                break;
+            }
+            let Some(delivery) = self.mqtt.try_recv() else {
+                break;
+            };
+            self.on_mqtt(delivery).await?;
+        }
+        Ok(())
     }
 
     async fn on_mqtt(&mut self, delivery: Delivery) -> Result<(), crate::broker::BrokerGone> {

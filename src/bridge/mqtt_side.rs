@@ -101,6 +101,15 @@ impl MqttSide {
         }
     }
 
+    /// A delivery that is there already, without waiting (embedded: one the broker handed
+    /// over in the same batch); `None` otherwise, and always upstream.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        match self {
+            MqttSide::Embedded(c) => c.try_recv(),
+            MqttSide::Upstream(_) => None,
+        }
+    }
+
     /// Takes relayed keepalive pongs for the XMPP link (upstream mode: instances share the
     /// broker; an embedded broker has no other instance to hear from).
     pub fn enable_pong_relay(&self, xmpp: &XmppHandle) {

@@ -288,6 +288,16 @@ impl InternalClient {
         }
     }
 
+    /// A delivery already received from the router, without waiting; `None` when there is
+    /// none or answers must be sent first (then [`InternalClient::recv`] does both).
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        if self.outbox.is_empty() {
+            self.pending.pop_front()
+        } else {
+            None
+        }
+    }
+
     /// Acknowledges a QoS 1 or 2 delivery: the message is now the other side's.
     pub async fn ack(&self, publish: &Publish) -> Result<(), BrokerGone> {
         let response = PubResponse::new(publish.pkid);
