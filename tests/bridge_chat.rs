@@ -10,6 +10,7 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::prosody::{Prosody, XmppClient};
@@ -371,7 +372,7 @@ async fn a_thousand_messages_in_order_both_ways() {
     let Chat {
         prosody: _prosody,
         _dir,
-        broker: _broker,
+        broker,
         mut alice,
         mut bob,
     } = Chat::start().await;
@@ -388,6 +389,24 @@ async fn a_thousand_messages_in_order_both_ways() {
     let got = alice.messages(1000).await;
     for (i, m) in got.iter().enumerate() {
         assert_eq!(m["body"], format!("m{i}"));
+    }
+    // Confirmed by the server, and every acknowledgement (handed over in batches) reached the
+    // broker: nothing stays in flight or queued in the bridge's session.
+    let bridge = broker.app.bridge_stats.clone().unwrap();
+    let gauges = &broker.app.broker_stats.gauges;
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let confirmed = bridge.to_xmpp_confirmed.load(Ordering::Relaxed);
+        let inflight = gauges.inflight.load(Ordering::Relaxed);
+        let queued = gauges.queued.load(Ordering::Relaxed);
+        if confirmed == 1000 && inflight == 0 && queued == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "confirmed {confirmed} of 1000; broker: {inflight} in flight, {queued} queued"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for i in 0..1000 {
         alice

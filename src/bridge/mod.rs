@@ -26,6 +26,7 @@ pub mod presence;
 pub mod presence_store;
 mod receipt_flow;
 pub mod receipts;
+mod settle;
 mod social;
 pub mod stanza;
 pub mod translate;
@@ -36,9 +37,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
-use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -51,6 +49,7 @@ use self::mqtt_side::MqttSide;
 use self::muc::{Rooms, Verdict};
 use self::presence::PresenceConfig;
 use self::receipts::{Receipts, Senders};
+use self::settle::{InFlight, Settled};
 pub use self::social::PresenceStartError;
 use self::social::{PresenceSide, next_session_event};
 use self::stanza::inbound_chat;
@@ -63,10 +62,13 @@ use crate::broker::session_events::SessionEvent;
 use crate::broker::tracking::Tracked;
 use crate::mapping::MappingTable;
 use crate::mapping::Refusal;
-use crate::xmpp::{Inbound, Outgoing, SendError, XmppHandle};
+use crate::xmpp::{Inbound, Outgoing, SendError, Settlement, Settlements, XmppHandle};
 
 /// How often a delivery refused by a full XMPP queue is offered again.
 const RETRY_FULL_QUEUE: Duration = Duration::from_millis(50);
+/// Deliveries already received from the broker handled in one turn of the run loop, before
+/// its other inputs (confirmations, XMPP, shutdown) are looked at again.
+const DELIVERY_BATCH: usize = 32;
 
 /// Bridge counters.
 #[derive(Debug, Default)]
@@ -165,20 +167,16 @@ impl PublishGuard for MappingGuard {
     }
 }
 
-/// How a delivery to XMPP ended; each carries its event, outcome still to be set.
-enum Settled {
-    /// The server confirmed the stanza: acknowledge to the broker.
-    Confirmed(Publish, Box<Translation>),
-    /// Refused for good (logged, outcome set): acknowledge so the broker does not keep it.
-    Dropped(Publish, Box<Translation>),
-    /// The link stopped or gave up first: leave it unacknowledged.
-    Unconfirmed(Box<Translation>),
+/// A delivery queued on the link, waiting for the server's confirmation.
+struct Delivering {
+    publish: Publish,
+    /// Its event, outcome still to be set.
+    event: Box<Translation>,
 }
 
 /// A delivery waiting for room in the XMPP queue.
 struct Blocked {
     outgoing: Outgoing,
-    confirmed: tokio::sync::oneshot::Receiver<()>,
     publish: Publish,
     event: Box<Translation>,
 }
@@ -190,9 +188,10 @@ pub struct Bridge {
     xmpp: XmppHandle,
     inbound: mpsc::Receiver<Inbound>,
     stats: Arc<BridgeStats>,
-    /// Deliveries waiting for the XMPP server's confirmation (or given up), in one place
-    /// rather than a task each.
-    settling: FuturesUnordered<BoxFuture<'static, Settled>>,
+    /// Deliveries waiting for the XMPP server's confirmation, by ticket in send order; the
+    /// link's reports (`settlements`) settle them in batches.
+    in_flight: InFlight<Delivering>,
+    settlements: Arc<Settlements>,
     blocked: Option<Blocked>,
     next_id: u64,
     /// `mqtt-{process id}-`: made once (`std::process::id` is a system call each time).
@@ -238,6 +237,7 @@ impl Bridge {
             }
         }
         mqtt.enable_pong_relay(&xmpp);
+        let settlements = xmpp.settlements();
         info!(
             rules = table.rules().len(),
             subscriptions = filters.len(),
@@ -248,7 +248,8 @@ impl Bridge {
             xmpp,
             inbound,
             stats: Arc::new(BridgeStats::default()),
-            settling: FuturesUnordered::new(),
+            in_flight: InFlight::default(),
+            settlements,
             blocked: None,
             next_id: rand::random::<u32>().into(),
             id_prefix: format!("mqtt-{:x}-", std::process::id()),
@@ -280,8 +281,8 @@ impl Bridge {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(settled) = self.settling.next(), if !self.settling.is_empty() => {
-                    if self.on_settled(settled).await.is_err() {
+                report = self.settlements.next(), if !self.in_flight.is_empty() => {
+                    if self.on_settlement(&report).await.is_err() {
                         break;
                     }
                 }
@@ -306,12 +307,14 @@ impl Bridge {
                 },
                 () = tokio::time::sleep(RETRY_FULL_QUEUE), if self.blocked.is_some() => {
                     if let Some(blocked) = self.blocked.take() {
-                        self.offer(blocked);
+                        if self.offer(blocked).await.is_err() {
+                            break;
+                        }
                     }
                 }
                 delivery = self.mqtt.recv(), if self.blocked.is_none() => match delivery {
                     Some(delivery) => {
-                        if self.on_mqtt(delivery).await.is_err() {
+                        if self.on_mqtt_batch(delivery).await.is_err() {
                             break;
                         }
                     }
@@ -322,30 +325,36 @@ impl Bridge {
         info!("Bridge stopped.");
     }
 
-    /// A delivery the XMPP side settled: its audit record, and its acknowledgement to the
-    /// broker. One at a time: acknowledgements batched per ping answer measured worse (part 3
-    /// of benches/bridge_compare.rs, 11.6 → 21 µs per message), since the broker's session
-    /// then looked each one up deep in its in-flight list.
-    async fn on_settled(&mut self, settled: Settled) -> Result<(), crate::broker::BrokerGone> {
-        let (publish, event) = match settled {
-            Settled::Confirmed(publish, mut event) => {
-                add(&self.stats.to_xmpp_confirmed);
-                event.outcome = Outcome::Delivered;
-                (Some(publish), event)
-            }
-            Settled::Dropped(publish, event) => (Some(publish), event),
-            // Not confirmed: leave it unacknowledged (the broker keeps QoS 1/2).
-            Settled::Unconfirmed(mut event) => {
-                let why = "the link stopped or gave up before the server confirmed it";
-                event.outcome = Outcome::dropped("not_confirmed", why);
-                (None, event)
-            }
-        };
-        self.events.emit(*event).await;
-        match publish {
-            Some(publish) => self.mqtt.ack(&publish).await,
-            None => Ok(()),
+    /// The link's report on deliveries it confirmed or gave up since the last one: their
+    /// audit records, and the confirmed ones acknowledged to the broker in one hand-over (the
+    /// broker's session finds each by packet id).
+    async fn on_settlement(
+        &mut self,
+        report: &Settlement,
+    ) -> Result<(), crate::broker::BrokerGone> {
+        let Settled {
+            confirmed,
+            unconfirmed,
+        } = self.in_flight.settle(report);
+        // Not confirmed: left unacknowledged (the broker keeps QoS 1/2).
+        for Delivering { mut event, .. } in unconfirmed {
+            let why = "the link stopped or gave up before the server confirmed it";
+            event.outcome = Outcome::dropped("not_confirmed", why);
+            self.events.emit(*event).await;
         }
+        if confirmed.is_empty() {
+            return Ok(());
+        }
+        (self.stats.to_xmpp_confirmed).fetch_add(confirmed.len() as u64, Ordering::Relaxed);
+        let mut acks = Vec::with_capacity(confirmed.len());
+        for Delivering { publish, mut event } in confirmed {
+            event.outcome = Outcome::Delivered;
+            self.events.emit(*event).await;
+            if publish.qos != QoS::AtMostOnce {
+                acks.push(publish);
+            }
+        }
+        self.mqtt.ack_all(&acks).await
     }
 
     async fn on_xmpp(&mut self, inbound: Inbound) -> Result<(), crate::broker::BrokerGone> {
@@ -506,6 +515,22 @@ impl Bridge {
         }
     }
 
+    /// A delivery, and up to [`DELIVERY_BATCH`] more that are there already (the run loop
+    /// polls all its inputs once per turn; per delivery that was a measurable share).
+    async fn on_mqtt_batch(&mut self, delivery: Delivery) -> Result<(), crate::broker::BrokerGone> {
+        self.on_mqtt(delivery).await?;
+        for _ in 1..DELIVERY_BATCH {
+            if self.blocked.is_some() {
+                break;
+            }
+            let Some(delivery) = self.mqtt.try_recv() else {
+                break;
+            };
+            self.on_mqtt(delivery).await?;
+        }
+        Ok(())
+    }
+
     async fn on_mqtt(&mut self, delivery: Delivery) -> Result<(), crate::broker::BrokerGone> {
         let Some(delivery) = self.on_status(delivery).await? else {
             return Ok(());
@@ -535,13 +560,13 @@ impl Bridge {
                 }
                 match stanza::outgoing(out, id) {
                     Ok(stanza) => {
-                        let (outgoing, confirmed) = Outgoing::confirmed(stanza);
+                        let outgoing = Outgoing::new(stanza);
                         self.offer(Blocked {
                             outgoing,
-                            confirmed,
                             publish,
                             event,
-                        });
+                        })
+                        .await?;
                     }
                     Err(e) => {
                         warn!(rule = ?event.rule, from = ?event.xmpp.from, to = ?event.xmpp.to,
@@ -569,42 +594,36 @@ impl Bridge {
 
     /// Queues a stanza on the link; keeps it (and stops taking deliveries) while the queue is
     /// full. Its delivery is acknowledged once the server confirmed it.
-    fn offer(&mut self, item: Blocked) {
+    async fn offer(&mut self, item: Blocked) -> Result<(), crate::broker::BrokerGone> {
         let Blocked {
-            outgoing,
-            confirmed,
+            mut outgoing,
             publish,
             mut event,
         } = item;
+        outgoing.ticket = Some(self.in_flight.next_ticket());
         match self.xmpp.send(outgoing) {
             Ok(()) => {
                 add(&self.stats.to_xmpp);
                 event.handed_over();
                 // QoS 0 too, for its audit record (acknowledging it is a no-op).
-                self.settling.push(Box::pin(async move {
-                    match confirmed.await {
-                        Ok(()) => Settled::Confirmed(publish, event),
-                        Err(_) => Settled::Unconfirmed(event),
-                    }
-                }));
+                self.in_flight.push(Delivering { publish, event });
+                Ok(())
             }
             Err(SendError::Full(outgoing)) => {
                 self.blocked = Some(Blocked {
                     outgoing,
-                    confirmed,
                     publish,
                     event,
                 });
+                Ok(())
             }
             Err(e) => {
                 warn!(error = %e, "Stanza refused by the XMPP link; message dropped.");
                 add(&self.stats.refused_from_mqtt);
                 event.outcome = Outcome::dropped("link_refused", e.to_string());
+                self.events.emit(*event).await;
                 // Acknowledged all the same, or the broker would keep it in flight for ever.
-                self.settling
-                    .push(Box::pin(std::future::ready(Settled::Dropped(
-                        publish, event,
-                    ))));
+                self.mqtt.ack(&publish).await
             }
         }
     }

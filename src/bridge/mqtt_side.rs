@@ -101,6 +101,15 @@ impl MqttSide {
         }
     }
 
+    /// A delivery that is there already, without waiting (embedded: one the broker handed
+    /// over in the same batch); `None` otherwise, and always upstream.
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        match self {
+            MqttSide::Embedded(c) => c.try_recv(),
+            MqttSide::Upstream(_) => None,
+        }
+    }
+
     /// Takes relayed keepalive pongs for the XMPP link (upstream mode: instances share the
     /// broker; an embedded broker has no other instance to hear from).
     pub fn enable_pong_relay(&self, xmpp: &XmppHandle) {
@@ -131,6 +140,20 @@ impl MqttSide {
         match self {
             MqttSide::Embedded(c) => c.ack(publish).await,
             MqttSide::Upstream(c) => c.ack(publish).await,
+        }
+    }
+
+    /// Acknowledges several deliveries: to the embedded broker in one hand-over; upstream,
+    /// one packet each on the connection they came on.
+    pub async fn ack_all(&mut self, publishes: &[Publish]) -> Result<(), BrokerGone> {
+        match self {
+            MqttSide::Embedded(c) => c.ack_all(publishes).await,
+            MqttSide::Upstream(c) => {
+                for publish in publishes {
+                    c.ack(publish).await?;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -287,6 +287,16 @@ impl InternalClient {
         }
     }
 
+    /// A delivery already received from the router, without waiting; `None` when there is
+    /// none or answers must be sent first (then [`InternalClient::recv`] does both).
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        if self.outbox.is_empty() {
+            self.pending.pop_front()
+        } else {
+            None
+        }
+    }
+
     /// Acknowledges a QoS 1 or 2 delivery: the message is now the other side's.
     pub async fn ack(&self, publish: &Publish) -> Result<(), BrokerGone> {
         let response = PubResponse::new(publish.pkid);
@@ -295,6 +305,25 @@ impl InternalClient {
             QoS::AtLeastOnce => self.send(vec![Packet::PubAck(response)]).await,
             QoS::ExactlyOnce => self.send(vec![Packet::PubRec(response)]).await,
         }
+    }
+
+    /// Acknowledges several QoS 1 and 2 deliveries in one message to the router (which handles
+    /// each as [`InternalClient::ack`] would); QoS 0 ones are skipped.
+    pub async fn ack_all(&self, publishes: &[Publish]) -> Result<(), BrokerGone> {
+        let packets: Vec<Packet> = (publishes.iter())
+            .filter_map(|p| {
+                let response = PubResponse::new(p.pkid);
+                match p.qos {
+                    QoS::AtMostOnce => None,
+                    QoS::AtLeastOnce => Some(Packet::PubAck(response)),
+                    QoS::ExactlyOnce => Some(Packet::PubRec(response)),
+                }
+            })
+            .collect();
+        if packets.is_empty() {
+            return Ok(());
+        }
+        self.send(packets).await
     }
 
     /// Sorts one item from the router without awaiting: deliveries wait in `pending`,

@@ -30,7 +30,7 @@ use super::queue::{MAX_WRITES, OutQueue, Pings};
 use super::reader::{Control, Reader, Stall};
 use super::service::Service;
 use super::stats::XmppStats;
-use super::{Inbound, LinkState, Overflow, Queued, Stanza, XmppConfig};
+use super::{Inbound, LinkState, Overflow, Queued, Settlements, Stanza, XmppConfig};
 
 /// Queued stanzas written before the writer looks at its other inputs again.
 const WRITE_BATCH: usize = 64;
@@ -53,12 +53,16 @@ pub(crate) struct Worker {
     pub(crate) ping_prefix: String,
     /// Pongs of our pings that reached another instance and were relayed back.
     pub(crate) relayed: mpsc::Receiver<String>,
+    /// Where confirmed and given-up tickets are reported.
+    pub(crate) settlements: Arc<Settlements>,
 }
 
 /// An outbound stanza in the queue, kept until confirmed.
 struct Pending {
     stanza: Arc<Stanza>,
     confirmed: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Reported to [`Settlements`] instead (the bridge's chat path).
+    ticket: Option<u64>,
     /// Frees the queue slot when the stanza is confirmed or given up.
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
@@ -75,6 +79,7 @@ impl From<Queued> for Pending {
         Pending {
             stanza: Arc::new(q.out.stanza),
             confirmed: q.out.confirmed,
+            ticket: q.out.ticket,
             _slot: q.permit,
         }
     }
@@ -100,6 +105,10 @@ struct Outbound {
     ping_to: Jid,
     /// See [`Worker::relayed`].
     relayed: mpsc::Receiver<String>,
+    /// See [`Worker::settlements`].
+    settlements: Arc<Settlements>,
+    /// Given-up tickets, gathered for one report (kept for its allocation).
+    given_up: Vec<u64>,
 }
 
 impl Worker {
@@ -120,6 +129,7 @@ impl Worker {
             overflow,
             ping_prefix,
             relayed,
+            settlements,
         } = self;
         let jids = Jid::new(&cfg.domain).and_then(|d| Ok((d, Jid::new(&cfg.server_domain)?)));
         let service = Service::new(&cfg.domain, ping_prefix.clone());
@@ -131,6 +141,7 @@ impl Worker {
                 };
                 error!(error = %cause, "XMPP component link cannot start.");
                 slots.close();
+                settlements.stopped();
                 state.send_replace(LinkState::Stopped {
                     cause: Some(Arc::new(cause)),
                 });
@@ -148,6 +159,8 @@ impl Worker {
             ping_from,
             ping_to,
             relayed,
+            settlements,
+            given_up: Vec::new(),
         };
         let mut backoff = Backoff::new(out.cfg.reconnect_min, out.cfg.reconnect_max);
         let mut last_failure: Option<&'static str> = None;
@@ -198,6 +211,8 @@ impl Worker {
         while out.outbox.try_recv().is_ok() {
             lost += 1;
         }
+        // After the queue is gone: nothing is confirmed or given up any more.
+        out.settlements.stopped();
         if lost > 0 {
             warn!(
                 lost,
@@ -254,7 +269,10 @@ impl Outbound {
                 connections = MAX_WRITES,
                 "Outbound stanza given up: each connection it was written on ended unconfirmed."
             );
+            self.given_up.extend(p.ticket);
         }
+        self.settlements.given_up(&self.given_up);
+        self.given_up.clear();
         info!(
             resend,
             queued = self.queue.len(),
@@ -398,23 +416,30 @@ impl Outbound {
         w.send(Wire::Stanza(Arc::new(Stanza::Iq(iq)))).await
     }
 
-    /// A ping was answered: confirm what it covered.
+    /// A ping was answered: confirm what it covered, tickets in one report.
     fn pong(&mut self, id: &str) {
         let Some(upto) = self.pings.answered(id) else {
             return;
         };
-        let done = self.queue.confirm_upto(upto);
-        if done.is_empty() {
-            return;
-        }
-        XmppStats::add(&self.stats.confirmed, done.len() as u64);
-        trace!(count = done.len(), "Stanzas confirmed by the server.");
-        for p in done {
+        let mut count = 0u64;
+        let mut ticket = None;
+        for p in self.queue.confirm_upto(upto) {
+            count += 1;
             if let Some(tx) = p.confirmed {
                 // An error only means the sender stopped waiting.
                 tx.send(()).ok();
             }
+            // In send order: the last one is the highest.
+            ticket = p.ticket.or(ticket);
         }
+        if count == 0 {
+            return;
+        }
+        if let Some(ticket) = ticket {
+            self.settlements.confirmed(ticket);
+        }
+        XmppStats::add(&self.stats.confirmed, count);
+        trace!(count, "Stanzas confirmed by the server.");
         if self.overflow.active.swap(false, Ordering::Relaxed) {
             let refused = XmppStats::get(&self.stats.queue_overflow);
             info!(

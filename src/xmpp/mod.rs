@@ -40,11 +40,11 @@ mod stanza_reader;
 pub mod stats;
 mod wire_reader;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -186,6 +186,10 @@ pub struct Outgoing {
     /// Fired once a ping round trip proves the server read the stanza; dropped unfired when the
     /// link stops before that.
     pub confirmed: Option<oneshot::Sender<()>>,
+    /// Reported in [`Settlements`] once the server read the stanza or the link gave it up.
+    /// Tickets must grow with the order of [`XmppHandle::send`] calls (one sender uses them):
+    /// confirmations then come as "every ticket up to N".
+    pub ticket: Option<u64>,
 }
 
 impl Outgoing {
@@ -194,6 +198,7 @@ impl Outgoing {
         Self {
             stanza: stanza.into(),
             confirmed: None,
+            ticket: None,
         }
     }
 
@@ -204,9 +209,79 @@ impl Outgoing {
             Self {
                 stanza: stanza.into(),
                 confirmed: Some(tx),
+                ticket: None,
             },
             rx,
         )
+    }
+}
+
+/// What happened to ticketed stanzas ([`Outgoing::ticket`]) since the last report.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// Every ticket up to this one, not in `given_up`, was confirmed by the server.
+    pub confirmed_upto: Option<u64>,
+    /// Tickets of stanzas given up (written on too many connections that all ended before
+    /// confirming them). Settle these before applying `confirmed_upto`.
+    pub given_up: Vec<u64>,
+    /// The link stopped: tickets neither confirmed nor given up will never be.
+    pub stopped: bool,
+}
+
+impl Settlement {
+    fn is_empty(&self) -> bool {
+        self.confirmed_upto.is_none() && self.given_up.is_empty() && !self.stopped
+    }
+}
+
+/// The link's reports on ticketed stanzas, merged until the sender of the tickets takes them:
+/// one report per ping answer at most, however many stanzas it confirms (no channel or task
+/// per stanza). One consumer.
+#[derive(Debug, Default)]
+pub struct Settlements {
+    state: Mutex<Settlement>,
+    ready: Notify,
+}
+
+impl Settlements {
+    fn update(&self, f: impl FnOnce(&mut Settlement)) {
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
+        self.ready.notify_one();
+    }
+
+    /// Every ticket up to `upto` is confirmed.
+    pub(crate) fn confirmed(&self, upto: u64) {
+        self.update(|s| s.confirmed_upto = s.confirmed_upto.max(Some(upto)));
+    }
+
+    /// These tickets are given up.
+    pub(crate) fn given_up(&self, tickets: &[u64]) {
+        if !tickets.is_empty() {
+            self.update(|s| s.given_up.extend_from_slice(tickets));
+        }
+    }
+
+    /// The link stopped.
+    pub(crate) fn stopped(&self) {
+        self.update(|s| s.stopped = true);
+    }
+
+    /// Takes what was reported since the last call; waits while there is nothing.
+    /// Cancel-safe: a report is taken only by a call that returns it.
+    pub async fn next(&self) -> Settlement {
+        loop {
+            {
+                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if !state.is_empty() {
+                    let stopped = state.stopped;
+                    let report = std::mem::take(&mut *state);
+                    // Stopping is for good: every later call reports it again.
+                    state.stopped = stopped;
+                    return report;
+                }
+            }
+            self.ready.notified().await;
+        }
     }
 }
 
@@ -294,6 +369,8 @@ pub struct XmppHandle {
     token: Arc<str>,
     /// Pongs relayed from other instances, to the link's writer.
     relayed: mpsc::Sender<String>,
+    /// Reports on ticketed stanzas.
+    settlements: Arc<Settlements>,
 }
 
 impl XmppHandle {
@@ -394,6 +471,11 @@ impl XmppHandle {
             debug!("Relayed pong dropped: the link is not taking them.");
         }
     }
+
+    /// The link's reports on stanzas sent with a ticket ([`Outgoing::ticket`]).
+    pub fn settlements(&self) -> Arc<Settlements> {
+        self.settlements.clone()
+    }
 }
 
 /// Relayed pongs waiting for the link's writer (one ping is in flight at a time, so a few
@@ -423,6 +505,7 @@ pub fn spawn(
     let token = format!("{:08x}", rand::random::<u32>());
     let (relayed_tx, relayed_rx) = mpsc::channel(RELAYED_PONGS);
     let domain = Jid::new(&cfg.domain).map_or_else(|_| cfg.domain.clone(), |j| j.to_string());
+    let settlements = Arc::new(Settlements::default());
     let handle = XmppHandle {
         outbox: out_tx,
         slots: slots.clone(),
@@ -435,6 +518,7 @@ pub fn spawn(
         next_id: Arc::new(AtomicU64::new(1)),
         token: token.as_str().into(),
         relayed: relayed_tx,
+        settlements: settlements.clone(),
     };
     let worker = link::Worker {
         cfg,
@@ -447,6 +531,7 @@ pub fn spawn(
         overflow,
         ping_prefix: format!("{PING_ID_PREFIX}{token}-"),
         relayed: relayed_rx,
+        settlements,
     };
     tracker.spawn(worker.run());
     (handle, in_rx)
@@ -471,7 +556,48 @@ pub fn read_stream_as_link(content: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::XmppHandle;
+    use std::time::Duration;
+
+    use super::{Settlement, Settlements, XmppHandle};
+
+    #[tokio::test]
+    async fn settlement_reports_merge_until_taken() {
+        let s = Settlements::default();
+        s.confirmed(3);
+        s.given_up(&[1]);
+        s.confirmed(7);
+        s.confirmed(5);
+        s.given_up(&[]);
+        let expected = Settlement {
+            confirmed_upto: Some(7),
+            given_up: vec![1],
+            stopped: false,
+        };
+        assert_eq!(s.next().await, expected);
+        // Nothing new: waits.
+        let waited = tokio::time::timeout(Duration::from_millis(20), s.next()).await;
+        assert!(waited.is_err(), "an empty report must not be returned");
+        s.stopped();
+        let stopped = Settlement {
+            stopped: true,
+            ..Settlement::default()
+        };
+        assert_eq!(s.next().await, stopped);
+        assert_eq!(s.next().await, stopped, "stopping is reported for good");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_consumer_wakes_on_a_report() {
+        let s = std::sync::Arc::new(Settlements::default());
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { s.next().await }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        s.confirmed(2);
+        let report = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+        assert_eq!(report.unwrap().unwrap().confirmed_upto, Some(2));
+    }
 
     #[test]
     fn the_owner_of_a_ping_is_the_token_in_its_id() {

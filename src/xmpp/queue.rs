@@ -104,7 +104,7 @@ impl<T> OutQueue<T> {
     }
 
     /// Removes and returns every written item up to and including `seq`, in order.
-    pub(crate) fn confirm_upto(&mut self, seq: u64) -> Vec<T> {
+    pub(crate) fn confirm_upto(&mut self, seq: u64) -> impl Iterator<Item = T> + '_ {
         let n = self
             .entries
             .iter()
@@ -112,7 +112,7 @@ impl<T> OutQueue<T> {
             .take_while(|e| e.seq <= seq)
             .count();
         self.written -= n;
-        self.entries.drain(..n).map(|e| e.item).collect()
+        self.entries.drain(..n).map(|e| e.item)
     }
 
     /// Starts over on a new connection: written but unconfirmed items will be written again.
@@ -229,7 +229,7 @@ mod tests {
         assert_eq!(write_all(&mut q), [("a", false), ("b", false)]);
         let covers = q.last_written().unwrap();
         q.push("c");
-        assert_eq!(q.confirm_upto(covers), ["a", "b"]);
+        assert_eq!(q.confirm_upto(covers).collect::<Vec<_>>(), ["a", "b"]);
         assert!(!q.has_unconfirmed());
         assert!(q.has_unwritten());
         assert_eq!(write_all(&mut q), [("c", false)]);
@@ -242,7 +242,7 @@ mod tests {
         let a = q.push("a");
         q.push("b");
         q.write_next();
-        assert_eq!(q.confirm_upto(a + 10), ["a"]);
+        assert_eq!(q.confirm_upto(a + 10).collect::<Vec<_>>(), ["a"]);
         assert_eq!(q.len(), 1);
     }
 
@@ -272,6 +272,34 @@ mod tests {
         q.write_next();
         assert_eq!(q.rewind(), (1, vec!["poison"]));
         assert_eq!(write_all(&mut q), [("fine", true)]);
+    }
+
+    /// The bridge settles tickets as "everything up to N", given-up ones first: that holds
+    /// only if what is given up always comes before what is confirmed later, in queue order.
+    #[test]
+    fn given_up_items_are_the_oldest_and_later_ones_confirm_in_order() {
+        let mut q = OutQueue::default();
+        for item in ["a", "b", "c"] {
+            q.push(item);
+        }
+        // "a" and "b" are written on every connection; "c" joins on the last ones only.
+        for round in 1..MAX_WRITES {
+            q.write_next();
+            q.write_next();
+            if round >= 3 {
+                q.write_next();
+            }
+            assert!(q.rewind().1.is_empty());
+        }
+        q.push("d");
+        let written: Vec<_> = write_all(&mut q).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(written, ["a", "b", "c", "d"]);
+        let (resend, given_up) = q.rewind();
+        assert_eq!((resend, given_up), (2, vec!["a", "b"]));
+        write_all(&mut q);
+        let upto = q.last_written().unwrap();
+        assert_eq!(q.confirm_upto(upto).collect::<Vec<_>>(), ["c", "d"]);
+        assert_eq!(q.len(), 0);
     }
 
     #[test]
