@@ -33,12 +33,14 @@ mod fast_stanza;
 mod link;
 pub mod message_xml;
 mod queue;
+mod raw_xml;
 mod reader;
 mod service;
 mod splitter;
 mod stanza_reader;
 pub mod stats;
 mod wire_reader;
+mod writer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
