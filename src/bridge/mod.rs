@@ -24,6 +24,7 @@ pub mod mqtt_side;
 pub mod muc;
 pub mod presence;
 pub mod presence_store;
+mod pretranslated;
 mod receipt_flow;
 pub mod receipts;
 mod social;
@@ -58,7 +59,7 @@ use self::translate::{Carried, FromXmpp, InboundChat, NotCarried, mqtt_to_xmpp, 
 use crate::broker::Delivery;
 use crate::broker::codec::reason;
 use crate::broker::codec::{Properties, Property, Publish, QoS};
-use crate::broker::guard::{PublishGuard, Refused};
+use crate::broker::guard::{GuardNote, PublishGuard, Refused};
 use crate::broker::session_events::SessionEvent;
 use crate::broker::tracking::Tracked;
 use crate::mapping::MappingTable;
@@ -128,7 +129,12 @@ impl MappingGuard {
 }
 
 impl PublishGuard for MappingGuard {
-    fn check(&self, topic: &str, payload: &[u8], user: Option<&str>) -> Result<(), Refused> {
+    fn check(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        user: Option<&str>,
+    ) -> Result<Option<GuardNote>, Refused> {
         if self.error_topic.capture(topic).is_some() {
             return Err(Refused {
                 reason: reason::NOT_AUTHORIZED,
@@ -142,7 +148,9 @@ impl PublishGuard for MappingGuard {
             });
         }
         match mqtt_to_xmpp(&self.table, topic, payload, user) {
-            Ok(_) | Err(NotCarried::Mapping(Refusal::NoRule)) => Ok(()),
+            // Handed to the bridge with the delivery, so it is not translated again there.
+            Ok(out) => Ok(Some(pretranslated::carry(&self.table, out))),
+            Err(NotCarried::Mapping(Refusal::NoRule)) => Ok(None),
             Err(e) => {
                 let reason = match &e {
                     NotCarried::Mapping(
@@ -510,7 +518,11 @@ impl Bridge {
         let Some(delivery) = self.on_status(delivery).await? else {
             return Ok(());
         };
-        let Delivery { publish, origin } = delivery;
+        let Delivery {
+            publish,
+            origin,
+            carried,
+        } = delivery;
         let user = origin.as_ref().and_then(|o| o.username.as_deref());
         let client_id = origin.as_ref().map(|o| o.client_id.to_string());
         let (qos, pkid, payload) = (publish.qos as u8, publish.pkid, publish.payload.clone());
@@ -522,7 +534,13 @@ impl Bridge {
             self.mqtt.ack(&publish).await?;
             return Ok(());
         }
-        match mqtt_to_xmpp(&self.table, &publish.topic, &publish.payload, user) {
+        // The broker's guard translated a client publish already (with the same table, topic,
+        // payload and publisher); only other copies are translated here.
+        let translated = match pretranslated::take(carried.as_ref(), &self.table) {
+            Some(out) => Ok(out),
+            None => mqtt_to_xmpp(&self.table, &publish.topic, &publish.payload, user),
+        };
+        match translated {
             Ok(mut out) => {
                 if !publish.properties.is_empty() {
                     translate::apply_user_properties(&mut out, &publish.properties);
