@@ -464,6 +464,13 @@ pub fn check_stanza_reader(bytes: &[u8]) {
     wire_reader::check_against_xml_stream(bytes);
 }
 
+/// For the fuzz target `payload_json` only: writes a chat message with these texts as the
+/// link does (its own bytes) and as rxml's encoder does; panics where they disagree.
+#[doc(hidden)]
+pub fn check_chat_writer(body: &str, subject: Option<&str>, thread: Option<&str>, id: &str) {
+    raw_xml::check_against_rxml(body, subject, thread, id);
+}
+
 /// For `benches/xmpp_stanza.rs` only: reads `content` (the stanzas of a component stream
 /// after its header) as the link does and returns how many stanzas it read.
 #[doc(hidden)]

@@ -283,6 +283,54 @@ impl Fallback {
 /// `</stream:stream>`.
 pub(crate) const STREAM_FOOTER: &[u8] = b"</stream:stream>";
 
+/// For the fuzz target `payload_json` (through `xmpp::check_chat_writer`): a chat message
+/// with these texts in every text field and attribute written by [`write_chat`] and by rxml's
+/// encoder; panics unless both give the same bytes or both refuse it, refusing exactly when
+/// [`ChatXml::check`] does, and unless the bytes parse back to the message's element.
+pub(crate) fn check_against_rxml(
+    body: &str,
+    subject: Option<&str>,
+    thread: Option<&str>,
+    id: &str,
+) {
+    let c = ChatXml {
+        from: "bob@mqtt.localhost".into(),
+        to: "alice@localhost".into(),
+        id: id.into(),
+        kind: xmpp_parsers::message::MessageType::Chat,
+        body: body.into(),
+        subject: subject.map(Into::into),
+        thread: thread.map(Into::into),
+        state: Some(State::Active),
+        request_receipt: true,
+        origin_id: Some(id.into()),
+        replaces: Some(body.into()),
+    };
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let a = write_chat(&mut ours, &c);
+    let b = Fallback::default().write(&mut theirs, &c);
+    assert_eq!(a.is_ok(), b.is_ok(), "{a:?} against {b:?}");
+    assert_eq!(a.is_ok(), c.check().is_ok(), "{a:?}");
+    assert_eq!(ours, theirs);
+    if a.is_err() {
+        assert!(ours.is_empty(), "nothing written for a refused message");
+        return;
+    }
+    let mut doc = format!(
+        "<stream:stream xmlns='{}' xmlns:stream='{}'>",
+        ns::COMPONENT,
+        ns::STREAM
+    )
+    .into_bytes();
+    doc.extend_from_slice(&ours);
+    doc.extend_from_slice(STREAM_FOOTER);
+    let parsed = std::str::from_utf8(&doc)
+        .ok()
+        .and_then(|doc| doc.parse::<Element>().ok())
+        .and_then(|root| root.children().next().cloned());
+    assert_eq!(parsed, Some(c.to_element()));
+}
+
 #[cfg(test)]
 #[path = "raw_xml_tests.rs"]
 pub(crate) mod tests;

@@ -235,6 +235,15 @@ fn every_character_as_rxml_writes_it() {
     }
 }
 
+/// The fuzz target's check, on the cases above and on refused text.
+#[test]
+fn the_fuzz_check_passes_on_known_cases() {
+    for text in [TRICKY, "", "plain", "\r\n", "a\u{1}b", "\u{FFFE}", "]]>"] {
+        check_against_rxml(text, Some(text), Some(text), "id");
+        check_against_rxml("body", None, None, text);
+    }
+}
+
 type Setter = fn(&mut ChatXml, String);
 
 #[test]
