@@ -10,6 +10,7 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::prosody::{Prosody, XmppClient};
@@ -371,7 +372,7 @@ async fn a_thousand_messages_in_order_both_ways() {
     let Chat {
         prosody: _prosody,
         _dir,
-        broker: _broker,
+        broker,
         mut alice,
         mut bob,
     } = Chat::start().await;
@@ -389,6 +390,9 @@ async fn a_thousand_messages_in_order_both_ways() {
     for (i, m) in got.iter().enumerate() {
         assert_eq!(m["body"], format!("m{i}"));
     }
+    // Each was translated once, by the broker's publish guard, and the bridge used that.
+    let stats = broker.app.bridge_stats.clone().unwrap();
+    assert_eq!(stats.pretranslated.load(Ordering::Relaxed), 1000);
     for i in 0..1000 {
         alice
             .send_chat("bob@mqtt.localhost", &format!("x{i}"), &format!("x{i}"))

@@ -80,6 +80,9 @@ pub struct BridgeStats {
     pub to_xmpp_confirmed: AtomicU64,
     /// MQTT publishes not carried (no rule, identity, payload).
     pub refused_from_mqtt: AtomicU64,
+    /// MQTT publishes whose translation came with the delivery from the broker's publish
+    /// guard (not translated a second time here).
+    pub pretranslated: AtomicU64,
     /// XMPP messages answered with an error (no rule covers the address).
     pub refused_from_xmpp: AtomicU64,
     /// XMPP messages with nothing to carry (no body, loops).
@@ -149,7 +152,7 @@ impl PublishGuard for MappingGuard {
         }
         match mqtt_to_xmpp(&self.table, topic, payload, user) {
             // Handed to the bridge with the delivery, so it is not translated again there.
-            Ok(out) => Ok(Some(pretranslated::carry(&self.table, out))),
+            Ok(out) => Ok(Some(pretranslated::carry(&self.table, topic, payload, out))),
             Err(NotCarried::Mapping(Refusal::NoRule)) => Ok(None),
             Err(e) => {
                 let reason = match &e {
@@ -536,10 +539,15 @@ impl Bridge {
         }
         // The broker's guard translated a client publish already (with the same table, topic,
         // payload and publisher); only other copies are translated here.
-        let translated = match pretranslated::take(carried.as_ref(), &self.table) {
-            Some(out) => Ok(out),
-            None => mqtt_to_xmpp(&self.table, &publish.topic, &publish.payload, user),
-        };
+        let note = carried.as_ref();
+        let translated =
+            match pretranslated::take(note, &self.table, &publish.topic, &publish.payload) {
+                Some(out) => {
+                    add(&self.stats.pretranslated);
+                    Ok(out)
+                }
+                None => mqtt_to_xmpp(&self.table, &publish.topic, &publish.payload, user),
+            };
         match translated {
             Ok(mut out) => {
                 if !publish.properties.is_empty() {
