@@ -390,13 +390,15 @@ async fn a_thousand_messages_in_order_both_ways() {
     for (i, m) in got.iter().enumerate() {
         assert_eq!(m["body"], format!("m{i}"));
     }
+    // Each was translated once, by the broker's publish guard, and the bridge used that.
+    let stats = broker.app.bridge_stats.clone().unwrap();
+    assert_eq!(stats.pretranslated.load(Ordering::Relaxed), 1000);
     // Confirmed by the server, and every acknowledgement (handed over in batches) reached the
     // broker: nothing stays in flight or queued in the bridge's session.
-    let bridge = broker.app.bridge_stats.clone().unwrap();
     let gauges = &broker.app.broker_stats.gauges;
     let deadline = std::time::Instant::now() + common::WAIT;
     loop {
-        let confirmed = bridge.to_xmpp_confirmed.load(Ordering::Relaxed);
+        let confirmed = stats.to_xmpp_confirmed.load(Ordering::Relaxed);
         let inflight = gauges.inflight.load(Ordering::Relaxed);
         let queued = gauges.queued.load(Ordering::Relaxed);
         if confirmed == 1000 && inflight == 0 && queued == 0 {

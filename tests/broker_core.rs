@@ -7,12 +7,14 @@
 
 use crate::common;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::raw::{self, Raw};
 use common::{connect, connect_with, options, start_broker};
 use rumqttc::{Event, LastWill, Packet, QoS};
+use xmpp_mqtt_bridge::broker::guard::{GuardNote, PublishGuard, Refused};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_subscribe_at_every_qos_with_downgrade() {
@@ -536,6 +538,120 @@ async fn in_process_client_sees_publisher_identity_and_no_local() {
             .await
             .is_err()
     );
+}
+
+/// A publish guard for the test: refuses `out/refuse`, notes the payload of `out/note/...`.
+struct NotingGuard;
+
+impl PublishGuard for NotingGuard {
+    fn check(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        _user: Option<&str>,
+    ) -> Result<Option<GuardNote>, Refused> {
+        if topic == "out/refuse" {
+            return Err(Refused {
+                reason: 0x87,
+                why: "test".into(),
+            });
+        }
+        let note = String::from_utf8_lossy(payload).into_owned();
+        Ok(topic
+            .starts_with("out/note/")
+            .then(|| Arc::new(note) as GuardNote))
+    }
+}
+
+fn note(d: &xmpp_mqtt_bridge::broker::Delivery) -> Option<String> {
+    d.carried
+        .as_ref()
+        .map(|c| c.downcast_ref::<String>().unwrap().clone())
+}
+
+/// What the publish guard worked out reaches the in-process client with the client publish's
+/// copy only: not a publish the guard had nothing to say about, not a publish of another
+/// in-process client; network subscribers get the same bytes as without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_note_reaches_only_the_in_process_copy_of_that_publish() {
+    let broker = start_broker(|_| {}).await;
+    let handle = broker.app.broker.as_ref().unwrap();
+    handle
+        .set_publish_guard(Arc::new(NotingGuard))
+        .await
+        .unwrap();
+    let mut bridge = handle.internal_client("bridge").await.unwrap();
+    let qos1 = xmpp_mqtt_bridge::broker::codec::QoS::AtLeastOnce;
+    bridge
+        .subscribe(&["out/#".to_string()], qos1)
+        .await
+        .unwrap();
+    let mut watcher = Raw::mqtt(broker.addr, "watcher").await;
+    watcher.send(&raw::subscribe_packet(1, "out/#", 1)).await;
+    assert_eq!(
+        watcher.read_exact(5).await,
+        vec![0x90, 0x03, 0x00, 0x01, 0x01]
+    );
+    let mut publisher = Raw::mqtt(broker.addr, "publisher").await;
+    publisher
+        .send(&raw::publish_packet(b"out/note/1", 1, 7, b"a"))
+        .await;
+    assert_eq!(publisher.read_exact(4).await, vec![0x40, 0x02, 0x00, 0x07]);
+    publisher
+        .send(&raw::publish_packet(b"out/plain", 0, 0, b"b"))
+        .await;
+    publisher
+        .send(&raw::publish_packet(b"out/refuse", 0, 0, b"c"))
+        .await;
+    let mut retained = raw::publish_packet(b"out/note/r", 0, 0, b"d");
+    retained[0] |= 0x01;
+    publisher.send(&retained).await;
+
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let d = tokio::time::timeout(common::WAIT, bridge.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        bridge.ack(&d.publish).await.unwrap();
+        got.push((d.publish.topic.to_string(), note(&d)));
+    }
+    let want = [
+        ("out/note/1", Some("a")),
+        ("out/plain", None),
+        ("out/note/r", Some("d")),
+    ];
+    let want: Vec<_> = want
+        .iter()
+        .map(|(t, n)| (t.to_string(), n.map(String::from)))
+        .collect();
+    assert_eq!(got, want);
+    // The network subscriber: the same packets as ever, and not the refused one.
+    for expected in [
+        raw::publish_packet(b"out/note/1", 1, 1, b"a"),
+        raw::publish_packet(b"out/plain", 0, 0, b"b"),
+        raw::publish_packet(b"out/note/r", 0, 0, b"d"),
+    ] {
+        assert_eq!(watcher.read_exact(expected.len()).await, expected);
+    }
+    // A publish of an in-process client does not pass the guard: its copies carry nothing.
+    let mut other = handle.internal_client("other").await.unwrap();
+    other.subscribe(&["out/#".to_string()], qos1).await.unwrap();
+    let publish = xmpp_mqtt_bridge::broker::codec::Publish {
+        dup: false,
+        qos: xmpp_mqtt_bridge::broker::codec::QoS::AtMostOnce,
+        retain: false,
+        topic: "out/note/internal".into(),
+        pkid: 0,
+        payload: bytes::Bytes::from_static(b"e"),
+        properties: Default::default(),
+    };
+    bridge.publish(publish).await.unwrap();
+    let d = tokio::time::timeout(common::WAIT, other.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((&*d.publish.topic, note(&d)), ("out/note/internal", None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

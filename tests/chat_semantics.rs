@@ -657,6 +657,44 @@ async fn thread_subject_and_delay_both_ways() {
             .starts_with("2026-01-02T05:00:00"),
         "{m}"
     );
+
+    // Without a delay the message is written as bytes of the link's own (not through an XML
+    // encoder): every character XML escapes, line feed, tab, and unicode in several planes
+    // arrive intact in body, thread and subject. (Not a carriage return: the bridge writes
+    // it as `&#xd;`, byte for byte as before, but Prosody 0.12 passes it on to the client
+    // unescaped (its `util/stanza.lua` escapes only `' " < > &`) and the client's parser
+    // reads it as a line feed; the unit tests of `xmpp::raw_xml` check its round trip.)
+    let tricky = "a&b<c>d\"e'f\tg\nh\ni]]>k &amp; &#39; 😀 ünï 中文 \u{7f}\u{2028}\u{10FFFD}";
+    for (body, thread, subject) in [
+        (
+            tricky.to_string(),
+            format!("th {tricky}"),
+            format!("re: {tricky}"),
+        ),
+        ("<&>\"'".to_string(), "<".to_string(), "&".to_string()),
+    ] {
+        let payload = json!({"body": body, "thread": thread, "subject": subject}).to_string();
+        Paho::start(s.broker.port(), "bob", &["--pub", out, &payload])
+            .await
+            .finish()
+            .await;
+        let m = alice
+            .wait_for(|e| e["event"] == "message" && e["body"] != "written offline")
+            .await;
+        assert_eq!(
+            (
+                m["body"].as_str(),
+                m["thread"].as_str(),
+                m["subject"].as_str()
+            ),
+            (
+                Some(body.as_str()),
+                Some(thread.as_str()),
+                Some(subject.as_str())
+            ),
+            "{m}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,15 +3,22 @@
 //! Arbitrary bytes go through `parse_json` and `parse_text`. Neither may panic; an accepted JSON
 //! envelope has a non-empty body, and writing what was parsed back as JSON parses to the same
 //! value (nothing is lost or invented).
+//!
+//! What was parsed is also written as the XMPP link writes an MQTT → XMPP chat message
+//! (`xmpp::check_chat_writer`): the link's own bytes must be rxml's bytes for the same message
+//! (or both refuse it, exactly when it has a character XML cannot carry), and parse back to
+//! the same element.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use xmpp_mqtt_bridge::bridge::envelope::{PayloadError, parse_json, parse_text};
+use xmpp_mqtt_bridge::xmpp::check_chat_writer;
 
 fuzz_target!(|data: &[u8]| {
     match parse_text(data) {
         Ok(p) => {
+            check_chat_writer(&p.body, None, None, "id");
             assert_eq!(p.body.as_bytes(), data);
             assert!(p.kind.is_none() && p.subject.is_none() && p.id.is_none());
         }
@@ -20,6 +27,8 @@ fuzz_target!(|data: &[u8]| {
     match parse_json(data) {
         Ok(p) => {
             assert!(!p.body.is_empty());
+            let id = p.id.as_deref().unwrap_or("id");
+            check_chat_writer(&p.body, p.subject.as_deref(), p.thread.as_deref(), id);
             let mut again = serde_json::json!({ "v": 1, "body": p.body });
             if let Some(kind) = p.kind {
                 again["type"] = kind.as_str().into();

@@ -24,6 +24,7 @@ pub mod mqtt_side;
 pub mod muc;
 pub mod presence;
 pub mod presence_store;
+mod pretranslated;
 mod receipt_flow;
 pub mod receipts;
 mod settle;
@@ -57,7 +58,7 @@ use self::translate::{Carried, FromXmpp, InboundChat, NotCarried, mqtt_to_xmpp, 
 use crate::broker::Delivery;
 use crate::broker::codec::reason;
 use crate::broker::codec::{Properties, Property, Publish, QoS};
-use crate::broker::guard::{PublishGuard, Refused};
+use crate::broker::guard::{GuardNote, PublishGuard, Refused};
 use crate::broker::session_events::SessionEvent;
 use crate::broker::tracking::Tracked;
 use crate::mapping::MappingTable;
@@ -81,6 +82,9 @@ pub struct BridgeStats {
     pub to_xmpp_confirmed: AtomicU64,
     /// MQTT publishes not carried (no rule, identity, payload).
     pub refused_from_mqtt: AtomicU64,
+    /// MQTT publishes whose translation came with the delivery from the broker's publish
+    /// guard (not translated a second time here).
+    pub pretranslated: AtomicU64,
     /// XMPP messages answered with an error (no rule covers the address).
     pub refused_from_xmpp: AtomicU64,
     /// XMPP messages with nothing to carry (no body, loops).
@@ -130,7 +134,12 @@ impl MappingGuard {
 }
 
 impl PublishGuard for MappingGuard {
-    fn check(&self, topic: &str, payload: &[u8], user: Option<&str>) -> Result<(), Refused> {
+    fn check(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        user: Option<&str>,
+    ) -> Result<Option<GuardNote>, Refused> {
         if self.error_topic.capture(topic).is_some() {
             return Err(Refused {
                 reason: reason::NOT_AUTHORIZED,
@@ -144,7 +153,9 @@ impl PublishGuard for MappingGuard {
             });
         }
         match mqtt_to_xmpp(&self.table, topic, payload, user) {
-            Ok(_) | Err(NotCarried::Mapping(Refusal::NoRule)) => Ok(()),
+            // Handed to the bridge with the delivery, so it is not translated again there.
+            Ok(out) => Ok(Some(pretranslated::carry(&self.table, topic, payload, out))),
+            Err(NotCarried::Mapping(Refusal::NoRule)) => Ok(None),
             Err(e) => {
                 let reason = match &e {
                     NotCarried::Mapping(
@@ -535,7 +546,11 @@ impl Bridge {
         let Some(delivery) = self.on_status(delivery).await? else {
             return Ok(());
         };
-        let Delivery { publish, origin } = delivery;
+        let Delivery {
+            publish,
+            origin,
+            carried,
+        } = delivery;
         let user = origin.as_ref().and_then(|o| o.username.as_deref());
         let client_id = origin.as_ref().map(|o| o.client_id.to_string());
         let (qos, pkid, payload) = (publish.qos as u8, publish.pkid, publish.payload.clone());
@@ -547,7 +562,18 @@ impl Bridge {
             self.mqtt.ack(&publish).await?;
             return Ok(());
         }
-        match mqtt_to_xmpp(&self.table, &publish.topic, &publish.payload, user) {
+        // The broker's guard translated a client publish already (with the same table, topic,
+        // payload and publisher); only other copies are translated here.
+        let note = carried.as_ref();
+        let translated =
+            match pretranslated::take(note, &self.table, &publish.topic, &publish.payload) {
+                Some(out) => {
+                    add(&self.stats.pretranslated);
+                    Ok(out)
+                }
+                None => mqtt_to_xmpp(&self.table, &publish.topic, &publish.payload, user),
+            };
+        match translated {
             Ok(mut out) => {
                 if !publish.properties.is_empty() {
                     translate::apply_user_properties(&mut out, &publish.properties);

@@ -18,6 +18,7 @@ use super::codec::{
     Connect, Packet, Properties, Property, ProtocolVersion, PubResponse, Publish, QoS, Subscribe,
     SubscriptionOptions,
 };
+use super::guard::GuardNote;
 use super::link::{
     ClientLink, ConnId, ConnectOutcome, ConnectRequest, LinkReceiver, Origin, RouterMsg, ToClient,
 };
@@ -42,6 +43,10 @@ pub struct Delivery {
     pub publish: Publish,
     /// Who published it; `None` for broker-made messages ($SYS, retained on subscribe).
     pub origin: Option<Arc<Origin>>,
+    /// What the publish guard worked out about it (the bridge's translation, see
+    /// [`GuardNote`]); `None` when the guard had nothing to say or the copy came back from
+    /// the store.
+    pub carried: Option<GuardNote>,
 }
 
 /// What the first persistent in-process client takes over from the run before a restart (with
@@ -330,13 +335,22 @@ impl InternalClient {
     /// answers (PUBCOMP) in `outbox`.
     fn handle(&mut self, item: ToClient) -> Result<(), BrokerGone> {
         match item {
-            ToClient::Deliver { publish, origin } => {
-                self.pending.push_back(Delivery { publish, origin });
+            ToClient::Deliver {
+                publish,
+                origin,
+                carried,
+            } => {
+                self.pending.push_back(Delivery {
+                    publish,
+                    origin,
+                    carried,
+                });
             }
             ToClient::Packet(Packet::Publish(publish)) => {
                 self.pending.push_back(Delivery {
                     publish,
                     origin: None,
+                    carried: None,
                 });
             }
             ToClient::Packet(Packet::PubRel(rel)) => {

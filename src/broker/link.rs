@@ -18,6 +18,7 @@ use bytestring::ByteString;
 use tokio::sync::oneshot;
 
 use super::codec::{Connect, Packet, ProtocolVersion, Publish};
+use super::guard::GuardNote;
 
 /// Identifies one network connection for its whole life (never reused).
 pub type ConnId = u64;
@@ -33,6 +34,8 @@ pub enum ToClient {
         publish: Publish,
         /// The publisher.
         origin: Option<Arc<Origin>>,
+        /// What the publish guard worked out about it (see [`GuardNote`]).
+        carried: Option<GuardNote>,
     },
     /// Send DISCONNECT with this reason (MQTT 5 only; 3.1.1 has no server DISCONNECT), flush,
     /// and close the connection.
@@ -142,9 +145,18 @@ impl ClientLink {
     }
 
     /// Hands a PUBLISH with its publisher's identity to an in-process client.
-    pub fn deliver(&self, publish: Publish, origin: Option<Arc<Origin>>) -> bool {
+    pub fn deliver(
+        &self,
+        publish: Publish,
+        origin: Option<Arc<Origin>>,
+        carried: Option<GuardNote>,
+    ) -> bool {
         self.shared.backlog.fetch_add(1, Ordering::Relaxed);
-        self.push(ToClient::Deliver { publish, origin })
+        self.push(ToClient::Deliver {
+            publish,
+            origin,
+            carried,
+        })
     }
 
     /// Asks the writer to close (with a DISCONNECT for MQTT 5 clients).

@@ -11,6 +11,7 @@ use bytestring::ByteString;
 
 use super::codec::{LastWill, Packet, ProtocolVersion, PubResponse, Publish, QoS};
 use super::codec::{Properties, Property, SubscriptionOptions};
+use super::guard::GuardNote;
 use super::link::{ClientLink, ConnId, Origin};
 use super::tracking::{Settlement, Tracker};
 use crate::store::Journal;
@@ -60,7 +61,8 @@ impl Attached {
     /// Hands a message to the client.
     pub fn send_message(&self, message: Outgoing) {
         if self.internal {
-            self.link.deliver(message.publish, message.origin);
+            self.link
+                .deliver(message.publish, message.origin, message.carried);
         } else {
             self.link.send(Packet::Publish(message.publish));
         }
@@ -94,6 +96,9 @@ pub struct Outgoing {
     pub track: Option<Arc<Tracker>>,
     /// Its key in the store's messages table; 0 when not stored.
     pub stored: u64,
+    /// What the publish guard worked out about it (see [`GuardNote`]), for in-process clients
+    /// only; `None` for everything else, and for copies read back from the store.
+    pub carried: Option<GuardNote>,
 }
 
 impl Outgoing {
@@ -106,6 +111,7 @@ impl Outgoing {
             shared: None,
             track: None,
             stored: 0,
+            carried: None,
         }
     }
 

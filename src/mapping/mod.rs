@@ -126,6 +126,7 @@ mod tests;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use error::{MappingError, ParseValueError};
 pub use rule::Rule;
@@ -338,6 +339,8 @@ pub struct MappingTable {
     from_xmpp: Vec<usize>,
     /// Indices of mqtt-to-xmpp/both rules, most specific first.
     from_mqtt: Vec<usize>,
+    /// Different for every table built in this process (see [`MappingTable::generation`]).
+    generation: u64,
 }
 
 impl MappingTable {
@@ -363,12 +366,20 @@ impl MappingTable {
         };
         let from_xmpp = order(Direction::xmpp_to_mqtt, Rule::xmpp_score);
         let from_mqtt = order(Direction::mqtt_to_xmpp, Rule::mqtt_score);
+        static GENERATIONS: AtomicU64 = AtomicU64::new(1);
         MappingTable {
             rules,
             domain,
             from_xmpp,
             from_mqtt,
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// A number no other table built in this process has: what was worked out with one
+    /// table (the publish guard's translation, handed to the bridge) is used only with it.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// All rules, in file order.

@@ -283,6 +283,7 @@ impl Worker {
                 client_id: ByteString::from_static("(upstream)"),
                 username,
             })),
+            carried: None,
         };
         let epoch = self.shared.epoch.load(Ordering::Acquire);
         // QoS 0 has no flow control: beyond the window it is dropped and counted.

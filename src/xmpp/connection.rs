@@ -11,9 +11,10 @@
 //!
 //! All four steps together are bounded by `connect_timeout`.
 //!
-//! tokio-xmpp's `XmlStream` writes (the stream header, the handshake and every stanza after
-//! it) but reads nothing from the socket: the TCP stream is split, and [`LinkReader`] reads
-//! the server's bytes itself (`splitter` finds each stanza, `wire_reader` parses it, a chat
+//! tokio-xmpp's `XmlStream` writes the stream header and the handshake, then hands the
+//! socket's writing half to [`LinkWriter`] (`writer.rs`), which writes every stanza after it
+//! (the common ones as bytes of its own). `XmlStream` reads nothing from the socket: the TCP
+//! stream is split, and [`LinkReader`] reads the server's bytes itself (`splitter` finds each stanza, `wire_reader` parses it, a chat
 //! message without rxml). The server's stream header, once [`LinkReader`] has found it, is
 //! handed to the `XmlStream` through an in-memory pipe, so that it reads the same header as
 //! before (stream id, namespaces) and its writer is set up as before.
@@ -24,11 +25,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use tokio::io::{AsyncRead, AsyncWriteExt, BufReader, BufWriter, DuplexStream, Join, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt, BufReader, BufWriter, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, Sleep};
-use tokio_xmpp::xmlstream::{self, ReadError, StreamHeader, Timeouts, XmlStream};
+use tokio_xmpp::xmlstream::{self, ReadError, StreamHeader, Timeouts};
 use xmpp_parsers::component::Handshake;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::ns;
@@ -37,19 +38,15 @@ use xmpp_parsers::stream_error::{DefinedCondition, StreamError};
 use super::Stanza;
 use super::config::XmppConfig;
 use super::error::LinkError;
-use super::message_xml::MessageXml;
 use super::splitter::{self, Splitter};
 use super::stanza_reader::Incoming;
 use super::wire_reader::{self, Read, ReadFail, StreamContext};
-
-/// What the `XmlStream` writes to: the socket's sending half (buffered, as before), and as
-/// its receiving half the pipe that carried the server's stream header.
-type WriteIo = Join<BufReader<DuplexStream>, BufWriter<OwnedWriteHalf>>;
+use super::writer::LinkWriter;
 
 /// An established component stream, read as [`Incoming`] values. It is a `Sink` of [`Wire`]
 /// items so it can be split into a reader and a writer half.
 pub(crate) struct Link {
-    writer: XmlStream<WriteIo, Incoming>,
+    writer: LinkWriter<OwnedWriteHalf>,
     reader: LinkReader<OwnedReadHalf>,
 }
 
@@ -126,6 +123,9 @@ async fn connect_inner(cfg: &XmppConfig) -> Result<Link, LinkError> {
     loop {
         match reader.next().await {
             Some(Ok(Incoming::Other(el))) if el.is("handshake", ns::COMPONENT) => {
+                // `send` flushed the handshake: nothing of the `XmlStream` is left to write.
+                let (_, wr) = writer.into_inner().into_inner();
+                let writer = LinkWriter::new(wr.into_inner());
                 return Ok(Link { writer, reader });
             }
             Some(Ok(Incoming::Other(el))) => return Err(unexpected(el, &cfg.domain)),
@@ -194,12 +194,6 @@ pub(crate) fn read_error(e: io::Error) -> LinkError {
         | io::ErrorKind::BrokenPipe => LinkError::Closed,
         _ if eof_in_xml => LinkError::Closed,
         _ => LinkError::Io(e),
-    }
-}
-
-impl Link {
-    fn inner(self: Pin<&mut Self>) -> Pin<&mut XmlStream<WriteIo, Incoming>> {
-        Pin::new(&mut self.get_mut().writer)
     }
 }
 
@@ -393,29 +387,21 @@ impl Sink<Wire> for Link {
     type Error = io::Error;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<&Element>::poll_ready(self.inner(), cx)
+        Pin::new(&mut self.get_mut().writer).poll_ready(cx)
     }
 
     fn start_send(self: Pin<&mut Self>, item: Wire) -> io::Result<()> {
-        // Serialises into the stream's buffer right away; `item` is not kept.
-        match &item {
-            Wire::Element(el) => self.inner().start_send(&**el),
-            Wire::Stanza(s) => match &**s {
-                Stanza::Message(m) => self.inner().start_send(&MessageXml(m)),
-                Stanza::Chat(c) => self.inner().start_send(c),
-                Stanza::Presence(p) => self.inner().start_send(p),
-                Stanza::Iq(iq) => self.inner().start_send(iq),
-            },
-        }
+        // Serialises into the writer's buffer right away; `item` is not kept.
+        Pin::new(&mut self.get_mut().writer).start_send(item)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<&Element>::poll_flush(self.inner(), cx)
+        Pin::new(&mut self.get_mut().writer).poll_flush(cx)
     }
 
     /// Sends `</stream:stream>` and shuts down the sending side.
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Sink::<&Element>::poll_close(self.inner(), cx)
+        Pin::new(&mut self.get_mut().writer).poll_close(cx)
     }
 }
 
@@ -425,7 +411,7 @@ mod tests {
 
     use std::time::Duration;
 
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncWriteExt, DuplexStream};
 
     use super::super::Inbound;
     use super::super::stanza_reader::tests::{C, bad, good, via_element};

@@ -323,7 +323,7 @@ fn borrowed(name: &NcName) -> Cow<'_, NcNameStr> {
 }
 
 /// The `type` attribute; absent for `normal`, its default.
-fn type_text(kind: &MessageType) -> Option<&'static str> {
+pub(crate) fn type_text(kind: &MessageType) -> Option<&'static str> {
     match kind {
         MessageType::Chat => Some("chat"),
         MessageType::Error => Some("error"),

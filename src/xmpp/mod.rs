@@ -33,12 +33,14 @@ mod fast_stanza;
 mod link;
 pub mod message_xml;
 mod queue;
+mod raw_xml;
 mod reader;
 mod service;
 mod splitter;
 mod stanza_reader;
 pub mod stats;
 mod wire_reader;
+mod writer;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -545,6 +547,13 @@ pub fn spawn(
 pub fn check_stanza_reader(bytes: &[u8]) {
     stanza_reader::check_against_try_from(bytes);
     wire_reader::check_against_xml_stream(bytes);
+}
+
+/// For the fuzz target `payload_json` only: writes a chat message with these texts as the
+/// link does (its own bytes) and as rxml's encoder does; panics where they disagree.
+#[doc(hidden)]
+pub fn check_chat_writer(body: &str, subject: Option<&str>, thread: Option<&str>, id: &str) {
+    raw_xml::check_against_rxml(body, subject, thread, id);
 }
 
 /// For `benches/xmpp_stanza.rs` only: reads `content` (the stanzas of a component stream

@@ -21,7 +21,7 @@ use crate::broker::codec::{
 };
 use crate::broker::config::BrokerConfig;
 use crate::broker::connack::connack_properties;
-use crate::broker::guard::{PublishGuard, Refused};
+use crate::broker::guard::{GuardNote, PublishGuard, Refused};
 use crate::broker::internal::BrokerGone;
 use crate::broker::link::{ConnId, ConnectOutcome, ConnectRequest, Origin, RouterMsg};
 use crate::broker::session::{
@@ -80,6 +80,9 @@ pub struct Router {
     taken_over: HashMap<ConnId, (SessionId, LastWill)>,
     /// Checks client publishes before routing (installed by the bridge).
     guard: Option<Arc<dyn PublishGuard>>,
+    /// What the guard worked out about the client publish being routed right now: set by
+    /// `inbound_publish` around its fan-out only, given to in-process subscribers' copies.
+    carried: Option<GuardNote>,
     /// Who hears of sessions connecting, leaving, subscribing (installed by the bridge).
     session_events: Option<crate::broker::session_events::SessionEventSender>,
     /// `[broker] acl_file`: what network clients may publish and subscribe to.
@@ -107,6 +110,7 @@ impl Router {
             next_session: 1,
             taken_over: HashMap::new(),
             guard: None,
+            carried: None,
             session_events: None,
             acl: None,
             targets: Vec::new(),
@@ -386,17 +390,28 @@ impl Router {
         }
     }
 
-    fn inbound_publish(&mut self, sid: SessionId, mut publish: Publish) {
+    fn inbound_publish(&mut self, sid: SessionId, publish: Publish) {
         BrokerStats::add(&self.stats.messages_received, 1);
-        let pkid = publish.pkid;
         if let Err(refused) = self.acl_publish(sid, &publish.topic) {
             self.refuse_publish(sid, &publish, refused);
             return;
         }
-        if let Err(refused) = self.guard_check(sid, &publish) {
-            self.refuse_publish(sid, &publish, refused);
-            return;
-        }
+        let carried = match self.guard_check(sid, &publish) {
+            Ok(carried) => carried,
+            Err(refused) => {
+                self.refuse_publish(sid, &publish, refused);
+                return;
+            }
+        };
+        // Only this publish's copies may carry it: set for its fan-out, cleared right after.
+        self.carried = carried;
+        self.accept_publish(sid, publish);
+        self.carried = None;
+    }
+
+    /// Acknowledges and routes a client publish that passed the checks.
+    fn accept_publish(&mut self, sid: SessionId, mut publish: Publish) {
+        let pkid = publish.pkid;
         if !self.cfg.retain_available {
             // 3.1.1 clients cannot be told; their retain flag is ignored.
             publish.retain = false;
@@ -468,9 +483,9 @@ impl Router {
         (!internal).then_some((acl, s))
     }
 
-    fn guard_check(&self, sid: SessionId, publish: &Publish) -> Result<(), Refused> {
+    fn guard_check(&self, sid: SessionId, publish: &Publish) -> Result<Option<GuardNote>, Refused> {
         let Some(guard) = &self.guard else {
-            return Ok(());
+            return Ok(None);
         };
         let user = self
             .sessions
@@ -596,6 +611,7 @@ impl Router {
                 shared: target.shared,
                 track,
                 stored: 0,
+                carried: None,
             };
             self.deliver(target.session, message, identity.as_ref());
         }
@@ -620,6 +636,7 @@ impl Router {
         let internal = s.attached.as_ref().is_some_and(|a| a.internal);
         if internal {
             message.origin = identity.cloned();
+            message.carried.clone_from(&self.carried);
         }
         match s.offer(message, self.cfg.max_queued) {
             Offer::Send(message) => {
