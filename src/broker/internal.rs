@@ -22,7 +22,6 @@ use super::guard::GuardNote;
 use super::link::{
     ClientLink, ConnId, ConnectOutcome, ConnectRequest, LinkReceiver, Origin, RouterMsg, ToClient,
 };
-use super::router::SharedRouter;
 use super::tracking::{self, Tracked, Tracker};
 use crate::store::Journal;
 use crate::store::record::ReplyRecord;
@@ -76,7 +75,7 @@ pub struct Resumed {
 #[derive(Debug)]
 pub struct InternalClient {
     conn: ConnId,
-    router: Arc<SharedRouter>,
+    router: mpsc::Sender<RouterMsg>,
     /// Kept so the link stays open while the client lives.
     _link: ClientLink,
     rx: LinkReceiver,
@@ -99,7 +98,7 @@ pub struct InternalClient {
 
 impl InternalClient {
     pub(super) async fn connect(
-        router: Arc<SharedRouter>,
+        router: mpsc::Sender<RouterMsg>,
         conn: ConnId,
         client_id: &str,
         persistent: bool,
@@ -142,7 +141,10 @@ impl InternalClient {
             accepted,
             internal: true,
         };
-        router.send(RouterMsg::Connect(request))?;
+        router
+            .send(RouterMsg::Connect(request))
+            .await
+            .map_err(|_| BrokerGone)?;
         match outcome.await {
             Ok(ConnectOutcome::Accepted) => {}
             _ => return Err(BrokerGone),
@@ -225,7 +227,7 @@ impl InternalClient {
             publish,
             track: None,
         };
-        self.router.send(msg)
+        self.router.send(msg).await.map_err(|_| BrokerGone)
     }
 
     /// Publishes a message whose delivery is reported, under `token`, on the receiver that
@@ -254,7 +256,7 @@ impl InternalClient {
             publish,
             track: Some(track),
         };
-        self.router.send(msg)
+        self.router.send(msg).await.map_err(|_| BrokerGone)
     }
 
     /// What the store kept for this client across a restart; `None` without persistence, for
@@ -273,13 +275,12 @@ impl InternalClient {
     pub async fn recv(&mut self) -> Option<Delivery> {
         loop {
             if !self.outbox.is_empty() {
+                let permit = self.router.reserve().await.ok()?;
                 let packets = std::mem::take(&mut self.outbox);
-                self.router
-                    .send(RouterMsg::Packets {
-                        conn: self.conn,
-                        packets,
-                    })
-                    .ok()?;
+                permit.send(RouterMsg::Packets {
+                    conn: self.conn,
+                    packets,
+                });
             }
             if let Some(delivery) = self.pending.pop_front() {
                 return Some(delivery);
@@ -368,6 +369,6 @@ impl InternalClient {
             conn: self.conn,
             packets,
         };
-        self.router.send(msg)
+        self.router.send(msg).await.map_err(|_| BrokerGone)
     }
 }

@@ -4,8 +4,8 @@
 //!  TCP listeners ──accept──▶ connection task (reader) ──RouterMsg──▶ router (behind a lock,
 //!                             │ writer task ◀──ClientLink (packets)──┘  run in the reader's
 //!                                                                       task): sessions, trie,
-//!  in-process client (bridge) ──RouterMsg──▶ same router               retained, $SYS
-//!  router task: timers only (expiry, gauges, $SYS), shutdown
+//!  in-process client (bridge) ──RouterMsg, inbox──▶ router task ──▶ same router; retained,
+//!                                                   (and timers, $SYS, shutdown)    $SYS
 //! ```
 //! - `codec`: bytes ↔ packets, no I/O.
 //! - `connection`: handshake, keep-alive, reading and writing one client.
@@ -43,6 +43,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
+
+use self::link::RouterMsg;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -55,6 +57,9 @@ pub use self::internal::{BrokerGone, Delivery, InternalClient, Resumed};
 use self::listener::Transport;
 use self::router::{Router, SharedRouter};
 pub use self::stats::BrokerStats;
+
+/// Depth of the router task's inbox, for in-process clients (each entry may carry a batch).
+const ROUTER_INBOX: usize = 1024;
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +165,8 @@ pub struct Broker {
     /// `delete`, `iter`) are there for the rest of the application.
     pub store: Option<Arc<crate::store::Store>>,
     router: Arc<SharedRouter>,
+    /// The router task's inbox, for in-process clients (see [`Router::run`]).
+    inbox: mpsc::Sender<RouterMsg>,
     ids: Arc<AtomicU64>,
     /// For the first persistent in-process client (see [`internal::Carryover`]).
     carryover: std::sync::Mutex<Option<internal::Carryover>>,
@@ -247,7 +254,8 @@ impl Broker {
             });
         }
         let shared = SharedRouter::new(router);
-        runtime.spawn(Router::run(shared.clone(), shutdown.clone()));
+        let (router_tx, router_rx) = mpsc::channel(ROUTER_INBOX);
+        runtime.spawn(Router::run(shared.clone(), router_rx, shutdown.clone()));
         let ctx = Arc::new(ConnectionContext {
             cfg: cfg.clone(),
             stats: stats.clone(),
@@ -276,6 +284,7 @@ impl Broker {
             store,
             stats,
             router: shared,
+            inbox: router_tx,
             ids,
             carryover: std::sync::Mutex::new(carryover),
         })
@@ -315,7 +324,7 @@ impl Broker {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        InternalClient::connect(self.router.clone(), conn, client_id, persistent, carryover).await
+        InternalClient::connect(self.inbox.clone(), conn, client_id, persistent, carryover).await
     }
 }
 

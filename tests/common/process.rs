@@ -51,19 +51,34 @@ pub struct BridgeProcess {
 impl BridgeProcess {
     /// Writes `config` to `{dir}/{name}.toml` and starts the bridge on it.
     pub fn spawn(dir: &Path, name: &str, config: &str) -> BridgeProcess {
+        Self::spawn_with_env(dir, name, config, &[])
+    }
+
+    /// As [`BridgeProcess::spawn`], with extra environment variables.
+    pub fn spawn_with_env(
+        dir: &Path,
+        name: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> BridgeProcess {
         let path = dir.join(format!("{name}.toml"));
         std::fs::write(&path, config).unwrap();
-        Self::start(&path, name)
+        Self::start_with_env(&path, name, env)
     }
 
     /// Starts the bridge on an existing config file; the log is `{name}.log` beside it.
     pub fn start(config: &Path, name: &str) -> BridgeProcess {
+        Self::start_with_env(config, name, &[])
+    }
+
+    fn start_with_env(config: &Path, name: &str, env: &[(&str, &str)]) -> BridgeProcess {
         let log = config.with_file_name(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(super::bin())
             .arg("run")
             .arg("--config")
             .arg(config)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytestring::ByteString;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -40,6 +41,8 @@ mod sys;
 
 /// How often detached sessions are checked for expiry.
 const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+/// Inbox messages handled per wake-up.
+const BATCH: usize = 128;
 
 /// One subscriber of a message being routed, after merging overlapping subscriptions.
 #[derive(Debug)]
@@ -126,17 +129,42 @@ impl Router {
         self
     }
 
-    /// Runs the router's timers (session expiry, gauges, `$SYS`) until `shutdown` fires;
-    /// then publishes the wills of the connected clients and disconnects them. Everything
-    /// else reaches the router through [`SharedRouter::send`], in the sender's own task.
-    pub async fn run(shared: Arc<SharedRouter>, shutdown: CancellationToken) {
+    /// Runs until `shutdown` fires or every sender is gone: the in-process clients' inbox and
+    /// the timers (session expiry, gauges, `$SYS`); then publishes the wills of the connected
+    /// clients and disconnects them. Network connections call [`SharedRouter::send`] in
+    /// their own tasks instead.
+    ///
+    /// Why the in-process client (the bridge, on its own runtime) keeps an inbox: routing in
+    /// its task measured slower (XMPP → MQTT bridge CPU 7.9–8.4 against 8.6–9.0 µs per
+    /// message, lower rate): each publish then woke the subscriber's writer on the broker's
+    /// thread by itself, where this task routes a whole batch and the writers run after it.
+    pub async fn run(
+        shared: Arc<SharedRouter>,
+        mut rx: mpsc::Receiver<RouterMsg>,
+        shutdown: CancellationToken,
+    ) {
         let sys_interval = shared.with(|r| r.cfg.sys_interval).flatten();
         let mut expiry = tokio::time::interval(EXPIRY_CHECK);
         let mut sys = tokio::time::interval(sys_interval.unwrap_or(Duration::from_secs(3600)));
+        let mut batch = Vec::with_capacity(BATCH);
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                n = rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    let handled = shared.with(|r| {
+                        for msg in batch.drain(..) {
+                            r.handle(msg);
+                        }
+                        r.flush_journal();
+                    });
+                    if handled.is_none() {
+                        return;
+                    }
+                }
                 _ = expiry.tick() => {
                     shared.with(|r| {
                         r.expire_sessions(Instant::now());
@@ -149,11 +177,16 @@ impl Router {
                 }
             }
         }
-        // From here on senders find the router gone.
-        if let Some(mut router) = shared.take() {
-            router.shutdown();
-            router.close_journal();
+        // From here on connections find the router gone.
+        let Some(mut router) = shared.take() else {
+            return;
+        };
+        // What was already read is still handled, so acknowledged work is not lost.
+        while let Ok(msg) = rx.try_recv() {
+            router.handle(msg);
         }
+        router.shutdown();
+        router.close_journal();
     }
 
     /// Handles one message from a connection.
@@ -669,12 +702,11 @@ impl Router {
     }
 }
 
-/// The router behind a lock: a network connection routes what it read in its own task, and
-/// the in-process client (the bridge) in its, so no message waits for a router task to be
-/// woken (see Design notes); the timers run in [`Router::run`]. The router never awaits, so
-/// the lock is held only for the work itself: network connections all run on the broker's
-/// worker thread (one by default), the bridge on its own runtime, so at most two threads
-/// meet here.
+/// The router behind a lock: a network connection routes what it read in its own task, so
+/// no message waits for a router task to be woken (see Design notes); the in-process clients'
+/// inbox and the timers are handled in [`Router::run`]'s task. The router never awaits, so
+/// the lock is held only for the work itself, and every user of it runs on the broker's
+/// worker threads (one by default): it is not contended.
 pub struct SharedRouter(std::sync::Mutex<Option<Router>>);
 
 impl SharedRouter {
