@@ -79,6 +79,7 @@
 //! `BENCH_BRIDGE_MAPPINGS` (the rules folder, default the shipped `mappings/`),
 //! `BENCH_BRIDGE_PERF` (a file: `perf record` of the bridge during part 3's MQTT → XMPP run),
 //! `BENCH_BRIDGE_PERF_XM` (the same for part 3's XMPP → MQTT run),
+//! `BENCH_BRIDGE_PROSODY_NAGLE` (`0`: Prosody with TCP_NODELAY, `network_settings`),
 //! `BENCH_BRIDGE_BIN` (another bridge binary, e.g. a copy of an earlier build, for A/B runs).
 
 use std::fmt::Write as _;
@@ -1751,6 +1752,13 @@ impl Drop for Prosody {
 
 fn prosody_config(dir: &Path, c2s: u16, component: u16) -> String {
     let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    // `BENCH_BRIDGE_PROSODY_NAGLE=0`: Prosody's sockets with TCP_NODELAY (its default is
+    // Nagle's algorithm on: `nagle = true` in net/server_epoll.lua), for both paths alike.
+    let nagle = if std::env::var("BENCH_BRIDGE_PROSODY_NAGLE").is_ok_and(|v| v == "0") {
+        "network_settings = { nagle = false }\n"
+    } else {
+        ""
+    };
     format!(
         r#"-- Written by benches/bridge_compare.rs for one run.
 local lab = "{dir}"
@@ -1779,7 +1787,7 @@ allow_unencrypted_plain_auth = true
 authentication = "internal_hashed"
 storage        = "internal"
 limits = {{ c2s = {{ rate = "100mb/s" }}; }}
-
+{nagle}
 VirtualHost "{DOMAIN}"
 
 Component "{COMPONENT}"
