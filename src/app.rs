@@ -180,8 +180,14 @@ impl App {
             Some(settings) => {
                 let domain = settings.xmpp.domain.clone();
                 let server = settings.xmpp.server.clone();
-                let (handle, inbound) =
-                    xmpp::spawn(settings.xmpp, s.shutdown.child_token(), &s.tracker);
+                // The link and the bridge run on the broker's runtime (see `Broker::runtime`),
+                // and the broker's shutdown waits for them.
+                let (rt, rt_tasks) = broker.runtime();
+                let (rt, rt_tasks) = (rt.clone(), rt_tasks.clone());
+                let (handle, inbound) = {
+                    let _on_broker_runtime = rt.enter();
+                    xmpp::spawn(settings.xmpp, s.shutdown.child_token(), &rt_tasks)
+                };
                 s.metrics.xmpp(&handle);
                 let client = broker.internal_client(BRIDGE_CLIENT_ID).await?;
                 let (events, stats) = s.events(config.audit);
@@ -200,7 +206,7 @@ impl App {
                     bridge = bridge.with_presence(presence, store).await?;
                 }
                 let stats = bridge.stats();
-                s.tracker.spawn(bridge.run(s.shutdown.child_token()));
+                rt_tasks.spawn_on(bridge.run(s.shutdown.child_token()), &rt);
                 info!(%server, %domain, "XMPP bridge configured.");
                 (Some(handle), Some(stats))
             }

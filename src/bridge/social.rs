@@ -254,7 +254,8 @@ impl Bridge {
                 }
                 PresenceAction::Save => {
                     if let Some(side) = &mut self.presence {
-                        if let Err(e) = side.store.save(&side.book.subscribers) {
+                        let save = || side.store.save(&side.book.subscribers);
+                        if let Err(e) = off_the_runtime(save) {
                             warn!(error = %e, "Presence subscribers not saved.");
                         }
                     }
@@ -262,5 +263,17 @@ impl Bridge {
             }
         }
         Ok(())
+    }
+}
+
+/// Runs blocking file work (a write and its fsync) without stalling the tasks that share this
+/// thread: the bridge runs on the broker's runtime, so a stalled thread would stall MQTT too.
+/// `block_in_place` hands the thread's other tasks to another worker meanwhile; it needs a
+/// multi-thread runtime (the application's and the broker's are), others run it in place.
+fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
     }
 }

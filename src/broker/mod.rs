@@ -100,12 +100,12 @@ pub enum StartError {
 /// The runtime the router and every connection run on, in threads of their own.
 ///
 /// One worker by default (`worker_threads = 1`): a QoS 1 message wakes the router, the
-/// subscriber's writer and the publisher's writer, and on a runtime shared with the bridge
-/// those wake-ups crossed worker threads (QoS 1 latency p50 39-43 µs against Mosquitto's
-/// 19-20 µs; 25-27 µs here, at the same throughput: the broker needs well under a core).
-/// The bridge's XML work stays on the application's runtime, on the other cores. A
-/// multi-thread runtime with one worker measured better than a current-thread one (QoS 2
-/// fan-in 4.0× against 3.3-3.8× Mosquitto's).
+/// subscriber's writer and the publisher's writer, and on the application's multi-thread
+/// runtime those wake-ups crossed worker threads (QoS 1 latency p50 39-43 µs against
+/// Mosquitto's 19-20 µs; 25-27 µs here, at the same throughput: the broker needs well under a
+/// core). A multi-thread runtime with one worker measured better than a current-thread one
+/// (QoS 2 fan-in 4.0× against 3.3-3.8× Mosquitto's). The XMPP link and the bridge run here
+/// too (see [`Broker::runtime`]); the audit writer and the admin listener do not.
 struct BrokerRuntime {
     handle: tokio::runtime::Handle,
     /// The broker's tasks; the runtime's threads end once all of them have.
@@ -170,6 +170,8 @@ pub struct Broker {
     ids: Arc<AtomicU64>,
     /// For the first persistent in-process client (see [`internal::Carryover`]).
     carryover: std::sync::Mutex<Option<internal::Carryover>>,
+    handle: tokio::runtime::Handle,
+    tasks: TaskTracker,
 }
 
 impl Broker {
@@ -287,7 +289,19 @@ impl Broker {
             inbox: router_tx,
             ids,
             carryover: std::sync::Mutex::new(carryover),
+            handle: runtime.handle.clone(),
+            tasks: runtime.tracker.clone(),
         })
+    }
+
+    /// The broker's runtime, and the tracker its shutdown waits for: the application runs the
+    /// XMPP link and the bridge here too. Every bridged message crosses the bridge, the link
+    /// and the broker; on one thread those hand-overs are local wake-ups, where across two
+    /// runtimes each was a cross-thread wake (bridge CPU per message 22-25 % lower, measured
+    /// in the README's Performance). The bridge's own work per message is a few µs, and its
+    /// XMPP side is capped by the XMPP server's rate.
+    pub fn runtime(&self) -> (&tokio::runtime::Handle, &TaskTracker) {
+        (&self.handle, &self.tasks)
     }
 
     /// Installs the check every client PUBLISH passes before routing (see [`guard`]).
