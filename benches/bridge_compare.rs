@@ -48,7 +48,9 @@
 //! for MQTT → XMPP. Each path's count of samples at 30 ms or more is printed: the signature
 //! of Prosody's Nagle (on by default) meeting the receiving client's delayed ACK. The first 20 messages of a round are
 //! not measured. Added = bridge path percentile − baseline percentile (a difference of
-//! percentiles, not a percentile of differences). **What limits it**: the receive time is
+//! percentiles, not a percentile of differences). The p99 goal is judged on each path's
+//! median of its rounds' p99s (as the broker bench does), the p99 over all samples printed
+//! beside it: a burst of background load then spoils one round of a path, not the figure. **What limits it**: the receive time is
 //! taken when the receiving thread of this process wakes up; p99 follows the machine's
 //! background load (a busy 2-core box adds milliseconds to every path): compare several runs.
 //!
@@ -76,7 +78,7 @@
 //!
 //! Tunables (environment, defaults in brackets): `BENCH_BRIDGE_MESSAGES` (20000),
 //! `BENCH_BRIDGE_REPS` (3), `BENCH_BRIDGE_WINDOW` (1000), `BENCH_BRIDGE_LAT_RATE` (500),
-//! `BENCH_BRIDGE_LAT_SECS` (4, per path), `BENCH_BRIDGE_LAT_ROUNDS` (4),
+//! `BENCH_BRIDGE_LAT_SECS` (8, per path), `BENCH_BRIDGE_LAT_ROUNDS` (8),
 //! `BENCH_BRIDGE_CPU_MESSAGES` (100000), `BENCH_BRIDGE_RUN_TIMEOUT` (30 s),
 //! `BENCH_BRIDGE_PARTS` (`prosody,cpu,audit`: parts 1 and 2, part 3, part 4),
 //! `BENCH_BRIDGE_MAPPINGS` (the rules folder, default the shipped `mappings/`),
@@ -239,21 +241,24 @@ fn with_prosody(s: &Settings, dir: &Path, report: &mut Report) {
     // alice sending (alice → bob), MQTT → XMPP with alice receiving (bob → alice), so that
     // the client's own TCP state (delayed ACKs, which meet Prosody's Nagle) is the same.
     let mut lat: [Vec<u64>; 4] = Default::default();
+    let mut round_p99: [Vec<u64>; 4] = Default::default();
     let mut lost = [0u64; 4];
+    let mut keep = |path: usize, mut got: Vec<u64>, missing: u64| {
+        got.sort_unstable();
+        round_p99[path].push(pct(&got, 99.0));
+        lat[path].extend(got);
+        lost[path] += missing;
+    };
     for _ in 0..s.lat_rounds {
         let (got, missing) = latency_round(s, &bob.rx, |m| alice.send(&chat(&to_bob, m)));
-        lat[0].extend(got);
-        lost[0] += missing;
+        keep(0, got, missing);
         let (got, missing) = latency_round(s, &sub.rx, |m| alice.send(&chat(&to_mqtt, m)));
-        lat[1].extend(got);
-        lost[1] += missing;
+        keep(1, got, missing);
         let shape = if receipts { chat_receipts } else { chat };
         let (got, missing) = latency_round(s, &alice.rx, |m| bob.send(&shape(&to_alice, m)));
-        lat[3].extend(got);
-        lost[3] += missing;
+        keep(3, got, missing);
         let (got, missing) = latency_round(s, &alice.rx, |m| publ.publish(&outbox, &json_body(m)));
-        lat[2].extend(got);
-        lost[2] += missing;
+        keep(2, got, missing);
     }
     let names = [
         "c2s alice -> bob",
@@ -261,29 +266,36 @@ fn with_prosody(s: &Settings, dir: &Path, report: &mut Report) {
         "MQTT -> XMPP",
         "c2s bob -> alice",
     ];
-    for (name, (l, missing)) in names.iter().zip(lat.iter_mut().zip(lost)) {
+    for (i, (name, (l, missing))) in names.iter().zip(lat.iter_mut().zip(lost)).enumerate() {
         l.sort_unstable();
+        let rounds: Vec<String> = round_p99[i]
+            .iter()
+            .map(|&ns| format!("{:.1}", ms(ns)))
+            .collect();
         // 30 ms and more: the signature of Nagle's algorithm meeting a delayed ACK.
         let slow = l.iter().filter(|&&ns| ns >= 30_000_000).count();
         println!(
-            "  {name:<16} n={:<6} p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms  >=30 ms {slow}  lost {missing}",
+            "  {name:<16} n={:<6} p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms  >=30 ms {slow}  lost {missing}  \
+             rounds' p99 [{}] ms",
             l.len(),
             ms(pct(l, 50.0)),
             ms(pct(l, 99.0)),
-            ms(l.last().copied().unwrap_or(0))
+            ms(l.last().copied().unwrap_or(0)),
+            rounds.join(" ")
         );
     }
+    let median_p99 = |path: usize| median_ns(round_p99[path].clone());
     report.latency(
         "XMPP → MQTT",
-        &lat[1],
-        &lat[0],
+        (&lat[1], median_p99(1)),
+        (&lat[0], median_p99(0)),
         "alice → bob",
         lost[1] + lost[0],
     );
     report.latency(
         "MQTT → XMPP",
-        &lat[2],
-        &lat[3],
+        (&lat[2], median_p99(2)),
+        (&lat[3], median_p99(3)),
         "bob → alice",
         lost[2] + lost[3],
     );
@@ -457,8 +469,8 @@ impl Settings {
             reps: env_num("BENCH_BRIDGE_REPS", 3),
             window: env_num("BENCH_BRIDGE_WINDOW", 1_000),
             lat_rate: env_num("BENCH_BRIDGE_LAT_RATE", 500),
-            lat_secs: env_num("BENCH_BRIDGE_LAT_SECS", 4.0),
-            lat_rounds: env_num("BENCH_BRIDGE_LAT_ROUNDS", 4),
+            lat_secs: env_num("BENCH_BRIDGE_LAT_SECS", 8.0),
+            lat_rounds: env_num("BENCH_BRIDGE_LAT_ROUNDS", 8),
             cpu_messages: env_num("BENCH_BRIDGE_CPU_MESSAGES", 100_000),
             run_timeout: Duration::from_secs(env_num("BENCH_BRIDGE_RUN_TIMEOUT", 30)),
             parts: std::env::var("BENCH_BRIDGE_PARTS")
@@ -559,18 +571,36 @@ impl Report {
         }
     }
 
-    fn latency(&mut self, dir: &str, bridge: &[u64], base: &[u64], pair: &str, lost: u64) {
-        for p in [50.0, 99.0] {
-            let b = pct(bridge, p);
-            let c = pct(base, p);
+    /// `bridge` and `base`: all samples (sorted) and the median of the rounds' p99s. The goal is
+    /// judged on the latter, as in the broker bench: one burst of background load then spoils
+    /// one round of a path, not the figure.
+    fn latency(
+        &mut self,
+        dir: &str,
+        bridge: (&[u64], u64),
+        base: (&[u64], u64),
+        pair: &str,
+        lost: u64,
+    ) {
+        let rows = [
+            ("p50", pct(bridge.0, 50.0), pct(base.0, 50.0), false),
+            (
+                "p99 over all samples",
+                pct(bridge.0, 99.0),
+                pct(base.0, 99.0),
+                false,
+            ),
+            ("p99, median of the rounds'", bridge.1, base.1, true),
+        ];
+        for (what, b, c, judged) in rows {
             let added = ms(b) - ms(c);
-            let goal = if p >= 99.0 {
+            let goal = if judged {
                 format!("added < 1 ms {}", verdict(added < 1.0 && lost == 0))
             } else {
                 "—".into()
             };
             self.row([
-                format!("{dir} latency p{p:.0} (ms)"),
+                format!("{dir} latency {what} (ms)"),
                 format!("{:.3}", ms(b)),
                 format!("{:.3} (c2s {pair})", ms(c)),
                 format!("{added:+.3} ms added"),
@@ -639,6 +669,12 @@ fn verdict(pass: bool) -> &'static str {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The median of non-negative values (the upper one of an even count).
+fn median_ns(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
 /// The `p`th percentile of sorted values (nearest rank).
