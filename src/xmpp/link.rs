@@ -34,6 +34,8 @@ use super::{Inbound, LinkState, Overflow, Queued, Settlements, Stanza, XmppConfi
 
 /// Queued stanzas written before the writer looks at its other inputs again.
 const WRITE_BATCH: usize = 64;
+/// See [`Outbound::early_ping`].
+const EARLY_PING_FRACTION: usize = 4;
 /// Replies and pongs from the reader to the writer.
 const CONTROL_DEPTH: usize = 256;
 /// A failure of the same kind as the previous attempt is logged as a warning only every this
@@ -335,7 +337,7 @@ impl Outbound {
             if let Err(e) = self.write_queued(&mut w).await {
                 return End::Lost(e);
             }
-            if self.queue.has_unconfirmed() && !self.pings.in_flight() {
+            if self.pings.due(self.queue.last_written(), self.early_ping()) {
                 if let Err(e) = self.ping(&mut w).await {
                     return End::Lost(e);
                 }
@@ -402,6 +404,12 @@ impl Outbound {
             XmppStats::add(&self.stats.stanzas_out, n);
         }
         Ok(())
+    }
+
+    /// Written stanzas not yet covered by a ping after which another ping goes out while
+    /// one is in flight: a quarter of the queue (see [`Pings::due`]).
+    fn early_ping(&self) -> u64 {
+        (self.cfg.queue_depth / EARLY_PING_FRACTION) as u64
     }
 
     /// Sends a ping to the server covering everything written so far.
