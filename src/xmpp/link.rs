@@ -66,7 +66,7 @@ struct Pending {
     /// Reported to [`Settlements`] instead (the bridge's chat path).
     ticket: Option<u64>,
     /// Frees the queue slot when the stanza is confirmed or given up.
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Pending {
@@ -82,7 +82,7 @@ impl From<Queued> for Pending {
             stanza: Arc::new(q.out.stanza),
             confirmed: q.out.confirmed,
             ticket: q.out.ticket,
-            _slot: q.permit,
+            slot: q.permit,
         }
     }
 }
@@ -431,6 +431,9 @@ impl Outbound {
         };
         let mut count = 0u64;
         let mut ticket = None;
+        // The queue slots, freed in one release: each release of a permit takes the
+        // semaphore's lock.
+        let mut slots: Option<tokio::sync::OwnedSemaphorePermit> = None;
         for p in self.queue.confirm_upto(upto) {
             count += 1;
             if let Some(tx) = p.confirmed {
@@ -439,7 +442,13 @@ impl Outbound {
             }
             // In send order: the last one is the highest.
             ticket = p.ticket.or(ticket);
+            match &mut slots {
+                Some(all) => all.merge(p.slot),
+                None => slots = Some(p.slot),
+            }
         }
+        // Before the report: the bridge offers a refused delivery again as soon as it has it.
+        drop(slots);
         if count == 0 {
             return;
         }
