@@ -468,6 +468,64 @@ async fn queue_overflow_is_refused_and_counted_while_no_server_answers() {
     link.stop().await;
 }
 
+/// A server that reads nothing for a while (stopped): the link sends early pings as the
+/// unconfirmed stanzas pile up (every quarter of the queue, up to four pings in flight). Its
+/// answers then come in order once it reads again: everything is confirmed once, delivered
+/// once and in order, and nothing before the server answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_slow_to_read_gets_early_pings_and_confirms_everything_once_in_order() {
+    let prosody = Prosody::start();
+    let mut cfg = config(prosody.component_addr());
+    cfg.queue_depth = 8;
+    let link = Link::start(cfg);
+    link.connected().await;
+    let mut alice = XmppClient::connect(&prosody, "alice").await;
+    let bot = format!("bot@{COMPONENT}");
+    prosody.pause();
+    let mut confirmations = Vec::new();
+    for i in 0..8u64 {
+        let msg = chat(&bot, "alice@localhost", &format!("e-{i}"), &format!("n{i}"));
+        let (out, rx) = Outgoing::confirmed(msg);
+        link.handle.send(out).unwrap();
+        confirmations.push(rx);
+        // One at a time, so that pings go out between them.
+        link.wait_stat("stanzas_out", i + 1, |s| &s.stanzas_out)
+            .await;
+    }
+    match link
+        .handle
+        .send(Outgoing::new(chat(&bot, "alice@localhost", "e-8", "n8")))
+    {
+        Err(SendError::Full(out)) => assert_eq!(out.stanza.id(), Some("e-8")),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(link.stat(|s| &s.confirmed), 0, "nothing confirmed unread");
+    prosody.resume();
+    for rx in confirmations {
+        timeout(common::WAIT, rx)
+            .await
+            .expect("confirmed in time")
+            .expect("confirmed");
+    }
+    assert_eq!(link.stat(|s| &s.confirmed), 8);
+    let ids: Vec<String> = (alice.messages(8).await.iter())
+        .map(|m| m["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let want: Vec<String> = (0..8).map(|i| format!("e-{i}")).collect();
+    assert_eq!(ids, want);
+    // Room again once confirmed.
+    link.handle
+        .send(Outgoing::new(chat(&bot, "alice@localhost", "e-8", "n8")))
+        .unwrap();
+    assert_eq!(alice.messages(1).await[0]["id"], "e-8");
+    alice.expect_no_message(Duration::from_millis(500)).await;
+    assert_eq!(link.stat(|s| &s.resent), 0);
+    assert_eq!(link.stat(|s| &s.connects), 1);
+    alice.quit().await;
+    link.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_server_is_detected_by_keepalive_and_the_link_recovers() {
     let prosody = Prosody::start();

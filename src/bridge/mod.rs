@@ -354,7 +354,7 @@ impl Bridge {
             self.events.emit(*event).await;
         }
         if confirmed.is_empty() {
-            return Ok(());
+            return self.retry_blocked().await;
         }
         (self.stats.to_xmpp_confirmed).fetch_add(confirmed.len() as u64, Ordering::Relaxed);
         let mut acks = Vec::with_capacity(confirmed.len());
@@ -365,7 +365,19 @@ impl Bridge {
                 acks.push(publish);
             }
         }
-        self.mqtt.ack_all(&acks).await
+        self.mqtt.ack_all(&acks).await?;
+        self.retry_blocked().await
+    }
+
+    /// Offers the delivery a full queue refused again. The link frees the queue slots of what
+    /// it settled before it reports, so right after a report is when there is room; waiting
+    /// for the [`RETRY_FULL_QUEUE`] timer instead left the link idle for up to 50 ms while
+    /// the broker's backlog grew.
+    async fn retry_blocked(&mut self) -> Result<(), crate::broker::BrokerGone> {
+        match self.blocked.take() {
+            Some(blocked) => self.offer(blocked).await,
+            None => Ok(()),
+        }
     }
 
     async fn on_xmpp(&mut self, inbound: Inbound) -> Result<(), crate::broker::BrokerGone> {

@@ -140,6 +140,9 @@ impl<T> OutQueue<T> {
     }
 }
 
+/// Pings sent while another one waits (see [`Pings::due`]).
+pub(crate) const MAX_EARLY_PINGS: usize = 3;
+
 /// Pings in flight on the current connection.
 #[derive(Debug)]
 pub(crate) struct Pings {
@@ -189,6 +192,26 @@ impl Pings {
     /// Whether a ping waits for its answer.
     pub(crate) fn in_flight(&self) -> bool {
         !self.in_flight.is_empty()
+    }
+
+    /// Whether to send a ping now, with `last_written` the sequence number a ping sent now
+    /// would cover. Always when none is in flight and something written is unconfirmed (the
+    /// scheme's rule). Also, at most [`MAX_EARLY_PINGS`] more, when `early` or more items were
+    /// written since the newest ping in flight: a server slow to read (a backlog of thousands
+    /// of stanzas) then confirms them in steps instead of all at the one answer, so the queue
+    /// does not fill while that answer is on its way. A server that keeps up answers the
+    /// single ping before `early` more are written, so the common case sends no more pings.
+    pub(crate) fn due(&self, last_written: Option<u64>, early: u64) -> bool {
+        let Some(last) = last_written else {
+            return false;
+        };
+        match self.in_flight.back() {
+            None => true,
+            Some(newest) => {
+                self.in_flight.len() <= MAX_EARLY_PINGS
+                    && last.saturating_sub(newest.covers.unwrap_or(0)) >= early.max(1)
+            }
+        }
     }
 
     /// When the oldest unanswered ping is overdue.
@@ -317,6 +340,48 @@ mod tests {
         assert_eq!(p.answered(&c), Some(7));
         assert!(!p.in_flight());
         assert_eq!(p.answered(&a), None, "already settled");
+    }
+
+    #[test]
+    fn early_pings_only_behind_a_backlog_and_bounded() {
+        let now = Instant::now();
+        let mut p = Pings::new("x-".into());
+        assert!(!p.due(None, 10), "nothing written: no ping");
+        assert!(
+            p.due(Some(1), 10),
+            "something unconfirmed, no ping in flight"
+        );
+        let first = p.start(now, Some(1));
+        // The common case: fewer than `early` written since: wait for the answer.
+        assert!(!p.due(Some(10), 10));
+        assert!(p.due(Some(11), 10), "10 written since the newest ping");
+        let mut ids = vec![first];
+        let mut last = 11;
+        while p.due(Some(last), 10) {
+            ids.push(p.start(now, Some(last)));
+            last += 10;
+        }
+        assert_eq!(
+            ids.len(),
+            1 + MAX_EARLY_PINGS,
+            "bounded however far it falls behind"
+        );
+        assert!(!p.due(Some(last + 1000), 10));
+        // Answers come in order; each confirms what its ping covered.
+        assert_eq!(p.answered(&ids[0]), Some(1));
+        assert_eq!(p.answered(&ids[1]), Some(11));
+        assert!(p.due(Some(last), 10), "room for an early ping again");
+        assert_eq!(
+            p.answered(&ids[3]),
+            Some(31),
+            "a later answer settles older pings"
+        );
+        assert!(!p.in_flight());
+        // A keepalive ping (covering nothing) does not hold a covering one back for long.
+        let _keepalive = p.start(now, None);
+        assert!(!p.due(Some(5), 10));
+        assert!(p.due(Some(10), 10));
+        assert!(p.due(Some(1), 0), "`early` of 0 counts as 1");
     }
 
     #[test]

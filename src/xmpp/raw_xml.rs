@@ -46,18 +46,57 @@ static SPECIAL: [bool; 256] = {
     t
 };
 
+/// `b` in every byte of a word.
+const fn splat(b: u8) -> u64 {
+    u64::from_ne_bytes([b; 8])
+}
+
+/// Whether some byte of `w` is zero (exact as a yes/no; which byte is not told).
+const fn has_zero(w: u64) -> bool {
+    w.wrapping_sub(splat(1)) & !w & splat(0x80) != 0
+}
+
+/// Whether some byte of `w` is in [`SPECIAL`] (the same set: below 0x20, `& < > " '` and 0xEF).
+const fn has_special(w: u64) -> bool {
+    // A byte below 0x20: subtracting 0x20 borrows into its high bit, which was clear.
+    w.wrapping_sub(splat(0x20)) & !w & splat(0x80) != 0
+        || has_zero(w ^ splat(b'&'))
+        || has_zero(w ^ splat(b'<'))
+        || has_zero(w ^ splat(b'>'))
+        || has_zero(w ^ splat(b'"'))
+        || has_zero(w ^ splat(b'\''))
+        || has_zero(w ^ splat(0xEF))
+}
+
+/// The index of the first byte of `bytes[from..]` in [`SPECIAL`], or `bytes.len()`. Text is
+/// mostly clean: eight bytes are tested at once, and a clean run is then copied in one go.
+fn next_special(bytes: &[u8], from: usize) -> usize {
+    let mut i = from;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        if has_special(u64::from_ne_bytes(word)) {
+            break;
+        }
+        i += 8;
+    }
+    while i < bytes.len() && !SPECIAL[bytes[i] as usize] {
+        i += 1;
+    }
+    i
+}
+
 /// Appends `s` escaped as text (or, with `attr`, as a single-quoted attribute value). Fails
 /// on a character XML cannot carry; `out` may then hold part of `s` (callers truncate).
 fn escape(out: &mut Vec<u8>, s: &str, attr: bool) -> Result<(), ()> {
     let bytes = s.as_bytes();
     let mut done = 0;
     let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if !SPECIAL[b as usize] {
-            i += 1;
-            continue;
-        }
+    loop {
+        i = next_special(bytes, i);
+        let Some(&b) = bytes.get(i) else {
+            break;
+        };
         let rep: &[u8] = match b {
             b'&' => b"&amp;",
             b'<' => b"&lt;",

@@ -197,6 +197,64 @@ fn escapes() {
     assert_eq!(text("😀ü\u{FFFD}\u{EFFF}"), "😀ü\u{FFFD}\u{EFFF}");
 }
 
+/// The escaper byte by byte through [`SPECIAL`], as it was before the word-at-a-time scan.
+fn escape_bytewise(s: &str, attr: bool) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let bytes = s.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        let rep: &[u8] = match b {
+            b'&' => b"&amp;",
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'\r' => b"&#xd;",
+            b'"' if attr => b"&#34;",
+            b'\'' if attr => b"&#39;",
+            b'\n' if attr => b"&#xa;",
+            b'\t' if attr => b"&#x9;",
+            0xEF if bytes.get(i + 1) == Some(&0xBF)
+                && matches!(bytes.get(i + 2), Some(0xBE | 0xBF)) =>
+            {
+                return None;
+            }
+            b if b < 0x20 && !matches!(b, b'\t' | b'\n') => return None,
+            _ => std::slice::from_ref(&bytes[i]),
+        };
+        out.extend_from_slice(rep);
+    }
+    Some(out)
+}
+
+/// The word-at-a-time scan finds every special byte wherever it falls in a word (each
+/// position of strings longer than two words, every byte value there), and its set is
+/// exactly [`SPECIAL`].
+#[test]
+fn the_word_scan_misses_no_special_byte() {
+    for b in 0..=255u8 {
+        let word = u64::from_ne_bytes([b'a', b'b', b'c', b, b'd', b'e', b'f', b'g']);
+        assert_eq!(has_special(word), SPECIAL[b as usize], "byte {b:#x}");
+    }
+    let specials = [
+        "&", "<", ">", "\"", "'", "\r", "\n", "\t", "\u{1}", "\u{1f}", "\u{FFFE}", "\u{FFFF}",
+        "\u{EFFF}", "\u{FFFD}", "é", "😀",
+    ];
+    for special in specials {
+        for len in 0..24 {
+            for at in 0..=len {
+                let mut text: String = "x".repeat(len);
+                text.insert_str(at, special);
+                for attr in [false, true] {
+                    let mut out = Vec::new();
+                    let got = escape(&mut out, &text, attr).ok().map(|()| out);
+                    assert_eq!(got, escape_bytewise(&text, attr), "{text:?} attr {attr}");
+                }
+            }
+        }
+    }
+    assert_eq!(next_special(b"0123456789abcdef<", 0), 16);
+    assert_eq!(next_special(b"0123456789abcdef<", 17), 17);
+    assert_eq!(next_special(b"&123456789", 1), 10);
+}
+
 /// Every code point, alone and between others, as text and as an attribute value: the same
 /// bytes as rxml's encoder, or refused by both; refused exactly when `xml_text` says so.
 #[test]
