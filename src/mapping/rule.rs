@@ -148,7 +148,7 @@ impl Rule {
             // Load time guarantees the capture is in the topic.
             Slot::Capture(c) => capture(c.level.ok_or(Refusal::NoRule)?)?,
         };
-        let from = format!("{node}@{domain}");
+        let from = join_at(&node, domain);
         if !exact_node(&node) {
             return Err(invalid(from));
         }
@@ -160,23 +160,63 @@ impl Rule {
             PeerPattern::Parts {
                 node: Some(n),
                 domain,
-            } => format!("{}@{}", part(n)?, part(domain)?),
+            } => join_at(&part(n)?, &part(domain)?),
             PeerPattern::Parts { node: None, domain } => part(domain)?.into_owned(),
         };
         // The final dot of a domain is dropped, as toward MQTT, so the dotted topic reaches
         // the same JID.
-        let to = match BareJid::new(&raw_to) {
-            Ok(jid) => match without_final_dot(jid.as_str()) {
-                Some(to) => to.to_string(),
-                None => return Err(invalid(raw_to)),
-            },
-            Err(_) => return Err(invalid(raw_to)),
+        let Some(to) = RECIPIENTS.with_borrow_mut(|known| known.normalized(&raw_to)) else {
+            return Err(invalid(raw_to));
         };
         Ok(ToXmpp {
             rule: self,
             from,
             to,
         })
+    }
+}
+
+/// `node@domain`, without the formatting machinery (this runs for every bridged publish).
+fn join_at(node: &str, domain: &str) -> String {
+    let mut s = String::with_capacity(node.len() + 1 + domain.len());
+    s.push_str(node);
+    s.push('@');
+    s.push_str(domain);
+    s
+}
+
+/// How many recipients [`Recipients`] keeps.
+const CACHED_RECIPIENTS: usize = 8;
+
+thread_local! {
+    /// Per thread (the router runs on one): no lock on the path of every publish.
+    static RECIPIENTS: std::cell::RefCell<Recipients> = std::cell::RefCell::default();
+}
+
+/// The last few valid recipients, as written in topics, with their normalized form: the same
+/// few peers come again and again, and normalizing a JID (nodeprep, IDNA) costs several times
+/// more than comparing its text. The cache changes no result: the normalized form is a
+/// function of the text, and only valid recipients are kept.
+#[derive(Debug, Default)]
+struct Recipients {
+    slots: [Option<(Box<str>, Box<str>)>; CACHED_RECIPIENTS],
+    /// The slot to replace next (oldest first).
+    next: usize,
+}
+
+impl Recipients {
+    /// `raw` as a bare JID, normalized and without a final dot; `None` when it is not valid.
+    fn normalized(&mut self, raw: &str) -> Option<String> {
+        for (text, jid) in self.slots.iter().flatten() {
+            if **text == *raw {
+                return Some(jid.to_string());
+            }
+        }
+        let jid = BareJid::new(raw).ok()?;
+        let to = without_final_dot(jid.as_str())?;
+        self.slots[self.next] = Some((raw.into(), to.into()));
+        self.next = (self.next + 1) % CACHED_RECIPIENTS;
+        Some(to.to_string())
     }
 }
 
