@@ -381,6 +381,16 @@ static NEEDS_ESCAPE: [bool; 256] = escape_table();
 pub(crate) fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
     let bytes = s.as_bytes();
+    // Almost every text needs no escape: one pass without a short cut (the compiler checks
+    // many bytes per instruction), then one copy.
+    let clean = (bytes.iter()).fold(true, |clean, &b| {
+        clean & (b >= 0x20) & (b != b'"') & (b != b'\\')
+    });
+    if clean {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let mut run = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if !NEEDS_ESCAPE[usize::from(b)] {
