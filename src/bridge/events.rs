@@ -419,6 +419,21 @@ mod tests {
     }
 
     #[test]
+    fn records_are_kept_only_with_an_audit_queue() {
+        let (tx, _rx) = mpsc::channel(1);
+        assert!(EventSink::new(Some((tx, WhenFull::Block)), Vec::new()).keeps_records());
+        assert!(!EventSink::new(None, Vec::new()).keeps_records());
+        assert!(!EventSink::default().keeps_records());
+        let lean = Translation::from_xmpp_unrecorded("chat");
+        assert_eq!(lean.direction, Direction::XmppToMqtt);
+        assert_eq!(lean.xmpp.kind, Some("chat"));
+        assert_eq!(
+            (lean.xmpp.from.as_deref(), lean.mqtt.topic.as_deref()),
+            (None, None)
+        );
+    }
+
+    #[test]
     fn try_emit_counts_what_does_not_fit() {
         let (tx, _rx) = mpsc::channel(1);
         let sink = EventSink::new(Some((tx, WhenFull::Block)), Vec::new());
