@@ -3,7 +3,8 @@
 //! The input is parsed as XML into a `<message/>` stanza (as the XMPP adapter does with what the
 //! server sends), turned into the bridge's `InboundChat` (`bridge::stanza::inbound_chat`), and
 //! translated through mapping tables with each payload format. The translation must not panic;
-//! a publish has a valid topic name, a JSON payload that carries the body, and its topic leads
+//! a publish has a valid topic name, a JSON payload that carries the message's fields (the
+//! envelope is written by hand, `bridge::envelope::envelope_json`), and its topic leads
 //! back (MQTT → XMPP, as the recipient user) to the original sender.
 
 #![no_main]
@@ -80,6 +81,22 @@ fuzz_target!(|data: &[u8]| {
                     serde_json::from_slice(&publish.payload).expect("payload is JSON");
                 assert_eq!(v["body"].as_str(), Some(body));
                 assert_eq!(v["from"].as_str(), Some(chat.from.as_str()));
+                // Every member of the hand-written envelope, as the message has it.
+                let x = &chat.extras;
+                assert_eq!(v["v"].as_u64(), Some(1));
+                assert_eq!(v["to"].as_str(), Some(chat.to.as_str()));
+                assert_eq!(v["id"].as_str(), chat.id.as_deref());
+                assert_eq!(v["type"].as_str(), Some(chat.kind.as_str()));
+                assert_eq!(v["subject"].as_str(), chat.subject.as_deref());
+                assert_eq!(v["thread"].as_str(), chat.thread.as_deref());
+                assert_eq!(v["origin_id"].as_str(), x.origin_id.as_deref());
+                assert_eq!(v["stanza_id"].as_str(), x.stanza_id.as_deref());
+                assert_eq!(v["replaces"].as_str(), x.replaces.as_deref());
+                assert_eq!(v["delay"].as_str(), x.delay.as_deref());
+                assert_eq!(v["state"].as_str(), x.state.map(|s| s.as_str()));
+                assert_eq!(v.get("receipt").is_some(), x.receipt_request);
+                let stamp = v["timestamp"].as_str().expect("a time stamp");
+                assert!(stamp.len() == 24 && stamp.ends_with('Z'), "{stamp}");
             }
             "inbox" if table.rules()[0].format.as_str() == "text" => {
                 assert_eq!(&publish.payload[..], body.as_bytes());

@@ -310,7 +310,7 @@ impl Bridge {
                 }
                 inbound = self.inbound.recv() => match inbound {
                     Some(inbound) => {
-                        if self.on_xmpp(inbound).await.is_err() {
+                        if self.on_xmpp_batch(inbound).await.is_err() {
                             break;
                         }
                     }
@@ -380,6 +380,20 @@ impl Bridge {
         }
     }
 
+    /// A stanza from the link, and up to [`DELIVERY_BATCH`] more that are there already, as
+    /// for deliveries from MQTT: the link's reader hands over each stanza of a read on its
+    /// own, and polling every input of the run loop between them was a share of its own.
+    async fn on_xmpp_batch(&mut self, inbound: Inbound) -> Result<(), crate::broker::BrokerGone> {
+        self.on_xmpp(inbound).await?;
+        for _ in 1..DELIVERY_BATCH {
+            let Ok(inbound) = self.inbound.try_recv() else {
+                break;
+            };
+            self.on_xmpp(inbound).await?;
+        }
+        Ok(())
+    }
+
     async fn on_xmpp(&mut self, inbound: Inbound) -> Result<(), crate::broker::BrokerGone> {
         match inbound {
             Inbound::Message(message) => self.message_from_xmpp(message).await,
@@ -426,7 +440,12 @@ impl Bridge {
             Some(_) => "error",
             None => chat.kind.as_str(),
         };
-        let mut event = Translation::from_xmpp(&chat.from, &chat.to, kind, id);
+        let records = self.events.keeps_records();
+        let mut event = if records {
+            Translation::from_xmpp(&chat.from, &chat.to, kind, id)
+        } else {
+            Translation::from_xmpp_unrecorded(kind)
+        };
         // What a record of a message not carried keeps: its body.
         let body = |chat: &InboundChat| chat.body.clone().map(Bytes::from).unwrap_or_default();
         if !self.events.admits() {
@@ -453,9 +472,13 @@ impl Bridge {
             FromXmpp::Publish(out) => {
                 debug!(rule = %out.rule, topic = %out.topic, from = %chat.from,
                     "XMPP message published to MQTT.");
-                let (rule, qos, payload) = (&out.rule, out.qos as u8, out.payload.clone());
-                event.to_mqtt(rule, &out.topic, qos, BRIDGE_CLIENT_ID, payload);
-                event.mqtt.message_id.clone_from(&chat.extras.origin_id);
+                if records {
+                    let (rule, qos, payload) = (&out.rule, out.qos as u8, out.payload.clone());
+                    event.to_mqtt(rule, &out.topic, qos, BRIDGE_CLIENT_ID, payload);
+                    event.mqtt.message_id.clone_from(&chat.extras.origin_id);
+                } else {
+                    event.rule = Some(out.rule.clone());
+                }
                 let mut properties = Properties::new();
                 for (name, value) in &out.user_properties {
                     properties.push(Property::UserProperty(

@@ -25,7 +25,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -358,40 +358,43 @@ impl<K: Hash + Eq + Clone, V, S: BuildHasher> Recent<K, V, S> {
         // The key stays in `order` until it ages out; removing it there would cost a scan.
         self.map.remove(k)
     }
-
-    fn get(&self, k: &K) -> Option<&V> {
-        self.map.get(k)
-    }
 }
 
-/// A hasher for keys that are hashes already (of a randomly keyed hasher, so nobody can
-/// choose ids that collide): the map uses them as they are instead of hashing them again.
-#[derive(Debug, Default)]
-struct PassThrough(u64);
+/// Buckets of the correction window: a record goes to the bucket its id's hash names.
+const SENDER_BUCKETS: usize = 256;
+/// Records one bucket holds: twice its average share of a full window. A bucket gets each
+/// record with probability 1/256 (ids are hashed with a key chosen at random per bridge, so
+/// nobody can aim at one), so among the last [`REMEMBERED`] records it holds 256 ± 16 on
+/// average; overflowing 512 (and forgetting an id early) would take 16 standard deviations.
+const BUCKET_SLOTS: usize = 2 * REMEMBERED / SENDER_BUCKETS;
 
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
+/// One record of the correction window: hashes of the id and of its sender, and the record's
+/// number (0: an empty slot).
+#[derive(Debug, Clone, Copy, Default)]
+struct Sent {
+    id: u64,
+    sender: u64,
+    seq: u64,
 }
 
-/// Who sent each of the last [`REMEMBERED`] message ids (hashes only: no allocation per
-/// message), so that a correction is accepted only from the original sender. Each string is
-/// hashed once per call, with keys chosen at random per bridge.
+/// Who sent each message id among the last [`REMEMBERED`] records (hashes only: no
+/// allocation per message), so that a correction is accepted only from the original sender.
+/// Each string is hashed once per call, with keys chosen at random per bridge.
+///
+/// Recording is on every message's path and checking only on corrections, so records are
+/// appended to small rings (one per bucket of id hashes) instead of a hash map: the map's
+/// insert and removal of the oldest were two cache misses per message in a window of
+/// 65,536 entries. A check scans one bucket (at most 512 records) for the newest record of
+/// the id that is still among the last [`REMEMBERED`].
 #[derive(Debug, Default)]
 pub struct Senders {
     keys: RandomState,
-    recent: Recent<u64, u64, BuildHasherDefault<PassThrough>>,
+    /// [`SENDER_BUCKETS`] rings of [`BUCKET_SLOTS`] records, allocated with the first record.
+    slots: Vec<Sent>,
+    /// Where each bucket writes next.
+    next: Vec<usize>,
+    /// The number of the last record (records are numbered from 1).
+    seq: u64,
 }
 
 /// Whether a correction may go through.
@@ -410,16 +413,47 @@ impl Senders {
     /// Records that `sender` (a bare JID) sent the message `id`.
     pub fn record(&mut self, id: &str, sender: &str) {
         let (id, sender) = (self.keys.hash_one(id), self.keys.hash_one(sender));
-        let _forgotten = self.recent.insert(id, sender);
+        if self.slots.is_empty() {
+            self.slots = vec![Sent::default(); SENDER_BUCKETS * BUCKET_SLOTS];
+            self.next = vec![0; SENDER_BUCKETS];
+        }
+        self.seq += 1;
+        let bucket = Self::bucket(id);
+        let Some(at) = self.next.get_mut(bucket) else {
+            return;
+        };
+        let slot = bucket * BUCKET_SLOTS + *at;
+        *at = (*at + 1) % BUCKET_SLOTS;
+        if let Some(s) = self.slots.get_mut(slot) {
+            *s = Sent {
+                id,
+                sender,
+                seq: self.seq,
+            };
+        }
     }
 
     /// May `sender` correct the message `id`?
     pub fn check(&self, id: &str, sender: &str) -> Correction {
-        match self.recent.get(&self.keys.hash_one(id)) {
-            Some(s) if *s == self.keys.hash_one(sender) => Correction::Allowed,
+        let id = self.keys.hash_one(id);
+        let from = Self::bucket(id) * BUCKET_SLOTS;
+        let newest = (self
+            .slots
+            .get(from..from + BUCKET_SLOTS)
+            .unwrap_or_default())
+        .iter()
+        .filter(|s| s.id == id && s.seq != 0 && self.seq - s.seq < REMEMBERED as u64)
+        .max_by_key(|s| s.seq);
+        match newest {
+            Some(s) if s.sender == self.keys.hash_one(sender) => Correction::Allowed,
             Some(_) => Correction::NotTheSender,
             None => Correction::Unknown,
         }
+    }
+
+    fn bucket(id_hash: u64) -> usize {
+        // The low bits of a keyed hash; `as` keeps exactly those.
+        (id_hash % SENDER_BUCKETS as u64) as usize
     }
 }
 

@@ -85,6 +85,65 @@ fn only_the_original_sender_may_correct() {
     assert_eq!(s.check("m1", "alice@x"), Correction::Unknown, "forgotten");
 }
 
+#[test]
+fn the_correction_window_is_the_last_records_exactly() {
+    let mut s = Senders::default();
+    s.record("m1", "alice@x");
+    // m1 stays among the last REMEMBERED records until that many more came.
+    for i in 1..REMEMBERED {
+        s.record(&format!("k{i}"), &format!("u{}", i % 7));
+    }
+    assert_eq!(
+        s.check("m1", "alice@x"),
+        Correction::Allowed,
+        "the oldest kept"
+    );
+    assert_eq!(s.check("k1", "u1"), Correction::Allowed);
+    assert_eq!(s.check("k1", "u2"), Correction::NotTheSender);
+    let last = REMEMBERED - 1;
+    assert_eq!(
+        s.check(&format!("k{last}"), &format!("u{}", last % 7)),
+        Correction::Allowed
+    );
+    s.record("k-next", "z");
+    assert_eq!(
+        s.check("m1", "alice@x"),
+        Correction::Unknown,
+        "one more: forgotten"
+    );
+    assert_eq!(s.check("k1", "u1"), Correction::Allowed);
+    // The same id recorded again: the newest record decides, and keeps it longer.
+    s.record("k1", "eve@x");
+    assert_eq!(s.check("k1", "eve@x"), Correction::Allowed);
+    assert_eq!(s.check("k1", "u1"), Correction::NotTheSender);
+    for i in 0..REMEMBERED - 1 {
+        s.record(&format!("later{i}"), "z");
+    }
+    assert_eq!(
+        s.check("k1", "eve@x"),
+        Correction::Allowed,
+        "kept by its new record"
+    );
+    assert_eq!(s.check("k2", "u2"), Correction::Unknown);
+    // Four full windows of records: every id of the last window is still known (no bucket
+    // ran over), none of the one before.
+    for i in 0..4 * REMEMBERED {
+        s.record(&format!("w{i}"), "z");
+    }
+    let last_window = 3 * REMEMBERED..4 * REMEMBERED;
+    assert!(
+        last_window
+            .clone()
+            .all(|i| s.check(&format!("w{i}"), "z") == Correction::Allowed)
+    );
+    let before = 2 * REMEMBERED..3 * REMEMBERED;
+    assert!(
+        before
+            .step_by(97)
+            .all(|i| s.check(&format!("w{i}"), "z") == Correction::Unknown)
+    );
+}
+
 fn journal() -> (tempfile::TempDir, Arc<crate::store::Store>, Arc<Journal>) {
     use crate::store::{DurabilityPolicy, Store};
     let dir = tempfile::tempdir().unwrap();

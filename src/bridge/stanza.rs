@@ -10,6 +10,8 @@
 //! Inbound, the payloads are looked at by namespace only (no typed parse per extension), so a
 //! plain message costs one string comparison per payload element.
 
+use std::collections::BTreeMap;
+
 use xmpp_parsers::chatstates::ChatState as XepChatState;
 use xmpp_parsers::delay::Delay;
 use xmpp_parsers::jid::Jid;
@@ -118,18 +120,26 @@ pub fn bounced_chat(m: &Message) -> Option<InboundChat> {
     })
 }
 
+/// The text xmpp-parsers' `get_best_body(vec!["en"])` picks (English, else the one without
+/// a language, else the first), without its allocations (a `Vec` and a `Lang` per call).
+fn best_in_english(texts: &BTreeMap<Lang, String>) -> Option<&String> {
+    (texts.get("en"))
+        .or_else(|| texts.get(""))
+        .or_else(|| texts.values().next())
+}
+
 /// The bridge's view of an XMPP message; `None` for errors and unaddressed messages.
 pub fn inbound_chat(m: &Message) -> Option<InboundChat> {
     let kind = kind_of(&m.type_)?;
-    let from = m.from.as_ref()?.to_string();
-    let to = m.to.as_ref()?.to_string();
+    let from = m.from.as_ref()?.as_str().to_owned();
+    let to = m.to.as_ref()?.as_str().to_owned();
     Some(InboundChat {
         from,
         to,
         id: m.id.as_ref().map(|id| id.0.clone()),
         kind,
-        body: m.get_best_body_cloned(vec!["en"]).map(|(_, b)| b),
-        subject: m.get_best_subject(vec!["en"]).map(|(_, s)| s.clone()),
+        body: best_in_english(&m.bodies).cloned(),
+        subject: best_in_english(&m.subjects).cloned(),
         thread: m.thread.as_ref().map(|t| t.id.clone()),
         extras: if m.payloads.is_empty() {
             Extras::default()
@@ -287,6 +297,33 @@ pub fn receipt(from: &str, to: &str, id: &str) -> Option<Message> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn best_text_is_the_one_xmpp_parsers_picks() {
+        let langs = ["", "en", "de", "fr", "en-GB"];
+        // Every subset of those languages (each text names its language).
+        for set in 0..(1u32 << langs.len()) {
+            let mut m = Message::new(None);
+            for (i, lang) in langs.iter().enumerate() {
+                if set & (1 << i) != 0 {
+                    m.bodies
+                        .insert(Lang(lang.to_string()), format!("body {lang}"));
+                    m.subjects
+                        .insert(Lang(lang.to_string()), format!("subject {lang}"));
+                }
+            }
+            assert_eq!(
+                best_in_english(&m.bodies).cloned(),
+                m.get_best_body_cloned(vec!["en"]).map(|(_, b)| b),
+                "{set:b}"
+            );
+            assert_eq!(
+                best_in_english(&m.subjects),
+                m.get_best_subject(vec!["en"]).map(|(_, s)| s),
+                "{set:b}"
+            );
+        }
+    }
 
     fn out(body: &str, extras: Extras) -> XmppOut {
         XmppOut {

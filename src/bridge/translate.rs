@@ -3,8 +3,8 @@
 use bytes::Bytes;
 
 use super::envelope::{
-    ChatState, Envelope, Extras, ParsedPayload, PayloadError, bounce_json, parse_json, parse_state,
-    parse_text, receipt_json, state_json,
+    ChatState, EnvelopeRef, Extras, ParsedPayload, PayloadError, bounce_json, envelope_json,
+    parse_json, parse_state, parse_text, receipt_json, state_json,
 };
 use crate::broker::codec::{Properties, Property, QoS};
 use crate::mapping::{MappingTable, MessageKind, PayloadFormat, Refusal};
@@ -237,19 +237,16 @@ pub fn xmpp_to_mqtt(
     let payload = match rule.format {
         PayloadFormat::Text => Bytes::from(body.clone()),
         PayloadFormat::Xml => Bytes::from(render_xml()),
-        PayloadFormat::Json => Bytes::from(
-            Envelope {
-                from: msg.from.clone(),
-                to: msg.to.clone(),
-                id: msg.id.clone(),
-                kind: msg.kind,
-                body: body.clone(),
-                subject: msg.subject.clone(),
-                thread: msg.thread.clone(),
-                extras: msg.extras.clone(),
-            }
-            .to_json(),
-        ),
+        PayloadFormat::Json => Bytes::from(envelope_json(&EnvelopeRef {
+            from: &msg.from,
+            to: &msg.to,
+            id: msg.id.as_deref(),
+            kind: msg.kind,
+            body,
+            subject: msg.subject.as_deref(),
+            thread: msg.thread.as_deref(),
+            extras: &msg.extras,
+        })),
     };
     FromXmpp::Publish(MqttOut {
         rule: rule.name.clone(),

@@ -593,6 +593,41 @@ mod tests {
     }
 
     #[test]
+    fn an_unrecorded_event_is_counted_as_a_recorded_one() {
+        // Without an audit trail the bridge emits XMPP -> MQTT events without addresses,
+        // ids, topic or payload: the metrics read nothing of those.
+        let (full, lean) = (Metrics::new(), Metrics::new());
+        for (m, mut e) in [
+            (
+                &full,
+                Translation::from_xmpp("a@x/r", "b@y", "chat", Some("m1")),
+            ),
+            (&lean, Translation::from_xmpp_unrecorded("chat")),
+        ] {
+            e.rule = Some("chat-inbox".into());
+            e.handed_over();
+            m.bridge.observe(&e);
+            e.outcome = Outcome::dropped("not_carried", "x");
+            m.bridge.observe(&e);
+        }
+        let series = |text: &str| -> Vec<String> {
+            (text.lines())
+                .filter(|l| l.starts_with("bridge_") && !l.contains("_sum") && !l.contains("le="))
+                .map(str::to_owned)
+                .collect()
+        };
+        let (full, lean) = (full.render(), lean.render());
+        assert_eq!(series(&full), series(&lean));
+        for line in [
+            "bridge_messages_total{direction=\"xmpp_to_mqtt\",outcome=\"published\",rule=\"chat-inbox\"} 1",
+            "bridge_translation_duration_seconds_count{direction=\"xmpp_to_mqtt\"} 1",
+            "bridge_messages_not_carried_total{direction=\"xmpp_to_mqtt\",outcome=\"dropped\",reason=\"not_carried\"} 1",
+        ] {
+            assert!(lean.contains(line), "{line} missing in {lean}");
+        }
+    }
+
+    #[test]
     fn mirrored_atomics_are_read_when_scraped() {
         let m = Metrics::new();
         let stats = Arc::new(BrokerStats::default());

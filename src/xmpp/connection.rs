@@ -332,7 +332,7 @@ impl<R: AsyncRead + Unpin> Stream for LinkReader<R> {
             return Poll::Ready(None);
         }
         loop {
-            let Some(ctx) = this.ctx.as_ref() else {
+            let Some(ctx) = this.ctx.as_mut() else {
                 this.ended = true;
                 let e = io::Error::new(io::ErrorKind::InvalidData, "no stream header read");
                 return Poll::Ready(Some(Err(ReadError::HardError(e))));

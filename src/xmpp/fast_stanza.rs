@@ -179,7 +179,7 @@ impl<'a> Cur<'a> {
             let raw = &self.s[self.i..self.i + len];
             self.i += len + 1;
             // `<` is not allowed in values; tabs and newlines would be normalised to spaces.
-            if raw.bytes().any(|b| matches!(b, b'<' | b'\t' | b'\n')) {
+            if memchr::memchr3(b'<', b'\t', b'\n', raw.as_bytes()).is_some() {
                 return None;
             }
             let value = unescape(raw)?;
@@ -286,7 +286,12 @@ impl<'a> Cur<'a> {
 /// Checks the characters of the whole stanza: valid UTF-8, no character XML forbids, no
 /// carriage return (line ends would need normalising).
 fn plain_chars(bytes: &[u8]) -> Option<&str> {
-    if bytes.iter().any(|&b| b < 0x20 && b != b'\t' && b != b'\n') {
+    // Without a short cut, so that the compiler checks many bytes per instruction: almost
+    // every stanza is clean, and the whole of it is looked at either way.
+    let control = (bytes.iter()).fold(false, |seen, &b| {
+        seen | ((b < 0x20) & (b != b'\t') & (b != b'\n'))
+    });
+    if control {
         return None;
     }
     let s = std::str::from_utf8(bytes).ok()?;
@@ -307,10 +312,40 @@ fn message_type(value: &str) -> Option<MessageType> {
     })
 }
 
+/// How many JIDs [`JidCache`] keeps.
+const CACHED_JIDS: usize = 8;
+
+/// The last few valid JIDs read, by their text as written (after entity decoding): the same
+/// senders and recipients come again and again on a link, and validating a JID (nodeprep,
+/// IDNA, resourceprep) costs several times more than copying the result. The cache changes
+/// no result: a JID is a function of its text, and only valid ones are kept.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct JidCache {
+    slots: [Option<(Box<str>, Jid)>; CACHED_JIDS],
+    /// The slot to replace next (oldest first).
+    next: usize,
+}
+
+impl JidCache {
+    /// The JID `text` stands for, or `None` when it is not valid.
+    pub(crate) fn jid(&mut self, text: &str) -> Option<Jid> {
+        for (known, jid) in self.slots.iter().flatten() {
+            if **known == *text {
+                return Some(jid.clone());
+            }
+        }
+        let jid = Jid::new(text).ok()?;
+        self.slots[self.next] = Some((text.into(), jid.clone()));
+        self.next = (self.next + 1) % CACHED_JIDS;
+        Some(jid)
+    }
+}
+
 /// Reads `bytes`, one complete element of a component stream whose default namespace is
 /// `jabber:component:accept` (no `xml:lang` in scope), as a `Message`; `None` when it is not
-/// a `<message/>` or not in the subset this reader understands.
-pub(crate) fn message(bytes: &[u8]) -> Option<Message> {
+/// a `<message/>` or not in the subset this reader understands. JIDs are validated through
+/// `jids`.
+pub(crate) fn message(bytes: &[u8], jids: &mut JidCache) -> Option<Message> {
     let s = plain_chars(bytes)?;
     let mut cur = Cur { s, b: bytes, i: 0 };
     let tag = cur.start_tag()?;
@@ -329,8 +364,8 @@ pub(crate) fn message(bytes: &[u8]) -> Option<Message> {
     };
     for (name, value) in tag.attrs() {
         match *name {
-            "from" => m.from = Some(Jid::new(value).ok()?),
-            "to" => m.to = Some(Jid::new(value).ok()?),
+            "from" => m.from = Some(jids.jid(value)?),
+            "to" => m.to = Some(jids.jid(value)?),
             "id" => m.id = Some(Id(value.clone().into_owned())),
             "type" => m.type_ = message_type(value)?,
             // Unknown attributes are tolerated (xmpp-parsers without `pedantic`).
@@ -422,7 +457,11 @@ mod tests {
             "<message xmlns='jabber:client'/>".to_owned(),
         ];
         for xml in fall_back {
-            assert_eq!(message(xml.as_bytes()), None, "{xml}");
+            assert_eq!(
+                message(xml.as_bytes(), &mut JidCache::default()),
+                None,
+                "{xml}"
+            );
         }
         let m = message(
             format!(
@@ -430,11 +469,46 @@ mod tests {
                  <x xmlns='urn:x' a='1'>t<y>u</y></x></message>"
             )
             .as_bytes(),
+            &mut JidCache::default(),
         )
         .unwrap();
         assert_eq!(m.bodies[&Lang(String::new())], "hi & bye");
         assert_eq!(m.payloads.len(), 1);
         assert_eq!(m.payloads[0].attr("a"), Some("1"));
         assert_eq!(m.payloads[0].text(), "t");
+    }
+
+    #[test]
+    fn cached_jids_are_the_jids_of_their_text() {
+        let mut cache = JidCache::default();
+        // More distinct JIDs than slots, each read several times in a row and again after
+        // the cache has moved on; invalid ones are refused every time and never cached.
+        let texts: Vec<String> = (0..CACHED_JIDS * 2 + 3)
+            .map(|i| format!("User{i}@Example.ORG/r{i}"))
+            .chain(["bücher.example".to_owned(), "a@b".to_owned()])
+            .collect();
+        for round in 0..3 {
+            for text in &texts {
+                for _ in 0..2 {
+                    let got = cache.jid(text).unwrap();
+                    let want = Jid::new(text).unwrap();
+                    assert_eq!(got, want, "round {round}: {text}");
+                    assert_eq!(got.as_str(), want.as_str());
+                }
+            }
+            for bad in ["@b", "a@", "a@b/", "a b@c", ""] {
+                assert_eq!(cache.jid(bad), None, "{bad}");
+            }
+        }
+        // A stanza read twice with the same cache gives the same message as with a fresh one.
+        let xml = "<message xmlns='jabber:component:accept' from='A@x.org/r' to='b@y' \
+                   type='chat'><body>hi</body></message>";
+        let fresh = message(xml.as_bytes(), &mut JidCache::default()).unwrap();
+        for _ in 0..2 {
+            let again = message(xml.as_bytes(), &mut cache).unwrap();
+            assert_eq!(again.from, fresh.from);
+            assert_eq!(again.to, fresh.to);
+            assert_eq!(again.from.as_ref().map(Jid::as_str), Some("a@x.org/r"));
+        }
     }
 }

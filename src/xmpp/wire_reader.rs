@@ -16,7 +16,7 @@ use xmpp_parsers::ns;
 use xso::{FromEventsBuilder, FromXml};
 
 use super::Inbound;
-use super::fast_stanza;
+use super::fast_stanza::{self, JidCache};
 use super::splitter::{self, SplitError, Splitter, Step};
 use super::stanza_reader::Incoming;
 
@@ -49,6 +49,8 @@ pub(crate) struct StreamContext {
     /// Whether the fast path applies: default namespace `jabber:component:accept` and no
     /// `xml:lang` on the stream.
     fast: bool,
+    /// The JIDs the fast path read last, validated once.
+    jids: JidCache,
 }
 
 impl StreamContext {
@@ -88,6 +90,7 @@ impl StreamContext {
             header: header.to_vec(),
             footer,
             fast: default_ns.as_deref() == Some(ns::COMPONENT) && lang.is_none(),
+            jids: JidCache::default(),
         })
     }
 
@@ -97,9 +100,9 @@ impl StreamContext {
     }
 
     /// Reads one complete stanza.
-    pub(crate) fn read(&self, stanza: &[u8]) -> Result<Incoming, ReadFail> {
+    pub(crate) fn read(&mut self, stanza: &[u8]) -> Result<Incoming, ReadFail> {
         if self.fast
-            && let Some(m) = fast_stanza::message(stanza)
+            && let Some(m) = fast_stanza::message(stanza, &mut self.jids)
         {
             return Ok(Incoming::Stanza(Inbound::Message(m)));
         }
@@ -238,7 +241,7 @@ pub(crate) enum Read {
 /// Reads the next stanza from `buf` (the unread bytes) with `splitter`'s state.
 pub(crate) fn read_next(
     splitter: &mut Splitter,
-    ctx: &StreamContext,
+    ctx: &mut StreamContext,
     buf: &[u8],
 ) -> Result<Read, ReadFail> {
     Ok(match splitter.next(buf, ctx.footer())? {
@@ -331,7 +334,7 @@ fn read_as_xml_stream(doc: &[u8]) -> Vec<Outcome> {
 
 /// The stream read the link's way, fed `chunk` bytes at a time.
 fn read_as_link(doc: &[u8], chunk: usize) -> Vec<Outcome> {
-    let Ok(ctx) = StreamContext::new(CHECK_HEADER) else {
+    let Ok(mut ctx) = StreamContext::new(CHECK_HEADER) else {
         return vec![Outcome::Hard];
     };
     let mut rest = &doc[CHECK_HEADER.len()..];
@@ -339,7 +342,7 @@ fn read_as_link(doc: &[u8], chunk: usize) -> Vec<Outcome> {
     let mut splitter = Splitter::default();
     let mut out = Vec::new();
     loop {
-        match read_next(&mut splitter, &ctx, &buf) {
+        match read_next(&mut splitter, &mut ctx, &buf) {
             Ok(Read::Need { skip }) => {
                 buf.drain(..skip);
                 if rest.is_empty() {
@@ -416,14 +419,14 @@ pub(crate) fn check_against_xml_stream(bytes: &[u8]) {
 /// Reads `content` (what follows a component stream header) with the link's reader and
 /// returns how many stanzas it read as values; for `benches/xmpp_stanza.rs`.
 pub(crate) fn count_stanzas(content: &[u8]) -> usize {
-    let Ok(ctx) = StreamContext::new(CHECK_HEADER) else {
+    let Ok(mut ctx) = StreamContext::new(CHECK_HEADER) else {
         return 0;
     };
     let mut splitter = Splitter::default();
     let mut buf = content;
     let mut n = 0;
     loop {
-        match read_next(&mut splitter, &ctx, buf) {
+        match read_next(&mut splitter, &mut ctx, buf) {
             Ok(Read::Item { consumed, item }) => {
                 n += usize::from(item.is_ok());
                 buf = &buf[consumed..];
@@ -454,7 +457,8 @@ mod tests {
 
     #[test]
     fn a_chat_message_takes_the_fast_path_with_the_same_result() {
-        let fast = fast_stanza::message(CHAT.as_bytes()).expect("fast path");
+        let fast =
+            fast_stanza::message(CHAT.as_bytes(), &mut JidCache::default()).expect("fast path");
         match ctx().general(CHAT.as_bytes()).unwrap() {
             Incoming::Stanza(Inbound::Message(m)) => assert_eq!(fast, m),
             other => panic!("{other:?}"),
@@ -463,7 +467,7 @@ mod tests {
         // With xml:lang on the stream the general way reads it (bodies keyed by language).
         let header = b"<stream:stream xmlns='jabber:component:accept' \
             xmlns:stream='http://etherx.jabber.org/streams' xml:lang='en' id='s'>";
-        let with_lang = StreamContext::new(header).unwrap();
+        let mut with_lang = StreamContext::new(header).unwrap();
         match with_lang.read(CHAT.as_bytes()).unwrap() {
             Incoming::Stanza(Inbound::Message(m)) => {
                 assert_eq!(m.bodies.keys().next().map(|l| l.0.as_str()), Some("en"));
