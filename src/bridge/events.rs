@@ -245,6 +245,12 @@ impl Translation {
         t
     }
 
+    /// A message from MQTT, taken now, for the observers only (no audit trail): its topic,
+    /// publisher, packet id and payload are left out (see [`EventSink::keeps_records`]).
+    pub fn from_mqtt_unrecorded() -> Box<Self> {
+        Box::new(Translation::start(Direction::MqttToXmpp))
+    }
+
     /// The MQTT side an XMPP message was translated to by `rule`.
     pub fn to_mqtt(&mut self, rule: &str, topic: &str, qos: u8, client_id: &str, payload: Bytes) {
         self.rule = Some(rule.to_string());

@@ -587,10 +587,15 @@ impl Bridge {
             carried,
         } = delivery;
         let user = origin.as_ref().and_then(|o| o.username.as_deref());
-        let client_id = origin.as_ref().map(|o| o.client_id.to_string());
-        let (qos, pkid, payload) = (publish.qos as u8, publish.pkid, publish.payload.clone());
-        let mut event =
-            Translation::from_mqtt(&publish.topic, Some(qos), client_id, Some(pkid), payload);
+        // Without an audit trail only the metrics see the event: nothing is copied for it.
+        let records = self.events.keeps_records();
+        let mut event = if records {
+            let client_id = origin.as_ref().map(|o| o.client_id.to_string());
+            let (qos, pkid, payload) = (publish.qos as u8, publish.pkid, publish.payload.clone());
+            Translation::from_mqtt(&publish.topic, Some(qos), client_id, Some(pkid), payload)
+        } else {
+            Translation::from_mqtt_unrecorded()
+        };
         if !self.events.admits() {
             event.outcome = Outcome::audit_full();
             self.events.refused_for_audit(&event);
@@ -614,8 +619,12 @@ impl Bridge {
                     translate::apply_user_properties(&mut out, &publish.properties);
                 }
                 let id = out.id.clone().unwrap_or_else(|| self.new_id());
-                event.to_xmpp(&out.rule, &out.from, &out.to, out.kind.as_str(), &id);
-                event.mqtt.message_id.clone_from(&out.extras.origin_id);
+                if records {
+                    event.to_xmpp(&out.rule, &out.from, &out.to, out.kind.as_str(), &id);
+                    event.mqtt.message_id.clone_from(&out.extras.origin_id);
+                } else {
+                    event.rule = Some(out.rule.clone());
+                }
                 if !self.mqtt_extras(&out, &id, &publish, &mut event).await? {
                     return Ok(());
                 }
@@ -631,7 +640,7 @@ impl Bridge {
                     }
                     Err(e) => {
                         warn!(rule = ?event.rule, from = ?event.xmpp.from, to = ?event.xmpp.to,
-                            reason = e.reason, error = %e.detail,
+                            topic = %publish.topic, reason = e.reason, error = %e.detail,
                             "MQTT message cannot be written as a stanza; dropped.");
                         add(&self.stats.refused_from_mqtt);
                         event.outcome = Outcome::dropped(e.reason, e.detail);

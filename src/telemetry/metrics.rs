@@ -618,6 +618,29 @@ mod tests {
         };
         let (full, lean) = (full.render(), lean.render());
         assert_eq!(series(&full), series(&lean));
+        // The same both ways: MQTT -> XMPP events are lean too without a trail.
+        let (full_mx, lean_mx) = (Metrics::new(), Metrics::new());
+        for (m, mut e) in [
+            (
+                &full_mx,
+                Translation::from_mqtt("users/b/outbox/a@x", Some(1), None, Some(7), "hi".into()),
+            ),
+            (&lean_mx, Translation::from_mqtt_unrecorded()),
+        ] {
+            e.rule = Some("chat-outbox".into());
+            e.handed_over();
+            m.bridge.observe(&e);
+            e.outcome = Outcome::Delivered;
+            m.bridge.observe(&e);
+        }
+        let lean_mx = lean_mx.render();
+        assert_eq!(series(&full_mx.render()), series(&lean_mx));
+        assert!(
+            lean_mx.contains(
+                "bridge_messages_total{direction=\"mqtt_to_xmpp\",outcome=\"delivered\",rule=\"chat-outbox\"} 1"
+            ),
+            "{lean_mx}"
+        );
         for line in [
             "bridge_messages_total{direction=\"xmpp_to_mqtt\",outcome=\"published\",rule=\"chat-inbox\"} 1",
             "bridge_translation_duration_seconds_count{direction=\"xmpp_to_mqtt\"} 1",
