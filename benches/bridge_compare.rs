@@ -58,7 +58,9 @@
 //! The bridge binary connects to a test peer in this process that speaks XEP-0114 (stream
 //! header, any `<handshake>` accepted, pings answered at once). XMPP → MQTT: the peer writes
 //! `BENCH_BRIDGE_CPU_MESSAGES` chat stanzas to `bob@mqtt.localhost`, an MQTT subscriber counts
-//! the publishes. MQTT → XMPP: an MQTT publisher (QoS 1) sends as many to
+//! the publishes (after one unmeasured run of `BENCH_BRIDGE_CPU_WARMUP` per path, so that a
+//! fresh process's first growth of buffers is not counted). MQTT → XMPP: an MQTT publisher
+//! (QoS 1) sends as many to
 //! `users/bob/outbox/alice@localhost`, the peer counts the stanzas. CPU = on-CPU time of the
 //! bridge process over the run (sum of `/proc/PID/task/*/schedstat`, or utime + stime in clock
 //! ticks when larger), divided by the messages received. It includes the broker's share (MQTT
@@ -79,7 +81,8 @@
 //! Tunables (environment, defaults in brackets): `BENCH_BRIDGE_MESSAGES` (20000),
 //! `BENCH_BRIDGE_REPS` (3), `BENCH_BRIDGE_WINDOW` (1000), `BENCH_BRIDGE_LAT_RATE` (500),
 //! `BENCH_BRIDGE_LAT_SECS` (8, per path), `BENCH_BRIDGE_LAT_ROUNDS` (8),
-//! `BENCH_BRIDGE_CPU_MESSAGES` (100000), `BENCH_BRIDGE_RUN_TIMEOUT` (30 s),
+//! `BENCH_BRIDGE_CPU_MESSAGES` (100000), `BENCH_BRIDGE_CPU_WARMUP` (20000, per path, run
+//! before part 3's measured runs and not counted), `BENCH_BRIDGE_RUN_TIMEOUT` (30 s),
 //! `BENCH_BRIDGE_PARTS` (`prosody,cpu,audit`: parts 1 and 2, part 3, part 4),
 //! `BENCH_BRIDGE_MAPPINGS` (the rules folder, default the shipped `mappings/`),
 //! `BENCH_BRIDGE_PERF` (a file: `perf record` of the bridge during part 3's MQTT → XMPP run),
@@ -329,6 +332,23 @@ fn without_prosody(s: &Settings, dir: &Path, report: &mut Report) {
         prosody: 0,
     };
     let n = s.cpu_messages;
+    // One unmeasured run per path first: the first messages through a fresh process pay for
+    // its buffers and queues growing (page faults, allocator arenas), which is not a cost
+    // per message. Without it a run of 100,000 measured 0.5-1 µs more per message than one
+    // of 200,000.
+    let w = s.cpu_warmup;
+    if w > 0 {
+        println!("\nWarm-up ({w} messages per path, not measured):");
+        throughput(s, &pids, "peer -> MQTT", &sub.rx, w, |base| {
+            peer.blast(base, w)
+        });
+        throughput(s, &pids, "MQTT -> peer", &peer.rx, w, |base| {
+            publ.blast(&outbox, base, w, s.window)
+        });
+        throughput(s, &pids, "MQTT -> MQTT", &sub.rx, w, |base| {
+            publ.blast("bench/cpu", base, w, s.window)
+        });
+    }
     println!("\nBridge CPU without Prosody ({n} messages per run):");
     let perf = Perf::start(pids.bridge, "BENCH_BRIDGE_PERF_XM");
     let xm = throughput(s, &pids, "peer -> MQTT", &sub.rx, n, |base| {
@@ -457,6 +477,7 @@ struct Settings {
     lat_rate: u64,
     lat_secs: f64,
     lat_rounds: usize,
+    cpu_warmup: u64,
     cpu_messages: u64,
     run_timeout: Duration,
     parts: String,
@@ -471,6 +492,7 @@ impl Settings {
             lat_rate: env_num("BENCH_BRIDGE_LAT_RATE", 500),
             lat_secs: env_num("BENCH_BRIDGE_LAT_SECS", 8.0),
             lat_rounds: env_num("BENCH_BRIDGE_LAT_ROUNDS", 8),
+            cpu_warmup: env_num("BENCH_BRIDGE_CPU_WARMUP", 20_000),
             cpu_messages: env_num("BENCH_BRIDGE_CPU_MESSAGES", 100_000),
             run_timeout: Duration::from_secs(env_num("BENCH_BRIDGE_RUN_TIMEOUT", 30)),
             parts: std::env::var("BENCH_BRIDGE_PARTS")
