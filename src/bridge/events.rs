@@ -187,6 +187,9 @@ pub struct Translation {
     /// Time from taking the message to handing it to the other side (translation latency);
     /// `None` when it was not handed over.
     pub handoff: Option<Duration>,
+    /// Whether it may become an audit record. When not (no trail), the setters below keep
+    /// only what the observers read (see [`EventSink::keeps_records`]).
+    recorded: bool,
 }
 
 impl Translation {
@@ -202,6 +205,7 @@ impl Translation {
             payload: Bytes::new(),
             outcome: Outcome::Published,
             handoff: None,
+            recorded: true,
         }
     }
 
@@ -222,6 +226,7 @@ impl Translation {
     pub fn from_xmpp_unrecorded(kind: &'static str) -> Box<Self> {
         let mut t = Box::new(Translation::start(Direction::XmppToMqtt));
         t.xmpp.kind = Some(kind);
+        t.recorded = false;
         t
     }
 
@@ -248,31 +253,57 @@ impl Translation {
     /// A message from MQTT, taken now, for the observers only (no audit trail): its topic,
     /// publisher, packet id and payload are left out (see [`EventSink::keeps_records`]).
     pub fn from_mqtt_unrecorded() -> Box<Self> {
-        Box::new(Translation::start(Direction::MqttToXmpp))
+        let mut t = Box::new(Translation::start(Direction::MqttToXmpp));
+        t.recorded = false;
+        t
     }
 
-    /// The MQTT side an XMPP message was translated to by `rule`.
-    pub fn to_mqtt(&mut self, rule: &str, topic: &str, qos: u8, client_id: &str, payload: Bytes) {
+    /// The MQTT side an XMPP message was translated to by `rule`; `message_id` is the
+    /// message's own id (origin-id). An unrecorded event keeps only the rule.
+    pub fn to_mqtt(
+        &mut self,
+        rule: &str,
+        topic: &str,
+        qos: u8,
+        client_id: &str,
+        payload: &Bytes,
+        message_id: Option<&str>,
+    ) {
         self.rule = Some(rule.to_string());
+        if !self.recorded {
+            return;
+        }
         self.mqtt = MqttSide {
             topic: Some(topic.to_string()),
             qos: Some(qos),
             client_id: Some(client_id.to_string()),
             packet_id: None,
-            message_id: None,
+            message_id: message_id.map(str::to_string),
         };
-        self.payload = payload;
+        self.payload = payload.clone();
     }
 
-    /// The XMPP side an MQTT message was translated to by `rule`.
-    pub fn to_xmpp(&mut self, rule: &str, from: &str, to: &str, kind: &'static str, id: &str) {
+    /// The XMPP side an MQTT message was translated to by `rule`; `message_id` is the
+    /// message's own id (origin-id). An unrecorded event keeps only the rule.
+    pub fn to_xmpp(
+        &mut self,
+        rule: &str,
+        (from, to): (&str, &str),
+        kind: &'static str,
+        id: &str,
+        message_id: Option<&str>,
+    ) {
         self.rule = Some(rule.to_string());
+        if !self.recorded {
+            return;
+        }
         self.xmpp = XmppSide {
             from: Some(from.to_string()),
             to: Some(to.to_string()),
             kind: Some(kind),
             id: Some(id.to_string()),
         };
+        self.mqtt.message_id = message_id.map(str::to_string);
     }
 
     /// An MQTT message refused by the translation.
@@ -422,6 +453,31 @@ mod tests {
         let sink = EventSink::new(Some((tx, WhenFull::Block)), Vec::new());
         sink.emit(Translation::start(Direction::MqttToXmpp)).await;
         assert!(sink.admits());
+    }
+
+    #[test]
+    fn unrecorded_events_keep_only_the_rule() {
+        let payload = Bytes::from_static(b"{}");
+        let mut full = Translation::from_xmpp("a@x/r", "b@y", "chat", Some("m1"));
+        full.to_mqtt("r1", "users/b/inbox/a@x", 1, "bridge", &payload, Some("o1"));
+        assert_eq!(full.mqtt.topic.as_deref(), Some("users/b/inbox/a@x"));
+        assert_eq!(full.mqtt.message_id.as_deref(), Some("o1"));
+        assert_eq!(full.payload, payload);
+        let mut lean = Translation::from_xmpp_unrecorded("chat");
+        lean.to_mqtt("r1", "users/b/inbox/a@x", 1, "bridge", &payload, Some("o1"));
+        assert_eq!(lean.rule.as_deref(), Some("r1"));
+        assert_eq!((lean.mqtt.topic, lean.mqtt.message_id), (None, None));
+        assert!(lean.payload.is_empty());
+
+        let mut full = Translation::from_mqtt("t", Some(1), None, Some(3), payload.clone());
+        full.to_xmpp("r2", ("a@y", "b@x"), "chat", "id1", Some("o2"));
+        assert_eq!(full.xmpp.to.as_deref(), Some("b@x"));
+        assert_eq!(full.mqtt.message_id.as_deref(), Some("o2"));
+        let mut lean = Translation::from_mqtt_unrecorded();
+        lean.to_xmpp("r2", ("a@y", "b@x"), "chat", "id1", Some("o2"));
+        assert_eq!(lean.rule.as_deref(), Some("r2"));
+        assert_eq!((lean.xmpp.from, lean.xmpp.id), (None, None));
+        assert_eq!(lean.mqtt.message_id, None);
     }
 
     #[test]

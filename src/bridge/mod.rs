@@ -440,8 +440,7 @@ impl Bridge {
             Some(_) => "error",
             None => chat.kind.as_str(),
         };
-        let records = self.events.keeps_records();
-        let mut event = if records {
+        let mut event = if self.events.keeps_records() {
             Translation::from_xmpp(&chat.from, &chat.to, kind, id)
         } else {
             Translation::from_xmpp_unrecorded(kind)
@@ -472,13 +471,9 @@ impl Bridge {
             FromXmpp::Publish(out) => {
                 debug!(rule = %out.rule, topic = %out.topic, from = %chat.from,
                     "XMPP message published to MQTT.");
-                if records {
-                    let (rule, qos, payload) = (&out.rule, out.qos as u8, out.payload.clone());
-                    event.to_mqtt(rule, &out.topic, qos, BRIDGE_CLIENT_ID, payload);
-                    event.mqtt.message_id.clone_from(&chat.extras.origin_id);
-                } else {
-                    event.rule = Some(out.rule.clone());
-                }
+                let (origin_id, qos) = (chat.extras.origin_id.as_deref(), out.qos as u8);
+                let (rule, topic) = (&out.rule, &out.topic);
+                event.to_mqtt(rule, topic, qos, BRIDGE_CLIENT_ID, &out.payload, origin_id);
                 let mut properties = Properties::new();
                 for (name, value) in &out.user_properties {
                     properties.push(Property::UserProperty(
@@ -588,8 +583,7 @@ impl Bridge {
         } = delivery;
         let user = origin.as_ref().and_then(|o| o.username.as_deref());
         // Without an audit trail only the metrics see the event: nothing is copied for it.
-        let records = self.events.keeps_records();
-        let mut event = if records {
+        let mut event = if self.events.keeps_records() {
             let client_id = origin.as_ref().map(|o| o.client_id.to_string());
             let (qos, pkid, payload) = (publish.qos as u8, publish.pkid, publish.payload.clone());
             Translation::from_mqtt(&publish.topic, Some(qos), client_id, Some(pkid), payload)
@@ -619,12 +613,9 @@ impl Bridge {
                     translate::apply_user_properties(&mut out, &publish.properties);
                 }
                 let id = out.id.clone().unwrap_or_else(|| self.new_id());
-                if records {
-                    event.to_xmpp(&out.rule, &out.from, &out.to, out.kind.as_str(), &id);
-                    event.mqtt.message_id.clone_from(&out.extras.origin_id);
-                } else {
-                    event.rule = Some(out.rule.clone());
-                }
+                let (addresses, kind) = ((out.from.as_str(), out.to.as_str()), out.kind.as_str());
+                let origin_id = out.extras.origin_id.as_deref();
+                event.to_xmpp(&out.rule, addresses, kind, &id, origin_id);
                 if !self.mqtt_extras(&out, &id, &publish, &mut event).await? {
                     return Ok(());
                 }

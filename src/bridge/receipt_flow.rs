@@ -105,7 +105,7 @@ impl Bridge {
             properties.push(Property::CorrelationData(c));
         }
         let topic = reply.topic.to_string();
-        event.to_mqtt("", &topic, 1, BRIDGE_CLIENT_ID, payload.clone());
+        event.to_mqtt("", &topic, 1, BRIDGE_CLIENT_ID, &payload, None);
         event.rule = None;
         event.outcome = outcome;
         let publish = Publish {
@@ -237,7 +237,8 @@ impl Bridge {
             &entry.topic,
             entry.qos,
             subscriber,
-            Bytes::new(),
+            &Bytes::new(),
+            None,
         );
         if client_id.is_none() {
             event.mqtt.client_id = None;

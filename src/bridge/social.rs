@@ -164,7 +164,7 @@ impl Bridge {
         let me = format!("{}@{}", e.user, self.table.domain());
         let occupant = format!("{}/{}", e.room, e.nick);
         let mut event = Translation::from_xmpp(&occupant, &me, "groupchat", None);
-        event.to_mqtt("groupchat", &e.topic, 1, BRIDGE_CLIENT_ID, payload.clone());
+        event.to_mqtt("groupchat", &e.topic, 1, BRIDGE_CLIENT_ID, &payload, None);
         let detail = match &e.text {
             Some(text) => format!("{}: {text}", e.condition),
             None => e.condition.clone(),
