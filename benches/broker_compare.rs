@@ -17,7 +17,8 @@
 //! - **Fan-in throughput, QoS 0/1/2**: 4 × `mosquitto_pub -l -q Q -M 20` (stdin: a file of
 //!   64-byte lines carrying publisher and sequence numbers) → 1 × `mosquitto_sub -q Q -t
 //!   bench/#`. Publishers start once a probe message has reached every subscriber.
-//!   Throughput = distinct messages received / (last one received − publishers started).
+//!   Throughput = distinct messages received / (last one received − publishers started);
+//!   the run line also shows when the first message arrived (the clients' start-up, 5–10 ms).
 //!   The subscriber runs under `stdbuf -oL`, so the probe and the last message show at once
 //!   (a write per message, paid by the client, not the broker). At QoS 0 the single-threaded
 //!   `mosquitto_sub` is the bottleneck (see the per-run CPU lines), so the broker's **CPU
@@ -1005,6 +1006,8 @@ mod throughput {
         pub(crate) malformed: u64,
         /// Publishers started → last distinct message received.
         pub(crate) elapsed: Duration,
+        /// Publishers started → first message received (the clients' start-up, mostly).
+        pub(crate) to_first: Duration,
         pub(crate) broker_cpu: Duration,
         /// How the wait ended: "complete", "stalled", "deadline".
         pub(crate) ending: &'static str,
@@ -1053,6 +1056,13 @@ mod throughput {
             .max()
             .unwrap_or(0);
         let elapsed = (epoch + Duration::from_nanos(last)).saturating_duration_since(start);
+        let first = subs
+            .iter()
+            .map(|s| s.stats.first_ns.load(Ordering::Relaxed))
+            .filter(|&ns| ns > 0)
+            .min()
+            .unwrap_or(0);
+        let to_first = (epoch + Duration::from_nanos(first)).saturating_duration_since(start);
         let (counts, subscribers_cpu) = finish(subs, &mut guard, ctx.clk_tck);
         let (self1, children1) = procfs::self_cpu(ctx.clk_tck);
         let result = RunResult {
@@ -1061,6 +1071,7 @@ mod throughput {
             duplicates: counts.duplicates,
             malformed: counts.malformed,
             elapsed,
+            to_first,
             broker_cpu,
             ending,
         };
@@ -1086,7 +1097,8 @@ mod throughput {
     fn print_run(b: &broker::Broker, load: &Load, r: &RunResult, cpu: &ClientCpu) {
         let secs = r.elapsed.as_secs_f64();
         println!(
-            "[{:9}] {:16} {:>7}/{} in {:5.2} s = {:>7.0}/s, lost {}, dup {}, bad {} ({}); \
+            "[{:9}] {:16} {:>7}/{} in {:5.2} s (first after {:.1} ms) = {:>7.0}/s, lost {}, \
+             dup {}, bad {} ({}); \
              CPU s: broker {:.2} = {:.2} µs/msg, subscriber{} {:.2}, publishers {:.2}, \
              bench {:.2}; {:.2} available",
             b.kind.name(),
@@ -1094,6 +1106,7 @@ mod throughput {
             r.received,
             r.expected,
             secs,
+            r.to_first.as_secs_f64() * 1e3,
             r.rate(),
             r.lost(),
             r.duplicates,
@@ -1118,6 +1131,8 @@ mod throughput {
         pub(crate) malformed: AtomicU64,
         /// Nanoseconds from the run's epoch to the last distinct message.
         pub(crate) last_ns: AtomicU64,
+        /// Nanoseconds from the run's epoch to the first distinct message (0: none yet).
+        pub(crate) first_ns: AtomicU64,
     }
 
     pub(crate) struct Sub {
@@ -1209,8 +1224,11 @@ mod throughput {
                 Some(flag) => {
                     *flag = true;
                     st.unique.fetch_add(1, Ordering::Relaxed);
-                    st.last_ns
-                        .store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    let now = epoch.elapsed().as_nanos() as u64;
+                    st.last_ns.store(now, Ordering::Relaxed);
+                    let _first_already =
+                        st.first_ns
+                            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
                 }
             }
         }
