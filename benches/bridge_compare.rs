@@ -46,7 +46,11 @@
 //! and two baselines through Prosody alone with the same XMPP client at the same end:
 //! `alice` → `bob` for XMPP → MQTT, `bob` → `alice` (same stanza shape as the bridge sends)
 //! for MQTT → XMPP. Each path's count of samples at 30 ms or more is printed: the signature
-//! of Prosody's Nagle (on by default) meeting the receiving client's delayed ACK. The first 20 messages of a round are
+//! of Prosody's Nagle (on by default) meeting the receiving client's delayed ACK. So the XMPP
+//! clients acknowledge each read at once (`TCP_QUICKACK`; `BENCH_BRIDGE_CLIENT_QUICKACK=0`
+//! turns that off): a stall on the Prosody → client leg, which every path has, then does not
+//! decide the difference. Prosody keeps its default Nagle; the bridge's link acknowledges
+//! each read at once itself (`src/xmpp/connection.rs`). The first 20 messages of a round are
 //! not measured. Added = bridge path percentile − baseline percentile (a difference of
 //! percentiles, not a percentile of differences). The p99 goal is judged on each path's
 //! median of its rounds' p99s (as the broker bench does), the p99 over all samples printed
@@ -88,6 +92,8 @@
 //! `BENCH_BRIDGE_PERF` (a file: `perf record` of the bridge during part 3's MQTT → XMPP run),
 //! `BENCH_BRIDGE_PERF_XM` (the same for part 3's XMPP → MQTT run),
 //! `BENCH_BRIDGE_PROSODY_NAGLE` (`0`: Prosody with TCP_NODELAY, `network_settings`),
+//! `BENCH_BRIDGE_CLIENT_QUICKACK` (on; `0`: the XMPP clients leave ACKs to the kernel's
+//! delayed-ACK timer, which meets Prosody's Nagle: see part 2),
 //! `BENCH_BRIDGE_BIN` (another bridge binary, e.g. a copy of an earlier build, for A/B runs).
 
 use std::fmt::Write as _;
@@ -553,8 +559,20 @@ impl Report {
         let _ok = writeln!(
             header,
             "Throughput: {} messages per run, {} runs per path (median), MQTT window {}. \
-             Latency: {} msg/s, {:.1} s per path in {} rounds. CPU: {} messages per run.",
-            s.messages, s.reps, s.window, s.lat_rate, s.lat_secs, s.lat_rounds, s.cpu_messages
+             Latency: {} msg/s, {:.1} s per path in {} rounds, XMPP clients {}. CPU: {} messages \
+             per run.",
+            s.messages,
+            s.reps,
+            s.window,
+            s.lat_rate,
+            s.lat_secs,
+            s.lat_rounds,
+            if client_quickack() {
+                "acknowledging each read at once"
+            } else {
+                "with delayed ACKs"
+            },
+            s.cpu_messages
         );
         Report {
             rows: Vec::new(),
@@ -1028,11 +1046,30 @@ fn is_timeout(e: &io::Error) -> bool {
     )
 }
 
+/// Whether the XMPP clients acknowledge every read at once (`BENCH_BRIDGE_CLIENT_QUICKACK`,
+/// on unless `0`). Prosody writes with Nagle's algorithm on, so a stanza to a client that
+/// delays its ACK (Linux: up to 40 ms, in a connection that also sends) waits that long
+/// whatever path it came by; those stalls hit the bridge path and its c2s baseline at random
+/// and decided the added p99. With quick ACKs the Prosody → client leg is the same in both.
+fn client_quickack() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BENCH_BRIDGE_CLIENT_QUICKACK").map_or(true, |v| v != "0"))
+}
+
+/// Asks the kernel to acknowledge what `s` received now (`TCP_QUICKACK`, which it turns off
+/// again by itself, so once per read).
+fn ack_now(s: &TcpStream) {
+    if let Err(e) = socket2::SockRef::from(s).set_tcp_quickack(true) {
+        eprintln!("TCP_QUICKACK: {e}");
+    }
+}
+
 /// Reads `s` on a thread of its own until EOF or `stop`, passing each chunk and the time it
-/// was read to `on_chunk`.
+/// was read to `on_chunk`; with `quickack`, each read is acknowledged at once.
 fn spawn_reader(
     mut s: TcpStream,
     stop: &Arc<AtomicBool>,
+    quickack: bool,
     mut on_chunk: impl FnMut(&[u8], u64) + Send + 'static,
 ) {
     let stop = stop.clone();
@@ -1048,7 +1085,13 @@ fn spawn_reader(
                     }
                     return;
                 }
-                Ok(n) => on_chunk(&buf[..n], now_ns()),
+                Ok(n) => {
+                    let at = now_ns();
+                    if quickack {
+                        ack_now(&s);
+                    }
+                    on_chunk(&buf[..n], at);
+                }
                 Err(e) if is_timeout(&e) => {
                     if stop.load(Ordering::Relaxed) {
                         return;
@@ -1122,7 +1165,7 @@ impl C2s {
         let reader = s.try_clone().expect("clone the c2s socket");
         let mut marks = Marks::default();
         marks.feed(&buf, |_| {});
-        spawn_reader(reader, stop, move |chunk, at| {
+        spawn_reader(reader, stop, client_quickack(), move |chunk, at| {
             marks.feed(chunk, |m| {
                 tx.send((m, at)).ok();
             });
@@ -1354,7 +1397,7 @@ impl MqttSub {
         let mut w = s.try_clone().expect("clone the MQTT socket");
         let reader = s.try_clone().expect("clone the MQTT socket");
         let mut acks = Vec::new();
-        spawn_reader(reader, stop, move |chunk, at| {
+        spawn_reader(reader, stop, false, move |chunk, at| {
             f.feed(chunk, |first, body| {
                 if first & 0xF0 != mqtt::PUBLISH {
                     return;
@@ -1392,13 +1435,18 @@ impl Publisher {
         let s = mqtt_login(port, client_id, &mut f);
         let acked = Arc::new(AtomicU64::new(0));
         let count = acked.clone();
-        spawn_reader(s.try_clone().expect("clone"), stop, move |chunk, _| {
-            f.feed(chunk, |first, _| {
-                if first & 0xF0 == mqtt::PUBACK {
-                    count.fetch_add(1, Ordering::Relaxed);
-                }
-            });
-        });
+        spawn_reader(
+            s.try_clone().expect("clone"),
+            stop,
+            false,
+            move |chunk, _| {
+                f.feed(chunk, |first, _| {
+                    if first & 0xF0 == mqtt::PUBACK {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            },
+        );
         Publisher {
             w: s,
             acked,
@@ -1507,7 +1555,7 @@ impl Peer {
         let (pw, count) = (w.clone(), pings.clone());
         let mut marks = Marks::default();
         let mut iqs = Iqs { buf };
-        spawn_reader(s, stop, move |chunk, at| {
+        spawn_reader(s, stop, false, move |chunk, at| {
             marks.feed(chunk, |m| {
                 tx.send((m, at)).ok();
             });

@@ -208,6 +208,29 @@ impl Stream for Link {
 /// Bytes asked of the socket per read (more when a stanza does not fit).
 const READ_CHUNK: usize = 16 * 1024;
 
+/// What the link reads from. Prosody writes with Nagle's algorithm on (its default
+/// `tcp_nodelay = false`): a small stanza written while an earlier one is still unacknowledged
+/// waits in Prosody's kernel for our ACK, and Linux delays an ACK by up to 40 ms when it has
+/// nothing to send back. So after each read of the TCP socket the reader asks for the ACK now
+/// (`TCP_QUICKACK`, which the kernel turns off again by itself, hence once per read): the
+/// next stanza then waits for our wake-up, not for the delayed-ACK timer.
+pub(crate) trait LinkRead: AsyncRead + Unpin {
+    /// Called after a read that returned bytes.
+    fn ack_now(&self) {}
+}
+
+impl LinkRead for OwnedReadHalf {
+    fn ack_now(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            // A failure only means the ACK goes out on the kernel's own schedule.
+            let _best_effort = self.as_ref().set_quickack(true);
+        }
+    }
+}
+
+impl LinkRead for tokio::io::DuplexStream {}
+
 /// The receiving side of a component stream: reads the socket into its own buffer and yields
 /// each stanza as soon as it is complete, with `XmlStream`'s results (a soft timeout after
 /// `read_timeout` of silence, a hard `TimedOut` error after `response_timeout` more, a
@@ -230,7 +253,7 @@ pub(crate) struct LinkReader<R> {
     ended: bool,
 }
 
-impl<R: AsyncRead + Unpin> LinkReader<R> {
+impl<R: LinkRead> LinkReader<R> {
     pub(crate) fn new(io: R, timeouts: Timeouts) -> Self {
         let now = Instant::now();
         Self {
@@ -264,6 +287,7 @@ impl<R: AsyncRead + Unpin> LinkReader<R> {
         let n = rb.filled().len();
         self.end += n;
         if n > 0 {
+            self.io.ack_now();
             self.last_read = Instant::now();
             self.soft_timeout_sent = false;
         }
@@ -323,7 +347,7 @@ impl<R: AsyncRead + Unpin> LinkReader<R> {
     }
 }
 
-impl<R: AsyncRead + Unpin> Stream for LinkReader<R> {
+impl<R: LinkRead> Stream for LinkReader<R> {
     type Item = Result<Incoming, ReadError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -594,5 +618,31 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Prosody's Nagle waits for our ACK: every read of the link's TCP socket asks the kernel
+    /// to send it now instead of after the delayed-ACK timer.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_read_of_the_link_socket_acknowledges_at_once() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (mut server, _) = accepted.unwrap();
+        let (rd, _wr) = client.unwrap().into_split();
+        // Delayed-ACK ("interactive") mode, which a connection that also sends gets into.
+        rd.as_ref().set_quickack(false).unwrap();
+        server.write_all(HEADER.as_bytes()).await.unwrap();
+        rd.as_ref().readable().await.unwrap();
+        assert!(
+            !rd.as_ref().quickack().unwrap(),
+            "bytes arriving alone change nothing"
+        );
+        let mut reader = LinkReader::new(rd, timeouts());
+        reader.read_header().await.unwrap();
+        assert!(
+            reader.io.as_ref().quickack().unwrap(),
+            "the read asked for an immediate ACK"
+        );
     }
 }
