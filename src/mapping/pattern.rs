@@ -290,11 +290,11 @@ impl<'a> PeerInput<'a> {
     /// Splits a bare JID; `None` when it has a resource, an empty part or several `@`. The
     /// JID is otherwise trusted: the XMPP side parsed and normalized it.
     pub(crate) fn split(jid: &'a str) -> Option<PeerInput<'a>> {
-        if jid.contains('/') {
+        if super::contains_byte(jid, b'/') {
             return None;
         }
-        let (node, domain) = match jid.split_once('@') {
-            Some((n, d)) if !n.is_empty() && !d.contains('@') => (Some(n), d),
+        let (node, domain) = match super::split_once_byte(jid, b'@') {
+            Some((n, d)) if !n.is_empty() && !super::contains_byte(d, b'@') => (Some(n), d),
             Some(_) => return None,
             None => (None, jid),
         };

@@ -545,6 +545,7 @@ impl Default for Metrics {
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
+    use crate::bridge::events::Taken;
 
     #[test]
     fn events_become_counters_and_latency() {
@@ -600,9 +601,12 @@ mod tests {
         for (m, mut e) in [
             (
                 &full,
-                Translation::from_xmpp("a@x/r", "b@y", "chat", Some("m1")),
+                Translation::from_xmpp("a@x/r", "b@y", "chat", Some("m1"), Taken::now()),
             ),
-            (&lean, Translation::from_xmpp_unrecorded("chat")),
+            (
+                &lean,
+                Translation::from_xmpp_unrecorded("chat", Taken::now()),
+            ),
         ] {
             e.rule = Some("chat-inbox".into());
             e.handed_over();
@@ -623,9 +627,16 @@ mod tests {
         for (m, mut e) in [
             (
                 &full_mx,
-                Translation::from_mqtt("users/b/outbox/a@x", Some(1), None, Some(7), "hi".into()),
+                Translation::from_mqtt(
+                    "users/b/outbox/a@x",
+                    Some(1),
+                    None,
+                    Some(7),
+                    "hi".into(),
+                    Taken::now(),
+                ),
             ),
-            (&lean_mx, Translation::from_mqtt_unrecorded()),
+            (&lean_mx, Translation::from_mqtt_unrecorded(Taken::now())),
         ] {
             e.rule = Some("chat-outbox".into());
             e.handed_over();

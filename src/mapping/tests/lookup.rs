@@ -447,3 +447,25 @@ fn final_dot_of_a_domain_is_dropped() {
         );
     }
 }
+
+#[test]
+fn byte_splits_match_the_char_splits() {
+    use crate::mapping::{contains_byte, rsplit_once_byte, split_once_byte};
+    for s in [
+        "",
+        "@",
+        "a@b",
+        "a@b@c",
+        "ä@ö/r/ü",
+        "/",
+        "plain",
+        "x@y.org/res@with/slash",
+    ] {
+        for b in [b'@', b'/', b'%'] {
+            let c = char::from(b);
+            assert_eq!(split_once_byte(s, b), s.split_once(c), "{s} {c}");
+            assert_eq!(rsplit_once_byte(s, b), s.rsplit_once(c), "{s} {c}");
+            assert_eq!(contains_byte(s, b), s.contains(c), "{s} {c}");
+        }
+    }
+}
