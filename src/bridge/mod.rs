@@ -430,7 +430,7 @@ impl Bridge {
 
     async fn message_from_xmpp(
         &mut self,
-        m: Message,
+        m: Box<Message>,
         taken: Taken,
     ) -> Result<(), crate::broker::BrokerGone> {
         if let Some(rooms) = &self.rooms {
@@ -486,7 +486,7 @@ impl Bridge {
             }
         }
         match xmpp_to_mqtt_at(&self.table, &chat, taken.time, || {
-            String::from(&Element::from(m.clone()))
+            String::from(&Element::from(Message::clone(&m)))
         }) {
             FromXmpp::Publish(out) => {
                 debug!(rule = %out.rule, topic = %out.topic, from = %chat.from,

@@ -63,7 +63,7 @@ impl Bridge {
                     .unwrap_or_default();
                 event.outcome = Outcome::denied(reason, detail);
                 self.events.emit(*event).await;
-                let inbound = Inbound::Message(m.clone());
+                let inbound = Inbound::Message(Box::new(m.clone()));
                 let text = "Only the original sender may correct a message.";
                 self.reply_error(&inbound, DefinedCondition::NotAllowed, text);
                 return Ok(None);

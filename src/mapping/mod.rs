@@ -490,6 +490,37 @@ pub(crate) fn rsplit_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
     Some((s.get(..i)?, s.get(i + 1..)?))
 }
 
+/// The levels of a topic name or filter, as `topic.split('/')` yields them (one empty level
+/// for an empty topic), split byte-wise (see [`split_once_byte`]): the publish guard and the
+/// translation split every bridged topic.
+pub(crate) fn topic_levels(topic: &str) -> TopicLevels<'_> {
+    TopicLevels { rest: Some(topic) }
+}
+
+/// See [`topic_levels`].
+#[derive(Debug, Clone)]
+pub(crate) struct TopicLevels<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for TopicLevels<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        match split_once_byte(rest, b'/') {
+            Some((level, more)) => {
+                self.rest = Some(more);
+                Some(level)
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
+}
+
 /// Whether `s` contains the ASCII byte `b`; see [`split_once_byte`].
 pub(crate) fn contains_byte(s: &str, b: u8) -> bool {
     s.bytes().any(|c| c == b)

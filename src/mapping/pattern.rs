@@ -437,7 +437,7 @@ impl PeerPattern {
 
 /// The value a `jid`/`peer` capture takes from a topic level in the MQTT→XMPP direction.
 pub(crate) fn level_of(topic: &str, index: usize) -> &str {
-    topic.split('/').nth(index).unwrap_or("")
+    super::topic_levels(topic).nth(index).unwrap_or("")
 }
 
 /// Whether a user-derived localpart is valid *and* already normalized. Why exact: if `Alice` and `alice` were both accepted as `alice@…`,

@@ -469,3 +469,22 @@ fn byte_splits_match_the_char_splits() {
         }
     }
 }
+
+#[test]
+fn topic_levels_match_split() {
+    use crate::mapping::topic_levels;
+    for t in [
+        "",
+        "/",
+        "a",
+        "a/b",
+        "a//b",
+        "/a/",
+        "users/bob/outbox/ä@ö",
+        "a/b/",
+    ] {
+        let ours: Vec<&str> = topic_levels(t).collect();
+        let std: Vec<&str> = t.split('/').collect();
+        assert_eq!(ours, std, "{t:?}");
+    }
+}
