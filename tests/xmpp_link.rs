@@ -84,7 +84,7 @@ impl Link {
     async fn next_message(&mut self) -> Message {
         loop {
             match timeout(common::WAIT, self.inbound.recv()).await {
-                Ok(Some(Inbound::Message(m))) => return m,
+                Ok(Some(Inbound::Message(m))) => return *m,
                 Ok(Some(_)) => continue,
                 Ok(None) => panic!("inbound channel closed"),
                 Err(_) => panic!("no inbound message within {:?}", common::WAIT),

@@ -80,11 +80,11 @@ fuzz_target!(|data: &[u8]| {
                 let v: serde_json::Value =
                     serde_json::from_slice(&publish.payload).expect("payload is JSON");
                 assert_eq!(v["body"].as_str(), Some(body));
-                assert_eq!(v["from"].as_str(), Some(chat.from.as_str()));
+                assert_eq!(v["from"].as_str(), Some(&*chat.from));
                 // Every member of the hand-written envelope, as the message has it.
                 let x = &chat.extras;
                 assert_eq!(v["v"].as_u64(), Some(1));
-                assert_eq!(v["to"].as_str(), Some(chat.to.as_str()));
+                assert_eq!(v["to"].as_str(), Some(&*chat.to));
                 assert_eq!(v["id"].as_str(), chat.id.as_deref());
                 assert_eq!(v["type"].as_str(), Some(chat.kind.as_str()));
                 assert_eq!(v["subject"].as_str(), chat.subject.as_deref());

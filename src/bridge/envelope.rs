@@ -288,6 +288,12 @@ pub struct EnvelopeRef<'a> {
 /// timestamp's text up to the second is kept per thread and made again only when the second
 /// changes; the milliseconds are read from the clock every time.
 pub fn envelope_json(e: &EnvelopeRef<'_>) -> String {
+    envelope_json_at(e, std::time::SystemTime::now())
+}
+
+/// [`envelope_json`] with `now` as its `timestamp` (the time the bridge took the message,
+/// read once per batch of messages).
+pub fn envelope_json_at(e: &EnvelopeRef<'_>, now: std::time::SystemTime) -> String {
     let x = e.extras;
     let optional = |v: Option<&str>| v.map_or(0, str::len);
     let len = e.from.len()
@@ -312,7 +318,7 @@ pub fn envelope_json(e: &EnvelopeRef<'_>) -> String {
     member_or_null(&mut out, "subject", e.subject);
     member_or_null(&mut out, "thread", e.thread);
     out.push_str(",\"timestamp\":\"");
-    push_timestamp(&mut out, std::time::SystemTime::now());
+    push_timestamp(&mut out, now);
     out.push('"');
     let present = [
         ("origin_id", x.origin_id.as_deref()),
@@ -455,12 +461,16 @@ pub(crate) fn push_timestamp(out: &mut String, now: std::time::SystemTime) {
             }
         }
     }
-    // The prefix is ASCII written by humantime.
-    out.extend(prefix.iter().map(|&b| char::from(b)));
-    for digit in [millis / 100, millis / 10 % 10, millis % 10] {
-        out.push(char::from_digit(digit, 10).unwrap_or('0'));
+    // The prefix is ASCII written by humantime; written in one piece with the milliseconds.
+    let mut stamp = [0u8; STAMP_PREFIX + 4];
+    stamp[..STAMP_PREFIX].copy_from_slice(&prefix);
+    let digits = [millis / 100, millis / 10 % 10, millis % 10];
+    for (at, digit) in stamp[STAMP_PREFIX..].iter_mut().zip(digits) {
+        // `digit` is under 10.
+        *at = b'0' + u8::try_from(digit).unwrap_or(0);
     }
-    out.push('Z');
+    stamp[STAMP_PREFIX + 3] = b'Z';
+    out.push_str(std::str::from_utf8(&stamp).unwrap_or(LAST));
 }
 
 /// Parses a `text` payload.
@@ -766,6 +776,28 @@ mod tests {
             push_timestamp(&mut out, at);
             assert_eq!(out, written);
         }
+    }
+
+    #[test]
+    fn envelope_timestamp_is_the_time_given() {
+        let e = envelope("hi");
+        let e = EnvelopeRef {
+            from: &e.from,
+            to: &e.to,
+            id: e.id.as_deref(),
+            kind: e.kind,
+            body: &e.body,
+            subject: None,
+            thread: None,
+            extras: &e.extras,
+        };
+        // 2026-11-25T10:00:00.123Z, and the same second with other milliseconds.
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_764_064_800_123);
+        let v: serde_json::Value = serde_json::from_str(&envelope_json_at(&e, at)).unwrap();
+        assert_eq!(v["timestamp"], "2025-11-25T10:00:00.123Z");
+        let later = at + std::time::Duration::from_micros(876_999);
+        let v: serde_json::Value = serde_json::from_str(&envelope_json_at(&e, later)).unwrap();
+        assert_eq!(v["timestamp"], "2025-11-25T10:00:00.999Z");
     }
 
     #[test]

@@ -165,6 +165,82 @@ pub struct MqttSide {
     pub message_id: Option<String>,
 }
 
+/// When the bridge took a message: the wall clock (audit records, the JSON envelope's
+/// `timestamp`) and its monotonic twin (hand-over latency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// Wall clock.
+    pub time: SystemTime,
+    /// Monotonic clock.
+    pub started: Instant,
+}
+
+impl Taken {
+    /// Now (reads both clocks).
+    pub fn now() -> Self {
+        Taken {
+            time: SystemTime::now(),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// The clock of one turn of the bridge's run loop (a batch of up to 32 messages already
+/// received): the wall clock is read once per batch, the monotonic clock once per message,
+/// when it is handed over. Each message counts as taken when the one before it was handed
+/// over (or at the start of the batch): the bridge handles them one after the other, so that
+/// is when it turned to it. Reading both clocks twice per message was about 4 % of the
+/// bridge's CPU per message (part 3 of `benches/bridge_compare.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchClock {
+    /// The wall clock at `base`.
+    wall: SystemTime,
+    base: Instant,
+    /// The last reading: the next message is taken at this time.
+    last: Instant,
+    /// Whether `last` was read since the last [`take`](Self::take).
+    fresh: bool,
+}
+
+impl BatchClock {
+    /// A batch starting now.
+    pub fn start() -> Self {
+        let (wall, base) = (SystemTime::now(), Instant::now());
+        BatchClock {
+            wall,
+            base,
+            last: base,
+            fresh: true,
+        }
+    }
+
+    /// When the next message is taken: the wall clock derived from the monotonic reading
+    /// (within a batch they are microseconds apart, far below the envelope's millisecond).
+    pub fn take(&mut self) -> Taken {
+        self.fresh = false;
+        let since = self.last.saturating_duration_since(self.base);
+        Taken {
+            time: self.wall.checked_add(since).unwrap_or(self.wall),
+            started: self.last,
+        }
+    }
+
+    /// Reads the monotonic clock now (a hand-over); the next message is taken from here.
+    pub fn tick(&mut self) -> Instant {
+        self.last = Instant::now();
+        self.fresh = true;
+        self.last
+    }
+
+    /// After a message: reads the clock unless a hand-over did, so the next message does not
+    /// count the time spent on this one.
+    pub fn settle(&mut self) {
+        if !self.fresh {
+            self.tick();
+        }
+    }
+}
+
 /// One message through the bridge and how it ended.
 #[derive(Debug, Clone)]
 pub struct Translation {
@@ -195,9 +271,14 @@ pub struct Translation {
 impl Translation {
     /// A message taken now; outcome to be set.
     pub fn start(direction: Direction) -> Self {
+        Self::start_at(direction, Taken::now())
+    }
+
+    /// A message taken at `taken`; outcome to be set.
+    pub fn start_at(direction: Direction, taken: Taken) -> Self {
         Translation {
-            time: SystemTime::now(),
-            started: Instant::now(),
+            time: taken.time,
+            started: taken.started,
             direction,
             rule: None,
             xmpp: XmppSide::default(),
@@ -209,9 +290,15 @@ impl Translation {
         }
     }
 
-    /// A message from XMPP, taken now.
-    pub fn from_xmpp(from: &str, to: &str, kind: &'static str, id: Option<&str>) -> Box<Self> {
-        let mut t = Box::new(Translation::start(Direction::XmppToMqtt));
+    /// A message from XMPP, taken at `taken`.
+    pub fn from_xmpp(
+        from: &str,
+        to: &str,
+        kind: &'static str,
+        id: Option<&str>,
+        taken: Taken,
+    ) -> Box<Self> {
+        let mut t = Box::new(Translation::start_at(Direction::XmppToMqtt, taken));
         t.xmpp = XmppSide {
             from: Some(from.to_string()),
             to: Some(to.to_string()),
@@ -221,24 +308,25 @@ impl Translation {
         t
     }
 
-    /// A message from XMPP, taken now, for the observers only (no audit trail): the message's
-    /// addresses and id are left out (see [`EventSink::keeps_records`]).
-    pub fn from_xmpp_unrecorded(kind: &'static str) -> Box<Self> {
-        let mut t = Box::new(Translation::start(Direction::XmppToMqtt));
+    /// A message from XMPP, taken at `taken`, for the observers only (no audit trail): the
+    /// message's addresses and id are left out (see [`EventSink::keeps_records`]).
+    pub fn from_xmpp_unrecorded(kind: &'static str, taken: Taken) -> Box<Self> {
+        let mut t = Box::new(Translation::start_at(Direction::XmppToMqtt, taken));
         t.xmpp.kind = Some(kind);
         t.recorded = false;
         t
     }
 
-    /// A message from MQTT, taken now.
+    /// A message from MQTT, taken at `taken`.
     pub fn from_mqtt(
         topic: &str,
         qos: Option<u8>,
         client_id: Option<String>,
         packet_id: Option<u16>,
         payload: Bytes,
+        taken: Taken,
     ) -> Box<Self> {
-        let mut t = Box::new(Translation::start(Direction::MqttToXmpp));
+        let mut t = Box::new(Translation::start_at(Direction::MqttToXmpp, taken));
         t.mqtt = MqttSide {
             topic: Some(topic.to_string()),
             qos,
@@ -250,10 +338,10 @@ impl Translation {
         t
     }
 
-    /// A message from MQTT, taken now, for the observers only (no audit trail): its topic,
-    /// publisher, packet id and payload are left out (see [`EventSink::keeps_records`]).
-    pub fn from_mqtt_unrecorded() -> Box<Self> {
-        let mut t = Box::new(Translation::start(Direction::MqttToXmpp));
+    /// A message from MQTT, taken at `taken`, for the observers only (no audit trail): its
+    /// topic, publisher, packet id and payload are left out (see [`EventSink::keeps_records`]).
+    pub fn from_mqtt_unrecorded(taken: Taken) -> Box<Self> {
+        let mut t = Box::new(Translation::start_at(Direction::MqttToXmpp, taken));
         t.recorded = false;
         t
     }
@@ -316,7 +404,12 @@ impl Translation {
 
     /// Marks the hand-over to the other side now.
     pub fn handed_over(&mut self) {
-        self.handoff = Some(self.started.elapsed());
+        self.handed_over_at(Instant::now());
+    }
+
+    /// Marks the hand-over to the other side at `now` (a [`BatchClock::tick`]).
+    pub fn handed_over_at(&mut self, now: Instant) {
+        self.handoff = Some(now.saturating_duration_since(self.started));
     }
 }
 
@@ -458,26 +551,58 @@ mod tests {
     #[test]
     fn unrecorded_events_keep_only_the_rule() {
         let payload = Bytes::from_static(b"{}");
-        let mut full = Translation::from_xmpp("a@x/r", "b@y", "chat", Some("m1"));
+        let mut full = Translation::from_xmpp("a@x/r", "b@y", "chat", Some("m1"), Taken::now());
         full.to_mqtt("r1", "users/b/inbox/a@x", 1, "bridge", &payload, Some("o1"));
         assert_eq!(full.mqtt.topic.as_deref(), Some("users/b/inbox/a@x"));
         assert_eq!(full.mqtt.message_id.as_deref(), Some("o1"));
         assert_eq!(full.payload, payload);
-        let mut lean = Translation::from_xmpp_unrecorded("chat");
+        let mut lean = Translation::from_xmpp_unrecorded("chat", Taken::now());
         lean.to_mqtt("r1", "users/b/inbox/a@x", 1, "bridge", &payload, Some("o1"));
         assert_eq!(lean.rule.as_deref(), Some("r1"));
         assert_eq!((lean.mqtt.topic, lean.mqtt.message_id), (None, None));
         assert!(lean.payload.is_empty());
 
-        let mut full = Translation::from_mqtt("t", Some(1), None, Some(3), payload.clone());
+        let mut full =
+            Translation::from_mqtt("t", Some(1), None, Some(3), payload.clone(), Taken::now());
         full.to_xmpp("r2", ("a@y", "b@x"), "chat", "id1", Some("o2"));
         assert_eq!(full.xmpp.to.as_deref(), Some("b@x"));
         assert_eq!(full.mqtt.message_id.as_deref(), Some("o2"));
-        let mut lean = Translation::from_mqtt_unrecorded();
+        let mut lean = Translation::from_mqtt_unrecorded(Taken::now());
         lean.to_xmpp("r2", ("a@y", "b@x"), "chat", "id1", Some("o2"));
         assert_eq!(lean.rule.as_deref(), Some("r2"));
         assert_eq!((lean.xmpp.from, lean.xmpp.id), (None, None));
         assert_eq!(lean.mqtt.message_id, None);
+    }
+
+    #[test]
+    fn batch_clock_takes_each_message_at_the_hand_over_before_it() {
+        let mut clock = BatchClock::start();
+        let first = clock.take();
+        assert_eq!(first.started, clock.base);
+        assert_eq!(first.time, clock.wall);
+        std::thread::sleep(Duration::from_millis(2));
+        let handed = clock.tick();
+        let mut event = Translation::start_at(Direction::XmppToMqtt, first);
+        event.handed_over_at(handed);
+        assert!(event.handoff.unwrap() >= Duration::from_millis(2));
+        // A hand-over read the clock: settling reads nothing more.
+        clock.settle();
+        let second = clock.take();
+        assert_eq!(second.started, handed);
+        // The wall clock follows the monotonic one from the batch's single reading.
+        let since = handed - clock.base;
+        assert_eq!(second.time, clock.wall + since);
+        assert!(second.time.duration_since(first.time).unwrap() >= Duration::from_millis(2));
+        // A message without hand-over: settling reads the clock, so the next one does not
+        // count its time.
+        std::thread::sleep(Duration::from_millis(1));
+        clock.settle();
+        let third = clock.take();
+        assert!(third.started > second.started);
+        assert!(third.started.duration_since(handed) >= Duration::from_millis(1));
+        assert!(!clock.fresh);
+        clock.settle();
+        assert!(clock.fresh);
     }
 
     #[test]
@@ -486,7 +611,7 @@ mod tests {
         assert!(EventSink::new(Some((tx, WhenFull::Block)), Vec::new()).keeps_records());
         assert!(!EventSink::new(None, Vec::new()).keeps_records());
         assert!(!EventSink::default().keeps_records());
-        let lean = Translation::from_xmpp_unrecorded("chat");
+        let lean = Translation::from_xmpp_unrecorded("chat", Taken::now());
         assert_eq!(lean.direction, Direction::XmppToMqtt);
         assert_eq!(lean.xmpp.kind, Some("chat"));
         assert_eq!(

@@ -45,7 +45,7 @@ use xmpp_parsers::message::{Message, MessageType};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
-use self::events::{EventSink, Outcome, Translation};
+use self::events::{BatchClock, EventSink, Outcome, Taken, Translation};
 use self::mqtt_side::MqttSide;
 use self::muc::{Rooms, Verdict};
 use self::presence::PresenceConfig;
@@ -54,7 +54,7 @@ use self::settle::{InFlight, Settled};
 pub use self::social::PresenceStartError;
 use self::social::{PresenceSide, next_session_event};
 use self::stanza::inbound_chat;
-use self::translate::{Carried, FromXmpp, InboundChat, NotCarried, mqtt_to_xmpp, xmpp_to_mqtt};
+use self::translate::{Carried, FromXmpp, InboundChat, NotCarried, mqtt_to_xmpp, xmpp_to_mqtt_at};
 use crate::broker::Delivery;
 use crate::broker::codec::reason;
 use crate::broker::codec::{Properties, Property, Publish, QoS};
@@ -168,7 +168,8 @@ impl PublishGuard for MappingGuard {
                 };
                 let why = e.to_string();
                 let payload = Bytes::copy_from_slice(payload);
-                let mut event = Translation::from_mqtt(topic, None, None, None, payload);
+                let mut event =
+                    Translation::from_mqtt(topic, None, None, None, payload, Taken::now());
                 let who = user.map_or("anonymous publisher".into(), |u| format!("publisher `{u}`"));
                 event.refused(&e, format!("{who}: {why}"));
                 self.events.try_emit(*event);
@@ -221,6 +222,8 @@ pub struct Bridge {
     receipts: Receipts,
     /// Who sent recent message ids (corrections).
     senders: Senders,
+    /// The clock of the batch being handled (one wall clock reading per batch).
+    clock: BatchClock,
 }
 
 impl Bridge {
@@ -271,6 +274,7 @@ impl Bridge {
             tracked: mqtt.take_tracked(),
             receipts: Receipts::resumed(mqtt.take_resumed()),
             senders: Senders::default(),
+            clock: BatchClock::start(),
             mqtt,
         })
     }
@@ -383,7 +387,9 @@ impl Bridge {
     /// A stanza from the link, and up to [`DELIVERY_BATCH`] more that are there already, as
     /// for deliveries from MQTT: the link's reader hands over each stanza of a read on its
     /// own, and polling every input of the run loop between them was a share of its own.
+    /// The clock is read once per batch (see [`BatchClock`]).
     async fn on_xmpp_batch(&mut self, inbound: Inbound) -> Result<(), crate::broker::BrokerGone> {
+        self.clock = BatchClock::start();
         self.on_xmpp(inbound).await?;
         for _ in 1..DELIVERY_BATCH {
             let Ok(inbound) = self.inbound.try_recv() else {
@@ -396,7 +402,12 @@ impl Bridge {
 
     async fn on_xmpp(&mut self, inbound: Inbound) -> Result<(), crate::broker::BrokerGone> {
         match inbound {
-            Inbound::Message(message) => self.message_from_xmpp(message).await,
+            Inbound::Message(message) => {
+                let taken = self.clock.take();
+                let done = self.message_from_xmpp(message, taken).await;
+                self.clock.settle();
+                done
+            }
             Inbound::Presence(presence) => self.on_presence(&presence).await,
             Inbound::ForeignPong(id) => {
                 if self.mqtt.relay_pong(&id).await.is_err() {
@@ -417,7 +428,11 @@ impl Bridge {
         }
     }
 
-    async fn message_from_xmpp(&mut self, m: Message) -> Result<(), crate::broker::BrokerGone> {
+    async fn message_from_xmpp(
+        &mut self,
+        m: Box<Message>,
+        taken: Taken,
+    ) -> Result<(), crate::broker::BrokerGone> {
         if let Some(rooms) = &self.rooms {
             if m.type_ == MessageType::Error {
                 if let Some(action) = rooms.on_error_message(&m) {
@@ -441,19 +456,24 @@ impl Bridge {
             None => chat.kind.as_str(),
         };
         let mut event = if self.events.keeps_records() {
-            Translation::from_xmpp(&chat.from, &chat.to, kind, id)
+            Translation::from_xmpp(&chat.from, &chat.to, kind, id, taken)
         } else {
-            Translation::from_xmpp_unrecorded(kind)
+            Translation::from_xmpp_unrecorded(kind, taken)
         };
         // What a record of a message not carried keeps: its body.
-        let body = |chat: &InboundChat| chat.body.clone().map(Bytes::from).unwrap_or_default();
+        let body = |chat: &InboundChat<'_>| {
+            (chat.body.as_ref())
+                .map(|b| Bytes::copy_from_slice(b.as_bytes()))
+                .unwrap_or_default()
+        };
         if !self.events.admits() {
             event.payload = body(&chat);
             event.outcome = Outcome::audit_full();
             self.events.refused_for_audit(&event);
             let text = "The audit trail is behind; try again later.";
+            // A copy: `chat` borrows from `m` (a rare path).
             self.reply_error(
-                &Inbound::Message(m),
+                &Inbound::Message(m.clone()),
                 DefinedCondition::ResourceConstraint,
                 text,
             );
@@ -465,8 +485,8 @@ impl Bridge {
                 None => return Ok(()),
             }
         }
-        match xmpp_to_mqtt(&self.table, &chat, || {
-            String::from(&Element::from(m.clone()))
+        match xmpp_to_mqtt_at(&self.table, &chat, taken.time, || {
+            String::from(&Element::from(Message::clone(&m)))
         }) {
             FromXmpp::Publish(out) => {
                 debug!(rule = %out.rule, topic = %out.topic, from = %chat.from,
@@ -523,7 +543,7 @@ impl Bridge {
                     None => self.mqtt.publish(publish).await?,
                 }
                 add(&self.stats.to_mqtt);
-                event.handed_over();
+                event.handed_over_at(self.clock.tick());
                 self.events.emit(*event).await;
             }
             FromXmpp::Ignore(why) => {
@@ -540,7 +560,9 @@ impl Bridge {
                 event.outcome = Outcome::denied("no_rule", "no mapping rule covers this address");
                 self.events.emit(*event).await;
                 let text = "No mapping rule covers this address.";
-                self.reply_error(&Inbound::Message(m), DefinedCondition::ItemNotFound, text);
+                // A copy: `chat` borrows from `m` (a rare path).
+                let inbound = Inbound::Message(m.clone());
+                self.reply_error(&inbound, DefinedCondition::ItemNotFound, text);
             }
         }
         Ok(())
@@ -558,7 +580,9 @@ impl Bridge {
 
     /// A delivery, and up to [`DELIVERY_BATCH`] more that are there already (the run loop
     /// polls all its inputs once per turn; per delivery that was a measurable share).
+    /// The clock is read once per batch (see [`BatchClock`]).
     async fn on_mqtt_batch(&mut self, delivery: Delivery) -> Result<(), crate::broker::BrokerGone> {
+        self.clock = BatchClock::start();
         self.on_mqtt(delivery).await?;
         for _ in 1..DELIVERY_BATCH {
             if self.blocked.is_some() {
@@ -576,6 +600,18 @@ impl Bridge {
         let Some(delivery) = self.on_status(delivery).await? else {
             return Ok(());
         };
+        let taken = self.clock.take();
+        let done = self.chat_from_mqtt(delivery, taken).await;
+        self.clock.settle();
+        done
+    }
+
+    /// A delivery on a chat topic (not a status topic).
+    async fn chat_from_mqtt(
+        &mut self,
+        delivery: Delivery,
+        taken: Taken,
+    ) -> Result<(), crate::broker::BrokerGone> {
         let Delivery {
             publish,
             origin,
@@ -586,9 +622,16 @@ impl Bridge {
         let mut event = if self.events.keeps_records() {
             let client_id = origin.as_ref().map(|o| o.client_id.to_string());
             let (qos, pkid, payload) = (publish.qos as u8, publish.pkid, publish.payload.clone());
-            Translation::from_mqtt(&publish.topic, Some(qos), client_id, Some(pkid), payload)
+            Translation::from_mqtt(
+                &publish.topic,
+                Some(qos),
+                client_id,
+                Some(pkid),
+                payload,
+                taken,
+            )
         } else {
-            Translation::from_mqtt_unrecorded()
+            Translation::from_mqtt_unrecorded(taken)
         };
         if !self.events.admits() {
             event.outcome = Outcome::audit_full();
@@ -665,7 +708,7 @@ impl Bridge {
         match self.xmpp.send(outgoing) {
             Ok(()) => {
                 add(&self.stats.to_xmpp);
-                event.handed_over();
+                event.handed_over_at(self.clock.tick());
                 // QoS 0 too, for its audit record (acknowledging it is a no-op).
                 self.in_flight.push(Delivering { publish, event });
                 Ok(())

@@ -28,7 +28,7 @@ use xmpp_parsers::presence::{Presence, Show, Type};
 
 use super::presence_store::Subscribers;
 use crate::broker::session_events::{Departure, SessionEvent};
-use crate::mapping::{MappingTable, escape_level, unescape_level};
+use crate::mapping::{MappingTable, escape_level, topic_levels, unescape_level};
 
 /// `[presence]`: presence both ways (upstream mode: online state from the status topic).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -126,16 +126,21 @@ impl LevelPattern {
 
     /// The captured value (unescaped) when `topic` is one of the pattern's topics.
     pub fn capture(&self, topic: &str) -> Option<String> {
-        let parts: Vec<&str> = topic.split('/').collect();
-        if parts.len() != self.levels.len() {
-            return None;
-        }
-        for (i, (part, level)) in parts.iter().zip(&self.levels).enumerate() {
-            if i != self.capture && part != level {
+        // No `Vec` of the levels: the publish guard asks this of every publish.
+        let mut parts = topic_levels(topic);
+        let mut captured = None;
+        for (i, level) in self.levels.iter().enumerate() {
+            let part = parts.next()?;
+            if i == self.capture {
+                captured = Some(part);
+            } else if part != level {
                 return None;
             }
         }
-        unescape_level(parts[self.capture])
+        if parts.next().is_some() {
+            return None;
+        }
+        unescape_level(captured?)
     }
 }
 

@@ -7,7 +7,7 @@ use xmpp_parsers::message::Message;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
 use super::envelope::{Bounce, bounce_json, receipt_json};
-use super::events::{Outcome, Translation};
+use super::events::{Outcome, Taken, Translation};
 use super::receipts::{Action, Correction, Reply};
 use super::stanza;
 use super::translate::{InboundChat, XmppOut, bare};
@@ -34,7 +34,7 @@ fn correction_refusal(check: Correction) -> Option<(&'static str, &'static str)>
 
 impl Bridge {
     /// Records the ids of a message carried from XMPP with its sender (for corrections).
-    pub(super) fn remember_sender(&mut self, chat: &InboundChat) {
+    pub(super) fn remember_sender(&mut self, chat: &InboundChat<'_>) {
         let sender = bare(&chat.from);
         if let Some(id) = &chat.id {
             self.senders.record(id, sender);
@@ -49,7 +49,7 @@ impl Bridge {
     /// Returns the event back when the message goes on through the normal translation.
     pub(super) async fn xmpp_extras(
         &mut self,
-        chat: &InboundChat,
+        chat: &InboundChat<'_>,
         mut event: Box<Translation>,
         m: &Message,
     ) -> Result<Option<Box<Translation>>, BrokerGone> {
@@ -58,10 +58,12 @@ impl Bridge {
             let check = self.senders.check(original, bare(&chat.from));
             if let Some((reason, detail)) = correction_refusal(check) {
                 info!(from = %chat.from, replaces = %original, reason, "Correction refused.");
-                event.payload = chat.body.clone().map(Bytes::from).unwrap_or_default();
+                event.payload = (chat.body.as_ref())
+                    .map(|b| Bytes::copy_from_slice(b.as_bytes()))
+                    .unwrap_or_default();
                 event.outcome = Outcome::denied(reason, detail);
                 self.events.emit(*event).await;
-                let inbound = Inbound::Message(m.clone());
+                let inbound = Inbound::Message(Box::new(m.clone()));
                 let text = "Only the original sender may correct a message.";
                 self.reply_error(&inbound, DefinedCondition::NotAllowed, text);
                 return Ok(None);
@@ -84,7 +86,7 @@ impl Bridge {
                 };
                 self.publish_to_reply(reply, payload, event, outcome)
                     .await?;
-                debug!(id, "XMPP bounce published to the Response Topic.");
+                debug!(id = &**id, "XMPP bounce published to the Response Topic.");
                 return Ok(None);
             }
         }
@@ -126,7 +128,7 @@ impl Bridge {
     /// An error stanza that bounces a message the bridged user sent through the bridge (its id
     /// was carried from MQTT and is still remembered), as a bodiless message to carry back;
     /// `None` for every other error (never answered, never carried: no error loops).
-    pub(super) fn bounce_of(&self, m: &Message) -> Option<InboundChat> {
+    pub(super) fn bounce_of<'m>(&self, m: &'m Message) -> Option<InboundChat<'m>> {
         let chat = stanza::bounced_chat(m)?;
         let id = chat.id.as_deref()?;
         let ours = self.senders.check(id, bare(&chat.to)) == Correction::Allowed;
@@ -229,8 +231,13 @@ impl Bridge {
                 (entry, client_id, Outcome::dropped(reason, detail))
             }
         };
-        let mut event =
-            Translation::from_xmpp(&entry.sender, &entry.recipient, entry.kind, Some(&entry.id));
+        let mut event = Translation::from_xmpp(
+            &entry.sender,
+            &entry.recipient,
+            entry.kind,
+            Some(&entry.id),
+            Taken::now(),
+        );
         let subscriber = client_id.as_deref().unwrap_or("");
         event.to_mqtt(
             &entry.rule,

@@ -86,6 +86,33 @@ fn only_the_original_sender_may_correct() {
 }
 
 #[test]
+fn the_kept_sender_hash_follows_runs_and_changes_of_sender() {
+    let mut s = Senders::default();
+    // Runs of one sender, changes, a longer name after a shorter one (the kept text's buffer
+    // is reused), and back.
+    let sends = [
+        ("a1", "alice@x"),
+        ("a2", "alice@x"),
+        ("b1", "bob@x"),
+        ("a3", "alice@x"),
+        ("l1", "a-much-longer-sender-name@example.org"),
+        ("b2", "bob@x"),
+        ("b3", "bob@x"),
+    ];
+    for (id, who) in sends {
+        s.record(id, who);
+    }
+    for (id, who) in sends {
+        assert_eq!(s.check(id, who), Correction::Allowed, "{id}");
+        for other in ["alice@x", "bob@x", "a-much-longer-sender-name@example.org"] {
+            if other != who {
+                assert_eq!(s.check(id, other), Correction::NotTheSender, "{id} {other}");
+            }
+        }
+    }
+}
+
+#[test]
 fn the_correction_window_is_the_last_records_exactly() {
     let mut s = Senders::default();
     s.record("m1", "alice@x");

@@ -5,7 +5,7 @@
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::events::{Outcome, Translation};
+use super::events::{Outcome, Taken, Translation};
 use super::muc::{self, RoomAction, Rooms};
 use super::presence::{self, Action as PresenceAction, PresenceBook, PresenceConfig};
 use super::presence_store::{self, SubscriberStore};
@@ -163,7 +163,7 @@ impl Bridge {
         let payload = e.payload();
         let me = format!("{}@{}", e.user, self.table.domain());
         let occupant = format!("{}/{}", e.room, e.nick);
-        let mut event = Translation::from_xmpp(&occupant, &me, "groupchat", None);
+        let mut event = Translation::from_xmpp(&occupant, &me, "groupchat", None, Taken::now());
         event.to_mqtt("groupchat", &e.topic, 1, BRIDGE_CLIENT_ID, &payload, None);
         let detail = match &e.text {
             Some(text) => format!("{}: {text}", e.condition),

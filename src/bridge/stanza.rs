@@ -10,6 +10,7 @@
 //! Inbound, the payloads are looked at by namespace only (no typed parse per extension), so a
 //! plain message costs one string comparison per payload element.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use xmpp_parsers::chatstates::ChatState as XepChatState;
@@ -89,7 +90,7 @@ pub fn extras_of(m: &Message) -> Extras {
 /// An error stanza bouncing a message the bridge sent, seen as a bodiless chat message from
 /// the original recipient with [`Extras::bounced`] set; `None` unless the message is an
 /// addressed error with an id (the id is what names the bounced message).
-pub fn bounced_chat(m: &Message) -> Option<InboundChat> {
+pub fn bounced_chat(m: &Message) -> Option<InboundChat<'_>> {
     if m.type_ != MessageType::Error {
         return None;
     }
@@ -106,9 +107,9 @@ pub fn bounced_chat(m: &Message) -> Option<InboundChat> {
         }
     }
     Some(InboundChat {
-        from: m.from.as_ref()?.to_string(),
-        to: m.to.as_ref()?.to_string(),
-        id: Some(m.id.as_ref()?.0.clone()),
+        from: m.from.as_ref()?.as_str().into(),
+        to: m.to.as_ref()?.as_str().into(),
+        id: Some(m.id.as_ref()?.0.as_str().into()),
         kind: MessageKind::Chat,
         body: None,
         subject: None,
@@ -122,25 +123,30 @@ pub fn bounced_chat(m: &Message) -> Option<InboundChat> {
 
 /// The text xmpp-parsers' `get_best_body(vec!["en"])` picks (English, else the one without
 /// a language, else the first), without its allocations (a `Vec` and a `Lang` per call).
+/// A single text (the usual case) is the pick whatever its language: no look-up by key.
 fn best_in_english(texts: &BTreeMap<Lang, String>) -> Option<&String> {
+    if texts.len() <= 1 {
+        return texts.values().next();
+    }
     (texts.get("en"))
         .or_else(|| texts.get(""))
         .or_else(|| texts.values().next())
 }
 
 /// The bridge's view of an XMPP message; `None` for errors and unaddressed messages.
-pub fn inbound_chat(m: &Message) -> Option<InboundChat> {
+pub fn inbound_chat(m: &Message) -> Option<InboundChat<'_>> {
+    fn borrowed(s: &str) -> Cow<'_, str> {
+        Cow::Borrowed(s)
+    }
     let kind = kind_of(&m.type_)?;
-    let from = m.from.as_ref()?.as_str().to_owned();
-    let to = m.to.as_ref()?.as_str().to_owned();
     Some(InboundChat {
-        from,
-        to,
-        id: m.id.as_ref().map(|id| id.0.clone()),
+        from: Cow::Borrowed(m.from.as_ref()?.as_str()),
+        to: Cow::Borrowed(m.to.as_ref()?.as_str()),
+        id: m.id.as_ref().map(|id| borrowed(&id.0)),
         kind,
-        body: best_in_english(&m.bodies).cloned(),
-        subject: best_in_english(&m.subjects).cloned(),
-        thread: m.thread.as_ref().map(|t| t.id.clone()),
+        body: best_in_english(&m.bodies).map(|b| borrowed(b)),
+        subject: best_in_english(&m.subjects).map(|s| borrowed(s)),
+        thread: m.thread.as_ref().map(|t| borrowed(&t.id)),
         extras: if m.payloads.is_empty() {
             Extras::default()
         } else {
@@ -605,7 +611,7 @@ mod tests {
         );
         let chat = bounced_chat(&m).unwrap();
         assert_eq!(
-            (chat.from.as_str(), chat.to.as_str(), chat.id.as_deref()),
+            (&*chat.from, &*chat.to, chat.id.as_deref()),
             ("nobody@localhost", "bob@mqtt.localhost", Some("q-1"))
         );
         // The echoed body is the original message's, not something to carry again.

@@ -1,32 +1,39 @@
 //! Translation, pure: typed messages plus the mapping table in, typed messages out. No I/O.
 
+use std::borrow::Cow;
+use std::time::SystemTime;
+
 use bytes::Bytes;
 
 use super::envelope::{
-    ChatState, EnvelopeRef, Extras, ParsedPayload, PayloadError, bounce_json, envelope_json,
+    ChatState, EnvelopeRef, Extras, ParsedPayload, PayloadError, bounce_json, envelope_json_at,
     parse_json, parse_state, parse_text, receipt_json, state_json,
 };
 use crate::broker::codec::{Properties, Property, QoS};
-use crate::mapping::{MappingTable, MessageKind, PayloadFormat, Refusal};
+use crate::mapping::{
+    MappingTable, MessageKind, PayloadFormat, Refusal, rsplit_once_byte, split_once_byte,
+};
 use crate::xmpp::message_xml::xml_text;
 
-/// A chat message that arrived from XMPP, as the bridge needs it.
+/// A chat message that arrived from XMPP, as the bridge needs it. Its texts borrow from the
+/// stanza when they can: copying sender, recipient, id and body per message was a share of
+/// the bridge's CPU of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InboundChat {
+pub struct InboundChat<'a> {
     /// Sender, full JID as routed by the server (trusted: the server authenticated it).
-    pub from: String,
+    pub from: Cow<'a, str>,
     /// Recipient in the bridge domain.
-    pub to: String,
+    pub to: Cow<'a, str>,
     /// Stanza id.
-    pub id: Option<String>,
+    pub id: Option<Cow<'a, str>>,
     /// Message type.
     pub kind: MessageKind,
     /// Text, if any.
-    pub body: Option<String>,
+    pub body: Option<Cow<'a, str>>,
     /// Subject.
-    pub subject: Option<String>,
+    pub subject: Option<Cow<'a, str>>,
     /// Thread.
-    pub thread: Option<String>,
+    pub thread: Option<Cow<'a, str>>,
     /// Ids, correction, delay, chat state, receipts.
     pub extras: Extras,
 }
@@ -146,12 +153,12 @@ impl NotCarried {
 
 /// The bare part of a JID string (drops `/resource`).
 pub fn bare(jid: &str) -> &str {
-    jid.split_once('/').map_or(jid, |(b, _)| b)
+    split_once_byte(jid, b'/').map_or(jid, |(b, _)| b)
 }
 
 fn domain_of(jid: &str) -> &str {
     let b = bare(jid);
-    b.rsplit_once('@').map_or(b, |(_, d)| d)
+    rsplit_once_byte(b, b'@').map_or(b, |(_, d)| d)
 }
 
 fn qos(level: u8) -> QoS {
@@ -166,7 +173,17 @@ fn qos(level: u8) -> QoS {
 /// for rules with the `xml` payload format (serializing costs more than the rest together).
 pub fn xmpp_to_mqtt(
     table: &MappingTable,
-    msg: &InboundChat,
+    msg: &InboundChat<'_>,
+    render_xml: impl FnOnce() -> String,
+) -> FromXmpp {
+    xmpp_to_mqtt_at(table, msg, SystemTime::now(), render_xml)
+}
+
+/// [`xmpp_to_mqtt`] for a message taken at `now` (the JSON envelope's `timestamp`).
+pub fn xmpp_to_mqtt_at(
+    table: &MappingTable,
+    msg: &InboundChat<'_>,
+    now: SystemTime,
     render_xml: impl FnOnce() -> String,
 ) -> FromXmpp {
     // Loop guard: what comes from our own domain was sent by this bridge.
@@ -177,7 +194,7 @@ pub fn xmpp_to_mqtt(
     let route = table
         .to_mqtt(bare(&msg.from), bare(&msg.to), msg.kind)
         .or_else(|| {
-            let bodiless = msg.body.as_ref().is_none_or(String::is_empty);
+            let bodiless = msg.body.as_ref().is_none_or(|b| b.is_empty());
             (bodiless && msg.kind == MessageKind::Normal)
                 .then(|| table.to_mqtt(bare(&msg.from), bare(&msg.to), MessageKind::Chat))
                 .flatten()
@@ -196,7 +213,7 @@ pub fn xmpp_to_mqtt(
         let (level, carried, qos, payload) = if let Some(id) = &msg.extras.received {
             let payload = match rule.format {
                 PayloadFormat::Json => Bytes::from(receipt_json(&msg.from, &msg.to, id)),
-                PayloadFormat::Text => Bytes::from(id.clone()),
+                PayloadFormat::Text => Bytes::copy_from_slice(id.as_bytes()),
                 PayloadFormat::Xml => Bytes::from(render_xml()),
             };
             let qos = qos(rule.qos);
@@ -204,12 +221,12 @@ pub fn xmpp_to_mqtt(
         } else if let (Some(bounce), Some(id)) = (&msg.extras.bounced, &msg.id) {
             let payload = match rule.format {
                 PayloadFormat::Json => Bytes::from(bounce_json(&msg.from, &msg.to, id, bounce)),
-                PayloadFormat::Text => Bytes::from(id.clone()),
+                PayloadFormat::Text => Bytes::copy_from_slice(id.as_bytes()),
                 PayloadFormat::Xml => Bytes::from(render_xml()),
             };
             (
                 ERROR_LEVEL,
-                Carried::Bounce(id.clone()),
+                Carried::Bounce(id.to_string()),
                 qos(rule.qos),
                 payload,
             )
@@ -235,18 +252,21 @@ pub fn xmpp_to_mqtt(
         });
     };
     let payload = match rule.format {
-        PayloadFormat::Text => Bytes::from(body.clone()),
+        PayloadFormat::Text => Bytes::copy_from_slice(body.as_bytes()),
         PayloadFormat::Xml => Bytes::from(render_xml()),
-        PayloadFormat::Json => Bytes::from(envelope_json(&EnvelopeRef {
-            from: &msg.from,
-            to: &msg.to,
-            id: msg.id.as_deref(),
-            kind: msg.kind,
-            body,
-            subject: msg.subject.as_deref(),
-            thread: msg.thread.as_deref(),
-            extras: &msg.extras,
-        })),
+        PayloadFormat::Json => Bytes::from(envelope_json_at(
+            &EnvelopeRef {
+                from: &msg.from,
+                to: &msg.to,
+                id: msg.id.as_deref(),
+                kind: msg.kind,
+                body,
+                subject: msg.subject.as_deref(),
+                thread: msg.thread.as_deref(),
+                extras: &msg.extras,
+            },
+            now,
+        )),
     };
     FromXmpp::Publish(MqttOut {
         rule: rule.name.clone(),
@@ -450,13 +470,13 @@ format = "text"
         "<message/>".into()
     }
 
-    fn chat(from: &str, to: &str, kind: MessageKind, body: Option<&str>) -> InboundChat {
+    fn chat(from: &str, to: &str, kind: MessageKind, body: Option<&str>) -> InboundChat<'static> {
         InboundChat {
-            from: from.into(),
-            to: to.into(),
+            from: from.to_owned().into(),
+            to: to.to_owned().into(),
             id: Some("id1".into()),
             kind,
-            body: body.map(str::to_string),
+            body: body.map(|b| b.to_owned().into()),
             subject: None,
             thread: None,
             extras: Extras::default(),

@@ -58,7 +58,7 @@ pub(crate) fn unescape(level: &str) -> Option<Cow<'_, str>> {
     if level.starts_with('$') || level.bytes().any(|b| matches!(b, b'/' | b'+' | b'#' | 0)) {
         return None;
     }
-    if !level.contains('%') {
+    if !super::contains_byte(level, b'%') {
         return Some(Cow::Borrowed(level));
     }
     let bytes = level.as_bytes();

@@ -463,7 +463,7 @@ impl MappingTable {
 
     /// The localpart of `jid` when it is a bare JID in the bridge domain.
     fn bridged_node<'j>(&self, jid: &'j str) -> Option<&'j str> {
-        let (node, domain) = jid.split_once('@')?;
+        let (node, domain) = split_once_byte(jid, b'@')?;
         (domain == &*self.domain && !node.is_empty()).then_some(node)
     }
 
@@ -471,6 +471,59 @@ impl MappingTable {
     pub fn describe(&self) -> String {
         rule::describe(&self.rules)
     }
+}
+
+/// `s` split at the first `b` (an ASCII byte), like `str::split_once` with a `char`, which
+/// compares each candidate through `memcmp`: these splits run several times per message, on
+/// short strings (JIDs), where a plain loop also beats a call into `memchr`.
+pub(crate) fn split_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
+    debug_assert!(b.is_ascii());
+    let i = s.bytes().position(|c| c == b)?;
+    // `b` is ASCII, so `i` and `i + 1` are character boundaries.
+    Some((s.get(..i)?, s.get(i + 1..)?))
+}
+
+/// `s` split at the last `b` (an ASCII byte); see [`split_once_byte`].
+pub(crate) fn rsplit_once_byte(s: &str, b: u8) -> Option<(&str, &str)> {
+    debug_assert!(b.is_ascii());
+    let i = s.bytes().rposition(|c| c == b)?;
+    Some((s.get(..i)?, s.get(i + 1..)?))
+}
+
+/// The levels of a topic name or filter, as `topic.split('/')` yields them (one empty level
+/// for an empty topic), split byte-wise (see [`split_once_byte`]): the publish guard and the
+/// translation split every bridged topic.
+pub(crate) fn topic_levels(topic: &str) -> TopicLevels<'_> {
+    TopicLevels { rest: Some(topic) }
+}
+
+/// See [`topic_levels`].
+#[derive(Debug, Clone)]
+pub(crate) struct TopicLevels<'a> {
+    rest: Option<&'a str>,
+}
+
+impl<'a> Iterator for TopicLevels<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let rest = self.rest?;
+        match split_once_byte(rest, b'/') {
+            Some((level, more)) => {
+                self.rest = Some(more);
+                Some(level)
+            }
+            None => {
+                self.rest = None;
+                Some(rest)
+            }
+        }
+    }
+}
+
+/// Whether `s` contains the ASCII byte `b`; see [`split_once_byte`].
+pub(crate) fn contains_byte(s: &str, b: u8) -> bool {
+    s.bytes().any(|c| c == b)
 }
 
 /// A bare JID without the final dot of its domain: `example.org.` is the fully qualified

@@ -290,11 +290,11 @@ impl<'a> PeerInput<'a> {
     /// Splits a bare JID; `None` when it has a resource, an empty part or several `@`. The
     /// JID is otherwise trusted: the XMPP side parsed and normalized it.
     pub(crate) fn split(jid: &'a str) -> Option<PeerInput<'a>> {
-        if jid.contains('/') {
+        if super::contains_byte(jid, b'/') {
             return None;
         }
-        let (node, domain) = match jid.split_once('@') {
-            Some((n, d)) if !n.is_empty() && !d.contains('@') => (Some(n), d),
+        let (node, domain) = match super::split_once_byte(jid, b'@') {
+            Some((n, d)) if !n.is_empty() && !super::contains_byte(d, b'@') => (Some(n), d),
             Some(_) => return None,
             None => (None, jid),
         };
@@ -437,7 +437,7 @@ impl PeerPattern {
 
 /// The value a `jid`/`peer` capture takes from a topic level in the MQTT→XMPP direction.
 pub(crate) fn level_of(topic: &str, index: usize) -> &str {
-    topic.split('/').nth(index).unwrap_or("")
+    super::topic_levels(topic).nth(index).unwrap_or("")
 }
 
 /// Whether a user-derived localpart is valid *and* already normalized. Why exact: if `Alice` and `alice` were both accepted as `alice@…`,

@@ -160,7 +160,7 @@ impl TopicTemplate {
     /// Whether `topic` (with `level_count()` levels, checked by the caller) matches. Captures
     /// match any non-empty level; literals match exactly (no unescaping).
     pub(crate) fn matches(&self, topic: &str) -> bool {
-        let mut parts = topic.split('/');
+        let mut parts = super::topic_levels(topic);
         self.levels.iter().all(|l| match (l, parts.next()) {
             (Level::Literal(lit), Some(v)) => **lit == *v,
             (Level::Capture { .. }, Some(v)) => !v.is_empty(),

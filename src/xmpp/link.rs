@@ -442,7 +442,7 @@ impl Outbound {
         let Some(upto) = self.pings.answered(id) else {
             return;
         };
-        let mut count = 0u64;
+        let (mut count, mut counted) = (0u64, 0u64);
         let mut ticket = None;
         // The queue slots, freed in one release: each release of a permit takes the
         // semaphore's lock.
@@ -450,6 +450,10 @@ impl Outbound {
         for p in self.queue.confirm_upto(upto) {
             count += 1;
             if let Some(tx) = p.confirmed {
+                // Counted before its sender learns of it, so that the count is never behind
+                // what a waiting sender saw (the bridge's stanzas use tickets instead).
+                XmppStats::add(&self.stats.confirmed, 1);
+                counted += 1;
                 // An error only means the sender stopped waiting.
                 tx.send(()).ok();
             }
@@ -468,7 +472,7 @@ impl Outbound {
         if let Some(ticket) = ticket {
             self.settlements.confirmed(ticket);
         }
-        XmppStats::add(&self.stats.confirmed, count);
+        XmppStats::add(&self.stats.confirmed, count - counted);
         trace!(count, "Stanzas confirmed by the server.");
         if self.overflow.active.swap(false, Ordering::Relaxed) {
             let refused = XmppStats::get(&self.stats.queue_overflow);

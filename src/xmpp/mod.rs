@@ -70,11 +70,15 @@ pub enum Inbound {
     /// sent the ping (it confirms that instance's stanzas).
     ForeignPong(String),
     /// A message to an address of the component domain.
-    Message(Message),
+    ///
+    /// The stanzas are boxed: each crosses a channel from the link's reader to the bridge and
+    /// is moved several times on the way, and an unboxed `Inbound` (as large as its largest
+    /// stanza type, over 200 bytes) made those moves a measurable share of the bridge's CPU.
+    Message(Box<Message>),
     /// A presence (subscription, directed presence, ...).
-    Presence(Presence),
+    Presence(Box<Presence>),
     /// An iq the adapter does not answer itself (including results of the bridge's own iqs).
-    Iq(Iq),
+    Iq(Box<Iq>),
 }
 
 impl Inbound {

@@ -28,10 +28,6 @@ const FEATURES: [&str; 4] = [ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING, ns::RECE
 
 /// The outcome of one element.
 #[derive(Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "lives only between classify and the match on it; boxing would allocate per stanza"
-)]
 pub(crate) enum Action {
     /// A stanza for the bridge ([`Head::of_inbound`] tells how to bounce it).
     Deliver(Inbound),
@@ -89,7 +85,7 @@ impl Service {
     /// Decides what to do with one element read from the stream.
     pub(crate) fn classify(&self, incoming: Incoming) -> Action {
         match incoming {
-            Incoming::Stanza(Inbound::Iq(iq)) => self.iq(iq),
+            Incoming::Stanza(Inbound::Iq(iq)) => self.iq(*iq),
             Incoming::Stanza(inbound) => Action::Deliver(inbound),
             Incoming::Bad { head, error } => {
                 let name = head.kind.name().to_owned();
@@ -135,7 +131,7 @@ impl Service {
                 id,
                 payload,
             } if to.as_ref() == Some(&self.domain) => (from, to, id, payload),
-            other => return Action::Deliver(Inbound::Iq(other)),
+            other => return Action::Deliver(Inbound::Iq(Box::new(other))),
         };
         let reply = |payload: Option<Element>| {
             Action::Reply(
@@ -178,12 +174,12 @@ impl Service {
             ))
         } else {
             // Another request to the domain itself: the bridge decides.
-            Action::Deliver(Inbound::Iq(Iq::Get {
+            Action::Deliver(Inbound::Iq(Box::new(Iq::Get {
                 from,
                 to,
                 id,
                 payload,
-            }))
+            })))
         }
     }
 
@@ -279,7 +275,7 @@ impl Head {
                 from: iq.from().cloned(),
                 to: iq.to().cloned(),
                 id: Some(iq.id().to_owned()),
-                answerable: matches!(iq, Iq::Get { .. } | Iq::Set { .. }),
+                answerable: matches!(**iq, Iq::Get { .. } | Iq::Set { .. }),
             },
             Inbound::ForeignPong(id) => Self {
                 kind: Kind::Iq,

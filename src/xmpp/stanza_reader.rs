@@ -81,10 +81,6 @@ impl RawHead {
 }
 
 /// One top-level element of the component stream.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one value per stanza, moved a few times; boxing would allocate per stanza"
-)]
 #[derive(Debug)]
 pub(crate) enum Incoming {
     /// A stanza that parsed (never [`Inbound::ForeignPong`]).
@@ -127,9 +123,9 @@ enum Typed {
 impl Typed {
     fn feed(&mut self, ev: rxml::Event, ctx: &Context<'_>) -> Result<Option<Inbound>, Error> {
         Ok(match self {
-            Typed::Message(b) => b.feed(ev, ctx)?.map(Inbound::Message),
-            Typed::Presence(b) => b.feed(ev, ctx)?.map(Inbound::Presence),
-            Typed::Iq(b) => b.feed(ev, ctx)?.map(Inbound::Iq),
+            Typed::Message(b) => (b.feed(ev, ctx)?).map(|m| Inbound::Message(Box::new(m))),
+            Typed::Presence(b) => (b.feed(ev, ctx)?).map(|p| Inbound::Presence(Box::new(p))),
+            Typed::Iq(b) => (b.feed(ev, ctx)?).map(|iq| Inbound::Iq(Box::new(iq))),
         })
     }
 }
@@ -333,9 +329,9 @@ pub(crate) fn check_against_try_from(bytes: &[u8]) {
         type_: attr("type"),
     };
     let via_try_from = match kind {
-        Kind::Message => Message::try_from(el).map(Inbound::Message),
-        Kind::Presence => Presence::try_from(el).map(Inbound::Presence),
-        Kind::Iq => Iq::try_from(el).map(Inbound::Iq),
+        Kind::Message => Message::try_from(el).map(|m| Inbound::Message(Box::new(m))),
+        Kind::Presence => Presence::try_from(el).map(|p| Inbound::Presence(Box::new(p))),
+        Kind::Iq => Iq::try_from(el).map(|iq| Inbound::Iq(Box::new(iq))),
     };
     match (typed, via_try_from) {
         (Incoming::Stanza(got), Ok(want)) => assert_eq!(got, want, "typed values differ"),
@@ -378,9 +374,15 @@ pub(crate) mod tests {
         let el: Element = xml.parse().unwrap();
         let e = |e: xso::error::FromElementError| e.to_string();
         match el.name() {
-            "message" => Message::try_from(el).map(Inbound::Message).map_err(e),
-            "presence" => Presence::try_from(el).map(Inbound::Presence).map_err(e),
-            _ => Iq::try_from(el).map(Inbound::Iq).map_err(e),
+            "message" => (Message::try_from(el))
+                .map(|m| Inbound::Message(Box::new(m)))
+                .map_err(e),
+            "presence" => (Presence::try_from(el))
+                .map(|p| Inbound::Presence(Box::new(p)))
+                .map_err(e),
+            _ => Iq::try_from(el)
+                .map(|iq| Inbound::Iq(Box::new(iq)))
+                .map_err(e),
         }
     }
 

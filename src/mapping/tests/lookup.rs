@@ -447,3 +447,44 @@ fn final_dot_of_a_domain_is_dropped() {
         );
     }
 }
+
+#[test]
+fn byte_splits_match_the_char_splits() {
+    use crate::mapping::{contains_byte, rsplit_once_byte, split_once_byte};
+    for s in [
+        "",
+        "@",
+        "a@b",
+        "a@b@c",
+        "ä@ö/r/ü",
+        "/",
+        "plain",
+        "x@y.org/res@with/slash",
+    ] {
+        for b in [b'@', b'/', b'%'] {
+            let c = char::from(b);
+            assert_eq!(split_once_byte(s, b), s.split_once(c), "{s} {c}");
+            assert_eq!(rsplit_once_byte(s, b), s.rsplit_once(c), "{s} {c}");
+            assert_eq!(contains_byte(s, b), s.contains(c), "{s} {c}");
+        }
+    }
+}
+
+#[test]
+fn topic_levels_match_split() {
+    use crate::mapping::topic_levels;
+    for t in [
+        "",
+        "/",
+        "a",
+        "a/b",
+        "a//b",
+        "/a/",
+        "users/bob/outbox/ä@ö",
+        "a/b/",
+    ] {
+        let ours: Vec<&str> = topic_levels(t).collect();
+        let std: Vec<&str> = t.split('/').collect();
+        assert_eq!(ours, std, "{t:?}");
+    }
+}
