@@ -38,6 +38,15 @@ pub trait ConnWrite: Send + 'static {
 
     /// Ends the stream (TCP FIN, TLS close_notify, WebSocket Close).
     fn close(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Plain TCP: the socket itself, so that packets can be written through while routing
+    /// (see `link`); any other transport gives itself back.
+    fn into_tcp(self) -> Result<OwnedWriteHalf, Self>
+    where
+        Self: Sized,
+    {
+        Err(self)
+    }
 }
 
 impl ConnRead for OwnedReadHalf {
@@ -76,6 +85,10 @@ impl ConnWrite for OwnedWriteHalf {
 
     async fn close(&mut self) -> io::Result<()> {
         self.shutdown().await
+    }
+
+    fn into_tcp(self) -> Result<OwnedWriteHalf, Self> {
+        Ok(self)
     }
 }
 
