@@ -398,7 +398,10 @@ impl Drop for Cork {
     fn drop(&mut self) {
         CORKED.set(false);
         let mut dirty = DIRTY.take();
-        for shared in dirty.drain(..) {
+        // Last touched first: a pass acknowledges a publisher before it routes the message,
+        // so the subscribers are written before the publisher gets its PUBACK or PUBREC (as
+        // Mosquitto does), and the message is not behind that write.
+        for shared in dirty.drain(..).rev() {
             let mut inner = shared.queue();
             let Some(direct) = inner.direct.as_mut() else {
                 continue;
