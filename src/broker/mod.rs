@@ -26,6 +26,7 @@ pub mod guard;
 pub mod internal;
 pub mod link;
 pub mod listener;
+pub mod outbound;
 pub mod router;
 pub mod session;
 pub mod session_events;
