@@ -5,19 +5,8 @@
 //! over its own unbounded queue whose depth it bounds itself ([`ClientLink::backlog`] and the
 //! session's in-flight window), so the router never awaits a connection: the classic broker
 //! self-deadlock cannot happen.
-//!
-//! **Write-through** (plain TCP): a link can hold its client's socket ([`DirectOut`]). While
-//! a connection routes what it read ([`corked`]), a packet for such a link is encoded at once
-//! behind what is already pending for that client, and when the pass ends each client that
-//! got something is written with one `try_write`, in the routing task: a message goes out in
-//! the turn that read it, as in Mosquitto's event loop, without waking the subscriber's
-//! writer task. Whatever the socket cannot take at once, and what is sent outside a routing
-//! pass, the writer task writes ([`LinkReceiver::drive_direct`]). One buffer per client under
-//! the link's lock keeps the order of everything written.
 
-use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,7 +19,6 @@ use tokio::sync::oneshot;
 
 use super::codec::{Connect, Packet, ProtocolVersion, Publish};
 use super::guard::GuardNote;
-use super::outbound::DirectOut;
 
 /// Identifies one network connection for its whole life (never reused).
 pub type ConnId = u64;
@@ -70,21 +58,11 @@ pub struct ClientLink {
     shared: Arc<LinkShared>,
 }
 
-/// What the link's lock guards.
-#[derive(Debug, Default)]
-struct Inner {
-    /// Items for the writer; boxed so that the queue stays small per slot.
-    items: VecDeque<Box<ToClient>>,
-    /// Plain TCP: the socket and what is encoded for it (see the module notes). Boxed: most
-    /// of a link's life it is only looked at.
-    direct: Option<Box<DirectOut>>,
-}
-
 /// The state both ends of a link share.
 #[derive(Debug, Default)]
 struct LinkShared {
-    /// The queue, and the socket when written through.
-    queue: Mutex<Inner>,
+    /// Items for the writer; boxed so that the queue stays small per slot.
+    queue: Mutex<VecDeque<Box<ToClient>>>,
     /// The writer waiting for items.
     waker: AtomicWaker,
     /// Live [`ClientLink`] clones; the writer ends when none is left.
@@ -101,7 +79,7 @@ struct LinkShared {
 }
 
 impl LinkShared {
-    fn queue(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Box<ToClient>>> {
         // A panic while holding this short lock cannot leave the queue inconsistent.
         self.queue
             .lock()
@@ -138,17 +116,7 @@ impl Drop for ClientLink {
 impl ClientLink {
     /// A link and the receiving end for the connection's writer.
     pub fn new() -> (ClientLink, LinkReceiver) {
-        Self::with_direct(None)
-    }
-
-    /// A link that holds its client's socket: packets are written through while routing
-    /// (see the module notes); the writer task runs [`LinkReceiver::drive_direct`].
-    pub(crate) fn with_direct(direct: Option<DirectOut>) -> (ClientLink, LinkReceiver) {
         let shared = Arc::new(LinkShared {
-            queue: Mutex::new(Inner {
-                items: VecDeque::new(),
-                direct: direct.map(Box::new),
-            }),
             senders: AtomicUsize::new(1),
             farewell: AtomicU8::new(FAREWELL_NONE),
             ..LinkShared::default()
@@ -165,21 +133,7 @@ impl ClientLink {
         if self.shared.closed.load(Ordering::Acquire) {
             return false;
         }
-        let mut inner = self.shared.queue();
-        if CORKED.get() && inner.items.is_empty() && matches!(item, ToClient::Packet(_)) {
-            if let Some(direct) = inner.direct.as_mut().filter(|d| !d.closing()) {
-                // Behind what is pending, so in order; written when the routing pass ends,
-                // or by the writer task if it is already waiting for room in the socket.
-                let first = !direct.has_pending();
-                direct.encode(item);
-                if first {
-                    DIRTY.with_borrow_mut(|dirty| dirty.push(self.shared.clone()));
-                }
-                return true;
-            }
-        }
-        inner.items.push_back(Box::new(item));
-        drop(inner);
+        self.shared.queue().push_back(Box::new(item));
         self.shared.waker.wake();
         true
     }
@@ -248,10 +202,8 @@ pub struct LinkReceiver {
 impl Drop for LinkReceiver {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
-        // Free what will never be written, and the socket.
-        let mut inner = self.shared.queue();
-        std::mem::take(&mut inner.items);
-        inner.direct = None;
+        // Free what will never be written.
+        std::mem::take(&mut *self.shared.queue());
     }
 }
 
@@ -280,8 +232,7 @@ impl LinkReceiver {
         reason = "items move between queues as pointers; see ClientLink"
     )]
     fn take(&self, into: &mut Vec<Box<ToClient>>, limit: usize) -> Option<usize> {
-        let mut inner = self.shared.queue();
-        let queue = &mut inner.items;
+        let mut queue = self.shared.queue();
         if queue.is_empty() {
             let gone = self.shared.senders.load(Ordering::Acquire) == 0;
             return gone.then_some(0);
@@ -296,135 +247,12 @@ impl LinkReceiver {
 
     /// True when nothing is waiting.
     pub fn is_empty(&self) -> bool {
-        self.shared.queue().items.is_empty()
-    }
-
-    /// The writer task of a written-through link: encodes what was queued, writes what is
-    /// pending whenever the socket has room, until a DISCONNECT is written, every sender is
-    /// gone, or a write fails. Each wake-up does what there is under the lock, without
-    /// waiting inside it.
-    pub async fn drive_direct(&mut self) -> io::Result<()> {
-        std::future::poll_fn(|cx| {
-            let mut guard = self.shared.queue();
-            let inner = &mut *guard;
-            let Some(direct) = inner.direct.as_mut() else {
-                return Poll::Ready(Ok(()));
-            };
-            loop {
-                let mut encoded = 0;
-                while !direct.closing() && encoded < DIRECT_BATCH {
-                    let Some(item) = inner.items.pop_front() else {
-                        break;
-                    };
-                    direct.encode(*item);
-                    encoded += 1;
-                }
-                if direct.has_pending() {
-                    match direct.write_pending() {
-                        Ok(Some(packets)) => self.written(packets),
-                        Ok(None) => match direct.poll_writable(cx) {
-                            Poll::Ready(Ok(())) => continue,
-                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                            Poll::Pending => return Poll::Pending,
-                        },
-                        Err(e) => return Poll::Ready(Err(e)),
-                    }
-                }
-                if direct.closing() {
-                    return Poll::Ready(Ok(()));
-                }
-                if !inner.items.is_empty() {
-                    continue;
-                }
-                if inner.items.capacity() > IDLE_QUEUE_SLOTS {
-                    inner.items = VecDeque::new();
-                }
-                if self.shared.senders.load(Ordering::Acquire) == 0 {
-                    return Poll::Ready(Ok(()));
-                }
-                // Registered under the lock: a sender pushes under it and wakes after it, so
-                // nothing pushed from here on is missed.
-                self.shared.waker.register(cx.waker());
-                return Poll::Pending;
-            }
-        })
-        .await
-    }
-
-    /// The socket of a written-through link, taken to close it; nothing is written through
-    /// any more.
-    pub(crate) fn take_direct(&mut self) -> Option<DirectOut> {
-        self.shared.queue().direct.take().map(|d| *d)
+        self.shared.queue().is_empty()
     }
 
     /// Marks `n` packets as written.
     pub fn written(&self, n: usize) {
         self.shared.backlog.fetch_sub(n, Ordering::Relaxed);
-    }
-}
-
-/// Items a written-through link's writer encodes between two writes, at most.
-const DIRECT_BATCH: usize = 256;
-
-thread_local! {
-    /// A routing pass is running on this thread (see [`corked`]).
-    static CORKED: Cell<bool> = const { Cell::new(false) };
-    /// Links that got bytes to write during this thread's routing pass.
-    static DIRTY: RefCell<Vec<Arc<LinkShared>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` (a routing pass) with write-through on: packets for written-through links are
-/// encoded as they are routed, and each such client is written to once when `f` returns
-/// (see the module notes). Nested calls write at the end of the outermost one.
-pub fn corked<T>(f: impl FnOnce() -> T) -> T {
-    if CORKED.get() {
-        return f();
-    }
-    let _cork = Cork::start();
-    f()
-}
-
-/// Ends a routing pass when dropped, also when it panics, so that nothing stays unwritten.
-struct Cork;
-
-impl Cork {
-    fn start() -> Self {
-        CORKED.set(true);
-        Cork
-    }
-}
-
-impl Drop for Cork {
-    fn drop(&mut self) {
-        CORKED.set(false);
-        let mut dirty = DIRTY.take();
-        // Last touched first: a pass acknowledges a publisher before it routes the message,
-        // so the subscribers are written before the publisher gets its PUBACK or PUBREC (as
-        // Mosquitto does), and the message is not behind that write.
-        for shared in dirty.drain(..).rev() {
-            let mut inner = shared.queue();
-            let Some(direct) = inner.direct.as_mut() else {
-                continue;
-            };
-            let wake = match direct.write_pending() {
-                Ok(Some(packets)) => {
-                    shared.backlog.fetch_sub(packets, Ordering::Relaxed);
-                    false
-                }
-                // The writer task waits for room and writes the rest.
-                Ok(None) => true,
-                Err(error) => {
-                    direct.keep_error(error);
-                    true
-                }
-            };
-            drop(inner);
-            if wake {
-                shared.waker.wake();
-            }
-        }
-        // The list's allocation is kept for the next pass.
-        DIRTY.set(dirty);
     }
 }
 
@@ -531,146 +359,4 @@ pub enum RouterMsg {
         /// Why.
         cause: CloseCause,
     },
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, reason = "test code")]
-
-    use super::*;
-    use crate::broker::alias::OutboundAliases;
-    use crate::broker::codec::{self, Packet, Properties, PubResponse, QoS};
-    use crate::broker::outbound::OutLimits;
-    use crate::broker::stats::BrokerStats;
-    use bytes::{Bytes, BytesMut};
-    use std::time::Duration;
-    use tokio::io::AsyncReadExt;
-    use tokio::net::{TcpListener, TcpStream};
-
-    /// A written-through link to a real loopback socket, its writer task, and the client end.
-    async fn direct_link() -> (
-        ClientLink,
-        tokio::task::JoinHandle<io::Result<()>>,
-        TcpStream,
-    ) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let (_rd, wr) = server.into_split();
-        // The read half is dropped: only the write side matters here.
-        let limits = OutLimits {
-            max_packet: usize::MAX,
-            aliases: OutboundAliases::new(0),
-        };
-        let stats = Arc::new(BrokerStats::default());
-        let direct = DirectOut::new(wr, ProtocolVersion::V311, limits, stats);
-        let (link, mut rx) = ClientLink::with_direct(Some(direct));
-        let writer = tokio::spawn(async move {
-            let result = rx.drive_direct().await;
-            drop(rx.take_direct());
-            result
-        });
-        (link, writer, client)
-    }
-
-    /// Reads packets until `n` are decoded (or the peer closes); each within a deadline.
-    async fn read_packets(client: &mut TcpStream, n: usize) -> Vec<Packet> {
-        let mut buf = BytesMut::new();
-        let mut out = Vec::new();
-        while out.len() < n {
-            while let Some(p) = codec::decode(&mut buf, ProtocolVersion::V311, usize::MAX).unwrap()
-            {
-                out.push(p);
-            }
-            if out.len() >= n {
-                break;
-            }
-            let read = tokio::time::timeout(Duration::from_secs(10), client.read_buf(&mut buf));
-            if read.await.unwrap().unwrap() == 0 {
-                break;
-            }
-        }
-        out
-    }
-
-    fn puback_ids(packets: &[Packet]) -> Vec<u16> {
-        packets
-            .iter()
-            .map(|p| match p {
-                Packet::PubAck(a) => a.pkid,
-                other => panic!("unexpected {}", other.name()),
-            })
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn routing_pass_writes_through_in_its_own_task_and_keeps_order() {
-        let (link, writer, mut client) = direct_link().await;
-        // Let the writer park first.
-        tokio::task::yield_now().await;
-        corked(|| {
-            assert!(link.send(Packet::PubAck(PubResponse::new(1))));
-            assert!(link.send(Packet::PubAck(PubResponse::new(2))));
-            // Encoded, not written yet: the pass is not over.
-            assert_eq!(link.backlog(), 2);
-        });
-        // Written when the pass ended, without this task yielding to the writer.
-        assert_eq!(link.backlog(), 0);
-        // Outside a pass the writer task writes; a pass meanwhile queues behind it.
-        assert!(link.send(Packet::PubAck(PubResponse::new(3))));
-        corked(|| assert!(link.send(Packet::PubAck(PubResponse::new(4)))));
-        assert_eq!(link.backlog(), 2);
-        let got = read_packets(&mut client, 4).await;
-        assert_eq!(puback_ids(&got), vec![1, 2, 3, 4]);
-        assert_eq!(link.backlog(), 0);
-        // A DISCONNECT (3.1.1: none on the wire) closes; nothing after it is written.
-        link.disconnect(0x8e);
-        corked(|| link.send(Packet::PubAck(PubResponse::new(5))));
-        writer.await.unwrap().unwrap();
-        let mut rest = Vec::new();
-        let n = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest));
-        assert_eq!(
-            n.await.unwrap().unwrap(),
-            0,
-            "bytes after the close: {rest:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn what_the_socket_cannot_take_the_writer_writes_later_in_order() {
-        let (link, writer, mut client) = direct_link().await;
-        let payload = Bytes::from(vec![7u8; 64 * 1024]);
-        let count: u16 = 200; // 13 MB: more than loopback socket buffers take unread
-        for pkid in 1..=count {
-            corked(|| {
-                let publish = codec::Publish {
-                    dup: false,
-                    qos: QoS::AtLeastOnce,
-                    retain: false,
-                    topic: "t".into(),
-                    pkid,
-                    payload: payload.clone(),
-                    properties: Properties::new(),
-                };
-                assert!(link.send(Packet::Publish(publish)));
-            });
-        }
-        // The client has read nothing: part of it waits in the link.
-        assert!(link.backlog() > 0);
-        let got = read_packets(&mut client, usize::from(count)).await;
-        let ids: Vec<u16> = got
-            .iter()
-            .map(|p| match p {
-                Packet::Publish(p) if p.payload.len() == payload.len() => p.pkid,
-                other => panic!("unexpected {other:?}"),
-            })
-            .collect();
-        assert_eq!(ids, (1..=count).collect::<Vec<_>>());
-        assert_eq!(link.backlog(), 0);
-        drop(link);
-        // The last sender gone: the writer ends.
-        writer.await.unwrap().unwrap();
-    }
 }

@@ -26,7 +26,6 @@ pub mod guard;
 pub mod internal;
 pub mod link;
 pub mod listener;
-pub mod outbound;
 pub mod router;
 pub mod session;
 pub mod session_events;

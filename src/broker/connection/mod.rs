@@ -33,17 +33,14 @@ use super::codec::{
 };
 use super::config::BrokerConfig;
 use super::internal::INTERNAL_ID_PREFIX;
-use super::link::{
-    ClientLink, CloseCause, ConnId, ConnectOutcome, ConnectRequest, RouterMsg, corked,
-};
-use super::outbound::{DirectOut, OutLimits};
+use super::link::{ClientLink, CloseCause, ConnId, ConnectOutcome, ConnectRequest, RouterMsg};
 use super::router::SharedRouter;
 use super::stats::BrokerStats;
 use super::transport::{ConnRead, ConnWrite};
 
 mod writer;
 
-use writer::{direct_write_loop, write_loop};
+use writer::{OutLimits, write_loop};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -135,6 +132,7 @@ pub async fn serve<R: ConnRead, W: ConnWrite>(
         } = admitted;
         let version = connect.protocol;
         tracing::Span::current().record("client_id", client_id.as_ref() as &str);
+        let (link, receiver) = ClientLink::new();
         let closing = CancellationToken::new();
         let v5 = version == ProtocolVersion::V5;
         let out = OutLimits {
@@ -146,33 +144,17 @@ pub async fn serve<R: ConnRead, W: ConnWrite>(
                 0
             }),
         };
-        let link = match wr.into_tcp() {
-            // Plain TCP: written through by whoever routes (see `link`).
-            Ok(socket) => {
-                let direct = DirectOut::new(socket, version, out, ctx.stats.clone());
-                let (link, receiver) = ClientLink::with_direct(Some(direct));
-                ctx.tracker.spawn(
-                    direct_write_loop(receiver, closing.clone())
-                        .instrument(tracing::Span::current()),
-                );
-                link
-            }
-            Err(wr) => {
-                let (link, receiver) = ClientLink::new();
-                ctx.tracker.spawn(
-                    write_loop(
-                        wr,
-                        receiver,
-                        version,
-                        out,
-                        ctx.stats.clone(),
-                        closing.clone(),
-                    )
-                    .instrument(tracing::Span::current()),
-                );
-                link
-            }
-        };
+        ctx.tracker.spawn(
+            write_loop(
+                wr,
+                receiver,
+                version,
+                out,
+                ctx.stats.clone(),
+                closing.clone(),
+            )
+            .instrument(tracing::Span::current()),
+        );
         let (accepted, outcome) = oneshot::channel();
         let keep_alive = match ctx.cfg.server_keep_alive {
             Some(server) if v5 => server,
@@ -459,9 +441,6 @@ impl Reader {
         let limit = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let idle = tokio::time::sleep(limit.unwrap_or(Duration::MAX / 4));
         tokio::pin!(idle);
-        // When the last packet arrived: the timer is moved only when it fires, not on every
-        // read (a timer-wheel update per read otherwise).
-        let mut last_read = Instant::now();
         let mut batch = Vec::new();
         loop {
             let cause = self.drain(&mut buf, &mut batch);
@@ -471,10 +450,7 @@ impl Reader {
                     conn: self.conn,
                     packets,
                 };
-                // Routed with write-through: what this batch produces for plain TCP clients
-                // (the acknowledgements to this one, the messages to subscribers) is written
-                // before this task reads again, one write per client.
-                if corked(|| self.ctx.router.send(msg)).is_err() {
+                if self.ctx.router.send(msg).is_err() {
                     return CloseCause::Abnormal;
                 }
                 // Routing is work done for other tasks (the subscribers' writers): it counts
@@ -501,8 +477,8 @@ impl Reader {
                         return CloseCause::Abnormal;
                     }
                     Ok(_) => {
-                        if limit.is_some() {
-                            last_read = Instant::now();
+                        if let Some(limit) = limit {
+                            idle.as_mut().reset(Instant::now() + limit);
                         }
                     }
                     Err(error) => {
@@ -512,10 +488,6 @@ impl Reader {
                 },
                 () = self.closing.cancelled() => return self.last_words(&mut rd, &mut buf),
                 () = &mut idle => {
-                    if let Some(due) = limit.map(|l| last_read + l).filter(|&d| d > Instant::now()) {
-                        idle.as_mut().reset(due);
-                        continue;
-                    }
                     info!(keep_alive, "Keep-alive timeout; closing.");
                     self.link.disconnect(reason::KEEP_ALIVE_TIMEOUT);
                     return CloseCause::KeepAliveTimeout;

@@ -453,8 +453,6 @@ impl Router {
             QoS::AtMostOnce => self.route(publish, Some(sid)),
             // The acknowledgement is queued before the fan-out so that subscribers' writers
             // are the last tasks woken: tokio runs the last-woken task next on this worker.
-            // Written through (plain TCP, see `link::corked`), the clients touched last are
-            // written first: the subscribers, then this PUBACK.
             QoS::AtLeastOnce => {
                 self.ack(sid, Packet::PubAck(PubResponse::new(pkid)));
                 self.route(publish, Some(sid));
