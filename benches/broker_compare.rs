@@ -51,6 +51,10 @@
 //!   hit both alike. p99 is the **median of the rounds' p99s**, with their spread (lowest and
 //!   highest) and the p99 over all samples beside it: one burst of background load (a busy
 //!   2-core box adds milliseconds) then spoils one round of each broker, not the figure.
+//!   A further row compares the rounds in pairs (round `i` of each broker ran back to back):
+//!   how many each won and the median of the pairs' ratios. Two brokers that are level split
+//!   the pairs about evenly, and the median-of-p99s ratio then lands on either side of 1×
+//!   from run to run; a broker really slower in the tail loses most pairs in every run.
 //! - **A/B of two builds**: `BENCH_BROKERS=ours,base,mosquitto BENCH_BASE_BIN=<a copy of an
 //!   earlier target/release/xmpp-mqtt-bridge>` runs that build as `base` beside ours in every
 //!   scenario (interleaved in the latency rounds too) and adds a table ours/base.
@@ -1522,6 +1526,9 @@ mod latency {
         pub(crate) p99_pooled: Duration,
         pub(crate) max: Duration,
         pub(crate) rounds: usize,
+        /// Each round's p99 in the order run (`None`: the round got no sample), so that
+        /// two brokers' rounds can be compared in pairs: round `i` of each ran back to back.
+        pub(crate) p99_by_round: Vec<Option<Duration>>,
     }
 
     /// One broker of an interleaved latency run and what it measured so far.
@@ -1712,15 +1719,15 @@ mod latency {
     }
 
     fn summarize(rounds: Vec<Vec<Duration>>, sent: u64) -> LatencyResult {
-        let mut p99s: Vec<Duration> = rounds
+        let p99_by_round: Vec<Option<Duration>> = rounds
             .iter()
-            .filter(|r| !r.is_empty())
             .map(|r| {
                 let mut r = r.clone();
                 r.sort_unstable();
-                pick(&r, 0.99)
+                (!r.is_empty()).then(|| pick(&r, 0.99))
             })
             .collect();
+        let mut p99s: Vec<Duration> = p99_by_round.iter().flatten().copied().collect();
         p99s.sort_unstable();
         let median = match p99s.len() {
             0 => Duration::ZERO,
@@ -1741,6 +1748,7 @@ mod latency {
             p99_pooled: pick(&lat, 0.99),
             max: lat.last().copied().unwrap_or_default(),
             rounds: p99s.len(),
+            p99_by_round,
         }
     }
 }
@@ -2065,6 +2073,45 @@ mod report {
         );
     }
 
+    /// The rounds compared in pairs (round `i` of both brokers ran back to back, so they met
+    /// the same background load): in how many rounds ours had the lower or equal p99, and the
+    /// median of the rounds' ratios. When the brokers are level this count lands anywhere
+    /// around half of the rounds from run to run; a broker that is really slower in the tail
+    /// loses most pairs in every run.
+    fn paired_row(t: &mut Table, qos: u8, o: &LatencyResult, m: &LatencyResult) {
+        let pairs: Vec<(Duration, Duration)> = o
+            .p99_by_round
+            .iter()
+            .zip(&m.p99_by_round)
+            .filter_map(|(a, b)| Some(((*a)?, (*b)?)))
+            .collect();
+        if pairs.is_empty() {
+            return;
+        }
+        let wins = pairs.iter().filter(|(a, b)| a <= b).count();
+        let mut ratios: Vec<f64> = pairs
+            .iter()
+            .map(|(a, b)| a.as_secs_f64() / b.as_secs_f64().max(1e-9))
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let n = ratios.len();
+        let median = if n % 2 == 1 {
+            ratios[n / 2]
+        } else {
+            (ratios[n / 2 - 1] + ratios[n / 2]) / 2.0
+        };
+        t.row(
+            &format!(
+                "Latency QoS {qos} p99 round by round (back-to-back pairs): rounds with the \
+                 lower p99 (ties to the first), median of the pairs' ratios"
+            ),
+            format!("{wins} of {n}"),
+            format!("{} of {n}", n - wins),
+            Some(median),
+            String::new(),
+        );
+    }
+
     fn latency_rows(t: &mut Table, qos: u8, cells: (&Cell<LatencyResult>, &Cell<LatencyResult>)) {
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         let fmt = |x: f64| format!("{x:.0}");
@@ -2104,6 +2151,9 @@ mod report {
             fmt,
             Goal::None,
         );
+        if let (Some(Ok(o)), Some(Ok(m))) = cells {
+            paired_row(t, qos, o, m);
+        }
         let got = |r: &LatencyResult| format!("{} of {}", r.sent - r.received, r.sent);
         t.row(
             &format!("Latency QoS {qos} messages lost"),
