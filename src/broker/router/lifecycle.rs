@@ -56,13 +56,23 @@ impl Router {
         self.sessions
             .insert(sid, Box::new(Session::new(sid, client_id.clone(), expiry)));
         self.by_client.insert(client_id, sid);
+        self.sweep.add(sid);
         sid
+    }
+
+    /// Files the session's next deadline (its expiry while detached, a delayed will) with
+    /// the expiry tick, or clears it.
+    pub(super) fn reschedule(&mut self, sid: SessionId) {
+        let at = self.sessions.get(&sid).and_then(|s| next_deadline(s));
+        self.deadlines.set(sid, at);
     }
 
     pub(super) fn end_session(&mut self, sid: SessionId) {
         let Some(mut session) = self.sessions.remove(&sid) else {
             return;
         };
+        self.deadlines.set(sid, None);
+        self.sweep.remove(sid);
         session.forget_stored();
         for filter in session.subscriptions.keys() {
             if parse_shared(filter).is_some() {
@@ -142,6 +152,7 @@ impl Router {
         if ends {
             self.end_session(sid);
         } else {
+            self.reschedule(sid);
             self.persist_session(sid);
         }
         if let Some(will) = will {
@@ -149,56 +160,33 @@ impl Router {
         }
     }
 
-    /// Publishes the delayed wills that are due.
-    pub(super) fn publish_due_wills(&mut self, now: Instant) {
-        let due: Vec<SessionId> = self
-            .sessions
-            .values()
-            .filter(|s| s.pending_will.as_ref().is_some_and(|(_, at)| *at <= now))
-            .map(|s| s.id)
-            .collect();
-        for sid in due {
-            if let Some((will, _)) = self
-                .sessions
-                .get_mut(&sid)
-                .and_then(|s| s.pending_will.take())
-            {
-                // The stored session no longer holds the will (same batch as its copies).
-                if let Some(s) = self.sessions.get(&sid) {
-                    s.save();
+    /// Ends the detached sessions whose expiry has come and publishes the delayed wills that
+    /// are due: only the sessions whose deadline passed are looked at.
+    pub(super) fn expire_sessions(&mut self, now: Instant) {
+        for sid in self.deadlines.take_due(now) {
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                continue;
+            };
+            if expires_by(s, now) {
+                debug!(session = sid, "Session expired.");
+                // A will still waiting for its delay goes when the session ends.
+                let will = s.pending_will.take();
+                let who = self.identity_for_events(sid);
+                self.end_session(sid);
+                if let Some((will, _)) = will {
+                    self.publish_will(will, None, who.as_ref());
                 }
+                continue;
+            }
+            let due = s.pending_will.as_ref().is_some_and(|(_, at)| *at <= now);
+            if let Some((will, _)) = s.pending_will.take_if(|_| due) {
+                // The stored session no longer holds the will (same batch as its copies).
+                s.save();
                 let who = self.identity_for_events(sid);
                 self.publish_will(will, Some(sid), who.as_ref());
             }
+            self.reschedule(sid);
         }
-    }
-
-    pub(super) fn expire_sessions(&mut self, now: Instant) {
-        let expired: Vec<SessionId> = self
-            .sessions
-            .values()
-            .filter(|s| s.attached.is_none() && s.expiry != NEVER_EXPIRES)
-            .filter(|s| {
-                s.detached_at.is_some_and(|at| {
-                    now.duration_since(at) >= Duration::from_secs(u64::from(s.expiry))
-                })
-            })
-            .map(|s| s.id)
-            .collect();
-        for sid in expired {
-            debug!(session = sid, "Session expired.");
-            // A will still waiting for its delay goes when the session ends.
-            let will = self
-                .sessions
-                .get_mut(&sid)
-                .and_then(|s| s.pending_will.take());
-            let who = self.identity_for_events(sid);
-            self.end_session(sid);
-            if let Some((will, _)) = will {
-                self.publish_will(will, None, who.as_ref());
-            }
-        }
-        self.publish_due_wills(now);
         if self.retained_expire {
             self.retained
                 .retain(|_topic, r| r.expires.is_none_or(|at| at > now));
@@ -283,5 +271,29 @@ impl Router {
             }
         }
         self.by_conn.clear();
+    }
+}
+
+/// Whether a detached session's expiry interval has run out by `now`.
+fn expires_by(s: &Session, now: Instant) -> bool {
+    s.attached.is_none()
+        && s.expiry != NEVER_EXPIRES
+        && s.detached_at
+            .is_some_and(|at| now.duration_since(at) >= Duration::from_secs(u64::from(s.expiry)))
+}
+
+/// When the expiry tick must next look at a session: the end of its expiry interval while
+/// it is detached, or its delayed will's due time, whichever comes first.
+fn next_deadline(s: &Session) -> Option<Instant> {
+    let expiry = if s.attached.is_none() && s.expiry != NEVER_EXPIRES {
+        s.detached_at
+            .and_then(|at| at.checked_add(Duration::from_secs(u64::from(s.expiry))))
+    } else {
+        None
+    };
+    let will = s.pending_will.as_ref().map(|(_, due)| *due);
+    match (expiry, will) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }

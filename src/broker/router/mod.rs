@@ -33,6 +33,7 @@ use crate::broker::stats::BrokerStats;
 use crate::broker::tracking::{Settlement, Tracker};
 use crate::broker::trie::{RetainedTree, SubscriptionTree};
 
+mod housekeeping;
 mod lifecycle;
 mod notify;
 mod stored;
@@ -95,6 +96,10 @@ pub struct Router {
     started: Instant,
     /// Persistence: where changes go, when the store is on (see `stored`).
     journal: Option<Arc<crate::store::Journal>>,
+    /// When detached sessions expire and delayed wills fall due (see `housekeeping`).
+    deadlines: housekeeping::Deadlines,
+    /// The sessions for the gauges' sweep (see `housekeeping`).
+    sweep: housekeeping::GaugeSweep,
 }
 
 impl Router {
@@ -119,6 +124,8 @@ impl Router {
             targets: Vec::new(),
             started: Instant::now(),
             journal: None,
+            deadlines: housekeeping::Deadlines::default(),
+            sweep: housekeeping::GaugeSweep::default(),
         }
     }
 
@@ -306,6 +313,8 @@ impl Router {
             problem_info,
         });
         self.by_conn.insert(conn, sid);
+        // Attached: no expiry, and a delayed will was cancelled above.
+        self.reschedule(sid);
         BrokerStats::add(&self.stats.clients_connected, 1);
         info!(%client_id, %peer, ?version, clean_start = connect.clean_start, session_present,
             keep_alive = connect.keep_alive, "Client connected.");

@@ -170,6 +170,7 @@ impl Router {
                     }
                 }
             }
+            self.reschedule(sid);
         }
         for (seq, m) in r.messages {
             let Some(s) = self
