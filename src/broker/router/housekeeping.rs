@@ -195,6 +195,40 @@ mod tests {
         );
     }
 
+    fn retained(topic: &str, expiry: Option<u32>) -> crate::broker::codec::Publish {
+        let mut properties = Properties::new();
+        if let Some(secs) = expiry {
+            properties.push(crate::broker::codec::Property::MessageExpiryInterval(secs));
+        }
+        crate::broker::codec::Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: true,
+            topic: ByteString::from(topic),
+            pkid: 0,
+            payload: bytes::Bytes::from_static(b"on"),
+            properties,
+        }
+    }
+
+    #[test]
+    fn retained_messages_go_when_they_expire_and_not_when_replaced_by_a_later_one() {
+        let mut r = router();
+        let t0 = Instant::now();
+        r.route(retained("lamp/1", Some(10)), None);
+        r.route(retained("lamp/2", Some(10)), None);
+        r.route(retained("lamp/3", None), None);
+        // Replaced by a message that lives longer: the first entry is stale when it comes due.
+        r.route(retained("lamp/2", Some(100)), None);
+        r.expire_sessions(t0 + Duration::from_secs(11));
+        assert!(r.retained.get("lamp/1").is_none());
+        assert!(r.retained.get("lamp/2").is_some() && r.retained.get("lamp/3").is_some());
+        assert_eq!(r.retained_expiry.len(), 1);
+        r.expire_sessions(t0 + Duration::from_secs(101));
+        assert!(r.retained.get("lamp/2").is_none() && r.retained.get("lamp/3").is_some());
+        assert!(r.retained_expiry.is_empty());
+    }
+
     #[test]
     fn deadlines_come_due_in_time_order_and_a_new_one_replaces_the_old() {
         let t0 = Instant::now();

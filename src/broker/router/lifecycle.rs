@@ -187,9 +187,21 @@ impl Router {
             }
             self.reschedule(sid);
         }
-        if self.retained_expire {
-            self.retained
-                .retain(|_topic, r| r.expires.is_none_or(|at| at > now));
+        while let Some((at, _)) = self.retained_expiry.first() {
+            if *at > now {
+                break;
+            }
+            let Some((_, topic)) = self.retained_expiry.pop_first() else {
+                break;
+            };
+            // The message may have been replaced or deleted since this entry was filed.
+            let expired = self
+                .retained
+                .get(&topic)
+                .is_some_and(|r| r.expires.is_some_and(|at| at <= now));
+            if expired {
+                self.retained.remove(&topic);
+            }
         }
     }
 

@@ -73,9 +73,10 @@ pub struct Router {
     by_conn: HashMap<ConnId, SessionId>,
     subs: SubscriptionTree<SessionId, SubEntry>,
     retained: RetainedTree<Retained>,
-    /// A retained message with a Message Expiry Interval was stored: only then does the
-    /// expiry tick walk the retained messages.
-    retained_expire: bool,
+    /// Retained messages with a Message Expiry Interval, by when they expire: the tick
+    /// removes what is due without walking the others. An entry whose message was replaced
+    /// since is skipped when it comes due.
+    retained_expiry: std::collections::BTreeSet<(Instant, ByteString)>,
     /// `$share/{group}/{filter}` subscriptions.
     shared: SharedGroups,
     next_session: SessionId,
@@ -113,7 +114,7 @@ impl Router {
             by_conn: HashMap::new(),
             subs: SubscriptionTree::new(),
             retained: RetainedTree::new(),
-            retained_expire: false,
+            retained_expiry: std::collections::BTreeSet::new(),
             shared: SharedGroups::new(),
             next_session: 1,
             taken_over: HashMap::new(),
@@ -593,7 +594,9 @@ impl Router {
             } else {
                 // Retained copies live long: they must not pin the publisher's read buffer.
                 let publish = publish.detached();
-                self.retained_expire |= expires.is_some();
+                if let Some(at) = expires {
+                    self.retained_expiry.insert((at, publish.topic.clone()));
+                }
                 self.retained
                     .insert(&publish.topic.clone(), Retained { publish, expires });
             }

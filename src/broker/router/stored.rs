@@ -226,9 +226,11 @@ impl Router {
             match publish_from(&rec.packet) {
                 Ok(publish) => {
                     let expires = rec.expires_at_ms.map(unix_ms_to_instant);
-                    self.retained_expire |= expires.is_some();
-                    self.retained
-                        .insert(&ByteString::from(topic), Retained { publish, expires });
+                    let topic = ByteString::from(topic);
+                    if let Some(at) = expires {
+                        self.retained_expiry.insert((at, topic.clone()));
+                    }
+                    self.retained.insert(&topic, Retained { publish, expires });
                 }
                 Err(error) => {
                     warn!(%topic, %error, "Stored retained message unreadable; dropped.");
