@@ -10,7 +10,9 @@ use std::io;
 
 use bytes::BytesMut;
 use futures::FutureExt;
+use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 pub mod tls;
@@ -47,8 +49,14 @@ impl ConnRead for OwnedReadHalf {
             if buf.capacity() - buf.len() < chunk / 4 {
                 buf.reserve(chunk);
             }
+            let room = buf.capacity() - buf.len();
             match self.try_read_buf(buf) {
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    if n > 0 && n < room {
+                        drained(self.as_ref());
+                    }
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Readiness was stale (left over from the read that emptied the socket):
                     // do not hold the reservation while waiting, or every idle connection
@@ -67,6 +75,17 @@ impl ConnRead for OwnedReadHalf {
         // Whatever the outcome, the connection ends.
         let _bytes = self.try_read_buf(buf);
     }
+}
+
+/// A read that did not fill the buffer emptied the socket: its readiness is cleared now, as
+/// a read that finds nothing would clear it, without that extra `recvfrom`. Data or a FIN
+/// arriving later makes a new edge for the (edge-triggered) poller, and tokio clears only the
+/// readiness of the event this read was made under, so nothing is missed.
+fn drained(socket: &TcpStream) {
+    let cleared = socket.try_io(Interest::READABLE, || {
+        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+    });
+    debug_assert!(cleared.is_err());
 }
 
 impl ConnWrite for OwnedWriteHalf {
@@ -116,4 +135,56 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> ConnWrite for StreamWrite<S> {
 /// Room reserved for the last read of a closing connection.
 const fn chunk_for_last_words() -> usize {
     8 * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use super::*;
+    use std::time::Duration;
+    use tokio::net::TcpListener;
+
+    /// A short read clears the socket's readiness without a read that finds nothing; what
+    /// arrives afterwards, and the peer's FIN, must still wake the reader.
+    #[tokio::test]
+    async fn short_reads_still_see_later_data_and_the_close() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (mut rd, _wr) = server.into_split();
+        let mut buf = BytesMut::new();
+        let within = Duration::from_secs(10);
+        for round in 0..50u8 {
+            client.write_all(&[round; 3]).await.unwrap();
+            let n = tokio::time::timeout(within, rd.read_some(&mut buf, 1024)).await;
+            assert_eq!(n.unwrap().unwrap(), 3, "round {round}");
+            assert_eq!(&buf[..], &[round; 3]);
+            buf.clear();
+        }
+        // A read that fills the buffer leaves the readiness set: the rest comes next.
+        client.write_all(&[7; 300]).await.unwrap();
+        let mut got = 0;
+        while got < 300 {
+            let mut small = BytesMut::with_capacity(64);
+            let n = tokio::time::timeout(within, rd.read_some(&mut small, 64)).await;
+            got += n.unwrap().unwrap();
+        }
+        assert_eq!(got, 300);
+        // Data and FIN together: the data, then the end.
+        client.write_all(b"last").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        loop {
+            let n = tokio::time::timeout(within, rd.read_some(&mut buf, 1024)).await;
+            if n.unwrap().unwrap() == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf);
+            buf.clear();
+        }
+        assert_eq!(got, b"last");
+    }
 }
