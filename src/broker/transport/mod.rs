@@ -49,14 +49,8 @@ impl ConnRead for OwnedReadHalf {
             if buf.capacity() - buf.len() < chunk / 4 {
                 buf.reserve(chunk);
             }
-            let room = buf.capacity() - buf.len();
-            match self.try_read_buf(buf) {
-                Ok(n) => {
-                    if n > 0 && n < room {
-                        drained(self.as_ref());
-                    }
-                    return Ok(n);
-                }
+            match read_clearing(self, buf) {
+                Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Readiness was stale (left over from the read that emptied the socket):
                     // do not hold the reservation while waiting, or every idle connection
@@ -77,15 +71,27 @@ impl ConnRead for OwnedReadHalf {
     }
 }
 
-/// A read that did not fill the buffer emptied the socket: its readiness is cleared now, as
-/// a read that finds nothing would clear it, without that extra `recvfrom`. Data or a FIN
-/// arriving later makes a new edge for the (edge-triggered) poller, and tokio clears only the
-/// readiness of the event this read was made under, so nothing is missed.
-fn drained(socket: &TcpStream) {
-    let cleared = socket.try_io(Interest::READABLE, || {
-        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+/// Reads what the socket has. A read that does not fill the buffer emptied the socket: the
+/// socket's readiness is cleared with it, as a read that finds nothing would clear it, so the
+/// reader waits again without that extra `recvfrom`. The read runs inside `try_io`, which
+/// clears only the readiness event it was made under: data or a FIN that another turn of the
+/// (edge-triggered) poller saw meanwhile has a newer event and still wakes the reader.
+fn read_clearing(rd: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let mut short = None;
+    let read = AsRef::<TcpStream>::as_ref(rd).try_io(Interest::READABLE, || {
+        let n = rd.try_read_buf(buf)?;
+        if n > 0 && n < room {
+            short = Some(n);
+            // Clears the readiness; the bytes read are returned below.
+            return Err(io::Error::from(io::ErrorKind::WouldBlock));
+        }
+        Ok(n)
     });
-    debug_assert!(cleared.is_err());
+    match (read, short) {
+        (_, Some(n)) => Ok(n),
+        (read, None) => read,
+    }
 }
 
 impl ConnWrite for OwnedWriteHalf {
@@ -149,6 +155,19 @@ mod tests {
     /// arrives afterwards, and the peer's FIN, must still wake the reader.
     #[tokio::test]
     async fn short_reads_still_see_later_data_and_the_close() {
+        short_reads_then_more().await;
+    }
+
+    /// The same with two workers, where another thread may poll the driver between the read
+    /// and the clearing of the readiness (the broker's `worker_threads` may be above 1).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn short_reads_see_later_data_on_a_multi_worker_runtime() {
+        for _ in 0..5 {
+            short_reads_then_more().await;
+        }
+    }
+
+    async fn short_reads_then_more() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap())
             .await
