@@ -441,6 +441,12 @@ impl Reader {
         let limit = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let idle = tokio::time::sleep(limit.unwrap_or(Duration::MAX / 4));
         tokio::pin!(idle);
+        // When the last packet arrived: the timer is moved only when it fires, not on every
+        // read (a timer-wheel update per read otherwise).
+        let mut last_read = Instant::now();
+        // One waiter for the whole connection, not one registered and removed per read.
+        let closing = self.closing.clone().cancelled_owned();
+        tokio::pin!(closing);
         let mut batch = Vec::new();
         loop {
             let cause = self.drain(&mut buf, &mut batch);
@@ -477,8 +483,8 @@ impl Reader {
                         return CloseCause::Abnormal;
                     }
                     Ok(_) => {
-                        if let Some(limit) = limit {
-                            idle.as_mut().reset(Instant::now() + limit);
+                        if limit.is_some() {
+                            last_read = Instant::now();
                         }
                     }
                     Err(error) => {
@@ -486,8 +492,12 @@ impl Reader {
                         return CloseCause::Abnormal;
                     }
                 },
-                () = self.closing.cancelled() => return self.last_words(&mut rd, &mut buf),
+                () = &mut closing => return self.last_words(&mut rd, &mut buf),
                 () = &mut idle => {
+                    if let Some(due) = limit.map(|l| last_read + l).filter(|&d| d > Instant::now()) {
+                        idle.as_mut().reset(due);
+                        continue;
+                    }
                     info!(keep_alive, "Keep-alive timeout; closing.");
                     self.link.disconnect(reason::KEEP_ALIVE_TIMEOUT);
                     return CloseCause::KeepAliveTimeout;

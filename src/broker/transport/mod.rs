@@ -10,7 +10,9 @@ use std::io;
 
 use bytes::BytesMut;
 use futures::FutureExt;
+use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 pub mod tls;
@@ -47,7 +49,7 @@ impl ConnRead for OwnedReadHalf {
             if buf.capacity() - buf.len() < chunk / 4 {
                 buf.reserve(chunk);
             }
-            match self.try_read_buf(buf) {
+            match read_clearing(self, buf) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Readiness was stale (left over from the read that emptied the socket):
@@ -66,6 +68,29 @@ impl ConnRead for OwnedReadHalf {
         buf.reserve(chunk_for_last_words());
         // Whatever the outcome, the connection ends.
         let _bytes = self.try_read_buf(buf);
+    }
+}
+
+/// Reads what the socket has. A read that does not fill the buffer emptied the socket: the
+/// socket's readiness is cleared with it, as a read that finds nothing would clear it, so the
+/// reader waits again without that extra `recvfrom`. The read runs inside `try_io`, which
+/// clears only the readiness event it was made under: data or a FIN that another turn of the
+/// (edge-triggered) poller saw meanwhile has a newer event and still wakes the reader.
+fn read_clearing(rd: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let mut short = None;
+    let read = AsRef::<TcpStream>::as_ref(rd).try_io(Interest::READABLE, || {
+        let n = rd.try_read_buf(buf)?;
+        if n > 0 && n < room {
+            short = Some(n);
+            // Clears the readiness; the bytes read are returned below.
+            return Err(io::Error::from(io::ErrorKind::WouldBlock));
+        }
+        Ok(n)
+    });
+    match (read, short) {
+        (_, Some(n)) => Ok(n),
+        (read, None) => read,
     }
 }
 
@@ -116,4 +141,69 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> ConnWrite for StreamWrite<S> {
 /// Room reserved for the last read of a closing connection.
 const fn chunk_for_last_words() -> usize {
     8 * 1024
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use super::*;
+    use std::time::Duration;
+    use tokio::net::TcpListener;
+
+    /// A short read clears the socket's readiness without a read that finds nothing; what
+    /// arrives afterwards, and the peer's FIN, must still wake the reader.
+    #[tokio::test]
+    async fn short_reads_still_see_later_data_and_the_close() {
+        short_reads_then_more().await;
+    }
+
+    /// The same with two workers, where another thread may poll the driver between the read
+    /// and the clearing of the readiness (the broker's `worker_threads` may be above 1).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn short_reads_see_later_data_on_a_multi_worker_runtime() {
+        for _ in 0..5 {
+            short_reads_then_more().await;
+        }
+    }
+
+    async fn short_reads_then_more() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (mut rd, _wr) = server.into_split();
+        let mut buf = BytesMut::new();
+        let within = Duration::from_secs(10);
+        for round in 0..50u8 {
+            client.write_all(&[round; 3]).await.unwrap();
+            let n = tokio::time::timeout(within, rd.read_some(&mut buf, 1024)).await;
+            assert_eq!(n.unwrap().unwrap(), 3, "round {round}");
+            assert_eq!(&buf[..], &[round; 3]);
+            buf.clear();
+        }
+        // A read that fills the buffer leaves the readiness set: the rest comes next.
+        client.write_all(&[7; 300]).await.unwrap();
+        let mut got = 0;
+        while got < 300 {
+            let mut small = BytesMut::with_capacity(64);
+            let n = tokio::time::timeout(within, rd.read_some(&mut small, 64)).await;
+            got += n.unwrap().unwrap();
+        }
+        assert_eq!(got, 300);
+        // Data and FIN together: the data, then the end.
+        client.write_all(b"last").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        loop {
+            let n = tokio::time::timeout(within, rd.read_some(&mut buf, 1024)).await;
+            if n.unwrap().unwrap() == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf);
+            buf.clear();
+        }
+        assert_eq!(got, b"last");
+    }
 }
