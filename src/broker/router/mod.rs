@@ -624,18 +624,28 @@ impl Router {
             let at_least_once = |t: &Target| publish.qos.min(t.qos) != QoS::AtMostOnce;
             track.routed(targets.iter().filter(|t| at_least_once(t)).count());
         }
-        for target in targets.drain(..) {
-            let mut copy = publish.clone();
+        let retain = publish.retain;
+        // The last target takes the publish itself (and the tracker): with one subscriber,
+        // the common case, nothing is cloned.
+        let (mut publish, mut track) = (Some(publish), track);
+        let last = targets.len().saturating_sub(1);
+        for (i, target) in targets.drain(..).enumerate() {
+            let (copy, track) = if i == last {
+                (publish.take(), track.take())
+            } else {
+                (publish.clone(), track.clone())
+            };
+            let Some(mut copy) = copy else { break };
             copy.qos = copy.qos.min(target.qos);
             // [MQTT-3.3.1-9]: retain is cleared for established subscriptions unless the
             // MQTT 5 subscription asked for Retain As Published.
-            copy.retain = publish.retain && target.retain_as_published;
+            copy.retain = retain && target.retain_as_published;
             for id in target.subscription_ids {
                 copy.properties.push(Property::SubscriptionIdentifier(id));
             }
             let track = match copy.qos {
                 QoS::AtMostOnce => None,
-                _ => track.clone(),
+                _ => track,
             };
             let message = Outgoing {
                 publish: copy,
