@@ -32,7 +32,9 @@ use crate::broker::shared::{GroupId, SharedGroups};
 use crate::broker::stats::BrokerStats;
 use crate::broker::tracking::{Settlement, Tracker};
 use crate::broker::trie::{RetainedTree, SubscriptionTree};
+use ids::IdMap;
 
+mod ids;
 mod lifecycle;
 mod notify;
 mod stored;
@@ -67,9 +69,9 @@ pub struct Router {
     cfg: Arc<BrokerConfig>,
     stats: Arc<BrokerStats>,
     /// Boxed: a session is ~380 bytes and the map keeps up to twice as many slots as entries.
-    sessions: HashMap<SessionId, Box<Session>>,
+    sessions: IdMap<SessionId, Box<Session>>,
     by_client: HashMap<ByteString, SessionId>,
-    by_conn: HashMap<ConnId, SessionId>,
+    by_conn: IdMap<ConnId, SessionId>,
     subs: SubscriptionTree<SessionId, SubEntry>,
     retained: RetainedTree<Retained>,
     /// A retained message with a Message Expiry Interval was stored: only then does the
@@ -92,6 +94,9 @@ pub struct Router {
     acl: Option<Arc<Acl>>,
     /// Scratch space reused by every fan-out.
     targets: Vec<Target>,
+    /// Scratch space for the messages a freed window slot lets out (one per acknowledgement,
+    /// so no allocation each time).
+    released: Vec<Outgoing>,
     started: Instant,
     /// Persistence: where changes go, when the store is on (see `stored`).
     journal: Option<Arc<crate::store::Journal>>,
@@ -103,9 +108,9 @@ impl Router {
         Router {
             cfg,
             stats,
-            sessions: HashMap::new(),
+            sessions: IdMap::default(),
             by_client: HashMap::new(),
-            by_conn: HashMap::new(),
+            by_conn: IdMap::default(),
             subs: SubscriptionTree::new(),
             retained: RetainedTree::new(),
             retained_expire: false,
@@ -117,6 +122,7 @@ impl Router {
             session_events: None,
             acl: None,
             targets: Vec::new(),
+            released: Vec::new(),
             started: Instant::now(),
             journal: None,
         }
@@ -414,13 +420,16 @@ impl Router {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let next = s.fill_window();
+        let mut next = std::mem::take(&mut self.released);
+        s.fill_window_into(&mut next);
         if let Some(att) = &s.attached {
             BrokerStats::add(&self.stats.messages_sent, next.len() as u64);
-            for message in next {
+            for message in next.drain(..) {
                 att.send_message(message);
             }
         }
+        next.clear();
+        self.released = next;
     }
 
     fn inbound_publish(&mut self, sid: SessionId, publish: Publish) {
