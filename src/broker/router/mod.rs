@@ -626,9 +626,6 @@ impl Router {
                 });
             });
         merge_overlapping(&mut targets);
-        let identity = origin
-            .and_then(|sid| self.sessions.get(&sid))
-            .map(|s| s.identity.clone());
         if let Some(track) = &track {
             let at_least_once = |t: &Target| publish.qos.min(t.qos) != QoS::AtMostOnce;
             track.routed(targets.iter().filter(|t| at_least_once(t)).count());
@@ -665,12 +662,25 @@ impl Router {
                 stored: 0,
                 carried: None,
             };
-            self.deliver(target.session, message, identity.as_ref());
+            self.deliver(target.session, message, origin);
         }
         self.targets = targets;
     }
 
-    fn deliver(&mut self, sid: SessionId, mut message: Outgoing, identity: Option<&Arc<Origin>>) {
+    /// Offers `message` to session `sid`; an in-process subscriber's copy gets the identity of
+    /// the publishing session `origin` (looked up only then: network subscribers never need it).
+    fn deliver(&mut self, sid: SessionId, mut message: Outgoing, origin: Option<SessionId>) {
+        let internal = self
+            .sessions
+            .get(&sid)
+            .and_then(|s| s.attached.as_ref())
+            .is_some_and(|a| a.internal);
+        if internal {
+            message.origin = origin
+                .and_then(|o| self.sessions.get(&o))
+                .map(|o| o.identity.clone());
+            message.carried.clone_from(&self.carried);
+        }
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -684,11 +694,6 @@ impl Router {
             debug!(client_id = %s.client_id, topic = %message.publish.topic,
                 max_packet_size = s.max_packet, "Message larger than the client accepts; dropped.");
             return;
-        }
-        let internal = s.attached.as_ref().is_some_and(|a| a.internal);
-        if internal {
-            message.origin = identity.cloned();
-            message.carried.clone_from(&self.carried);
         }
         match s.offer(message, self.cfg.max_queued) {
             Offer::Send(message) => {
