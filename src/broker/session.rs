@@ -339,8 +339,14 @@ impl Session {
     /// on the way, the others get their remaining Message Expiry Interval.
     pub fn fill_window(&mut self) -> Vec<Outgoing> {
         let mut out = Vec::new();
+        self.fill_window_into(&mut out);
+        out
+    }
+
+    /// As [`Session::fill_window`], appending to `out` (a buffer the caller reuses).
+    pub fn fill_window_into(&mut self, out: &mut Vec<Outgoing>) {
         if self.attached.is_none() {
-            return out;
+            return;
         }
         let mut now = None;
         while self.inflight.len() < self.window() {
@@ -358,7 +364,6 @@ impl Session {
         if self.queue.is_empty() {
             self.overflowing = false;
         }
-        out
     }
 
     /// PUBACK from the client (`accepted`: its reason code is below 0x80). False when

@@ -6,16 +6,17 @@
 //! 0.1-3 µs), and the gauges add up a bounded slice of the sessions per tick (4,096
 //! sessions took 0.47-0.49 ms; the slice is 2,048).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
+use super::ids::IdMap;
 use crate::broker::session::SessionId;
 
 /// Sessions with a deadline (a detached session's expiry, a delayed will), in time order.
 #[derive(Debug, Default)]
 pub(super) struct Deadlines {
     by_time: BTreeSet<(Instant, SessionId)>,
-    of: HashMap<SessionId, Instant>,
+    of: IdMap<SessionId, Instant>,
 }
 
 impl Deadlines {
@@ -55,7 +56,7 @@ impl Deadlines {
 #[derive(Debug, Default)]
 pub(super) struct GaugeSweep {
     ids: Vec<SessionId>,
-    slot: HashMap<SessionId, usize>,
+    slot: IdMap<SessionId, usize>,
     cursor: usize,
     /// In flight and queued so far in the current pass.
     sums: (usize, usize),

@@ -32,8 +32,10 @@ use crate::broker::shared::{GroupId, SharedGroups};
 use crate::broker::stats::BrokerStats;
 use crate::broker::tracking::{Settlement, Tracker};
 use crate::broker::trie::{RetainedTree, SubscriptionTree};
+use ids::IdMap;
 
 mod housekeeping;
+mod ids;
 mod lifecycle;
 mod notify;
 mod stored;
@@ -68,9 +70,9 @@ pub struct Router {
     cfg: Arc<BrokerConfig>,
     stats: Arc<BrokerStats>,
     /// Boxed: a session is ~380 bytes and the map keeps up to twice as many slots as entries.
-    sessions: HashMap<SessionId, Box<Session>>,
+    sessions: IdMap<SessionId, Box<Session>>,
     by_client: HashMap<ByteString, SessionId>,
-    by_conn: HashMap<ConnId, SessionId>,
+    by_conn: IdMap<ConnId, SessionId>,
     subs: SubscriptionTree<SessionId, SubEntry>,
     retained: RetainedTree<Retained>,
     /// Retained messages with a Message Expiry Interval, by when they expire: the tick
@@ -94,6 +96,9 @@ pub struct Router {
     acl: Option<Arc<Acl>>,
     /// Scratch space reused by every fan-out.
     targets: Vec<Target>,
+    /// Scratch space for the messages a freed window slot lets out (one per acknowledgement,
+    /// so no allocation each time).
+    released: Vec<Outgoing>,
     started: Instant,
     /// Persistence: where changes go, when the store is on (see `stored`).
     journal: Option<Arc<crate::store::Journal>>,
@@ -109,9 +114,9 @@ impl Router {
         Router {
             cfg,
             stats,
-            sessions: HashMap::new(),
+            sessions: IdMap::default(),
             by_client: HashMap::new(),
-            by_conn: HashMap::new(),
+            by_conn: IdMap::default(),
             subs: SubscriptionTree::new(),
             retained: RetainedTree::new(),
             retained_expiry: std::collections::BTreeSet::new(),
@@ -123,6 +128,7 @@ impl Router {
             session_events: None,
             acl: None,
             targets: Vec::new(),
+            released: Vec::new(),
             started: Instant::now(),
             journal: None,
             deadlines: housekeeping::Deadlines::default(),
@@ -424,13 +430,16 @@ impl Router {
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
-        let next = s.fill_window();
+        let mut next = std::mem::take(&mut self.released);
+        s.fill_window_into(&mut next);
         if let Some(att) = &s.attached {
             BrokerStats::add(&self.stats.messages_sent, next.len() as u64);
-            for message in next {
+            for message in next.drain(..) {
                 att.send_message(message);
             }
         }
+        next.clear();
+        self.released = next;
     }
 
     fn inbound_publish(&mut self, sid: SessionId, publish: Publish) {
@@ -629,25 +638,32 @@ impl Router {
                 });
             });
         merge_overlapping(&mut targets);
-        let identity = origin
-            .and_then(|sid| self.sessions.get(&sid))
-            .map(|s| s.identity.clone());
         if let Some(track) = &track {
             let at_least_once = |t: &Target| publish.qos.min(t.qos) != QoS::AtMostOnce;
             track.routed(targets.iter().filter(|t| at_least_once(t)).count());
         }
-        for target in targets.drain(..) {
-            let mut copy = publish.clone();
+        let retain = publish.retain;
+        // The last target takes the publish itself (and the tracker): with one subscriber,
+        // the common case, nothing is cloned.
+        let (mut publish, mut track) = (Some(publish), track);
+        let last = targets.len().saturating_sub(1);
+        for (i, target) in targets.drain(..).enumerate() {
+            let (copy, track) = if i == last {
+                (publish.take(), track.take())
+            } else {
+                (publish.clone(), track.clone())
+            };
+            let Some(mut copy) = copy else { break };
             copy.qos = copy.qos.min(target.qos);
             // [MQTT-3.3.1-9]: retain is cleared for established subscriptions unless the
             // MQTT 5 subscription asked for Retain As Published.
-            copy.retain = publish.retain && target.retain_as_published;
+            copy.retain = retain && target.retain_as_published;
             for id in target.subscription_ids {
                 copy.properties.push(Property::SubscriptionIdentifier(id));
             }
             let track = match copy.qos {
                 QoS::AtMostOnce => None,
-                _ => track.clone(),
+                _ => track,
             };
             let message = Outgoing {
                 publish: copy,
@@ -658,12 +674,25 @@ impl Router {
                 stored: 0,
                 carried: None,
             };
-            self.deliver(target.session, message, identity.as_ref());
+            self.deliver(target.session, message, origin);
         }
         self.targets = targets;
     }
 
-    fn deliver(&mut self, sid: SessionId, mut message: Outgoing, identity: Option<&Arc<Origin>>) {
+    /// Offers `message` to session `sid`; an in-process subscriber's copy gets the identity of
+    /// the publishing session `origin` (looked up only then: network subscribers never need it).
+    fn deliver(&mut self, sid: SessionId, mut message: Outgoing, origin: Option<SessionId>) {
+        let internal = self
+            .sessions
+            .get(&sid)
+            .and_then(|s| s.attached.as_ref())
+            .is_some_and(|a| a.internal);
+        if internal {
+            message.origin = origin
+                .and_then(|o| self.sessions.get(&o))
+                .map(|o| o.identity.clone());
+            message.carried.clone_from(&self.carried);
+        }
         let Some(s) = self.sessions.get_mut(&sid) else {
             return;
         };
@@ -677,11 +706,6 @@ impl Router {
             debug!(client_id = %s.client_id, topic = %message.publish.topic,
                 max_packet_size = s.max_packet, "Message larger than the client accepts; dropped.");
             return;
-        }
-        let internal = s.attached.as_ref().is_some_and(|a| a.internal);
-        if internal {
-            message.origin = identity.cloned();
-            message.carried.clone_from(&self.carried);
         }
         match s.offer(message, self.cfg.max_queued) {
             Offer::Send(message) => {
