@@ -213,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn retained_messages_go_when_they_expire_and_not_when_replaced_by_a_later_one() {
+    fn retained_messages_go_when_they_expire_and_replaced_ones_leave_the_index() {
         let mut r = router();
         let t0 = Instant::now();
         r.route(retained("lamp/1", Some(10)), None);
@@ -221,6 +221,13 @@ mod tests {
         r.route(retained("lamp/3", None), None);
         // Replaced by a message that lives longer: the first entry is stale when it comes due.
         r.route(retained("lamp/2", Some(100)), None);
+        // The replaced message's entry left with it; deleting a topic takes its entry too.
+        assert_eq!(r.retained_expiry.len(), 2);
+        r.route(retained("lamp/4", Some(10)), None);
+        let mut delete = retained("lamp/4", None);
+        delete.payload = bytes::Bytes::new();
+        r.route(delete, None);
+        assert_eq!(r.retained_expiry.len(), 2);
         r.expire_sessions(t0 + Duration::from_secs(11));
         assert!(r.retained.get("lamp/1").is_none());
         assert!(r.retained.get("lamp/2").is_some() && r.retained.get("lamp/3").is_some());

@@ -194,7 +194,7 @@ impl Router {
             let Some((_, topic)) = self.retained_expiry.pop_first() else {
                 break;
             };
-            // The message may have been replaced or deleted since this entry was filed.
+            // Entries leave with their message (`set_retained`); checked all the same.
             let expired = self
                 .retained
                 .get(&topic)

@@ -76,8 +76,7 @@ pub struct Router {
     subs: SubscriptionTree<SessionId, SubEntry>,
     retained: RetainedTree<Retained>,
     /// Retained messages with a Message Expiry Interval, by when they expire: the tick
-    /// removes what is due without walking the others. An entry whose message was replaced
-    /// since is skipped when it comes due.
+    /// removes what is due without walking the others (see [`Router::set_retained`]).
     retained_expiry: std::collections::BTreeSet<(Instant, ByteString)>,
     /// `$share/{group}/{filter}` subscriptions.
     shared: SharedGroups,
@@ -583,6 +582,23 @@ impl Router {
         self.route_tracked(publish, origin, None);
     }
 
+    /// Stores (`Some`) or deletes (`None`) the retained message of `topic`, keeping the
+    /// expiry index in step: the entry of a message replaced or deleted goes with it, so that
+    /// a topic re-published every second with a long expiry files one entry, not thousands.
+    fn set_retained(&mut self, topic: &ByteString, new: Option<Retained>) {
+        let new_at = new.as_ref().and_then(|r| r.expires);
+        let old = match new {
+            Some(r) => self.retained.insert(topic, r),
+            None => self.retained.remove(topic),
+        };
+        if let Some(at) = old.and_then(|r| r.expires) {
+            self.retained_expiry.remove(&(at, topic.clone()));
+        }
+        if let Some(at) = new_at {
+            self.retained_expiry.insert((at, topic.clone()));
+        }
+    }
+
     /// As [`Router::route`]; with `track`, every QoS 1/2 copy carries the tracker, and the
     /// publisher is told how many copies were made before any of them can be settled.
     pub fn route_tracked(
@@ -599,15 +615,12 @@ impl Router {
         if publish.retain {
             self.persist_retained(&publish, expires);
             if publish.payload.is_empty() {
-                self.retained.remove(&publish.topic);
+                self.set_retained(&publish.topic, None);
             } else {
                 // Retained copies live long: they must not pin the publisher's read buffer.
                 let publish = publish.detached();
-                if let Some(at) = expires {
-                    self.retained_expiry.insert((at, publish.topic.clone()));
-                }
-                self.retained
-                    .insert(&publish.topic.clone(), Retained { publish, expires });
+                let topic = publish.topic.clone();
+                self.set_retained(&topic, Some(Retained { publish, expires }));
             }
         }
         let mut targets = std::mem::take(&mut self.targets);

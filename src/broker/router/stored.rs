@@ -227,10 +227,7 @@ impl Router {
                 Ok(publish) => {
                     let expires = rec.expires_at_ms.map(unix_ms_to_instant);
                     let topic = ByteString::from(topic);
-                    if let Some(at) = expires {
-                        self.retained_expiry.insert((at, topic.clone()));
-                    }
-                    self.retained.insert(&topic, Retained { publish, expires });
+                    self.set_retained(&topic, Some(Retained { publish, expires }));
                 }
                 Err(error) => {
                     warn!(%topic, %error, "Stored retained message unreadable; dropped.");
