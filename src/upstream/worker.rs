@@ -86,15 +86,26 @@ impl Worker {
         // A clone, so a permit does not borrow `self` across the loop body.
         let deliveries = self.deliveries.clone();
         loop {
+            // Until CONNACK, nothing but shutdown may win over `poll`: rumqttc's connect is not
+            // cancel-safe (a dropped `poll` that had sent CONNECT leaves that connection open,
+            // and the next `poll` connects again: the broker saw the same client id twice and
+            // closed the first). What the other branches wait for keeps meanwhile: a link
+            // change since the last look still shows on the next `changed()`, and deliveries
+            // and subscriptions only matter once connected.
+            let connected = self.connected;
+            if !connected && !*link_up.borrow_and_update() {
+                // The link went down while this was connecting or waiting to retry.
+                return false;
+            }
             let event = tokio::select! {
                 () = shutdown.cancelled() => return true,
-                changed = link_up.changed() => {
+                changed = link_up.changed(), if connected => {
                     if changed.is_err() || !*link_up.borrow_and_update() {
                         return false;
                     }
                     continue;
                 }
-                permit = deliveries.reserve(), if !self.pending.is_empty() => {
+                permit = deliveries.reserve(), if connected && !self.pending.is_empty() => {
                     match (permit, self.pending.pop_front()) {
                         (Ok(permit), Some(item)) => permit.send(item),
                         // The bridge stopped: shutdown is under way.
@@ -103,10 +114,8 @@ impl Worker {
                     }
                     continue;
                 }
-                Some(()) = self.subscribe_now.recv() => {
-                    if self.connected {
-                        self.subscribe();
-                    }
+                Some(()) = self.subscribe_now.recv(), if connected => {
+                    self.subscribe();
                     continue;
                 }
                 event = self.eventloop.poll() => event,
