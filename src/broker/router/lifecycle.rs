@@ -286,25 +286,26 @@ impl Router {
     }
 }
 
+/// When a detached session's expiry interval runs out (`None`: attached, never expires, or
+/// beyond what `Instant` can hold).
+fn expiry_at(s: &Session) -> Option<Instant> {
+    if s.attached.is_some() || s.expiry == NEVER_EXPIRES {
+        return None;
+    }
+    s.detached_at?
+        .checked_add(Duration::from_secs(u64::from(s.expiry)))
+}
+
 /// Whether a detached session's expiry interval has run out by `now`.
 fn expires_by(s: &Session, now: Instant) -> bool {
-    s.attached.is_none()
-        && s.expiry != NEVER_EXPIRES
-        && s.detached_at
-            .is_some_and(|at| now.duration_since(at) >= Duration::from_secs(u64::from(s.expiry)))
+    expiry_at(s).is_some_and(|at| at <= now)
 }
 
 /// When the expiry tick must next look at a session: the end of its expiry interval while
 /// it is detached, or its delayed will's due time, whichever comes first.
 fn next_deadline(s: &Session) -> Option<Instant> {
-    let expiry = if s.attached.is_none() && s.expiry != NEVER_EXPIRES {
-        s.detached_at
-            .and_then(|at| at.checked_add(Duration::from_secs(u64::from(s.expiry))))
-    } else {
-        None
-    };
     let will = s.pending_will.as_ref().map(|(_, due)| *due);
-    match (expiry, will) {
+    match (expiry_at(s), will) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
