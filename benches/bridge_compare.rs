@@ -85,15 +85,18 @@
 //!
 //! ## 4. What the audit trail costs (goal: full audit under 10 % of throughput)
 //! The set-up of part 3 (bridge binary, test peer, no Prosody, so the bridge is what limits
-//! the rate), once per audit mode in separate bridge processes: no `[audit]` section, then
-//! `payload = "hash-only"`, then `payload = "full"` (files in the temporary directory,
-//! default rotation, no fsync). Each mode: `BENCH_BRIDGE_REPS` runs of
-//! `BENCH_BRIDGE_CPU_MESSAGES` per direction, median rate and bridge CPU per message. The
-//! ratio is the audited rate over the rate without audit.
+//! the rate), once per audit mode in separate bridge processes, all three started first: no
+//! `[audit]` section, `payload = "hash-only"` and `payload = "full"` (files in the temporary
+//! directory, default rotation, no fsync). `BENCH_BRIDGE_REPS` rounds; in each, every mode
+//! runs `BENCH_BRIDGE_CPU_MESSAGES` per direction, the order of the modes reversed every
+//! other round. A run lasts under half a second and the host's speed drifts more than that
+//! between minutes, so the ratio judged is the median of the rounds' audited/off ratios
+//! (each pair ran seconds apart); median rates and bridge CPU per message beside it.
 //!
 //! Tunables (environment, defaults in brackets): `BENCH_BRIDGE_MESSAGES` (20000),
-//! `BENCH_BRIDGE_TPUT_ROUNDS` (5, part 1), `BENCH_BRIDGE_REPS` (3, part 4),
-//! `BENCH_BRIDGE_WINDOW` (1000), `BENCH_BRIDGE_LAT_RATE` (500), `BENCH_BRIDGE_LAT_SECS` (8, per path), `BENCH_BRIDGE_LAT_ROUNDS` (8),
+//! `BENCH_BRIDGE_TPUT_ROUNDS` (5, part 1), `BENCH_BRIDGE_REPS` (5, part 4's rounds),
+//! `BENCH_BRIDGE_WINDOW` (1000), `BENCH_BRIDGE_LAT_RATE` (500), `BENCH_BRIDGE_LAT_SECS` (8,
+//! per path), `BENCH_BRIDGE_LAT_ROUNDS` (8),
 //! `BENCH_BRIDGE_CPU_MESSAGES` (100000), `BENCH_BRIDGE_CPU_WARMUP` (20000, per path, run
 //! before part 3's measured runs and not counted), `BENCH_BRIDGE_CPU_ROUNDS` (3), `BENCH_BRIDGE_RUN_TIMEOUT` (30 s),
 //! `BENCH_BRIDGE_PARTS` (`prosody,cpu,audit`: parts 1 and 2, part 3, part 4),
@@ -405,7 +408,23 @@ fn without_prosody(s: &Settings, dir: &Path, report: &mut Report) {
     }
 }
 
-/// Part 4: part 3's set-up with audit off, hash-only and full.
+/// One bridge process of part 4 with its test peer and MQTT clients.
+struct AuditRig {
+    mode: &'static str,
+    bridge: BridgeProc,
+    stop: Arc<AtomicBool>,
+    peer: Peer,
+    sub: MqttSub,
+    publ: Publisher,
+    xm: Vec<Tput>,
+    mx: Vec<Tput>,
+}
+
+/// Part 4: part 3's set-up with audit off, hash-only and full, one bridge process per mode,
+/// all three started first; then rounds in which every mode runs both directions (the order
+/// of the modes reversed every other round). The goal is judged on the median of the
+/// rounds' audited/off ratios: a run lasts under half a second, and the host's speed changes
+/// more than that between one minute and the next.
 fn audit_modes(s: &Settings, dir: &Path, report: &mut Report) {
     let trail = |mode: &str| {
         format!(
@@ -413,86 +432,122 @@ fn audit_modes(s: &Settings, dir: &Path, report: &mut Report) {
             dir.join(format!("audit-{mode}")).display()
         )
     };
-    let modes = [
-        ("off", String::new()),
-        ("hash-only", trail("hash-only")),
-        ("full", trail("full")),
-    ];
-    let mut results: Vec<(&str, Vec<Tput>, Vec<Tput>)> = Vec::new();
-    for (mode, extra) in &modes {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the test peer");
-        let peer_port = listener.local_addr().expect("peer address").port();
-        let bridge = BridgeProc::start(dir, &format!("audit-{mode}"), peer_port, extra);
-        let stop = Arc::new(AtomicBool::new(false));
-        let peer = Peer::accept(&listener, &stop);
-        let sub = MqttSub::connect(bridge.port, "bob-sub", &["users/bob/inbox/#"], &stop);
-        let mut publ = Publisher::connect(bridge.port, "bob-pub", &stop);
-        let outbox = format!("users/bob/outbox/alice@{DOMAIN}");
-        probe("peer -> MQTT", &sub.rx, |m| peer.blast(m, 1));
-        probe("MQTT -> peer", &peer.rx, |m| {
-            publ.publish(&outbox, &json_body(m))
-        });
-        let pids = Pids {
-            bridge: bridge.pid(),
-            prosody: 0,
-        };
-        let n = s.cpu_messages;
-        println!("\nAudit {mode} ({n} messages per run):");
-        let (mut xm, mut mx) = (Vec::new(), Vec::new());
-        for _ in 0..s.reps {
-            xm.push(throughput(s, &pids, "peer -> MQTT", &sub.rx, n, |base| {
-                peer.blast(base, n)
-            }));
-            mx.push(throughput(s, &pids, "MQTT -> peer", &peer.rx, n, |base| {
-                publ.blast(&outbox, base, n, s.window)
-            }));
+    let outbox = format!("users/bob/outbox/alice@{DOMAIN}");
+    let mut rigs: Vec<AuditRig> = ["off", "hash-only", "full"]
+        .into_iter()
+        .map(|mode| {
+            let extra = if mode == "off" {
+                String::new()
+            } else {
+                trail(mode)
+            };
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind the test peer");
+            let peer_port = listener.local_addr().expect("peer address").port();
+            let bridge = BridgeProc::start(dir, &format!("audit-{mode}"), peer_port, &extra);
+            let stop = Arc::new(AtomicBool::new(false));
+            let peer = Peer::accept(&listener, &stop);
+            let sub = MqttSub::connect(bridge.port, "bob-sub", &["users/bob/inbox/#"], &stop);
+            let mut publ = Publisher::connect(bridge.port, "bob-pub", &stop);
+            probe("peer -> MQTT", &sub.rx, |m| peer.blast(m, 1));
+            probe("MQTT -> peer", &peer.rx, |m| {
+                publ.publish(&outbox, &json_body(m))
+            });
+            AuditRig {
+                mode,
+                bridge,
+                stop,
+                peer,
+                sub,
+                publ,
+                xm: Vec::new(),
+                mx: Vec::new(),
+            }
+        })
+        .collect();
+    let n = s.cpu_messages;
+    for round in 0..s.reps {
+        println!(
+            "\nAudit, round {} of {} ({n} messages per run):",
+            round + 1,
+            s.reps
+        );
+        let count = rigs.len();
+        for i in 0..count {
+            let rig = &mut rigs[if round % 2 == 0 { i } else { count - 1 - i }];
+            let pids = Pids {
+                bridge: rig.bridge.pid(),
+                prosody: 0,
+            };
+            let (peer, publ) = (&rig.peer, &mut rig.publ);
+            let name = format!("{:<9} peer -> MQTT", rig.mode);
+            rig.xm
+                .push(throughput(s, &pids, &name, &rig.sub.rx, n, |base| {
+                    peer.blast(base, n)
+                }));
+            let name = format!("{:<9} MQTT -> peer", rig.mode);
+            rig.mx
+                .push(throughput(s, &pids, &name, &peer.rx, n, |base| {
+                    publ.blast(&outbox, base, n, s.window)
+                }));
         }
-        stop.store(true, Ordering::Relaxed);
-        let warnings = bridge.log_warnings();
+    }
+    for rig in &rigs {
+        rig.stop.store(true, Ordering::Relaxed);
+        let warnings = rig.bridge.log_warnings();
         if !warnings.is_empty() {
-            println!("\nBridge log (audit {mode}), warnings and errors: {warnings}");
+            println!(
+                "\nBridge log (audit {}), warnings and errors: {warnings}",
+                rig.mode
+            );
         }
-        results.push((mode, xm, mx));
     }
     let rate = |v: &[Tput]| median(v.iter().map(|r| r.rate).collect());
     let cpu = |v: &[Tput]| median(v.iter().map(Tput::bridge_cpu_us).collect());
-    let Some((_, off_xm, off_mx)) = results.first() else {
+    let Some((off, audited)) = rigs.split_first() else {
         return;
     };
-    let (off_xm, off_mx) = (rate(off_xm), rate(off_mx));
-    for (mode, xm, mx) in &results[1..] {
-        for (dir, runs, off) in [("XMPP → MQTT", xm, off_xm), ("MQTT → XMPP", mx, off_mx)] {
-            let r = rate(runs);
-            let ratio = if off > 0.0 { r / off } else { 0.0 };
+    for rig in audited {
+        for (dir, runs, off) in [
+            ("XMPP → MQTT", &rig.xm, &off.xm),
+            ("MQTT → XMPP", &rig.mx, &off.mx),
+        ] {
+            let pairs: Vec<f64> = runs
+                .iter()
+                .zip(off.iter())
+                .map(|(a, o)| if o.rate > 0.0 { a.rate / o.rate } else { 0.0 })
+                .collect();
+            let ratio = median(pairs.clone());
+            let listed: Vec<String> = pairs.iter().map(|r| format!("{r:.2}")).collect();
             let lost: u64 = runs.iter().map(|t| t.lost).sum();
-            let goal = if *mode == "full" {
+            let goal = if rig.mode == "full" {
                 format!("≥ 0.90 {}", verdict(ratio >= 0.9 && lost == 0))
             } else {
                 "—".into()
             };
             report.row([
-                format!("{dir} throughput, no Prosody, audit {mode} (msg/s, median)"),
-                format!("{r:.0} ({:.2} µs/msg)", cpu(runs)),
-                format!("{off:.0} (audit off)"),
-                format!("{ratio:.2}"),
+                format!(
+                    "{dir} throughput, no Prosody, audit {} (msg/s, median of {} rounds)",
+                    rig.mode,
+                    runs.len()
+                ),
+                format!("{:.0} ({:.2} µs/msg)", rate(runs), cpu(runs)),
+                format!("{:.0} ({:.2} µs/msg, audit off)", rate(off), cpu(off)),
+                format!(
+                    "{ratio:.2} (median of the rounds' ratios: {})",
+                    listed.join(", ")
+                ),
                 goal,
             ]);
         }
     }
-    for (mode, xm, mx) in &results {
-        let lost: u64 = xm.iter().chain(mx.iter()).map(|t| t.lost).sum();
+    for rig in &rigs {
+        let lost: u64 = rig.xm.iter().chain(rig.mx.iter()).map(|t| t.lost).sum();
         if lost > 0 {
-            report
-                .notes
-                .push(format!("Audit {mode}: {lost} messages lost in the runs."));
+            report.notes.push(format!(
+                "Audit {}: {lost} messages lost in the runs.",
+                rig.mode
+            ));
         }
-    }
-    if let Some((_, xm, mx)) = results.first() {
-        report.notes.push(format!(
-            "Audit off: bridge CPU {:.2} µs/msg XMPP → MQTT, {:.2} µs/msg MQTT → XMPP.",
-            cpu(xm),
-            cpu(mx)
-        ));
     }
 }
 
@@ -518,7 +573,7 @@ impl Settings {
     fn from_env() -> Settings {
         let s = Settings {
             messages: env_num("BENCH_BRIDGE_MESSAGES", 20_000),
-            reps: env_num("BENCH_BRIDGE_REPS", 3),
+            reps: env_num("BENCH_BRIDGE_REPS", 5),
             tput_rounds: env_num("BENCH_BRIDGE_TPUT_ROUNDS", 5),
             window: env_num("BENCH_BRIDGE_WINDOW", 1_000),
             lat_rate: env_num("BENCH_BRIDGE_LAT_RATE", 500),
@@ -590,7 +645,7 @@ impl Report {
             "Throughput: {} messages per run, {} rounds of every path (judged: the median of \
              the rounds' bridge/c2s ratios), MQTT window {}. Latency: {} msg/s, {:.1} s per path \
              in {} rounds, XMPP clients {}. CPU: {} messages per run, {} rounds (median). \
-             Audit: {} runs per mode.",
+             Audit: {} rounds of the three modes.",
             s.messages,
             s.tput_rounds,
             s.window,

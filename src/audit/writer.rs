@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use super::record::{GENESIS, Line, check_hash};
+use super::record::{GENESIS, Line, check_hash, write_record};
 use super::{AuditConfig, AuditStats, LEGAL_HOLD_FILE, file_name, list_files};
 use crate::bridge::events::Translation;
 
@@ -218,11 +218,8 @@ impl Writer {
         let mut prev = self.prev.clone();
         let mut text = String::with_capacity(batch.len() * 512);
         for event in batch {
-            let mut line = Line::record(event, self.cfg.policy(event.rule.as_deref()));
-            line.seq = seq;
-            let (t, hash) = line.seal(&prev);
-            text.push_str(&t);
-            prev = hash;
+            let policy = self.cfg.policy(event.rule.as_deref());
+            prev = write_record(&mut text, event, policy, seq, &prev);
             seq += 1;
         }
         (text, seq, prev)
