@@ -104,6 +104,7 @@
 //! `BENCH_BRIDGE_PERF` (a file: `perf record` of the bridge during part 3's MQTT → XMPP run),
 //! `BENCH_BRIDGE_PERF_XM` (the same for part 3's XMPP → MQTT run),
 //! `BENCH_BRIDGE_PROSODY_NAGLE` (`0`: Prosody with TCP_NODELAY, `network_settings`),
+//! `BENCH_BRIDGE_PROSODY_AUDIT` (`full` or `hash-only`: parts 1 and 2 with an audit trail),
 //! `BENCH_BRIDGE_CLIENT_QUICKACK` (on; `0`: the XMPP clients leave ACKs to the kernel's
 //! delayed-ACK timer, which meets Prosody's Nagle: see part 2),
 //! `BENCH_BRIDGE_BIN` (another bridge binary, e.g. a copy of an earlier build, for A/B runs).
@@ -187,7 +188,19 @@ fn main() {
 /// Parts 1 and 2: throughput and latency through a real Prosody.
 fn with_prosody(s: &Settings, dir: &Path, report: &mut Report) {
     let prosody = Prosody::start(&dir.join("prosody"));
-    let bridge = BridgeProc::start(dir, "prosody", prosody.component_port, "");
+    // `BENCH_BRIDGE_PROSODY_AUDIT=full` (or `hash-only`): the bridge of parts 1 and 2 keeps
+    // an audit trail, to see what it costs where Prosody limits the rate.
+    let audit = match std::env::var("BENCH_BRIDGE_PROSODY_AUDIT") {
+        Ok(mode) if !mode.is_empty() => {
+            println!("The bridge keeps an audit trail (payload = \"{mode}\") in parts 1 and 2.");
+            format!(
+                "[audit]\ndir = \"{}\"\npayload = \"{mode}\"\n",
+                dir.join("audit-prosody").display()
+            )
+        }
+        _ => String::new(),
+    };
+    let bridge = BridgeProc::start(dir, "prosody", prosody.component_port, &audit);
     let stop = Arc::new(AtomicBool::new(false));
     let mut alice = C2s::login(prosody.c2s_port, "alice", &stop);
     let mut bob = C2s::login(prosody.c2s_port, "bob", &stop);
