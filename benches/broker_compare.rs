@@ -14,11 +14,15 @@
 //! Run without `--bench` (as `cargo test --all-targets` does) it prints one line and exits 0.
 //!
 //! ## Scenarios, and what limits each figure
-//! - **Fan-in throughput, QoS 0/1/2**: 4 × `mosquitto_pub -l -q Q -M 20` (stdin: a file of
-//!   64-byte lines carrying publisher and sequence numbers) → 1 × `mosquitto_sub -q Q -t
-//!   bench/#`. Publishers start once a probe message has reached every subscriber.
-//!   Throughput = distinct messages received / (last one received − publishers started);
-//!   the run line also shows when the first message arrived (the clients' start-up, 5–10 ms).
+//! - **Fan-in throughput, QoS 0/1/2**: 4 × `mosquitto_pub -l -q Q -M 20` (stdin: a pipe the
+//!   bench writes 64-byte lines into, carrying publisher and sequence numbers) → 1 ×
+//!   `mosquitto_sub -q Q -t bench/#`. Publishers are started once a probe message has
+//!   reached every subscriber, get 300 ms to connect, and then their input starts:
+//!   `mosquitto_pub -l` sleeps 100 ms when its CONNACK has not come by the time its network
+//!   thread starts, which before this change put a 100 ms pause of the client into most runs
+//!   (a quarter of a QoS 2 run of ours, a twentieth of Mosquitto's).
+//!   Throughput = distinct messages received / (last one received − input started);
+//!   the run line also shows when the first message arrived.
 //!   The subscriber runs under `stdbuf -oL`, so the probe and the last message show at once
 //!   (a write per message, paid by the client, not the broker). At QoS 0 the single-threaded
 //!   `mosquitto_sub` is the bottleneck (see the per-run CPU lines), so the broker's **CPU
@@ -112,6 +116,9 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Poll period of the wait loops.
 const TICK: Duration = Duration::from_millis(5);
+/// Time the fan-in and fan-out publishers get to connect before their input starts (two of
+/// `mosquitto_pub -l`'s 100 ms waits for CONNACK and then some).
+const PUBLISHERS_CONNECT: Duration = Duration::from_millis(300);
 /// Most lines one `mosquitto_pub -l` can send at QoS 1/2 (see [`Settings::check`]).
 const MAX_PER_PUBLISHER: u64 = 65_535;
 /// Queue limit per client for both brokers: above any run's load, so that a lost QoS 1/2
@@ -1122,20 +1129,27 @@ mod throughput {
         let subs = spawn_subscribers(b.port, load, epoch, &mut guard)?;
         wait_subscribed(b.port, &subs, &mut guard)?;
         let files = payload_files(ctx, load);
+        // The publishers connect first and get their lines only once all have had time to:
+        // `mosquitto_pub -l` sleeps 100 ms whenever its CONNACK has not arrived by the time
+        // its network thread is started (it nearly never has), which put a 100 ms pause
+        // into a run of 0.3-0.5 s (ours, QoS 2) or 2 s (Mosquitto's): start-up of the load
+        // generator, not the broker's work.
+        let first_pub = guard.children.len();
+        for i in 0..files.len() {
+            guard
+                .children
+                .push(spawn_publisher(b.port, load, i, ctx.settings.pub_inflight)?);
+        }
+        thread::sleep(PUBLISHERS_CONNECT);
         let cpu0 = b.cpu(ctx.clk_tck);
         let (self0, children0) = procfs::self_cpu(ctx.clk_tck);
         let start = Instant::now();
-        let first_pub = guard.children.len();
-        for (i, file) in files.iter().enumerate() {
-            guard.children.push(spawn_publisher(
-                b.port,
-                load,
-                i,
-                file,
-                ctx.settings.pub_inflight,
-            )?);
-        }
+        let feeders = feed_publishers(&files, &mut guard.children[first_pub..])?;
         let ending = wait_delivered(ctx, load, &subs, &mut guard.children[first_pub..]);
+        for feeder in feeders {
+            // A feeder ends when its file is written or its publisher has gone.
+            let _ended = feeder.join();
+        }
         let broker_cpu = b.cpu(ctx.clk_tck).saturating_sub(cpu0);
         let last = subs
             .iter()
@@ -1360,15 +1374,39 @@ mod throughput {
             .collect()
     }
 
+    /// Writes each payload file into its publisher's standard input, one thread each, and
+    /// closes it (end of input: the publisher disconnects once all is acknowledged).
+    fn feed_publishers(
+        files: &[PathBuf],
+        publishers: &mut [Child],
+    ) -> Result<Vec<thread::JoinHandle<()>>, String> {
+        let mut feeders = Vec::with_capacity(files.len());
+        for (file, child) in files.iter().zip(publishers.iter_mut()) {
+            let mut input =
+                File::open(file).map_err(|e| format!("open {}: {e}", file.display()))?;
+            let Some(mut stdin) = child.stdin.take() else {
+                return Err("a publisher's standard input is not piped".into());
+            };
+            let feeder = thread::Builder::new()
+                .name("feed-pub".into())
+                .spawn(move || {
+                    // A publisher that died shows as missing messages in the run's counts.
+                    let _copied = std::io::copy(&mut input, &mut stdin);
+                })
+                .map_err(|e| format!("spawn a feeder thread: {e}"))?;
+            feeders.push(feeder);
+        }
+        Ok(feeders)
+    }
+
+    /// A `mosquitto_pub -l` reading its lines from a pipe ([`feed_publishers`]).
     fn spawn_publisher(
         port: u16,
         load: &Load,
         index: usize,
-        file: &Path,
         inflight: u16,
     ) -> Result<Child, String> {
         let qos = load.qos;
-        let stdin = File::open(file).map_err(|e| format!("open {}: {e}", file.display()))?;
         let mut cmd = Command::new("mosquitto_pub");
         if load.v5 {
             cmd.args(["-V", "5", "-D", "PUBLISH", "topic-alias", "1"])
@@ -1391,7 +1429,7 @@ mod throughput {
             &format!("bench-pub-{index}"),
         ])
         .args(["-M", &inflight.to_string(), "-l"])
-        .stdin(stdin)
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
