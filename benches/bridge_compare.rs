@@ -296,6 +296,7 @@ fn with_prosody(s: &Settings, dir: &Path, report: &mut Report) {
         lat[path].extend(got);
         lost[path] += missing;
     };
+    let (lat_started, lat_steal0) = (Instant::now(), procfs::steal());
     for _ in 0..s.lat_rounds {
         let (got, missing) = latency_round(s, &bob.rx, |m| alice.send(&chat(&to_bob, m)));
         keep(0, got, missing);
@@ -331,6 +332,24 @@ fn with_prosody(s: &Settings, dir: &Path, report: &mut Report) {
             rounds.join(" ")
         );
     }
+    // The tails follow the host: how much of the cores' time it kept for other guests.
+    let stolen = procfs::steal().saturating_sub(lat_steal0);
+    let cores = thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let share = stolen.as_secs_f64() / (lat_started.elapsed().as_secs_f64() * cores as f64);
+    println!(
+        "  host steal during the latency rounds: {:.1} %",
+        share * 100.0
+    );
+    report.notes.push(format!(
+        "Host steal during the latency rounds: {:.2} s ({:.1} % of the cores' time){}",
+        stolen.as_secs_f64(),
+        share * 100.0,
+        if share > STEAL_SUSPECT {
+            ": the added p99 measures the host more than the bridge."
+        } else {
+            "."
+        }
+    ));
     let median_p99 = |path: usize| median_ns(round_p99[path].clone());
     report.latency(
         "XMPP → MQTT",
