@@ -334,8 +334,7 @@ fn with_prosody(s: &Settings, dir: &Path, report: &mut Report) {
     }
     // The tails follow the host: how much of the cores' time it kept for other guests.
     let stolen = procfs::steal().saturating_sub(lat_steal0);
-    let cores = thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    let share = stolen.as_secs_f64() / (lat_started.elapsed().as_secs_f64() * cores as f64);
+    let share = procfs::steal_share(stolen, lat_started.elapsed());
     println!(
         "  host steal during the latency rounds: {:.1} %",
         share * 100.0
@@ -669,7 +668,7 @@ struct Report {
 impl Report {
     fn new(s: &Settings) -> Report {
         let mut header = String::new();
-        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = procfs::cores();
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         let load: Vec<&str> = load.split_whitespace().take(3).collect();
         let _ok = writeln!(
@@ -847,8 +846,8 @@ impl Report {
     /// cores had: the hypervisor running other guests on them. Above [`STEAL_SUSPECT`] the
     /// verdicts say more about the host than about the bridge.
     fn host_steal(&mut self, stolen: Duration, took: Duration) {
-        let cores = thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        let share = stolen.as_secs_f64() / (took.as_secs_f64() * cores as f64).max(1e-9);
+        let cores = procfs::cores();
+        let share = procfs::steal_share(stolen, took);
         let mut note = format!(
             "Host steal time: {:.1} s over the run's {:.0} s on {cores} cores ({:.1} %).",
             stolen.as_secs_f64(),
@@ -2187,6 +2186,16 @@ mod procfs {
 
     /// CPU time the hypervisor gave to others while this machine's CPUs wanted it (all CPUs,
     /// the `steal` column of `/proc/stat`'s first line).
+    /// The machine's cores (1 when unknown).
+    pub(crate) fn cores() -> usize {
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    }
+
+    /// `stolen` as a share of the time all cores had over `took`.
+    pub(crate) fn steal_share(stolen: Duration, took: Duration) -> f64 {
+        stolen.as_secs_f64() / (took.as_secs_f64() * cores() as f64).max(1e-9)
+    }
+
     pub(crate) fn steal() -> Duration {
         let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
         let ticks = text
