@@ -354,6 +354,8 @@ impl InternalClient {
                     carried: None,
                 });
             }
+            // Only network links are written straight through.
+            ToClient::Encoded(_) => {}
             ToClient::Packet(Packet::PubRel(rel)) => {
                 self.outbox
                     .push(Packet::PubComp(PubResponse::new(rel.pkid)));

@@ -14,11 +14,13 @@ use std::task::Poll;
 
 use futures::task::AtomicWaker;
 
+use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use tokio::sync::oneshot;
 
-use super::codec::{Connect, Packet, ProtocolVersion, Publish};
+use super::codec::{self, Connect, Packet, ProtocolVersion, Publish};
 use super::guard::GuardNote;
+use super::transport::DirectSocket;
 
 /// Identifies one network connection for its whole life (never reused).
 pub type ConnId = u64;
@@ -37,6 +39,9 @@ pub enum ToClient {
         /// What the publish guard worked out about it (see [`GuardNote`]).
         carried: Option<GuardNote>,
     },
+    /// Bytes already encoded for the socket (messages the router could not write straight
+    /// through, see [`ClientLink::send_publish`]); not counted in the backlog.
+    Encoded(Bytes),
     /// Send DISCONNECT with this reason (MQTT 5 only; 3.1.1 has no server DISCONNECT), flush,
     /// and close the connection.
     Disconnect {
@@ -61,8 +66,11 @@ pub struct ClientLink {
 /// The state both ends of a link share.
 #[derive(Debug, Default)]
 struct LinkShared {
-    /// Items for the writer; boxed so that the queue stays small per slot.
-    queue: Mutex<VecDeque<Box<ToClient>>>,
+    /// Items for the writer, and the router's direct writes.
+    state: Mutex<LinkState>,
+    /// Plain TCP clients whose packets need no per-connection state to encode: the router
+    /// writes their messages to the socket itself.
+    direct: Option<Direct>,
     /// The writer waiting for items.
     waker: AtomicWaker,
     /// Live [`ClientLink`] clones; the writer ends when none is left.
@@ -78,10 +86,43 @@ struct LinkShared {
     farewell: AtomicU8,
 }
 
+/// What the lock of a link guards.
+#[derive(Debug, Default)]
+struct LinkState {
+    /// Items for the writer; boxed so that the queue stays small per slot.
+    queue: VecDeque<Box<ToClient>>,
+    /// Messages encoded during a routing pass, written to the socket when it ends
+    /// ([`ClientLink::flush`]).
+    encoded: BytesMut,
+    /// The writer holds items it has not finished writing: nothing may be written past them.
+    busy: bool,
+    /// A DISCONNECT is queued: nothing may be written after it [MQTT-3.14.4-1].
+    ending: bool,
+}
+
+impl LinkState {
+    /// Hands what the router encoded to the writer, ahead of whatever is queued next.
+    fn queue_encoded(&mut self) {
+        if !self.encoded.is_empty() {
+            let bytes = self.encoded.split().freeze();
+            self.queue.push_back(Box::new(ToClient::Encoded(bytes)));
+        }
+    }
+}
+
+/// A socket the router may write to directly, and what it needs to encode for it.
+#[derive(Debug)]
+pub struct Direct {
+    /// The connection's socket.
+    pub socket: DirectSocket,
+    /// The client's protocol version.
+    pub version: ProtocolVersion,
+}
+
 impl LinkShared {
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Box<ToClient>>> {
+    fn state(&self) -> std::sync::MutexGuard<'_, LinkState> {
         // A panic while holding this short lock cannot leave the queue inconsistent.
-        self.queue
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -94,6 +135,8 @@ const FAREWELL_WITH_WILL: u8 = 2;
 
 /// A drained queue keeps at most this many slots, so that a burst does not pin memory.
 const IDLE_QUEUE_SLOTS: usize = 8;
+/// A direct-write buffer larger than this is freed once written.
+const IDLE_ENCODED: usize = 1024;
 
 impl Clone for ClientLink {
     fn clone(&self) -> Self {
@@ -116,9 +159,16 @@ impl Drop for ClientLink {
 impl ClientLink {
     /// A link and the receiving end for the connection's writer.
     pub fn new() -> (ClientLink, LinkReceiver) {
+        Self::with_direct(None)
+    }
+
+    /// A link whose messages the router writes to `direct` itself whenever the writer has
+    /// nothing pending (see [`ClientLink::send_publish`]).
+    pub fn with_direct(direct: Option<Direct>) -> (ClientLink, LinkReceiver) {
         let shared = Arc::new(LinkShared {
             senders: AtomicUsize::new(1),
             farewell: AtomicU8::new(FAREWELL_NONE),
+            direct,
             ..LinkShared::default()
         });
         (
@@ -133,9 +183,88 @@ impl ClientLink {
         if self.shared.closed.load(Ordering::Acquire) {
             return false;
         }
-        self.shared.queue().push_back(Box::new(item));
+        {
+            let mut state = self.shared.state();
+            // In order: what the router encoded this pass goes first.
+            state.queue_encoded();
+            state.ending |= matches!(item, ToClient::Disconnect { .. });
+            state.queue.push_back(Box::new(item));
+        }
         self.shared.waker.wake();
         true
+    }
+
+    /// Hands a PUBLISH to a network client. On a direct link whose writer has nothing
+    /// pending it is encoded on the spot and written when the routing pass ends
+    /// ([`ClientLink::flush`], called for every link listed in `touched`): the message
+    /// reaches the socket without waking the writer task, and a pass that routes many
+    /// messages to one client writes them with one system call. False when the connection
+    /// is gone.
+    pub fn send_publish(&self, publish: Publish, touched: &mut Vec<ClientLink>) -> bool {
+        let Some(direct) = &self.shared.direct else {
+            return self.send(Packet::Publish(publish));
+        };
+        if self.shared.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut state = self.shared.state();
+        if state.busy || state.ending || !state.queue.is_empty() {
+            drop(state);
+            return self.send(Packet::Publish(publish));
+        }
+        if state.encoded.is_empty() {
+            touched.push(self.clone());
+        }
+        codec::encode(
+            &Packet::Publish(publish),
+            direct.version,
+            &mut state.encoded,
+        );
+        true
+    }
+
+    /// Writes what [`ClientLink::send_publish`] encoded; what the socket does not take now
+    /// goes to the writer task, in order. Returns the bytes written.
+    pub fn flush(&self) -> usize {
+        let Some(direct) = &self.shared.direct else {
+            return 0;
+        };
+        let mut state = self.shared.state();
+        if state.encoded.is_empty() {
+            return 0;
+        }
+        if self.shared.closed.load(Ordering::Acquire) {
+            state.encoded = BytesMut::new();
+            return 0;
+        }
+        let mut written = 0;
+        // The lock is held across the write so that the writer cannot start in between.
+        while written < state.encoded.len() {
+            match direct.socket.try_write(&state.encoded[written..]) {
+                Ok(0) => break,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // The connection is broken: its reader and writer see it too and end it; a
+                // QoS 1/2 message stays in the session's window for the next connection.
+                Err(_) => {
+                    state.encoded = BytesMut::new();
+                    return written;
+                }
+            }
+        }
+        if written == state.encoded.len() {
+            if state.encoded.capacity() > IDLE_ENCODED {
+                state.encoded = BytesMut::new();
+            } else {
+                state.encoded.clear();
+            }
+            return written;
+        }
+        let _sent = state.encoded.split_to(written);
+        state.queue_encoded();
+        drop(state);
+        self.shared.waker.wake();
+        written
     }
 
     /// Hands a packet to the writer. False when the connection is gone.
@@ -203,7 +332,7 @@ impl Drop for LinkReceiver {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
         // Free what will never be written.
-        std::mem::take(&mut *self.shared.queue());
+        std::mem::take(&mut *self.shared.state());
     }
 }
 
@@ -232,27 +361,30 @@ impl LinkReceiver {
         reason = "items move between queues as pointers; see ClientLink"
     )]
     fn take(&self, into: &mut Vec<Box<ToClient>>, limit: usize) -> Option<usize> {
-        let mut queue = self.shared.queue();
-        if queue.is_empty() {
+        let mut state = self.shared.state();
+        if state.queue.is_empty() {
             let gone = self.shared.senders.load(Ordering::Acquire) == 0;
             return gone.then_some(0);
         }
-        let n = queue.len().min(limit.max(1));
-        into.extend(queue.drain(..n));
-        if queue.is_empty() && queue.capacity() > IDLE_QUEUE_SLOTS {
-            *queue = VecDeque::new();
+        let n = state.queue.len().min(limit.max(1));
+        into.extend(state.queue.drain(..n));
+        if state.queue.is_empty() && state.queue.capacity() > IDLE_QUEUE_SLOTS {
+            state.queue = VecDeque::new();
         }
+        state.busy = true;
         Some(n)
     }
 
     /// True when nothing is waiting.
     pub fn is_empty(&self) -> bool {
-        self.shared.queue().is_empty()
+        self.shared.state().queue.is_empty()
     }
 
-    /// Marks `n` packets as written.
+    /// Marks `n` packets as written, with everything the writer took: the router may write
+    /// to the socket again.
     pub fn written(&self, n: usize) {
         self.shared.backlog.fetch_sub(n, Ordering::Relaxed);
+        self.shared.state().busy = false;
     }
 }
 
@@ -359,4 +491,191 @@ pub enum RouterMsg {
         /// Why.
         cause: CloseCause,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "test code")]
+
+    use super::*;
+    use crate::broker::codec::{Properties, QoS};
+    use crate::broker::transport::{ConnWrite, TcpWrite};
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    fn publish(pkid: u16, len: usize) -> Publish {
+        Publish {
+            dup: false,
+            qos: if pkid == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            },
+            retain: false,
+            topic: ByteString::from_static("a/b"),
+            pkid,
+            payload: Bytes::from(vec![7u8; len]),
+            properties: Properties::new(),
+        }
+    }
+
+    /// A direct link on a real loopback connection: the server's link and the client socket.
+    async fn direct_pair() -> (ClientLink, LinkReceiver, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_rd, wr) = server.into_split();
+        let socket = TcpWrite::new(wr).direct().unwrap();
+        let direct = Direct {
+            socket,
+            version: ProtocolVersion::V311,
+        };
+        let (link, rx) = ClientLink::with_direct(Some(direct));
+        (link, rx, client)
+    }
+
+    /// Reads `n` packets from `client` and returns their packet ids.
+    async fn read_pkids(client: &mut TcpStream, n: usize) -> Vec<u16> {
+        let mut buf = BytesMut::new();
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            loop {
+                match codec::decode(&mut buf, ProtocolVersion::V311, usize::MAX).unwrap() {
+                    Some(Packet::Publish(p)) => ids.push(p.pkid),
+                    Some(other) => panic!("unexpected {}", other.name()),
+                    None => break,
+                }
+            }
+            if ids.len() < n {
+                let read = tokio::time::timeout(Duration::from_secs(10), client.read_buf(&mut buf));
+                assert!(read.await.unwrap().unwrap() > 0, "connection closed early");
+            }
+        }
+        ids
+    }
+
+    #[allow(clippy::vec_box, reason = "what the writer takes")]
+    fn queued(rx: &LinkReceiver) -> Vec<Box<ToClient>> {
+        let mut items = Vec::new();
+        let _n = rx.take(&mut items, usize::MAX);
+        items
+    }
+
+    #[tokio::test]
+    async fn a_pass_writes_its_messages_with_one_flush_and_queues_nothing() {
+        let (link, rx, mut client) = direct_pair().await;
+        let mut touched = Vec::new();
+        for id in 1..=3 {
+            assert!(link.send_publish(publish(id, 10), &mut touched));
+        }
+        assert_eq!(touched.len(), 1, "a link is listed once per pass");
+        assert!(rx.is_empty(), "nothing for the writer task");
+        let written = touched[0].flush();
+        assert_eq!(written, 3 * (2 + 2 + 3 + 2 + 10));
+        assert_eq!(read_pkids(&mut client, 3).await, vec![1, 2, 3]);
+        assert_eq!(link.backlog(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_busy_writer_keeps_the_order_by_taking_later_messages_too() {
+        let (link, rx, _client) = direct_pair().await;
+        assert!(link.send(Packet::PingResp));
+        assert_eq!(
+            queued(&rx).len(),
+            1,
+            "the writer took the PINGRESP and is writing it"
+        );
+        let mut touched = Vec::new();
+        assert!(link.send_publish(publish(5, 1), &mut touched));
+        assert!(touched.is_empty(), "not written past the writer's packet");
+        let items = queued(&rx);
+        assert!(matches!(&*items[0], ToClient::Packet(Packet::Publish(p)) if p.pkid == 5));
+        // Once the writer has written what it took, the router may write again.
+        rx.written(2);
+        assert!(link.send_publish(publish(6, 1), &mut touched));
+        assert_eq!(touched.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_packet_queued_after_direct_messages_goes_behind_them() {
+        let (link, rx, _client) = direct_pair().await;
+        let mut touched = Vec::new();
+        assert!(link.send_publish(publish(1, 1), &mut touched));
+        assert!(link.send(Packet::PingResp));
+        // The pass ends: nothing left to write directly, the writer has both in order.
+        assert_eq!(touched[0].flush(), 0);
+        let items = queued(&rx);
+        assert_eq!(items.len(), 2);
+        assert!(matches!(&*items[0], ToClient::Encoded(b) if b.len() == 2 + 2 + 3 + 2 + 1));
+        assert!(matches!(&*items[1], ToClient::Packet(Packet::PingResp)));
+    }
+
+    #[tokio::test]
+    async fn nothing_is_written_directly_after_a_disconnect() {
+        let (link, rx, _client) = direct_pair().await;
+        link.disconnect(0x8E);
+        let _taken = queued(&rx);
+        rx.written(0);
+        let mut touched = Vec::new();
+        assert!(link.send_publish(publish(1, 1), &mut touched));
+        assert!(
+            touched.is_empty(),
+            "[MQTT-3.14.4-1]: nothing after DISCONNECT on the wire"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_a_full_socket_does_not_take_goes_to_the_writer_in_order() {
+        let (link, rx, mut client) = direct_pair().await;
+        let mut touched = Vec::new();
+        // Far more than the socket buffers hold while nobody reads.
+        let count = 800u16;
+        for id in 1..=count {
+            assert!(link.send_publish(publish(id, 16 * 1024), &mut touched));
+        }
+        let written = touched[0].flush();
+        let one = codec::encoded_len(
+            &Packet::Publish(publish(1, 16 * 1024)),
+            ProtocolVersion::V311,
+        );
+        let total = usize::from(count) * one;
+        assert!(written < total, "the socket took everything: {written}");
+        let items = queued(&rx);
+        let rest: usize = items
+            .iter()
+            .map(|i| match &**i {
+                ToClient::Encoded(b) => b.len(),
+                _ => panic!("only encoded bytes expected"),
+            })
+            .sum();
+        assert_eq!(written + rest, total);
+        // Later messages wait behind the rest.
+        assert!(link.send_publish(publish(999, 1), &mut touched));
+        assert_eq!(queued(&rx).len(), 1);
+        // The client reads what was written directly, in order, up to the cut.
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; written];
+            client.read_exact(&mut got).await.unwrap();
+            got
+        });
+        let got = tokio::time::timeout(Duration::from_secs(10), reader)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.len(), written);
+        assert_eq!(got[0], 0x32, "a QoS 1 PUBLISH comes first");
+    }
+
+    #[tokio::test]
+    async fn a_link_without_a_socket_queues_every_message() {
+        let (link, rx) = ClientLink::new();
+        let mut touched = Vec::new();
+        assert!(link.send_publish(publish(1, 1), &mut touched));
+        assert!(touched.is_empty());
+        assert_eq!(queued(&rx).len(), 1);
+        assert_eq!(link.backlog(), 1);
+    }
 }

@@ -14,7 +14,7 @@ use tracing::{Instrument, debug, info};
 use super::connection::{self, CertUser, ConnectionContext};
 use super::link::ConnId;
 use super::transport::tls::{self, TlsError, TlsSettings};
-use super::transport::{StreamRead, StreamWrite, ws};
+use super::transport::{StreamRead, StreamWrite, TcpWrite, ws};
 
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -134,6 +134,7 @@ pub(super) async fn serve(
     match transport {
         Transport::Tcp => {
             let (rd, wr) = stream.into_split();
+            let wr = TcpWrite::new(wr);
             connection::serve(rd, wr, peer, conn, ctx, CertUser::NotUsed).await;
         }
         other => Box::pin(serve_wrapped(other, stream, peer, conn, ctx)).await,
@@ -155,6 +156,7 @@ async fn serve_wrapped(
     match transport {
         Transport::Tcp => {
             let (rd, wr) = stream.into_split();
+            let wr = TcpWrite::new(wr);
             connection::serve(rd, wr, peer, conn, ctx, CertUser::NotUsed).await;
         }
         Transport::Tls {

@@ -58,20 +58,21 @@ pub struct Attached {
 }
 
 impl Attached {
-    /// Hands a message to the client.
-    pub fn send_message(&self, message: Outgoing) {
+    /// Hands a message to the client; a link written straight through is listed in
+    /// `touched`, to be flushed when the routing pass ends (see [`ClientLink::send_publish`]).
+    pub fn send_message(&self, message: Outgoing, touched: &mut Vec<ClientLink>) {
         if self.internal {
             self.link
                 .deliver(message.publish, message.origin, message.carried);
         } else {
-            self.link.send(Packet::Publish(message.publish));
+            self.link.send_publish(message.publish, touched);
         }
     }
 
     /// Sends what a reconnecting session must get again.
-    pub fn resend(&self, item: Resend) {
+    pub fn resend(&self, item: Resend, touched: &mut Vec<ClientLink>) {
         match item {
-            Resend::Publish(message) => self.send_message(message),
+            Resend::Publish(message) => self.send_message(message, touched),
             Resend::Release(id) => {
                 self.link.send(Packet::PubRel(PubResponse::new(id)));
             }

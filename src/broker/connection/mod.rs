@@ -33,7 +33,9 @@ use super::codec::{
 };
 use super::config::BrokerConfig;
 use super::internal::INTERNAL_ID_PREFIX;
-use super::link::{ClientLink, CloseCause, ConnId, ConnectOutcome, ConnectRequest, RouterMsg};
+use super::link::{
+    ClientLink, CloseCause, ConnId, ConnectOutcome, ConnectRequest, Direct, RouterMsg,
+};
 use super::router::SharedRouter;
 use super::stats::BrokerStats;
 use super::transport::{ConnRead, ConnWrite};
@@ -132,18 +134,25 @@ pub async fn serve<R: ConnRead, W: ConnWrite>(
         } = admitted;
         let version = connect.protocol;
         tracing::Span::current().record("client_id", client_id.as_ref() as &str);
-        let (link, receiver) = ClientLink::new();
         let closing = CancellationToken::new();
         let v5 = version == ProtocolVersion::V5;
+        let alias_max = if v5 {
+            connect.properties.topic_alias_maximum().unwrap_or(0)
+        } else {
+            0
+        };
         let out = OutLimits {
             max_packet: (connect.properties.maximum_packet_size())
                 .map_or(usize::MAX, |m| m as usize),
-            aliases: OutboundAliases::new(if v5 {
-                connect.properties.topic_alias_maximum().unwrap_or(0)
-            } else {
-                0
-            }),
+            aliases: OutboundAliases::new(alias_max),
         };
+        // Topic Aliases are state of the writer's: a client that takes them is not written
+        // to directly. (Maximum Packet Size the router checks before a message gets here.)
+        let direct = (alias_max == 0)
+            .then(|| wr.direct())
+            .flatten()
+            .map(|socket| Direct { socket, version });
+        let (link, receiver) = ClientLink::with_direct(direct);
         ctx.tracker.spawn(
             write_loop(
                 wr,
@@ -493,7 +502,8 @@ impl Reader {
                     }
                 },
                 () = &mut closing => return self.last_words(&mut rd, &mut buf),
-                () = &mut idle => {
+                // Keep Alive 0: no timer to poll on every read.
+                () = &mut idle, if limit.is_some() => {
                     if let Some(due) = limit.map(|l| last_read + l).filter(|&d| d > Instant::now()) {
                         idle.as_mut().reset(due);
                         continue;

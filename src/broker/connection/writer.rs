@@ -116,6 +116,7 @@ pub(super) async fn write_loop<W: ConnWrite>(
                     limits.encode_publish(publish, version, &mut out);
                     written += 1;
                 }
+                ToClient::Encoded(bytes) => out.extend_from_slice(&bytes),
                 ToClient::Packet(packet) => {
                     let packet = limits.fit(packet, version);
                     codec::encode(&packet, version, &mut out);

@@ -24,7 +24,7 @@ use crate::broker::config::BrokerConfig;
 use crate::broker::connack::connack_properties;
 use crate::broker::guard::{GuardNote, PublishGuard, Refused};
 use crate::broker::internal::BrokerGone;
-use crate::broker::link::{ConnId, ConnectOutcome, ConnectRequest, Origin, RouterMsg};
+use crate::broker::link::{ClientLink, ConnId, ConnectOutcome, ConnectRequest, Origin, RouterMsg};
 use crate::broker::session::{
     Attached, NEVER_EXPIRES, Offer, Outgoing, Session, SessionId, SubEntry, expiry_of,
 };
@@ -95,6 +95,9 @@ pub struct Router {
     acl: Option<Arc<Acl>>,
     /// Scratch space reused by every fan-out.
     targets: Vec<Target>,
+    /// Links written straight through during this routing pass, flushed when it ends
+    /// ([`SharedRouter::with`]).
+    touched: Vec<ClientLink>,
     /// Scratch space for the messages a freed window slot lets out (one per acknowledgement,
     /// so no allocation each time).
     released: Vec<Outgoing>,
@@ -127,6 +130,7 @@ impl Router {
             session_events: None,
             acl: None,
             targets: Vec::new(),
+            touched: Vec::new(),
             released: Vec::new(),
             started: Instant::now(),
             journal: None,
@@ -198,6 +202,7 @@ impl Router {
         while let Ok(msg) = rx.try_recv() {
             router.handle(msg);
         }
+        router.flush_direct();
         router.shutdown();
         router.close_journal();
     }
@@ -340,10 +345,10 @@ impl Router {
             let fresh = session.fill_window();
             if let Some(att) = &session.attached {
                 for item in again {
-                    att.resend(item);
+                    att.resend(item, &mut self.touched);
                 }
                 for message in fresh {
-                    att.send_message(message);
+                    att.send_message(message, &mut self.touched);
                 }
             }
         }
@@ -434,7 +439,7 @@ impl Router {
         if let Some(att) = &s.attached {
             BrokerStats::add(&self.stats.messages_sent, next.len() as u64);
             for message in next.drain(..) {
-                att.send_message(message);
+                att.send_message(message, &mut self.touched);
             }
         }
         next.clear();
@@ -692,6 +697,17 @@ impl Router {
         self.targets = targets;
     }
 
+    /// Writes what this routing pass encoded for direct links, each link once.
+    fn flush_direct(&mut self) {
+        let mut written = 0;
+        for link in self.touched.drain(..) {
+            written += link.flush();
+        }
+        if written > 0 {
+            BrokerStats::add(&self.stats.bytes_sent, written as u64);
+        }
+    }
+
     /// Offers `message` to session `sid`; an in-process subscriber's copy gets the identity of
     /// the publishing session `origin` (looked up only then: network subscribers never need it).
     fn deliver(&mut self, sid: SessionId, mut message: Outgoing, origin: Option<SessionId>) {
@@ -736,7 +752,7 @@ impl Router {
                     s.overflowing = false;
                 }
                 BrokerStats::add(&self.stats.messages_sent, 1);
-                att.send_message(message);
+                att.send_message(message, &mut self.touched);
             }
             Offer::Queued | Offer::Discarded => {}
             Offer::Overflow => {
@@ -778,7 +794,10 @@ impl SharedRouter {
     /// everyone (as the router task's end did), rather than going on with half-done state.
     pub fn with<T>(&self, f: impl FnOnce(&mut Router) -> T) -> Option<T> {
         let mut guard = self.0.lock().ok()?;
-        guard.as_mut().map(f)
+        let router = guard.as_mut()?;
+        let result = f(router);
+        router.flush_direct();
+        Some(result)
     }
 
     fn take(&self) -> Option<Router> {

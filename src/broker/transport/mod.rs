@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::io;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use futures::FutureExt;
@@ -40,6 +41,27 @@ pub trait ConnWrite: Send + 'static {
 
     /// Ends the stream (TCP FIN, TLS close_notify, WebSocket Close).
     fn close(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// The socket itself, when bytes written to it need no framing or encryption (plain
+    /// TCP): the router then writes a subscriber's messages straight to it (see
+    /// [`crate::broker::link`]).
+    fn direct(&self) -> Option<DirectSocket> {
+        None
+    }
+}
+
+/// A plain TCP connection's socket, shared by its writer task and the router.
+pub type DirectSocket = Arc<OwnedWriteHalf>;
+
+/// The writing half of a plain TCP connection. Shared, not owned: the router writes to the
+/// socket too, and the link between them keeps the two from interleaving.
+pub struct TcpWrite(DirectSocket);
+
+impl TcpWrite {
+    /// The writing half of `wr`.
+    pub fn new(wr: OwnedWriteHalf) -> Self {
+        TcpWrite(Arc::new(wr))
+    }
 }
 
 impl ConnRead for OwnedReadHalf {
@@ -94,13 +116,28 @@ fn read_clearing(rd: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
     }
 }
 
-impl ConnWrite for OwnedWriteHalf {
-    async fn send_all(&mut self, data: &[u8]) -> io::Result<()> {
-        self.write_all(data).await
+impl ConnWrite for TcpWrite {
+    async fn send_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            match self.0.try_write(data) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.0.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     async fn close(&mut self) -> io::Result<()> {
-        self.shutdown().await
+        // The router may still hold the socket: end the stream now, not when the last
+        // holder lets go of it.
+        let socket: &TcpStream = (*self.0).as_ref();
+        socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write)
+    }
+
+    fn direct(&self) -> Option<DirectSocket> {
+        Some(self.0.clone())
     }
 }
 
