@@ -499,7 +499,7 @@ mod tests {
 
     use super::*;
     use crate::broker::codec::{Properties, QoS};
-    use crate::broker::transport::{ConnWrite, TcpWrite};
+    use crate::broker::transport::{ConnWrite, split_tcp};
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
     use tokio::net::{TcpListener, TcpStream};
@@ -527,8 +527,8 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let (_rd, wr) = server.into_split();
-        let socket = TcpWrite::new(wr).direct().unwrap();
+        let (_rd, wr) = split_tcp(server);
+        let socket = wr.direct().unwrap();
         let direct = Direct {
             socket,
             version: ProtocolVersion::V311,

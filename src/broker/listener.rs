@@ -14,7 +14,7 @@ use tracing::{Instrument, debug, info};
 use super::connection::{self, CertUser, ConnectionContext};
 use super::link::ConnId;
 use super::transport::tls::{self, TlsError, TlsSettings};
-use super::transport::{StreamRead, StreamWrite, TcpWrite, ws};
+use super::transport::{StreamRead, StreamWrite, split_tcp, ws};
 
 /// What a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -133,8 +133,7 @@ pub(super) async fn serve(
     }
     match transport {
         Transport::Tcp => {
-            let (rd, wr) = stream.into_split();
-            let wr = TcpWrite::new(wr);
+            let (rd, wr) = split_tcp(stream);
             connection::serve(rd, wr, peer, conn, ctx, CertUser::NotUsed).await;
         }
         other => Box::pin(serve_wrapped(other, stream, peer, conn, ctx)).await,
@@ -155,8 +154,7 @@ async fn serve_wrapped(
     let span = tracing::info_span!("handshake", %peer, transport = transport.name());
     match transport {
         Transport::Tcp => {
-            let (rd, wr) = stream.into_split();
-            let wr = TcpWrite::new(wr);
+            let (rd, wr) = split_tcp(stream);
             connection::serve(rd, wr, peer, conn, ctx, CertUser::NotUsed).await;
         }
         Transport::Tls {

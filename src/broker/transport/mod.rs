@@ -14,7 +14,6 @@ use futures::FutureExt;
 use tokio::io::Interest;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 pub mod tls;
 pub mod ws;
@@ -50,28 +49,31 @@ pub trait ConnWrite: Send + 'static {
     }
 }
 
-/// A plain TCP connection's socket, shared by its writer task and the router.
-pub type DirectSocket = Arc<OwnedWriteHalf>;
+/// A plain TCP connection's socket, shared by its reader, its writer task and the router.
+pub type DirectSocket = Arc<TcpStream>;
+
+/// The reading half of a plain TCP connection.
+pub struct TcpRead(DirectSocket);
 
 /// The writing half of a plain TCP connection. Shared, not owned: the router writes to the
 /// socket too, and the link between them keeps the two from interleaving.
 pub struct TcpWrite(DirectSocket);
 
-impl TcpWrite {
-    /// The writing half of `wr`.
-    pub fn new(wr: OwnedWriteHalf) -> Self {
-        TcpWrite(Arc::new(wr))
-    }
+/// The two halves of a plain TCP connection: one shared socket, as tokio's own split makes
+/// (an idle connection's memory counts every allocation).
+pub fn split_tcp(stream: TcpStream) -> (TcpRead, TcpWrite) {
+    let socket = Arc::new(stream);
+    (TcpRead(socket.clone()), TcpWrite(socket))
 }
 
-impl ConnRead for OwnedReadHalf {
+impl ConnRead for TcpRead {
     async fn read_some(&mut self, buf: &mut BytesMut, chunk: usize) -> io::Result<usize> {
         loop {
-            self.readable().await?;
+            self.0.readable().await?;
             if buf.capacity() - buf.len() < chunk / 4 {
                 buf.reserve(chunk);
             }
-            match read_clearing(self, buf) {
+            match read_clearing(&self.0, buf) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Readiness was stale (left over from the read that emptied the socket):
@@ -89,7 +91,7 @@ impl ConnRead for OwnedReadHalf {
     fn read_ready(&mut self, buf: &mut BytesMut) {
         buf.reserve(chunk_for_last_words());
         // Whatever the outcome, the connection ends.
-        let _bytes = self.try_read_buf(buf);
+        let _bytes = self.0.try_read_buf(buf);
     }
 }
 
@@ -98,10 +100,10 @@ impl ConnRead for OwnedReadHalf {
 /// reader waits again without that extra `recvfrom`. The read runs inside `try_io`, which
 /// clears only the readiness event it was made under: data or a FIN that another turn of the
 /// (edge-triggered) poller saw meanwhile has a newer event and still wakes the reader.
-fn read_clearing(rd: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
+fn read_clearing(rd: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
     let room = buf.capacity() - buf.len();
     let mut short = None;
-    let read = AsRef::<TcpStream>::as_ref(rd).try_io(Interest::READABLE, || {
+    let read = rd.try_io(Interest::READABLE, || {
         let n = rd.try_read_buf(buf)?;
         if n > 0 && n < room {
             short = Some(n);
@@ -122,7 +124,11 @@ impl ConnWrite for TcpWrite {
             match self.0.try_write(data) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => data = &data[n..],
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.0.writable().await?,
+                // Boxed: the wait for room is rare, and unboxed its state would make every
+                // connection's writer task larger, idle ones included.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    Box::pin(self.0.writable()).await?;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -130,10 +136,9 @@ impl ConnWrite for TcpWrite {
     }
 
     async fn close(&mut self) -> io::Result<()> {
-        // The router may still hold the socket: end the stream now, not when the last
-        // holder lets go of it.
-        let socket: &TcpStream = (*self.0).as_ref();
-        socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Write)
+        // The reader and the router hold the socket too: end the stream now, not when the
+        // last holder lets go of it.
+        socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write)
     }
 
     fn direct(&self) -> Option<DirectSocket> {
@@ -210,7 +215,7 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let (mut rd, _wr) = server.into_split();
+        let (mut rd, _wr) = split_tcp(server);
         let mut buf = BytesMut::new();
         let within = Duration::from_secs(10);
         for round in 0..50u8 {
