@@ -9,7 +9,7 @@
 //! an overflow), TCP_NODELAY, no `$SYS`, no persistence; the settings are printed. Every
 //! scenario runs on a fresh broker process, ours then Mosquitto, so that background load
 //! hits both alike. The end is a markdown table (metric | ours | mosquitto | ratio | goal),
-//! printed and written to `target/bench-broker.md`. About 9 minutes on 2 idle cores (4 of them latency).
+//! printed and written to `target/bench-broker.md`. About 8 minutes on 2 idle cores (4 of them latency).
 //!
 //! Run without `--bench` (as `cargo test --all-targets` does) it prints one line and exits 0.
 //!
