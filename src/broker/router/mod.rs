@@ -202,7 +202,7 @@ impl Router {
         while let Ok(msg) = rx.try_recv() {
             router.handle(msg);
         }
-        router.flush_direct();
+        let _wrote = router.flush_direct();
         router.shutdown();
         router.close_journal();
     }
@@ -698,7 +698,7 @@ impl Router {
     }
 
     /// Writes what this routing pass encoded for direct links, each link once.
-    fn flush_direct(&mut self) {
+    fn flush_direct(&mut self) -> bool {
         let mut written = 0;
         for link in self.touched.drain(..) {
             written += link.flush();
@@ -706,6 +706,7 @@ impl Router {
         if written > 0 {
             BrokerStats::add(&self.stats.bytes_sent, written as u64);
         }
+        written > 0
     }
 
     /// Offers `message` to session `sid`; an in-process subscriber's copy gets the identity of
@@ -796,7 +797,14 @@ impl SharedRouter {
         let mut guard = self.0.lock().ok()?;
         let router = guard.as_mut()?;
         let result = f(router);
-        router.flush_direct();
+        let wrote = router.flush_direct();
+        drop(guard);
+        if wrote {
+            // The subscriber the write woke often waits on this core until this thread
+            // sleeps (traced: 16 % of messages here, 3 % with Mosquitto, whose loop is shorter
+            // after its write): let it run now rather than after tokio's turn and park.
+            std::thread::yield_now();
+        }
         Some(result)
     }
 
